@@ -1,0 +1,48 @@
+"""The `smart-proxy` command: one entry point whose verbs live next to the code they drive.
+
+Each package that offers verbs has a `cli` module with `register(subparsers)`; this file only
+collects them, so adding a verb never means editing a central switch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that contribute verbs, in the order `--help` lists them. A module that is absent (a
+# feature not built yet) is skipped rather than breaking every other verb.
+VERB_MODULES = (
+    "server.cli_serve",
+    "policy.cli",
+    "sim.cli",
+    "server.journal.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smart-proxy",
+        description="Ollama Smart Proxy: a scheduling sidecar for one Ollama server.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real missing dependency inside the module: surface it
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code = args.run(args)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
