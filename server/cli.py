@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real missing dependency inside the module: surface it
+            # Only the verb module itself (or its package) may be missing; a missing dependency
+            # inside it is a real error and must surface.
+            if exc.name is None or not name.startswith(exc.name):
                 raise
             continue
         module.register(sub)
