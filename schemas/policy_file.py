@@ -1,0 +1,122 @@
+"""The policy file: shared settings plus named policies. Every key is documented in
+`policies.example.toml`; a test fails when one is not."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from schemas.common import (
+    Cidr,
+    Duration,
+    EnvName,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Strict,
+)
+
+
+class Backend(Strict):
+    url: str = "http://127.0.0.1:11434"
+    max_parallel: PositiveInt = 2  # requests in flight to Ollama at once, all models together
+    num_parallel: PositiveInt = 1  # Ollama's OLLAMA_NUM_PARALLEL: requests one model serves at once
+    vram_gb: PositiveFloat = 24.0  # GiB of GPU memory Ollama may use
+    max_loaded_models: PositiveInt = 3  # Ollama's OLLAMA_MAX_LOADED_MODELS
+    poll_interval: Duration = "5s"  # how often /api/ps and /api/tags are read
+    request_timeout: Duration = "10m"  # one upstream request, first byte to last
+    queue_timeout: Duration = "10m"  # longest wait in the sidecar's queue before a 504
+    # Resident size ≈ size on disk × this, for models seen in /api/tags but never loaded.
+    resident_factor: PositiveFloat = 1.2
+
+
+class ModelInfo(Strict):
+    vram_gb: PositiveFloat  # resident size in GiB, used until Ollama reports the real one
+
+
+class ClassRule(Strict):
+    description: str = ""
+    # A request is in this class if it matches every list that is not empty (globs allowed).
+    clients: list[str] = msgspec.field(default_factory=list)
+    models: list[str] = msgspec.field(default_factory=list)
+    endpoints: list[str] = msgspec.field(default_factory=list)
+    selectable: bool = False  # a client may ask for this class with the class header
+
+
+IdentifyBy = Literal["api_key", "header", "ip"]
+
+
+class Clients(Strict):
+    identify_by: list[IdentifyBy] = msgspec.field(
+        default_factory=lambda: ["api_key", "header", "ip"]
+    )
+    header: str = "x-client-id"
+    api_keys_env: EnvName = "SMART_PROXY_API_KEYS"  # holds "key=name,key=name"
+    trusted_proxies: list[Cidr] = msgspec.field(default_factory=list)
+    class_header: str = "x-request-class"
+    default_class: str = "interactive"
+    classes: dict[str, ClassRule] = msgspec.field(
+        default_factory=lambda: {
+            "interactive": ClassRule(description="people waiting at a prompt"),
+            "batch": ClassRule(description="agents and jobs that can wait", selectable=True),
+        }
+    )
+
+
+class RateWindow(Strict):
+    window: Duration
+    max_requests: PositiveInt  # arrivals of one client within the window; more get a 429
+
+
+class Limits(Strict):
+    max_queue: PositiveInt = 1000
+    max_queued_per_client: PositiveInt = 100
+    max_body: PositiveInt = 16 * 1024 * 1024  # bytes
+    rate: dict[str, RateWindow] = msgspec.field(default_factory=dict)
+
+
+class Admin(Strict):
+    networks: list[Cidr] = msgspec.field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    key_env: EnvName = "PROXY_ADMIN_KEY"
+    session_lifetime: Duration = "24h"
+    auth_attempts_per_minute: PositiveInt = 10
+
+
+class Journal(Strict):
+    store_prompts: Literal["full", "hash", "none"] = "hash"
+    retention: Duration = "30d"
+
+
+class PolicySpec(Strict):
+    description: str = ""
+    # Scores below this are raised to it (the seed clamped at 0); ties then fall to arrival order.
+    clamp_min: float | None = None
+    # TERM name -> its table. Decoded per term type by the policy package.
+    terms: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+
+class PolicyFile(Strict):
+    active: str
+    backend: Backend = msgspec.field(default_factory=Backend)
+    models: dict[str, ModelInfo] = msgspec.field(default_factory=dict)
+    clients: Clients = msgspec.field(default_factory=Clients)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    admin: Admin = msgspec.field(default_factory=Admin)
+    journal: Journal = msgspec.field(default_factory=Journal)
+    policies: dict[str, PolicySpec] = msgspec.field(default_factory=dict)
+
+
+__all__ = [
+    "Admin",
+    "Backend",
+    "ClassRule",
+    "Clients",
+    "Journal",
+    "Limits",
+    "ModelInfo",
+    "NonNegativeFloat",
+    "PolicyFile",
+    "PolicySpec",
+    "RateWindow",
+]

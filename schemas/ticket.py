@@ -1,0 +1,35 @@
+"""A waiting request as the scheduler and the policy see it: nothing about its bytes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+# Where a model is, as far as the residency model knows. "loading" counts as present for scoring:
+# Ollama attaches new requests to a load in progress.
+Residency = Literal["absent", "loading", "loaded", "evicting"]
+
+
+class Ticket(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    seq: int  # arrival order; the last tie-break, so the order is total
+    model: str
+    client: str
+    cls: str
+    arrival: float  # seconds on the engine's clock
+    endpoint: str = ""
+
+
+class TermScore(msgspec.Struct, frozen=True):
+    term: str
+    points: float
+
+
+class Score(msgspec.Struct, frozen=True):
+    total: float
+    parts: tuple[TermScore, ...]
+    overdue: bool = False  # waited past the policy's max_wait: goes first, oldest first
+
+    def breakdown(self) -> dict[str, float]:
+        return {p.term: p.points for p in self.parts}
