@@ -1,0 +1,71 @@
+"""The request journal's record: one per request that reached the sidecar, whatever its fate.
+
+A record may be handed to the journal more than once as its request progresses; the journal stamps
+each hand-off with a `revision` and the database keeps the highest, so a late replay of an older
+copy (from the fallback file) can never overwrite a newer state.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from schemas.common import Strict
+
+# Final states only: the server journals a request when it ends (or earlier, with one of these
+# provisional values, and again when it ends — the later revision wins).
+Status = Literal["completed", "failed", "cancelled", "rejected"]
+STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled", "rejected")
+
+# Seconds since the Unix epoch, UTC, as time.time() gives them.
+Epoch = Annotated[float, Meta(ge=0)]
+Millis = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=0)]
+
+
+class JournalRecord(Strict):
+    """Everything the sidecar knows about one request. Optional fields are None when not reached."""
+
+    request_id: Annotated[str, Meta(min_length=1, max_length=200)]
+    client: str
+    endpoint: str
+    received_at: Epoch
+    status: Status
+    ip: str | None = None
+    model: str | None = None
+    # `class` is a Python keyword; the JSON (and fallback file) spelling stays "class".
+    request_class: str | None = msgspec.field(default=None, name="class")
+    policy_name: str | None = None
+    policy_version: str | None = None
+    dispatched_at: Epoch | None = None
+    first_byte_at: Epoch | None = None
+    completed_at: Epoch | None = None
+    # Filled from the timestamps by the journal when the server leaves them out.
+    queue_wait_ms: Millis | None = None
+    duration_ms: Millis | None = None
+    http_status: Annotated[int, Meta(ge=100, le=599)] | None = None
+    error: str | None = None
+    # Score at dispatch (lower ran sooner) and what each policy term contributed to it.
+    score: float | None = None
+    score_terms: dict[str, float] = msgspec.field(default_factory=dict)
+    rank: Count | None = None
+    queue_depth: Count | None = None
+    # Was the model already loaded when this request was dispatched? None: not dispatched/unknown.
+    resident: bool | None = None
+    # Ollama's counters from the final chunk (durations in nanoseconds, as Ollama reports them).
+    prompt_eval_count: Count | None = None
+    eval_count: Count | None = None
+    total_duration: Count | None = None
+    load_duration: Count | None = None
+    prompt_eval_duration: Count | None = None
+    eval_duration: Count | None = None
+    # Per `journal.store_prompts`: the text, "sha256:<hex>" of the text, or None.
+    prompt: str | None = None
+    response: str | None = None
+    # Set by the journal on every hand-off (monotonic nanoseconds-since-epoch); higher wins.
+    revision: Count = 0
+
+
+__all__ = ["STATUSES", "JournalRecord", "Status"]
