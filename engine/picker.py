@@ -1,0 +1,158 @@
+"""Pick the next ticket without rescoring the whole queue.
+
+Tickets that share (model, client, class) differ only in arrival, and every wait term is
+non-increasing in time waited, so only the oldest ticket of each group can win. Each group's head
+sits in a sorted list per model under the key  P = client part + class part + slope × arrival.
+For a model whose terms sum to M at this moment, every head's exact score is at least the bound
+L = M + P − slope × now (wait terms are >= −slope × waited; clamping only raises scores). Heads are
+visited in increasing L across the eligible models and scored exactly, stopping once L passes the
+best exact score found: usually after a handful, whatever the queue's length.
+
+Client parts change when a client's counts change; the scheduler marks such clients dirty and
+their groups are re-keyed before the next pick.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from sortedcontainers import SortedList
+
+from policy.compile import OrderKey, Policy
+from policy.state import SchedulingState
+from schemas.ticket import Score, Ticket
+
+GroupKey = tuple[str, str, str]  # (model, client, class)
+Entry = tuple[float, float, int, GroupKey]  # (P, head arrival, head seq, group)
+_EPS = 1e-7  # float slack between the bound's arithmetic and the exact score's
+
+
+class Picker:
+    def __init__(self) -> None:
+        self._groups: dict[GroupKey, deque[Ticket]] = {}
+        self._by_model: dict[str, SortedList] = {}
+        self._entry: dict[GroupKey, Entry] = {}
+        self._client_groups: dict[str, set[GroupKey]] = {}
+        self._client_part: dict[str, float] = {}
+        self._class_part: dict[str, float] = {}
+        self._dirty: set[str] = set()
+        self._policy: Policy | None = None
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._groups.values())
+
+    # -- membership -------------------------------------------------------------------------
+
+    def add(self, ticket: Ticket) -> None:
+        key = (ticket.model, ticket.client, ticket.cls)
+        queue = self._groups.get(key)
+        if queue is None:
+            queue = self._groups[key] = deque()
+            self._client_groups.setdefault(ticket.client, set()).add(key)
+        queue.append(ticket)
+        self._dirty.add(ticket.client)  # its counts changed; also keys a new group
+
+    def remove(self, ticket: Ticket) -> None:
+        key = (ticket.model, ticket.client, ticket.cls)
+        queue = self._groups[key]
+        if queue[0].id == ticket.id:
+            queue.popleft()
+        else:
+            queue.remove(ticket)  # a cancellation from the middle of its group
+        if not queue:
+            del self._groups[key]
+            groups = self._client_groups[ticket.client]
+            groups.discard(key)
+            if not groups:
+                del self._client_groups[ticket.client]
+                self._client_part.pop(ticket.client, None)
+            self._unkey(key)
+        self._dirty.add(ticket.client)
+
+    def mark_dirty(self, clients: set[str]) -> None:
+        self._dirty |= clients
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _unkey(self, key: GroupKey) -> None:
+        entry = self._entry.pop(key, None)
+        if entry is not None:
+            models = self._by_model[key[0]]
+            models.remove(entry)
+            if not models:
+                del self._by_model[key[0]]
+
+    def _rekey(self, key: GroupKey, policy: Policy, state: SchedulingState) -> None:
+        self._unkey(key)
+        head = self._groups[key][0]
+        p = self._client_part[key[1]] + self._class_part_of(head, policy, state)
+        entry = (p + policy.wait_slope * head.arrival, head.arrival, head.seq, key)
+        self._entry[key] = entry
+        self._by_model.setdefault(key[0], SortedList()).add(entry)
+
+    def _class_part_of(self, ticket: Ticket, policy: Policy, state: SchedulingState) -> float:
+        part = self._class_part.get(ticket.cls)
+        if part is None:  # class terms read only the class, so one value per policy and class
+            part = self._class_part[ticket.cls] = policy.partial("class", ticket, state, 0.0)
+        return part
+
+    def refresh(self, policy: Policy, state: SchedulingState, now: float) -> None:
+        """Bring every key up to date for `policy` at `now` (after events were recorded)."""
+        if policy is not self._policy:
+            self._policy = policy
+            self._class_part.clear()
+            self._dirty |= set(self._client_groups)
+        for client in self._dirty:
+            groups = self._client_groups.get(client)
+            if not groups:
+                continue
+            sample = self._groups[next(iter(groups))][0]
+            self._client_part[client] = policy.partial("client", sample, state, now)
+            for key in groups:
+                self._rekey(key, policy, state)
+        self._dirty.clear()
+
+    # -- the decision ------------------------------------------------------------------------
+
+    def best(
+        self,
+        policy: Policy,
+        state: SchedulingState,
+        now: float,
+        eligible: Callable[[str], bool],
+        oldest: Iterator[Ticket],
+    ) -> tuple[Ticket, Score] | None:
+        """The eligible ticket with the lowest order key; `refresh` must have run first."""
+        if policy.max_wait is not None:
+            # Overdue tickets go first, oldest first: walk arrival order while overdue.
+            for ticket in oldest:
+                if now - ticket.arrival < policy.max_wait:
+                    break
+                if eligible(ticket.model):
+                    return ticket, policy.score(ticket, state, now)
+        streams = []
+        shift = policy.wait_slope * now
+        for model, entries in self._by_model.items():
+            if not eligible(model):
+                continue
+            head = self._groups[entries[0][3]][0]
+            base = policy.partial("model", head, state, now) - shift
+            streams.append(_bounds(base, entries))
+        best: tuple[OrderKey, Ticket, Score] | None = None
+        for bound, key in heapq.merge(*streams, key=lambda item: item[0]):
+            if best is not None and bound > best[2].total + _EPS:
+                break
+            ticket = self._groups[key][0]
+            score = policy.score(ticket, state, now)
+            order = policy.order_key(ticket, score)
+            if best is None or order < best[0]:
+                best = (order, ticket, score)
+        return None if best is None else (best[1], best[2])
+
+
+def _bounds(base: float, entries: SortedList) -> Iterator[tuple[float, GroupKey]]:
+    # A function, not an inline generator, so each model's stream keeps its own `base`.
+    for entry in entries:
+        yield base + entry[0], entry[3]

@@ -1,0 +1,218 @@
+"""What Ollama holds in VRAM, predicted on every dispatch and corrected by every /api/ps poll.
+
+Ollama's rules (reference/ollama.md): a model loads beside the others only if it fits entirely in
+free VRAM and the loaded count is under the cap; otherwise Ollama evicts, preferring idle models.
+Requests for a loading model attach to the load. The prediction is optimistic and may be wrong;
+`reconcile` makes it right again from Ollama's own answer, so it never stays wrong after a poll.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from schemas.ticket import Residency
+
+GIB = 1024**3
+Action = Literal["attach", "load", "swap"]
+
+
+def canonical(model: str) -> str:
+    """Ollama's own naming: a model without a tag means the `latest` tag."""
+    return model if ":" in model else f"{model}:latest"
+
+
+@dataclass(slots=True)
+class ModelState:
+    name: str
+    where: Residency = "absent"
+    in_flight: int = 0
+    started: bool = False  # a response for it began: the load (if any) is over
+    last_used: float = 0.0
+    victims: tuple[str, ...] = ()  # models this model's pending load is predicted to evict
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    action: Action
+    evicts: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class ResidencyModel:
+    vram_gb: float
+    max_loaded: int
+    num_parallel: int
+    overrides: dict[str, float] = field(default_factory=dict)  # [models] sizes, GiB
+    resident_factor: float = 1.2
+    models: dict[str, ModelState] = field(default_factory=dict)
+    ps_sizes: dict[str, float] = field(default_factory=dict)  # reported by /api/ps
+    tag_sizes: dict[str, float] = field(default_factory=dict)  # estimated from /api/tags
+    last_ps: list[dict[str, Any]] = field(default_factory=list)
+
+    def get(self, model: str) -> ModelState:
+        state = self.models.get(model)
+        if state is None:
+            state = self.models[model] = ModelState(model)
+        return state
+
+    # -- questions the policy asks -----------------------------------------------------
+
+    def residency(self, model: str) -> Residency:
+        state = self.models.get(model)
+        return "absent" if state is None else state.where
+
+    def size_gb(self, model: str) -> float | None:
+        for source in (self.ps_sizes, self.overrides, self.tag_sizes):
+            if model in source:
+                return source[model]
+        return None
+
+    def resident(self) -> list[ModelState]:
+        return [m for m in self.models.values() if m.where != "absent"]
+
+    def vram_used(self) -> float:
+        return sum(self.size_gb(m.name) or 0.0 for m in self.resident())
+
+    def loaded_count(self) -> int:
+        return len(self.resident())
+
+    def fits_beside(self, model: str, vram_only: bool = False) -> bool:
+        size = self.size_gb(model)
+        if size is None:
+            return False
+        if self.vram_used() + size > self.vram_gb + 1e-9:
+            return False
+        return vram_only or self.loaded_count() < self.max_loaded
+
+    def load_pending(self) -> bool:
+        """Ollama serves its pending queue one load at a time; is one under way?"""
+        return any(m.where == "loading" and not m.started for m in self.models.values())
+
+    def eligible(self, model: str) -> bool:
+        """May a request for `model` be sent now without waiting inside Ollama behind others?"""
+        state = self.models.get(model)
+        if state is None or state.where == "absent":
+            return not self.load_pending()
+        # An evicting model must not get new work (the swap would wait on it); a model at its
+        # parallel limit would make the request wait inside Ollama while holding our slot.
+        return state.where != "evicting" and state.in_flight < self.num_parallel
+
+    # -- prediction ----------------------------------------------------------------------
+
+    def plan(self, model: str) -> Plan:
+        if self.residency(model) in ("loaded", "loading"):
+            return Plan("attach")
+        size = self.size_gb(model)
+        used, count = self.vram_used(), self.loaded_count()
+        # An unknown size is assumed to fit if the count allows; the next poll corrects it.
+        need = size or 0.0
+        candidates = sorted(
+            (m for m in self.models.values() if m.where == "loaded" and m.name != model),
+            key=lambda m: (m.in_flight > 0, m.last_used, m.name),  # idle first, as Ollama does
+        )
+        victims: list[str] = []
+        while (used + need > self.vram_gb + 1e-9 or count >= self.max_loaded) and candidates:
+            victim = candidates.pop(0)
+            victims.append(victim.name)
+            used -= self.size_gb(victim.name) or 0.0
+            count -= 1
+        return Plan("swap", tuple(victims)) if victims else Plan("load")
+
+    def dispatched(self, model: str, plan: Plan, now: float) -> None:
+        state = self.get(model)
+        state.in_flight += 1
+        state.last_used = now
+        if plan.action == "attach":
+            return
+        state.where, state.started, state.victims = "loading", False, plan.evicts
+        for name in plan.evicts:
+            self.get(name).where = "evicting"
+
+    def first_byte(self, model: str) -> None:
+        """Ollama began answering for `model`: it is loaded, and its victims are gone."""
+        state = self.get(model)
+        if state.where in ("loading", "absent"):
+            state.where = "loaded"
+        state.started = True
+        self._release_victims(state, evicted=True)
+
+    def finished(self, model: str, now: float) -> None:
+        state = self.get(model)
+        state.in_flight = max(0, state.in_flight - 1)
+        state.last_used = now
+        if state.where == "loading" and not state.started and state.in_flight == 0:
+            # The load never produced a byte (error or cancellation): Ollama holds nothing new,
+            # and most such failures (unknown model, bad request) evict nothing.
+            state.where = "absent"
+            self._release_victims(state, evicted=False)
+
+    def _release_victims(self, state: ModelState, *, evicted: bool) -> None:
+        for name in state.victims:
+            victim = self.get(name)
+            if victim.where == "evicting":
+                victim.where = "absent" if evicted else "loaded"
+        state.victims = ()
+
+    # -- correction from Ollama ---------------------------------------------------------------
+
+    def reconcile(self, ps: dict[str, Any]) -> None:
+        """Make the model agree with an /api/ps answer (listed = resident, loading included)."""
+        entries = [m for m in ps.get("models") or [] if isinstance(m, dict)]
+        listed: dict[str, float] = {}
+        for entry in entries:
+            name = entry.get("name") or entry.get("model")
+            if isinstance(name, str):
+                size = entry.get("size")
+                listed[canonical(name)] = size / GIB if isinstance(size, int | float) else 0.0
+        self.last_ps = entries
+        self.ps_sizes.update({k: v for k, v in listed.items() if v > 0})
+        for name in listed:
+            state = self.get(name)
+            if state.where == "absent" or (state.where == "loading" and state.in_flight == 0):
+                state.where = "loaded"
+            # "evicting" stays: it is still resident, and a pending load will push it out.
+        for state in self.models.values():
+            if state.name in listed:
+                continue
+            if state.in_flight > 0:
+                # Requests are out for it, yet Ollama does not hold it: they wait for a load.
+                state.where = "loading"
+                state.started = False
+            else:
+                state.where = "absent"
+                state.started = False
+        for state in self.models.values():  # victims named by a load Ollama no longer shows
+            if state.where != "loading":
+                state.victims = ()
+
+    def learn_tags(self, tags: dict[str, Any]) -> None:
+        """Estimate resident sizes of installed models from their size on disk."""
+        for entry in tags.get("models") or []:
+            if not isinstance(entry, dict):
+                continue
+            name, size = entry.get("name") or entry.get("model"), entry.get("size")
+            if isinstance(name, str) and isinstance(size, int | float) and size > 0:
+                self.tag_sizes[canonical(name)] = size * self.resident_factor / GIB
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "vram_total_gb": self.vram_gb,
+            "vram_used_gb": round(self.vram_used(), 3),
+            "loaded_count": self.loaded_count(),
+            "max_loaded_models": self.max_loaded,
+            "models": [
+                {
+                    "model": m.name,
+                    "state": m.where,
+                    "size_gb": None if (s := self.size_gb(m.name)) is None else round(s, 3),
+                    "in_flight": m.in_flight,
+                    "evicting_for": next(
+                        (o.name for o in self.models.values() if m.name in o.victims), None
+                    ),
+                }
+                for m in sorted(self.models.values(), key=lambda m: m.name)
+                if m.where != "absent" or m.in_flight
+            ],
+            "last_ps": self.last_ps,
+        }

@@ -1,0 +1,300 @@
+"""The scheduler: pending queue, client ledger, residency model and slots, behind one small API.
+
+Synchronous and free of I/O: the server calls it on every event (arrival, finish, cancel, poll,
+reload) and then calls `dispatch()`, which fills free slots with the policy's choices. The policy
+is read once per `dispatch()` call, so a reload takes effect at the next decision.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from engine.clock import Clock
+from engine.ledger import ClientLedger
+from engine.picker import Picker
+from engine.residency import Action, Plan, ResidencyModel, canonical
+from policy.compile import Policy
+from policy.load import CompiledFile
+from schemas.ticket import Residency, Score, Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    ticket: Ticket
+    score: Score
+    queue_depth: int  # tickets waiting when this one was chosen, itself included
+    resident: bool  # its model was loaded or loading: no swap needed
+    action: Action
+    evicts: tuple[str, ...]
+    policy_name: str
+    policy_version: str
+    granted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RankedTicket:
+    position: int  # 1 = next to go
+    ticket: Ticket
+    score: Score
+    eligible: (
+        bool  # False while its model is being evicted, at its parallel limit, or behind a load
+    )
+
+
+@dataclass(slots=True)
+class InFlight:
+    ticket: Ticket
+    granted_at: float
+    plan: Plan
+    started: bool = False
+
+
+class _StateView:
+    """The read-only state a policy sees (policy.state.SchedulingState)."""
+
+    __slots__ = ("_ledger", "_residency")
+
+    def __init__(self, ledger: ClientLedger, residency: ResidencyModel) -> None:
+        self._ledger, self._residency = ledger, residency
+
+    def residency(self, model: str) -> Residency:
+        return self._residency.residency(model)
+
+    def size_gb(self, model: str) -> float | None:
+        return self._residency.size_gb(model)
+
+    def fits_beside(self, model: str, vram_only: bool) -> bool:
+        return self._residency.fits_beside(model, vram_only)
+
+    def loaded_count(self) -> int:
+        return self._residency.loaded_count()
+
+    def queued(self, client: str) -> int:
+        return self._ledger.queued(client)
+
+    def recent(self, client: str, window: float, now: float) -> int:
+        return self._ledger.recent(client, window, now)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: CompiledFile,
+        policy: Callable[[], Policy] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        import time
+
+        self._clock: Clock = clock or time.monotonic
+        self._policy_source = policy or (lambda: self._settings.active)
+        self._seq = itertools.count(1)
+        self._waiting: dict[str, Ticket] = {}  # insertion order = arrival order
+        self._in_flight: dict[str, InFlight] = {}
+        self._picker = Picker()
+        self._settings = settings
+        b = settings.backend
+        self._ledger = ClientLedger(settings.windows)
+        self.residency_model = ResidencyModel(
+            vram_gb=b.vram_gb,
+            max_loaded=b.max_loaded_models,
+            num_parallel=b.num_parallel,
+            overrides={canonical(k): v for k, v in settings.model_sizes.items()},
+            resident_factor=b.resident_factor,
+        )
+        self.max_parallel = b.max_parallel
+        self.state = _StateView(self._ledger, self.residency_model)
+        self.paused = False
+
+    # -- settings ------------------------------------------------------------------------
+
+    def apply_settings(self, settings: CompiledFile) -> None:
+        """After a reload: new backend limits, windows and size overrides; keys rebuilt lazily."""
+        self._settings = settings
+        b, r = settings.backend, self.residency_model
+        r.vram_gb, r.max_loaded, r.num_parallel = b.vram_gb, b.max_loaded_models, b.num_parallel
+        r.overrides = {canonical(k): v for k, v in settings.model_sizes.items()}
+        r.resident_factor = b.resident_factor
+        self.max_parallel = b.max_parallel
+        self._ledger.set_windows(settings.windows)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def enqueue(
+        self, *, request_id: str, model: str, client: str, cls: str, endpoint: str = ""
+    ) -> Ticket:
+        if request_id in self._waiting or request_id in self._in_flight:
+            raise ValueError(f"request id {request_id!r} is already scheduled")
+        now = self._clock()
+        ticket = Ticket(
+            id=request_id,
+            seq=next(self._seq),
+            model=canonical(model),
+            client=client,
+            cls=cls,
+            arrival=now,
+            endpoint=endpoint,
+        )
+        self._waiting[request_id] = ticket
+        self._ledger.arrive(client, now)
+        self._picker.add(ticket)
+        return ticket
+
+    def record_history(self, client: str, at: float) -> None:
+        """Past arrivals that count in recent windows (scenarios, restarts)."""
+        self._ledger.record_history(client, at)
+        self._picker.mark_dirty({client})
+
+    def cancel(self, request_id: str) -> bool:
+        """Remove a waiting ticket at once. False if it is not waiting (granted or unknown)."""
+        ticket = self._waiting.pop(request_id, None)
+        if ticket is None:
+            return False
+        self._picker.remove(ticket)
+        self._ledger.leave(ticket.client)
+        return True
+
+    def dispatch(self) -> list[Grant]:
+        """Fill free slots with the policy's choices; call after every event."""
+        grants: list[Grant] = []
+        if self.paused:
+            return grants
+        policy = self._policy_source()
+        while len(self._in_flight) < self.max_parallel and self._waiting:
+            now = self._clock()
+            self._picker.mark_dirty(self._ledger.expire(now))
+            self._picker.refresh(policy, self.state, now)
+            choice = self._choose(policy, now)
+            if choice is None:
+                break  # everything waiting is blocked behind a load or an eviction
+            ticket, score = choice
+            grants.append(self._grant(ticket, score, policy, now))
+        return grants
+
+    def _choose(self, policy: Policy, now: float) -> tuple[Ticket, Score] | None:
+        """The policy's best eligible ticket, except a swap that would evict a model whose own
+        waiting work ranks ahead of it: that work is only briefly blocked (its model is at its
+        parallel limit), and evicting now would cost a second swap to bring it back."""
+        held: set[str] = set()
+        residency = self.residency_model
+
+        def eligible(model: str) -> bool:
+            return model not in held and residency.eligible(model)
+
+        while True:
+            choice = self._picker.best(policy, self.state, now, eligible, self._oldest())
+            if choice is None or choice[1].overdue:  # overdue work goes, whatever it costs
+                return choice
+            ticket, score = choice
+            mine = policy.order_key(ticket, score)
+            victims = residency.plan(ticket.model).evicts
+            if not any(self._ranks_ahead(v, mine, policy, now) for v in victims):
+                return choice
+            held.add(ticket.model)
+
+    def _ranks_ahead(
+        self, model: str, key: tuple[int, float, float, int], policy: Policy, now: float
+    ) -> bool:
+        best = self._picker.best(policy, self.state, now, lambda m: m == model, iter(()))
+        return best is not None and policy.order_key(*best) < key
+
+    def _grant(self, ticket: Ticket, score: Score, policy: Policy, now: float) -> Grant:
+        depth = len(self._waiting)
+        del self._waiting[ticket.id]
+        self._picker.remove(ticket)
+        self._ledger.leave(ticket.client)
+        plan = self.residency_model.plan(ticket.model)
+        self.residency_model.dispatched(ticket.model, plan, now)
+        self._in_flight[ticket.id] = InFlight(ticket, now, plan)
+        return Grant(
+            ticket=ticket,
+            score=score,
+            queue_depth=depth,
+            resident=plan.action == "attach",
+            action=plan.action,
+            evicts=plan.evicts,
+            policy_name=policy.name,
+            policy_version=policy.version,
+            granted_at=now,
+        )
+
+    def first_byte(self, request_id: str) -> None:
+        """Ollama began a successful answer: the model is loaded (and its victims unloaded)."""
+        flight = self._in_flight.get(request_id)
+        if flight is not None and not flight.started:
+            flight.started = True
+            self.residency_model.first_byte(flight.ticket.model)
+
+    def finish(self, request_id: str) -> bool:
+        """The request is over, whatever the outcome: free its slot. False if it held none."""
+        flight = self._in_flight.pop(request_id, None)
+        if flight is None:
+            return False
+        self.residency_model.finished(flight.ticket.model, self._clock())
+        return True
+
+    def reconcile(self, ps_payload: dict[str, Any]) -> None:
+        self.residency_model.reconcile(ps_payload)
+
+    def learn_tags(self, tags_payload: dict[str, Any]) -> None:
+        self.residency_model.learn_tags(tags_payload)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    # -- views -------------------------------------------------------------------------------
+
+    def _oldest(self) -> Iterator[Ticket]:
+        return iter(self._waiting.values())
+
+    @property
+    def depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def in_flight_count(self) -> int:
+        return len(self._in_flight)
+
+    def queued(self, client: str) -> int:
+        return self._ledger.queued(client)
+
+    def recent(self, client: str, window_seconds: float) -> int:
+        now = self._clock()
+        return self._ledger.recent(client, window_seconds, now)
+
+    def is_waiting(self, request_id: str) -> bool:
+        return request_id in self._waiting
+
+    def waiting(self) -> list[RankedTicket]:
+        """Every waiting ticket in the order the policy ranks them now (scores all: a view)."""
+        policy, now = self._policy_source(), self._clock()
+        scored = [(t, policy.score(t, self.state, now)) for t in self._waiting.values()]
+        scored.sort(key=lambda ts: policy.order_key(ts[0], ts[1]))
+        eligible = self.residency_model.eligible
+        return [
+            RankedTicket(i, t, s, eligible(t.model)) for i, (t, s) in enumerate(scored, start=1)
+        ]
+
+    def position(self, request_id: str) -> RankedTicket | None:
+        ticket = self._waiting.get(request_id)
+        if ticket is None:
+            return None
+        policy, now = self._policy_source(), self._clock()
+        mine = policy.order_key(ticket, score := policy.score(ticket, self.state, now))
+        ahead = sum(
+            1
+            for other in self._waiting.values()
+            if policy.order_key(other, policy.score(other, self.state, now)) < mine
+        )
+        return RankedTicket(ahead + 1, ticket, score, self.residency_model.eligible(ticket.model))
+
+    def in_flight(self) -> list[InFlight]:
+        return list(self._in_flight.values())
+
+    def residency(self) -> dict[str, Any]:
+        return self.residency_model.view()

@@ -1,0 +1,90 @@
+"""Compile: decoded, validated terms -> a pure `Policy`. No I/O, no clock: `now` is an argument."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from policy.state import SchedulingState
+from policy.terms.registry import DependsOn, TermFn, TermType
+from schemas.ticket import Score, TermScore, Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedTerm:
+    name: str  # the key under [policies.NAME.terms]
+    type: TermType
+    params: Any  # an instance of type.params
+    path: str  # for error messages
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTerm:
+    name: str
+    type: str
+    depends_on: DependsOn
+    fn: TermFn
+
+
+OrderKey = tuple[int, float, float, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A compiled policy. Lower total = served sooner; the order key is total and never ties."""
+
+    name: str
+    version: str
+    description: str
+    terms: tuple[CompiledTerm, ...]
+    clamp_min: float | None
+    # Every wait term's points are >= -wait_slope × seconds waited: the engine's lower bound.
+    wait_slope: float
+    max_wait: float | None
+    windows: frozenset[float]  # client windows the ledger must count for this policy
+
+    def score(self, ticket: Ticket, state: SchedulingState, now: float) -> Score:
+        parts = tuple(TermScore(t.name, t.fn(ticket, state, now)) for t in self.terms)
+        raw = sum(p.points for p in parts)
+        total = raw if self.clamp_min is None else max(self.clamp_min, raw)
+        overdue = self.max_wait is not None and now - ticket.arrival >= self.max_wait
+        return Score(total=total, parts=parts, overdue=overdue)
+
+    def partial(
+        self, depends_on: DependsOn, ticket: Ticket, state: SchedulingState, now: float
+    ) -> float:
+        """The sum of the terms that depend on one thing only (model, client, class or wait)."""
+        return sum(t.fn(ticket, state, now) for t in self.terms if t.depends_on == depends_on)
+
+    @staticmethod
+    def order_key(ticket: Ticket, score: Score) -> OrderKey:
+        # Overdue tickets go first, oldest first; then by score, arrival, and sequence number.
+        if score.overdue:
+            return (0, 0.0, ticket.arrival, ticket.seq)
+        return (1, score.total, ticket.arrival, ticket.seq)
+
+
+def compile_policy(
+    name: str,
+    version: str,
+    description: str,
+    clamp_min: float | None,
+    terms: Sequence[DecodedTerm],
+) -> Policy:
+    compiled = tuple(
+        CompiledTerm(t.name, t.type.name, t.type.depends_on, t.type.build(t.params)) for t in terms
+    )
+    slope = float(sum(t.type.wait_slope(t.params) for t in terms if t.type.depends_on == "wait"))
+    waits = [w for t in terms if (w := t.type.max_wait(t.params)) is not None]
+    windows = frozenset(w for t in terms for w in t.type.windows(t.params))
+    return Policy(
+        name=name,
+        version=version,
+        description=description,
+        terms=compiled,
+        clamp_min=clamp_min,
+        wait_slope=slope,
+        max_wait=min(waits) if waits else None,
+        windows=windows,
+    )

@@ -1,0 +1,66 @@
+"""Hot reload: build the new policy file completely aside, then swap one reference.
+
+On any error the old compiled file stays active and the error is kept for /proxy/health; nothing
+else changes. Readers take `holder.current` once per decision and use that object throughout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from policy.errors import PolicyError
+from policy.load import CompiledFile, load_policy_file, load_policy_text
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    changed: bool  # False when the file's content was the same as the active one
+    version: str  # the active version after the attempt
+    error: str | None = None
+
+
+class PolicyHolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()  # SIGHUP, the watcher and the endpoint may race
+        # A bad file at start-up is fatal: raise its PolicyError to the caller.
+        self._current = load_policy_file(self.path)
+        self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.last_error: str | None = None
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+
+    @property
+    def current(self) -> CompiledFile:
+        return self._current
+
+    def reload(self, *, only_if_changed: bool = False) -> ReloadResult:
+        with self._lock:
+            try:
+                data = self.path.read_bytes()
+            except OSError as exc:
+                return self._failed(f"{self.path}: cannot read the policy file: {exc.strerror}")
+            digest = hashlib.sha256(data).hexdigest()
+            if digest == self._digest and (only_if_changed or self.last_error is None):
+                return ReloadResult(ok=True, changed=False, version=self._current.version)
+            try:
+                compiled = load_policy_text(data, str(self.path))
+            except PolicyError as exc:
+                self._digest = digest  # do not re-report the same broken content every second
+                return self._failed(str(exc))
+            self._current, self._digest, self.last_error = compiled, digest, None
+            self.reloads_ok += 1
+            return ReloadResult(ok=True, changed=True, version=compiled.version)
+
+    def check_changed(self) -> ReloadResult:
+        """Reload if the file's content hash changed since the last attempt (the file watcher)."""
+        return self.reload(only_if_changed=True)
+
+    def _failed(self, error: str) -> ReloadResult:
+        self.last_error = error
+        self.reloads_failed += 1
+        return ReloadResult(ok=False, changed=False, version=self._current.version, error=error)

@@ -1,0 +1,199 @@
+"""Read a policy file and run the three phases: decode -> validate -> compile.
+
+`load_policy_text` does no I/O at all; `load_policy_file` only reads the file it is handed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from policy.classify import Classifier
+from policy.compile import DecodedTerm, Policy, compile_policy
+from policy.decode import convert, is_fail, parse_toml, unknown_key_rule
+from policy.durations import parse_duration
+from policy.errors import MISSING, PolicyError, Problem, join_path
+from policy.terms import REGISTRY, UnknownTermType
+from policy.validate import validate
+from schemas.policy_file import PolicyFile
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    url: str
+    max_parallel: int
+    num_parallel: int
+    vram_gb: float
+    max_loaded_models: int
+    poll_interval: float
+    request_timeout: float
+    queue_timeout: float
+    resident_factor: float
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledFile:
+    """A whole policy file, compiled. Immutable: a reload builds a new one and swaps it in."""
+
+    path: str
+    version: str  # short hash of the file's bytes
+    raw: PolicyFile
+    policies: dict[str, Policy]
+    active: Policy
+    backend: BackendSettings
+    model_sizes: dict[str, float]  # [models] overrides, GiB
+    admin_networks: tuple[IPNetwork, ...]
+    trusted_proxies: tuple[IPNetwork, ...]
+    rate_windows: tuple[tuple[str, float, int], ...]  # (name, seconds, max_requests)
+    session_lifetime: float
+    retention: float
+    classifier: Classifier
+    windows: frozenset[float]  # every client window any policy or rate limit counts
+
+    def classify(self, client: str, model: str, endpoint: str, requested: str | None) -> str:
+        return self.classifier.classify(client, model, endpoint, requested)
+
+    def with_active(self, name: str) -> CompiledFile:
+        """The same file with another of its policies active (for explain/snapshot)."""
+        import dataclasses
+
+        return dataclasses.replace(self, active=self.policies[name])
+
+
+def load_policy_file(path: str | Path) -> CompiledFile:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise PolicyError(
+            str(path), [Problem("", MISSING, f"cannot read the policy file: {reason}")]
+        ) from None
+    return load_policy_text(data, str(path))
+
+
+def load_policy_text(data: bytes, file: str) -> CompiledFile:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            file, [Problem("", MISSING, f"is not UTF-8 text ({exc.reason})")]
+        ) from None
+    raw, syntax = parse_toml(text)
+    if syntax is not None or raw is None:
+        raise PolicyError(file, [syntax] if syntax else [])
+    problems: list[Problem] = []
+    sections, terms = decode_sections(raw, problems)
+    problems.extend(validate(sections, terms))
+    if problems:
+        raise PolicyError(file, problems)
+    version = hashlib.sha256(data).hexdigest()[:12]
+    return compile_file(PolicyFile(**sections), terms, file, version)
+
+
+def decode_sections(
+    raw: dict[str, Any], problems: list[Problem]
+) -> tuple[dict[str, Any], dict[str, list[DecodedTerm]]]:
+    """Decode each top-level section on its own, so one bad section hides no other's errors."""
+    fields = {f.encode_name: f for f in msgspec.structs.fields(PolicyFile)}
+    sections: dict[str, Any] = {}
+    for key in raw:
+        if key not in fields:
+            problems.append(
+                Problem(key, MISSING, unknown_key_rule(key, list(fields), "the top level"))
+            )
+    for name, info in fields.items():
+        if name not in raw:
+            if info.required:
+                problems.append(
+                    Problem(name, MISSING, "is missing; it names the policy that orders the queue")
+                )
+            continue
+        value = convert(raw[name], info.type, name, problems)
+        if not is_fail(value):
+            sections[name] = value
+    terms: dict[str, list[DecodedTerm]] = {}
+    for pname, spec in (sections.get("policies") or {}).items():
+        terms[pname] = _decode_terms(pname, spec.terms, problems)
+    return sections, terms
+
+
+def _decode_terms(
+    policy: str, tables: dict[str, dict[str, Any]], problems: list[Problem]
+) -> list[DecodedTerm]:
+    out = []
+    for term_name, table in tables.items():
+        path = join_path(join_path(join_path("policies", policy), "terms"), term_name)
+        if not isinstance(table, dict):
+            problems.append(Problem(path, table, "has the wrong type: expected a table"))
+            continue
+        type_name = table.get("type", term_name)
+        try:
+            term_type = REGISTRY.get(type_name) if isinstance(type_name, str) else None
+        except UnknownTermType as exc:
+            where = join_path(path, "type") if "type" in table else path
+            problems.append(Problem(where, type_name, exc.args[0]))
+            continue
+        if term_type is None:
+            problems.append(Problem(join_path(path, "type"), type_name, "must be a string"))
+            continue
+        params = convert(
+            {k: v for k, v in table.items() if k != "type"}, term_type.params, path, problems
+        )
+        if not is_fail(params):
+            out.append(DecodedTerm(term_name, term_type, params, path))
+    return out
+
+
+def _networks(values: list[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(v, strict=True) for v in values)
+
+
+def compile_file(
+    file: PolicyFile, terms: dict[str, list[DecodedTerm]], path: str, version: str
+) -> CompiledFile:
+    policies = {
+        name: compile_policy(name, version, spec.description, spec.clamp_min, terms[name])
+        for name, spec in file.policies.items()
+    }
+    b = file.backend
+    backend = BackendSettings(
+        url=b.url,
+        max_parallel=b.max_parallel,
+        num_parallel=b.num_parallel,
+        vram_gb=b.vram_gb,
+        max_loaded_models=b.max_loaded_models,
+        poll_interval=parse_duration(b.poll_interval),
+        request_timeout=parse_duration(b.request_timeout),
+        queue_timeout=parse_duration(b.queue_timeout),
+        resident_factor=b.resident_factor,
+    )
+    rate_windows = tuple(
+        (name, parse_duration(r.window), r.max_requests) for name, r in file.limits.rate.items()
+    )
+    windows = frozenset(w for p in policies.values() for w in p.windows) | {
+        w for _, w, _ in rate_windows
+    }
+    return CompiledFile(
+        path=path,
+        version=version,
+        raw=file,
+        policies=policies,
+        active=policies[file.active],
+        backend=backend,
+        model_sizes={name: m.vram_gb for name, m in file.models.items()},
+        admin_networks=_networks(file.admin.networks),
+        trusted_proxies=_networks(file.clients.trusted_proxies),
+        rate_windows=rate_windows,
+        session_lifetime=parse_duration(file.admin.session_lifetime),
+        retention=parse_duration(file.journal.retention),
+        classifier=Classifier.from_settings(file.clients),
+        windows=windows,
+    )

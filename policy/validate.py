@@ -1,0 +1,66 @@
+"""Validate: rules that span fields (the decoder has already checked each value on its own)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from policy.compile import DecodedTerm
+from policy.errors import MISSING, Problem, join_path
+
+
+def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> list[Problem]:
+    """Check what decoded; sections that failed to decode are simply absent here."""
+    problems: list[Problem] = []
+    policies = sections.get("policies")
+    if policies is not None and not policies:
+        problems.append(
+            Problem("policies", MISSING, "is empty; define at least one [policies.NAME] table")
+        )
+    active = sections.get("active")
+    if active is not None and policies and active not in policies:
+        problems.append(
+            Problem(
+                "active",
+                active,
+                f"names no policy in this file; defined: {', '.join(sorted(policies))}",
+            )
+        )
+
+    clients = sections.get("clients")
+    if clients is not None:
+        if clients.default_class not in clients.classes:
+            problems.append(
+                Problem(
+                    "clients.default_class",
+                    clients.default_class,
+                    f"is not a class defined under [clients.classes]; defined: "
+                    f"{', '.join(clients.classes) or '(none)'}",
+                )
+            )
+        for name, table in terms.items():
+            for term in table:
+                for cls in term.type.classes(term.params):
+                    if cls not in clients.classes:
+                        problems.append(
+                            Problem(
+                                join_path(join_path(term.path, "offsets"), cls),
+                                cls,
+                                f"is not a class defined under [clients.classes] (policy "
+                                f"{name!r}); defined: {', '.join(clients.classes)}",
+                            )
+                        )
+
+    for table in terms.values():
+        for term in table:
+            problems.extend(term.type.validate(term.params, term.path))
+
+    limits = sections.get("limits")
+    if limits is not None and limits.max_queued_per_client > limits.max_queue:
+        problems.append(
+            Problem(
+                "limits.max_queued_per_client",
+                limits.max_queued_per_client,
+                f"is above limits.max_queue ({limits.max_queue}); one client could never reach it",
+            )
+        )
+    return problems
