@@ -1,0 +1,97 @@
+"""Versioned schema migrations, written once for both dialects.
+
+Each migration is frozen once released: a new field means a new migration, never an edit to an old
+one. Column types come from a small per-dialect map so the SQL text stays the same otherwise.
+`schema_migrations` records what has been applied; applying is idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+Dialect = Literal["sqlite", "postgresql"]
+
+# Portable type names -> each dialect's spelling. SQLite's REAL and PostgreSQL's DOUBLE PRECISION
+# are both IEEE doubles, which is what makes analytics come out identical on both.
+_TYPES: dict[Dialect, dict[str, str]] = {
+    "sqlite": {"TEXT": "TEXT", "FLOAT": "REAL", "BIGINT": "INTEGER", "BOOL": "INTEGER"},
+    "postgresql": {"TEXT": "TEXT", "FLOAT": "DOUBLE PRECISION", "BIGINT": "BIGINT", "BOOL": "SMALLINT"},
+}
+
+# {TEXT} etc. are replaced per dialect. Booleans are 0/1 integers on both (one code path).
+_V1_REQUESTS = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id {TEXT} PRIMARY KEY,
+    client {TEXT} NOT NULL,
+    endpoint {TEXT} NOT NULL,
+    received_at {FLOAT} NOT NULL,
+    status {TEXT} NOT NULL,
+    ip {TEXT},
+    model {TEXT},
+    request_class {TEXT},
+    policy_name {TEXT},
+    policy_version {TEXT},
+    dispatched_at {FLOAT},
+    first_byte_at {FLOAT},
+    completed_at {FLOAT},
+    queue_wait_ms {FLOAT},
+    duration_ms {FLOAT},
+    http_status {BIGINT},
+    error {TEXT},
+    score {FLOAT},
+    score_terms {TEXT} NOT NULL DEFAULT '{{}}',
+    rank {BIGINT},
+    queue_depth {BIGINT},
+    resident {BOOL},
+    prompt_eval_count {BIGINT},
+    eval_count {BIGINT},
+    total_duration {BIGINT},
+    load_duration {BIGINT},
+    prompt_eval_duration {BIGINT},
+    eval_duration {BIGINT},
+    prompt {TEXT},
+    response {TEXT},
+    revision {BIGINT} NOT NULL DEFAULT 0
+)
+"""
+
+# Analytics and retention read a time window on received_at; run lengths order by dispatched_at;
+# the per-model view filters by model within the window.
+_V2_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS ix_requests_received_at ON requests (received_at)",
+    "CREATE INDEX IF NOT EXISTS ix_requests_dispatched_at ON requests (dispatched_at)",
+    "CREATE INDEX IF NOT EXISTS ix_requests_model_received ON requests (model, received_at)",
+    "CREATE INDEX IF NOT EXISTS ix_requests_client_received ON requests (client, received_at)",
+)
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "requests table", (_V1_REQUESTS,)),
+    Migration(2, "indexes for analytics and retention", _V2_INDEXES),
+)
+LATEST = MIGRATIONS[-1].version
+
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version {BIGINT} PRIMARY KEY,
+    name {TEXT} NOT NULL,
+    applied_at {FLOAT} NOT NULL
+)
+"""
+
+
+def render(statement: str, dialect: Dialect) -> str:
+    return statement.format(**_TYPES[dialect]).strip()
+
+
+def pending(applied: set[int]) -> list[Migration]:
+    return [m for m in MIGRATIONS if m.version not in applied]
+
+
+__all__ = ["LATEST", "MIGRATIONS", "MIGRATIONS_TABLE", "Dialect", "Migration", "pending", "render"]
