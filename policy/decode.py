@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 import tomllib
 import types
@@ -143,6 +144,10 @@ def convert(raw: Any, tp: Any, path: str, problems: list[Problem]) -> Any:
 
 
 def _scalar(raw: Any, tp: Any, path: str, problems: list[Problem]) -> Any:
+    # TOML allows nan and inf; one NaN in a score makes the queue's order undefined.
+    if isinstance(raw, float) and not math.isfinite(raw):
+        problems.append(Problem(path, raw, "is not a finite number"))
+        return _FAIL
     try:
         return msgspec.convert(raw, tp)
     except msgspec.ValidationError as exc:

@@ -115,6 +115,11 @@ def decode_sections(
                 problems.append(
                     Problem(name, MISSING, "is missing; it names the policy that orders the queue")
                 )
+            else:
+                # Validate the defaults too: a file with no [policies] is an empty set, and a
+                # class offset is checked against the default classes when [clients] is absent.
+                default = info.default
+                sections[name] = info.default_factory() if default is msgspec.NODEFAULT else default
             continue
         value = convert(raw[name], info.type, name, problems)
         if not is_fail(value):
