@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
+
+import msgspec
 
 ENV_VAR = "SMART_PROXY_DB"
 DEFAULT_DB = "./db/requests.db"
@@ -20,7 +22,7 @@ class JournalConfigError(ValueError):
     """A DSN or journal setting that cannot work; the message says what to write instead."""
 
 
-class Target(NamedTuple):
+class Target(msgspec.Struct, frozen=True):
     kind: Literal["sqlite", "postgresql"]
     location: str  # the SQLite path, or the PostgreSQL DSN
 

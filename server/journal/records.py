@@ -75,8 +75,13 @@ def from_row(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
+_ENCODE_NAME = {f.name: f.encode_name for f in msgspec.structs.fields(JournalRecord)}
+
+
 def record_from_row(names: Sequence[str], row: Sequence[Any]) -> JournalRecord:
-    return msgspec.convert(from_row(names, row), JournalRecord)
+    values = from_row(names, row)
+    # convert() expects the JSON spelling ("class"), columns use the attribute name.
+    return msgspec.convert({_ENCODE_NAME[k]: v for k, v in values.items()}, JournalRecord)
 
 
 def upsert_sql(placeholder: str) -> str:

@@ -1,0 +1,164 @@
+"""The journal on both databases: records round-trip, upsert by id, migrations, prompts, retention."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from schemas.journal import JournalRecord
+from server.journal import open_journal, open_store, resolve
+from server.journal.migrations import LATEST
+from server.journal.records import COLUMN_NAMES, record_from_row
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def rec(request_id: str, **fields: Any) -> JournalRecord:
+    base: dict[str, Any] = {
+        "request_id": request_id, "client": "alice", "endpoint": "/api/chat",
+        "received_at": T0, "status": "completed",
+    }
+    return JournalRecord(**(base | fields))
+
+
+async def read_all(dsn: str) -> dict[str, JournalRecord]:
+    store = open_store(resolve(dsn))
+    await store.open()
+    try:
+        rows = await store.fetch(COLUMN_NAMES, 0.0, 1e12)
+    finally:
+        await store.close()
+    return {r.request_id: r for r in (record_from_row(COLUMN_NAMES, row) for row in rows)}
+
+
+# -- round trip ------------------------------------------------------------------------------------
+
+
+async def test_every_field_round_trips(journal_dsn: str, tmp_path: Path) -> None:
+    """A record comes back from the database exactly as submitted (plus its revision)."""
+    full = rec(
+        "r1", ip="10.0.0.7", model="llama3:8b", request_class="interactive", policy_name="fast",
+        policy_version="3", dispatched_at=T0 + 0.25, first_byte_at=T0 + 0.5, completed_at=T0 + 2.0,
+        queue_wait_ms=250.0, duration_ms=2000.0, http_status=200, error=None, score=-12.5,
+        score_terms={"vram": 100.0, "fairness": 10.0, "aging": -122.5}, rank=0, queue_depth=4,
+        resident=True, prompt_eval_count=42, eval_count=310, total_duration=2_000_000_000,
+        load_duration=1_000_000, prompt_eval_duration=50_000_000, eval_duration=1_900_000_000,
+        prompt="why is the sky blue?\x00", response="Rayleigh scattering.",
+    )
+    journal = open_journal(journal_dsn, store_prompts="full", fallback_dir=tmp_path / "fb")
+    await journal.start()
+    journal.submit(full)
+    journal.submit(rec("r2", status="rejected", http_status=429, error="queue full", resident=False))
+    await journal.stop()
+
+    found = await read_all(journal_dsn)
+    assert set(found) == {"r1", "r2"}
+    # NUL cannot live in PostgreSQL text; both backends store the same replacement.
+    expected = msgspec.structs.replace(full, prompt="why is the sky blue?\ufffd", revision=found["r1"].revision)
+    assert found["r1"] == expected
+    assert found["r2"].resident is False and found["r2"].error == "queue full"
+    assert found["r1"].revision > 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "prompt", "response"),
+    [
+        ("full", "hello", "world"),
+        ("hash", "sha256:" + hashlib.sha256(b"hello").hexdigest(), "sha256:" + hashlib.sha256(b"world").hexdigest()),
+        ("none", None, None),
+    ],
+)
+async def test_store_prompts_setting(journal_dsn: str, tmp_path: Path, setting: Any, prompt: Any, response: Any) -> None:
+    """journal.store_prompts decides whether text, its SHA-256, or nothing reaches the database."""
+    journal = open_journal(journal_dsn, store_prompts=setting, fallback_dir=tmp_path / "fb")
+    await journal.start()
+    journal.submit(rec("p1", prompt="hello", response="world"))
+    await journal.stop()
+    found = (await read_all(journal_dsn))["p1"]
+    assert (found.prompt, found.response) == (prompt, response)
+
+
+async def test_derived_timings_when_server_leaves_them_out(journal_dsn: str, tmp_path: Path) -> None:
+    """queue_wait_ms and duration_ms are filled from the timestamps when not given."""
+    journal = open_journal(journal_dsn, fallback_dir=tmp_path / "fb")
+    await journal.start()
+    journal.submit(rec("t1", dispatched_at=T0 + 1.5, completed_at=T0 + 4.0))
+    await journal.stop()
+    found = (await read_all(journal_dsn))["t1"]
+    assert (found.queue_wait_ms, found.duration_ms) == (1500.0, 4000.0)
+
+
+# -- upsert by request id --------------------------------------------------------------------------
+
+
+async def test_later_submission_wins(journal_dsn: str, tmp_path: Path) -> None:
+    """A request journalled twice is one row holding the later state."""
+    journal = open_journal(journal_dsn, fallback_dir=tmp_path / "fb")
+    await journal.start()
+    journal.submit(rec("u1", status="failed", error="interim"))
+    await journal.flush()
+    journal.submit(rec("u1", status="completed", eval_count=7))
+    await journal.stop()
+    found = await read_all(journal_dsn)
+    assert list(found) == ["u1"]
+    assert (found["u1"].status, found["u1"].error, found["u1"].eval_count) == ("completed", None, 7)
+
+
+async def test_older_revision_never_overwrites_newer(journal_dsn: str) -> None:
+    """A stale copy arriving late (a fallback replay) leaves the newer row alone."""
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        await store.migrate()
+        await store.upsert([rec("v1", status="completed", revision=20)])
+        await store.upsert([rec("v1", status="failed", revision=10)])
+        await store.upsert([rec("v2", status="failed", revision=10)])
+        await store.upsert([rec("v2", status="completed", revision=20)])
+        assert await store.count() == 2
+    finally:
+        await store.close()
+    found = await read_all(journal_dsn)
+    assert (found["v1"].status, found["v2"].status) == ("completed", "completed")
+
+
+# -- migrations and retention ----------------------------------------------------------------------
+
+
+async def test_migrations_are_versioned_and_idempotent(journal_dsn: str) -> None:
+    """migrate() applies each version once; the table has exactly the record's columns."""
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        assert await store.applied() == []
+        assert await store.migrate() == list(range(1, LATEST + 1))
+        assert await store.migrate() == []
+        assert [m.version for m in await store.applied()] == list(range(1, LATEST + 1))
+        # Selecting every column proves the table and the schema agree on names.
+        assert await store.fetch(COLUMN_NAMES, 0.0, 1.0) == []
+    finally:
+        await store.close()
+
+
+async def test_purge_removes_only_old_records(journal_dsn: str, tmp_path: Path) -> None:
+    """Retention deletes records received before the cut-off and nothing else."""
+    journal = open_journal(journal_dsn, retention_seconds=86400, fallback_dir=tmp_path / "fb")
+    await journal.start()
+    for i in range(3):
+        journal.submit(rec(f"old{i}", received_at=T0 - 10 * 86400))
+    journal.submit(rec("new", received_at=T0))
+    await journal.flush()
+    assert await journal.purge(T0 - 86400) == 3
+    await journal.stop()
+    assert list(await read_all(journal_dsn)) == ["new"]
+
+
+def test_bad_dsn_is_a_clear_error() -> None:
+    """An unknown scheme names the DSN and what to write instead."""
+    with pytest.raises(ValueError, match=r"unknown scheme 'mysql'.*postgresql://"):
+        open_journal("mysql://localhost/db")
