@@ -1,0 +1,92 @@
+"""Serving the emulator with Hypercorn, in the caller's event loop, until cancelled or told to stop.
+
+`smart-proxy sim` runs it as the whole process; `smart-proxy demo` and tests run it beside other
+work. The listening socket is bound here (port 0 → a free port) so the caller learns the URL
+before the first request and no port is ever guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+from starlette.applications import Starlette
+
+from sim.app import build_app
+from sim.config import Settings, load_text
+from sim.driver import Emulator
+from sim.presets import PRESETS
+
+
+def preset_settings(name: str, time_scale: float | None = None) -> Settings:
+    """A built-in preset, optionally at another time scale. KeyError for an unknown name."""
+    settings = load_text(PRESETS[name], f"preset {name}", time.time())
+    return settings if time_scale is None else settings.with_time_scale(time_scale)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; connections made before Hypercorn starts wait in the backlog."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Streams are one small write per token: without NODELAY Nagle holds them back.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def hypercorn_config(sock: socket.socket, quiet: bool) -> Config:
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns (and closes) the socket from here
+    config.accesslog = None if quiet else "-"
+    config.loglevel = "WARNING" if quiet else "INFO"
+    config.keep_alive_timeout = 75.0  # like Go's default idle timeout: proxies keep connections
+    config.graceful_timeout = 1.0
+    return config
+
+
+async def serve_app(
+    app: Starlette,
+    host: str = "127.0.0.1",
+    port: int = 11434,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    quiet: bool = True,
+) -> None:
+    """Serve `app` (from build_app) until `shutdown_trigger` returns or the task is cancelled."""
+    sock = bind_socket(host, port)
+    url = url_of(sock)
+    config = hypercorn_config(sock, quiet)
+    forever = asyncio.Event()
+    emulator: Emulator = app.state.emulator
+    if on_ready is not None:
+        on_ready(url)
+    try:
+        await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger or forever.wait)
+    finally:
+        emulator.close()
+
+
+async def serve_emulator(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 11434,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    quiet: bool = True,
+) -> None:
+    """The in-process entry: an emulated Ollama on host:port in the current event loop."""
+    await serve_app(build_app(settings), host, port, shutdown_trigger=shutdown_trigger,
+                    on_ready=on_ready, quiet=quiet)
