@@ -1,0 +1,87 @@
+"""`smart-proxy sim`: run the Ollama emulator as a process (Hypercorn on host:port)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+
+from sim.config import Settings, SimConfigError, load_text
+from sim.presets import DEFAULT_PRESET, PRESETS
+from sim.serve import serve_emulator
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "sim",
+        help="run the Ollama emulator",
+        description="Serve an emulated Ollama (same endpoints, shapes and scheduling rules) for "
+        "tests, demos and benchmarks. See docs/emulator.md.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, help="a sim TOML file (format in docs/emulator.md)")
+    source.add_argument(
+        "--preset", choices=sorted(PRESETS), help=f"a built-in set-up (default {DEFAULT_PRESET})"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument(
+        "--time-scale", type=float, default=None, metavar="X",
+        help="multiply every emulated duration by X (0.001: a 25 s load takes 25 ms; 0: instant)",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.set_defaults(run=run)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Settings from --config or --preset; SimConfigError (readable, no traceback) on problems."""
+    if args.config is not None:
+        try:
+            text = args.config.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SimConfigError([f"{args.config}: cannot read: {exc.strerror}"]) from None
+        settings = load_text(text, str(args.config), time.time())
+    else:
+        name = args.preset or DEFAULT_PRESET
+        settings = load_text(PRESETS[name], f"preset {name}", time.time())
+    if args.time_scale is not None:
+        if args.time_scale < 0:
+            raise SimConfigError([f"--time-scale: {args.time_scale}: must be zero or more"])
+        settings = settings.with_time_scale(args.time_scale)
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args)
+    except SimConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_main(settings, args.host, args.port, not args.access_log))
+    except OSError as exc:
+        print(f"smart-proxy sim: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _main(settings: Settings, host: str, port: int, quiet: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # platforms without signal support in loops
+            loop.add_signal_handler(sig, stop.set)
+
+    def ready(url: str) -> None:
+        names = ", ".join(spec.name for spec in settings.models)
+        print(
+            f"Ollama emulator on {url} · {settings.vram / 1e9:g} GB VRAM · "
+            f"time scale {settings.time_scale:g} · models: {names}",
+            file=sys.stderr, flush=True,
+        )
+
+    await serve_emulator(settings, host, port, shutdown_trigger=stop.wait, on_ready=ready, quiet=quiet)
