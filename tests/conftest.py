@@ -2,7 +2,7 @@
 
 import pytest
 
-pytest_plugins: list[str] = ["pg_fixtures"]
+pytest_plugins: list[str] = ["pg_fixtures", "emulator_fixtures"]
 
 
 @pytest.fixture
