@@ -24,14 +24,16 @@ from server.journal.replay import ReplayReport
 from server.journal.store import Store, StoreError, StoreRejected, StoreUnavailable
 
 
-def open_store(target: Target) -> Store:
+def open_store(target: Target, *, timeout: float = 5.0) -> Store:
+    """The backend for a target. `timeout`: how long one operation may wait for the database
+    (a pool connection, a SQLite lock) before it counts as unavailable."""
     if target.kind == "postgresql":
         from server.journal.pg_store import PostgresStore
 
-        return PostgresStore(target.location)
+        return PostgresStore(target.location, pool_timeout=timeout)
     from server.journal.sqlite_store import SqliteStore
 
-    return SqliteStore(Path(target.location))
+    return SqliteStore(Path(target.location), busy_timeout=timeout)
 
 
 def open_journal(
@@ -40,11 +42,13 @@ def open_journal(
     store_prompts: StorePrompts = "hash",
     retention_seconds: float | None = None,
     fallback_dir: Path | str | None = None,
+    store_timeout: float = 5.0,
     **tuning: Any,
 ) -> Journal:
     """A Journal for `dsn` (None: $SMART_PROXY_DB, else ./db/requests.db); not started yet.
 
-    `retention_seconds` None or 0 keeps records forever. `tuning` passes batch_size, max_pending,
+    `retention_seconds` None or 0 keeps records forever. `store_timeout`: how long a write may
+    wait for the database before its records go to the fallback file instead. `tuning` passes batch_size, max_pending,
     retry_initial, retry_max and purge_interval through to Journal. JournalConfigError on a bad DSN.
     """
     if store_prompts not in ("full", "hash", "none"):
@@ -54,7 +58,7 @@ def open_journal(
     target = resolve(dsn)
     directory = Path(fallback_dir) if fallback_dir is not None else target.default_fallback_dir()
     return Journal(
-        open_store(target),
+        open_store(target, timeout=store_timeout),
         FallbackSpool(directory),
         store_prompts=store_prompts,
         retention_seconds=retention_seconds,

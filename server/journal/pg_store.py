@@ -49,6 +49,8 @@ class PostgresStore:
         self._pool_timeout = pool_timeout
         self._max_size = max_size
         self._pool: AsyncConnectionPool | None = None
+        # Set when an operation found the server unreachable; the next ping renews the pool.
+        self._suspect = False
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -58,19 +60,23 @@ class PostgresStore:
             async with self._pool.connection(timeout=self._pool_timeout) as conn:
                 yield conn
         except PoolTimeout as exc:
+            self._suspect = True
             raise StoreUnavailable(f"postgresql {self.target}: no connection ({exc})") from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            self._suspect = True
             raise StoreUnavailable(f"postgresql {self.target}: {exc}") from exc
         except psycopg.Error as exc:
             raise StoreRejected(f"postgresql refused the data: {exc}") from exc
-        except OSError as exc:
-            raise StoreUnavailable(f"postgresql {self.target}: {exc}") from exc
 
     async def open(self) -> None:
         if self._pool is not None:
             return
+        self._pool = self._new_pool()
+        await self._pool.open(wait=False)
+
+    def _new_pool(self) -> AsyncConnectionPool:
         try:
-            self._pool = AsyncConnectionPool(
+            return AsyncConnectionPool(
                 self._dsn,
                 min_size=1,
                 max_size=self._max_size,
@@ -78,14 +84,14 @@ class PostgresStore:
                 timeout=self._pool_timeout,
                 kwargs={"connect_timeout": self._connect_timeout},
                 check=AsyncConnectionPool.check_connection,
-                # Keep trying in the background for as long as the sidecar lives; the journal's own
-                # retry loop decides when to use the database again.
-                reconnect_timeout=24 * 3600.0,
+                # The pool's own reconnection doubles its delay without a cap (a long outage would
+                # mean minutes of delay after the server is back), so it gives up early and
+                # ping() replaces the pool once a direct probe succeeds.
+                reconnect_timeout=30.0,
                 name="smart-proxy-journal",
             )
         except psycopg.ProgrammingError as exc:
             raise StoreRejected(f"invalid PostgreSQL DSN: {exc}") from exc
-        await self._pool.open(wait=False)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -121,8 +127,27 @@ class PostgresStore:
             return [AppliedMigration(int(v), n, float(a)) for v, n, a in await cur.fetchall()]
 
     async def ping(self) -> None:
+        if self._pool is not None and self._suspect:
+            await self._renew_pool()
         async with self._connection() as conn:
             await conn.execute("SELECT 1")
+
+    async def _renew_pool(self) -> None:
+        """After an outage: one direct connection proves the server is back, then a fresh pool
+        replaces the one that may be sleeping in its reconnection back-off."""
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                self._dsn, connect_timeout=self._connect_timeout
+            )
+        except (psycopg.Error, OSError) as exc:
+            raise StoreUnavailable(f"postgresql {self.target}: {exc}") from exc
+        await probe.close()
+        old, self._pool = self._pool, self._new_pool()
+        self._suspect = False
+        await self._pool.open(wait=False)
+        if old is not None:
+            # Connections still lent out by the old pool are closed when they come back.
+            await old.close(timeout=1.0)
 
     async def upsert(self, records: Sequence[JournalRecord]) -> None:
         rows = [to_row(r) for r in records]
