@@ -1,0 +1,152 @@
+"""Payloads of the sidecar's own endpoints (`/proxy/*`). Data only; the server fills them in.
+
+Responses are encoded with msgspec; the one request body (`POST /proxy/auth`) is decoded strictly,
+so a misspelt key is a 400, not a silently ignored field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from schemas.common import Strict
+
+
+class UpstreamHealth(msgspec.Struct, frozen=True, kw_only=True):
+    up: bool
+    url: str
+    last_error: str | None = None
+    last_poll_age_s: float | None = None  # None: no poll has succeeded yet
+
+
+class PolicyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str
+    last_reload_error: str | None = None
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """`GET /proxy/health`: public, so it names no client and no model."""
+
+    status: Literal["ok", "degraded", "stopping"]
+    queue_depth: int
+    in_flight: int
+    max_parallel: int
+    paused: bool
+    upstream: UpstreamHealth
+    policy: PolicyInfo
+
+
+class QueueEntry(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    position: int  # 1 = next to be dispatched
+    model: str
+    client: str
+    request_class: str = msgspec.field(name="class")
+    endpoint: str
+    waited_s: float
+    score: float
+    terms: dict[str, float]
+    overdue: bool
+
+
+class InFlightEntry(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    model: str
+    client: str
+    request_class: str = msgspec.field(name="class")
+    endpoint: str
+    elapsed_s: float
+
+
+class QueueView(msgspec.Struct, frozen=True, kw_only=True):
+    """`GET /proxy/queue` (admin): waiting tickets in dispatch order, then the ones in flight."""
+
+    paused: bool
+    depth: int
+    max_parallel: int
+    policy: PolicyInfo
+    waiting: list[QueueEntry]
+    in_flight: list[InFlightEntry]
+
+
+class Position(msgspec.Struct, frozen=True, kw_only=True):
+    """`GET /proxy/queue/{request_id}`: what a waiting client may know about its own ticket."""
+
+    request_id: str
+    state: Literal["waiting", "in_flight"]
+    position: int | None  # None once dispatched
+    depth: int
+    model: str
+    request_class: str = msgspec.field(name="class")
+    waited_s: float
+    score: float | None
+    terms: dict[str, float]
+    overdue: bool
+    policy: PolicyInfo
+
+
+class VramView(msgspec.Struct, frozen=True, kw_only=True):
+    """`GET /proxy/vram` (admin): the engine's residency model and the last `/api/ps` it saw."""
+
+    residency: dict[str, Any]
+    last_ps: dict[str, Any] | None
+    last_poll_age_s: float | None
+
+
+class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
+    """`GET /proxy/policy` (admin): the active file as compiled, with its settings."""
+
+    path: str
+    version: str
+    active: str
+    policies: dict[str, str]  # name -> description
+    last_reload_error: str | None
+    file: dict[str, Any]
+
+
+class ReloadOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    changed: bool
+    version: str
+    error: str | None = None
+
+
+class PauseState(msgspec.Struct, frozen=True, kw_only=True):
+    paused: bool
+    queue_depth: int
+
+
+class Cancelled(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    cancelled: bool
+
+
+class AuthRequest(Strict):
+    """`POST /proxy/auth` body."""
+
+    key: str
+
+
+class AuthToken(msgspec.Struct, frozen=True, kw_only=True):
+    token: str
+    expires_in_s: float
+
+
+__all__ = [
+    "AuthRequest",
+    "AuthToken",
+    "Cancelled",
+    "Health",
+    "InFlightEntry",
+    "PauseState",
+    "PolicyInfo",
+    "PolicyView",
+    "Position",
+    "QueueEntry",
+    "QueueView",
+    "ReloadOutcome",
+    "UpstreamHealth",
+    "VramView",
+]

@@ -1,0 +1,126 @@
+"""The asyncio side of the scheduler: one Future per waiting ticket, resolved when it is granted.
+
+The engine is synchronous bookkeeping; this class calls `dispatch()` after every event (arrival,
+finish, cancel, first byte, poll, reload, resume) and resolves the futures of the tickets it
+granted — event-driven, no polling loop. It also guarantees that every granted ticket is
+finished exactly once, whichever way its request ends, so in-flight always returns to zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from engine.scheduler import Grant, Scheduler
+from schemas.ticket import Ticket
+
+log = logging.getLogger("smart_proxy.dispatch")
+
+
+class ShuttingDown(Exception):
+    """The sidecar is stopping: queued requests are answered with 503."""
+
+
+class RemovedByAdmin(Exception):
+    """An administrator deleted the ticket from the queue."""
+
+
+class Dispatcher:
+    def __init__(self, scheduler: Scheduler, on_grant: Callable[[Grant], None]) -> None:
+        self.scheduler = scheduler
+        self._on_grant = on_grant
+        self._futures: dict[str, asyncio.Future[Grant]] = {}
+        self._granted: set[str] = set()  # granted and not yet finished
+        self.idle = asyncio.Event()  # set while nothing is in flight
+        self.idle.set()
+        self.closed = False
+
+    def submit(
+        self, *, request_id: str, model: str, client: str, cls: str, endpoint: str
+    ) -> tuple[Ticket, asyncio.Future[Grant]]:
+        if self.closed:
+            raise ShuttingDown
+        ticket = self.scheduler.enqueue(
+            request_id=request_id, model=model, client=client, cls=cls, endpoint=endpoint
+        )
+        fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._futures[request_id] = fut
+        self.pump()
+        return ticket, fut
+
+    def pump(self) -> None:
+        """Grant what the policy chooses now. Call after every event."""
+        for grant in self.scheduler.dispatch():
+            rid = grant.ticket.id
+            self._granted.add(rid)
+            self.idle.clear()
+            fut = self._futures.pop(rid, None)
+            if fut is None or fut.done():
+                # Cannot happen while abandon() cancels before dropping the future; if it ever
+                # does, free the slot rather than leak it.
+                log.error("granted %s with nobody waiting; releasing its slot", rid)
+                self.finish(rid)
+                continue
+            self._on_grant(grant)
+            fut.set_result(grant)
+
+    def abandon(self, request_id: str) -> None:
+        """The waiter is gone (disconnect, queue timeout, admin cancel): drop or finish its ticket."""
+        fut = self._futures.pop(request_id, None)
+        if self.scheduler.cancel(request_id):
+            if fut is not None and not fut.done():
+                fut.cancel()
+            self.pump()  # a cancelled ticket may have been what blocked the others' order
+        else:
+            self.finish(request_id)
+
+    def known(self, request_id: str) -> bool:
+        """Whether a request with this id is waiting or in flight."""
+        return request_id in self._futures or request_id in self._granted
+
+    def remove(self, request_id: str) -> bool:
+        """Admin cancel: fail a waiting ticket's future so its request answers at once."""
+        fut = self._futures.get(request_id)
+        if fut is None or fut.done() or not self.scheduler.cancel(request_id):
+            return False
+        del self._futures[request_id]
+        fut.set_exception(RemovedByAdmin())
+        self.pump()
+        return True
+
+    def started(self, request_id: str) -> None:
+        """Ollama began answering: the model is resident, tickets held behind its load may go."""
+        self.scheduler.first_byte(request_id)
+        self.pump()
+
+    def finish(self, request_id: str) -> None:
+        """Free the slot of a granted ticket; a second call for the same id does nothing."""
+        if request_id in self._granted:
+            self._granted.discard(request_id)
+            self.scheduler.finish(request_id)
+            if not self._granted:
+                self.idle.set()
+            self.pump()
+
+    def pause(self) -> None:
+        self.scheduler.pause()
+
+    def resume(self) -> None:
+        self.scheduler.resume()
+        self.pump()
+
+    def close(self) -> int:
+        """Stop admitting and fail every waiting ticket with ShuttingDown; returns how many."""
+        self.closed = True
+        waiting = list(self._futures.items())
+        self._futures.clear()
+        for rid, fut in waiting:
+            self.scheduler.cancel(rid)
+            if not fut.done():
+                fut.set_exception(ShuttingDown())
+        return len(waiting)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._granted)

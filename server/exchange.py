@@ -1,0 +1,259 @@
+"""One request's trip through the sidecar once it has been admitted: wait for a grant (scheduled
+routes), open the upstream request, stream the answer back, and — whatever happens — free the
+slot exactly once and hand the journal one record.
+
+It is an ASGI app that a route returns in place of a response, so it owns the connection for the
+whole trip and can race every step against the client going away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import httpx
+from starlette.types import Message, Receive, Scope, Send
+
+from engine.scheduler import Grant
+from schemas.journal import Status
+from server.dialects import ProxyError, error_body, error_response, is_openai
+from server.dispatcher import RemovedByAdmin, ShuttingDown
+from server.forward import open_upstream, relay
+from server.record import RequestFacts, StreamTap
+from server.watch import ClientGone, DisconnectWatch
+
+if TYPE_CHECKING:
+    from server.sidecar import Sidecar
+
+log = logging.getLogger("smart_proxy.request")
+T = TypeVar("T")
+
+CLIENT_CLOSED = 499  # nginx's convention for "the client went away"; journal and logs only
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduling:
+    model: str
+    client: str
+    cls: str
+
+
+@dataclass(slots=True)
+class _Outcome:
+    status: Status = "failed"
+    http_status: int | None = None
+    error: str | None = None
+
+
+class Exchange:
+    def __init__(
+        self,
+        sidecar: Sidecar,
+        *,
+        method: str,
+        target: str,  # path and query, sent to the upstream as they came
+        headers: list[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes],
+        facts: RequestFacts,
+        scheduling: Scheduling | None,
+        keep_text: bool,
+    ) -> None:
+        self.sidecar = sidecar
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.facts = facts
+        self.scheduling = scheduling
+        self.tap = StreamTap(keep_text=keep_text)
+        self._started = False
+        self._ends_line = True
+        self._send: Send | None = None
+        self._submitted = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._send = send
+        # A streamed upload still owns `receive`; watch for disconnects once it is done.
+        watch = DisconnectWatch(receive) if isinstance(self.body, bytes) else None
+        outcome = _Outcome()
+        try:
+            await self._run(watch, outcome)
+        except asyncio.CancelledError:
+            outcome.status, outcome.error = "cancelled", "the sidecar stopped"
+            raise
+        finally:
+            if watch is not None:
+                watch.close()
+            if self._submitted:
+                # Every path ends here, so the slot (or the waiting ticket) is always released.
+                self.sidecar.dispatcher.abandon(self.facts.request_id)
+            self._record(outcome)
+
+    # -- the trip ---------------------------------------------------------------------------
+
+    async def _run(self, watch: DisconnectWatch | None, outcome: _Outcome) -> None:
+        sc, facts = self.sidecar, self.facts
+        extra = [(b"x-request-id", facts.request_id.encode())]
+        if self.scheduling is not None:
+            assert watch is not None
+            try:
+                grant = await self._wait_grant(watch)
+            except ProxyError as exc:
+                return await self._fail(outcome, exc)
+            except ClientGone:
+                outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
+                outcome.error = "client disconnected while queued"
+                return
+            wait_ms = max(0.0, (grant.granted_at - grant.ticket.arrival) * 1000)
+            facts.dispatched_at = facts.received_at + wait_ms / 1000
+            facts.policy_name, facts.policy_version = grant.policy_name, grant.policy_version
+            facts.score, facts.score_terms = grant.score.total, grant.score.breakdown()
+            facts.queue_depth, facts.resident = grant.queue_depth, grant.resident
+            extra += [
+                (b"x-queue-wait-ms", f"{wait_ms:.0f}".encode()),
+                (b"x-dispatch-score", f"{grant.score.total:g}".encode()),
+                (b"x-dispatch-policy", f"{grant.policy_name}@{grant.policy_version}".encode()),
+            ]
+        timeout = sc.policy.backend.request_timeout
+        deadline = time.monotonic() + timeout
+        opening = asyncio.ensure_future(
+            open_upstream(
+                sc.client,
+                method=self.method,
+                url=sc.upstream_url() + self.target,
+                headers=self.headers,
+                content=self.body,
+                upstream_timeout=timeout,
+            )
+        )
+        try:
+            upstream = await self._race(watch, opening, None)
+        except ProxyError as exc:
+            sc.poller.poll_soon()  # learn about the outage now, not at the next tick
+            return await self._fail(outcome, exc)
+        except ClientGone:
+            outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
+            outcome.error = "client disconnected while Ollama prepared the answer"
+            return
+        try:
+            facts.first_byte_at = time.time()
+            outcome.http_status = upstream.status_code
+            if self.scheduling is not None and upstream.status_code < 400:
+                sc.dispatcher.started(facts.request_id)
+            streaming = asyncio.ensure_future(relay(upstream, self._sent, extra, self._seen))
+            limit = max(0.0, deadline - time.monotonic()) if self.scheduling else None
+            try:
+                await self._race(watch, streaming, limit)
+            except ClientGone:
+                outcome.status, outcome.error = "cancelled", "client disconnected mid-answer"
+                return
+            except TimeoutError:
+                outcome.error = f"Ollama's answer exceeded the request timeout ({timeout:g}s)"
+                return await self._abort(outcome.error)
+            except httpx.HTTPError as exc:
+                outcome.error = f"Ollama broke off the answer: {exc or type(exc).__name__}"
+                sc.poller.poll_soon()
+                return await self._abort(outcome.error)
+            if upstream.status_code < 400:
+                outcome.status = "completed"
+            else:
+                outcome.error = f"Ollama answered {upstream.status_code}"
+        finally:
+            await upstream.aclose()
+
+    async def _wait_grant(self, watch: DisconnectWatch) -> Grant:
+        sc, s, rid = self.sidecar, self.scheduling, self.facts.request_id
+        assert s is not None
+        queue_timeout = sc.policy.backend.queue_timeout
+        if sc.dispatcher.known(rid):
+            raise ProxyError(400, f"X-Request-Id {rid!r} is already used by a request in progress")
+        try:
+            _, fut = sc.dispatcher.submit(
+                request_id=rid, model=s.model, client=s.client, cls=s.cls,
+                endpoint=self.facts.endpoint,
+            )
+        except ShuttingDown:
+            raise ProxyError(503, "the proxy is shutting down", retry_after=5) from None
+        self._submitted = True
+        try:
+            return await watch.first(fut, within=queue_timeout)
+        except TimeoutError:
+            raise ProxyError(
+                504, f"waited longer than the queue timeout ({queue_timeout:g}s) for a slot"
+            ) from None
+        except ShuttingDown:
+            raise ProxyError(503, "the proxy is shutting down", retry_after=5) from None
+        except RemovedByAdmin:
+            raise ProxyError(503, "an administrator removed this request from the queue") from None
+
+    async def _race(
+        self, watch: DisconnectWatch | None, task: asyncio.Future[T], within: float | None
+    ) -> T:
+        try:
+            if watch is None:
+                return await asyncio.wait_for(task, within)
+            return await watch.first(task, within)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    # -- answering ----------------------------------------------------------------------------
+
+    async def _sent(self, message: Message) -> None:
+        assert self._send is not None
+        if message["type"] == "http.response.start":
+            self._started = True
+        await self._send(message)
+
+    def _seen(self, chunk: bytes) -> None:
+        if chunk:
+            self._ends_line = chunk.endswith(b"\n")
+        self.tap(chunk)
+
+    async def _fail(self, outcome: _Outcome, exc: ProxyError) -> None:
+        outcome.status = "rejected" if exc.status in (429, 503) and not self._started else "failed"
+        outcome.http_status, outcome.error = exc.status, exc.message
+        assert self._send is not None
+        response = error_response(
+            self.facts.endpoint, exc.status, exc.message, retry_after=exc.retry_after,
+            headers={"x-request-id": self.facts.request_id},
+        )
+        await response({"type": "http"}, _no_receive, self._send)
+
+    async def _abort(self, message: str) -> None:
+        """The answer broke after it began: end it with an error line in the stream's framing, as
+        Ollama itself does, so a client sees an error rather than a silently short answer."""
+        assert self._send is not None
+        body = error_body(self.facts.endpoint, 500, message)
+        line = (b"" if self._ends_line else b"\n") + (
+            b"data: " + body + b"\n\n" if is_openai(self.facts.endpoint) else body + b"\n"
+        )
+        await self._send({"type": "http.response.body", "body": line, "more_body": False})
+
+    def _record(self, outcome: _Outcome) -> None:
+        facts, sc = self.facts, self.sidecar
+        if outcome.status == "completed" or outcome.http_status is not None:
+            facts.counters = self.tap.counters()
+            facts.response = self.tap.text()
+        record = facts.finish(outcome.status, outcome.http_status, outcome.error)
+        sc.journal.submit(record)
+        seconds = (record.duration_ms or 0.0) / 1000
+        sc.metrics.finished(facts.endpoint, facts.model, outcome.status, seconds)
+        log.info(
+            "%s %s %s %s",
+            self.method, facts.endpoint, outcome.http_status or "-", outcome.status,
+            extra={
+                "client": facts.client, "model": facts.model,
+                "queue_wait_ms": None if record.queue_wait_ms is None else round(record.queue_wait_ms),
+                "duration_ms": round(record.duration_ms or 0.0), "error": outcome.error,
+            },
+        )
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}

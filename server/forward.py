@@ -1,0 +1,98 @@
+"""Forwarding one request to Ollama and streaming its answer back byte for byte.
+
+The body goes out unchanged; `Host` is rewritten (Ollama refuses foreign hosts on loopback) by
+letting httpx set it from the upstream URL; hop-by-hop headers and the sidecar's own credentials
+never leave. The answer comes back raw — Ollama's status, content type, framing and encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+from starlette.datastructures import Headers
+from starlette.types import Send
+
+from server.auth import ADMIN_HEADERS
+from server.dialects import ProxyError
+
+# RFC 9110 §7.6.1 plus the ones every proxy drops; `host` and `content-length` are recomputed.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = _HOP_BY_HOP | ADMIN_HEADERS | {"host", "content-length", "cookie"}
+# The ASGI server writes its own framing and date.
+_NOT_RETURNED = _HOP_BY_HOP | {"date", "server", "x-request-id"}
+
+
+def request_headers(headers: Headers) -> list[tuple[str, str]]:
+    dropped = set(_NOT_FORWARDED)
+    for value in headers.getlist("connection"):  # headers the client marked hop-by-hop
+        dropped.update(v.strip().lower() for v in value.split(","))
+    return [(k, v) for k, v in headers.items() if k.lower() not in dropped]
+
+
+def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
+    dropped = set(_NOT_RETURNED)
+    for value in upstream.headers.get_list("connection"):
+        dropped.update(v.strip().lower() for v in value.split(","))
+    return [(k, v) for k, v in upstream.headers.raw if k.decode("latin-1").lower() not in dropped]
+
+
+async def open_upstream(
+    client: httpx.AsyncClient,
+    *,
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]],
+    content: bytes | AsyncIterator[bytes],
+    upstream_timeout: float,
+) -> httpx.Response:
+    """Send the request and wait for Ollama's status line and headers (its first byte).
+
+    Refused/unreachable -> ProxyError 502; no answer within `upstream_timeout` -> 504.
+    """
+    request = client.build_request(
+        method,
+        url,
+        headers=headers,
+        content=content,
+        timeout=httpx.Timeout(upstream_timeout, connect=min(upstream_timeout, 10.0)),
+    )
+    try:
+        return await client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        raise ProxyError(504, f"Ollama did not answer in time ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        raise ProxyError(502, f"Ollama is unreachable: {exc or type(exc).__name__}") from None
+
+
+async def relay(
+    upstream: httpx.Response,
+    send: Send,
+    extra_headers: list[tuple[bytes, bytes]],
+    tap: Callable[[bytes], None] | None = None,
+) -> None:
+    """Stream Ollama's answer to the client as it arrives. Raises httpx errors mid-stream."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": upstream.status_code,
+            "headers": response_headers(upstream) + extra_headers,
+        }
+    )
+    async for chunk in upstream.aiter_raw():
+        if tap is not None:
+            tap(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

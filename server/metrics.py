@@ -1,0 +1,113 @@
+"""Prometheus metrics, one registry per app instance (so tests can run several sidecars).
+
+Model names come from clients, so a label only carries a model Ollama has reported (in /api/tags
+or /api/ps) and "other" otherwise: a client cannot blow up the series count with invented names.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engine.scheduler import Grant, Scheduler
+
+_WAIT_BUCKETS = (0.005, 0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_DURATION_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class _QueueCollector(Collector):
+    """Read at scrape time from the scheduler, so the gauges can never drift from the queue."""
+
+    def __init__(self, scheduler: Callable[[], Scheduler], label: Callable[[str], str]) -> None:
+        self._scheduler = scheduler
+        self._label = label
+
+    def collect(self) -> Iterable[Metric]:
+        scheduler = self._scheduler()
+        depth = GaugeMetricFamily(
+            "smart_proxy_queue_depth", "Requests waiting in the queue, by model", labels=["model"]
+        )
+        for model, count in sorted(
+            Tally(self._label(r.ticket.model) for r in scheduler.waiting()).items()
+        ):
+            depth.add_metric([model], count)
+        yield depth
+        yield GaugeMetricFamily(
+            "smart_proxy_in_flight", "Requests sent to Ollama and not finished", value=scheduler.in_flight_count
+        )
+        yield GaugeMetricFamily(
+            "smart_proxy_max_parallel", "Slots: requests allowed in flight at once", value=scheduler.max_parallel
+        )
+        yield GaugeMetricFamily(
+            "smart_proxy_paused", "1 while dispatching is paused", value=int(scheduler.paused)
+        )
+
+
+class Metrics:
+    def __init__(self, scheduler: Callable[[], Scheduler]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.known_models: set[str] = set()
+        r = self.registry
+        self.requests = Counter(
+            "smart_proxy_requests",
+            "Requests by endpoint, model and outcome",
+            ["endpoint", "model", "status"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "smart_proxy_queue_wait_seconds", "Time from arrival to dispatch", ["model"],
+            buckets=_WAIT_BUCKETS, registry=r,
+        )
+        self.duration = Histogram(
+            "smart_proxy_request_duration_seconds", "Time from arrival to the last byte", ["model"],
+            buckets=_DURATION_BUCKETS, registry=r,
+        )
+        self.dispatches = Counter(
+            "smart_proxy_dispatches",
+            "Dispatches by what Ollama had to do: attach to a resident model, load, or swap",
+            ["action"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "smart_proxy_evictions", "Models the engine expected Ollama to unload", registry=r
+        )
+        self.reloads = Counter(
+            "smart_proxy_policy_reloads", "Policy reload attempts by result", ["result"], registry=r
+        )
+        self.upstream_up = Gauge("smart_proxy_upstream_up", "1 if the last poll of Ollama succeeded", registry=r)
+        r.register(_QueueCollector(scheduler, self.model_label))
+
+    def model_label(self, model: str) -> str:
+        return model if model in self.known_models else "other"
+
+    def learn_models(self, *payloads: dict[str, object]) -> None:
+        for payload in payloads:
+            models = payload.get("models")
+            if not isinstance(models, list):
+                continue
+            for m in models:
+                if isinstance(m, dict):
+                    for key in ("name", "model"):
+                        if isinstance(m.get(key), str):
+                            self.known_models.add(str(m[key]))
+
+    def granted(self, grant: Grant) -> None:
+        self.dispatches.labels(grant.action).inc()
+        if grant.evicts:
+            self.evictions.inc(len(grant.evicts))
+        self.queue_wait.labels(self.model_label(grant.ticket.model)).observe(
+            max(0.0, grant.granted_at - grant.ticket.arrival)
+        )
+
+    def finished(self, endpoint: str, model: str | None, status: str, seconds: float) -> None:
+        label = self.model_label(model) if model else "none"
+        self.requests.labels(endpoint, label, status).inc()
+        if model:
+            self.duration.labels(label).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,177 @@
+"""What the journal learns about one request: a builder filled in along the request path, and a
+tap that reads Ollama's counters (and, if the policy stores them, the generated text) from the
+answer as it streams past — without holding the stream up or keeping more than its tail."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from schemas.journal import JournalRecord, Status
+
+_COUNTERS = (
+    "prompt_eval_count",
+    "eval_count",
+    "total_duration",
+    "load_duration",
+    "prompt_eval_duration",
+    "eval_duration",
+)
+_TAIL_BYTES = 64 * 1024  # the final chunk of any real answer fits in this
+_TEXT_LIMIT = 1024 * 1024  # stored response text is cut here
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    request_id: str
+    endpoint: str
+    received_at: float  # epoch seconds
+    client: str = "unknown"
+    ip: str | None = None
+    model: str | None = None
+    cls: str | None = None
+    policy_name: str | None = None
+    policy_version: str | None = None
+    dispatched_at: float | None = None
+    first_byte_at: float | None = None
+    score: float | None = None
+    score_terms: dict[str, float] = field(default_factory=dict)
+    queue_depth: int | None = None
+    resident: bool | None = None
+    prompt: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    response: str | None = None
+
+    def finish(self, status: Status, http_status: int | None, error: str | None) -> JournalRecord:
+        done = time.time()
+        wait_ms = None
+        if self.dispatched_at is not None:
+            wait_ms = max(0.0, (self.dispatched_at - self.received_at) * 1000)
+        return JournalRecord(
+            request_id=self.request_id,
+            client=self.client,
+            endpoint=self.endpoint,
+            received_at=self.received_at,
+            status=status,
+            ip=self.ip,
+            model=self.model,
+            request_class=self.cls,
+            policy_name=self.policy_name,
+            policy_version=self.policy_version,
+            dispatched_at=self.dispatched_at,
+            first_byte_at=self.first_byte_at,
+            completed_at=done,
+            queue_wait_ms=wait_ms,
+            duration_ms=max(0.0, (done - self.received_at) * 1000),
+            http_status=http_status,
+            error=error,
+            score=self.score,
+            score_terms=self.score_terms,
+            queue_depth=self.queue_depth,
+            resident=self.resident,
+            prompt=self.prompt,
+            response=self.response,
+            **self.counters,
+        )
+
+
+class StreamTap:
+    """Fed every chunk of the answer; reads the counters from the last complete JSON line."""
+
+    def __init__(self, *, keep_text: bool) -> None:
+        self._tail: deque[bytes] = deque()
+        self._tail_len = 0
+        self._keep_text = keep_text
+        self._text: list[bytes] = []
+        self._text_len = 0
+
+    def __call__(self, chunk: bytes) -> None:
+        self._tail.append(chunk)
+        self._tail_len += len(chunk)
+        while self._tail_len - len(self._tail[0]) >= _TAIL_BYTES:
+            self._tail_len -= len(self._tail.popleft())
+        if self._keep_text and self._text_len < _TEXT_LIMIT:
+            self._text.append(chunk)
+            self._text_len += len(chunk)
+
+    def _objects(self, data: bytes) -> list[dict[str, Any]]:
+        out = []
+        for line in data.split(b"\n"):
+            line = line.strip()
+            if line.startswith(b"data:"):
+                line = line[5:].strip()
+            if not line.startswith(b"{"):
+                continue
+            try:
+                obj = msgspec.json.decode(line)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+    def counters(self) -> dict[str, int]:
+        """Ollama's native counters, or the OpenAI usage block mapped onto them."""
+        for obj in reversed(self._objects(b"".join(self._tail))):
+            found = {k: v for k in _COUNTERS if isinstance(v := obj.get(k), int) and v >= 0}
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                for ours, theirs in (
+                    ("prompt_eval_count", "prompt_tokens"),
+                    ("eval_count", "completion_tokens"),
+                ):
+                    value = usage.get(theirs)
+                    if isinstance(value, int) and value >= 0:
+                        found[ours] = value
+            if found:
+                return found
+        return {}
+
+    def text(self) -> str | None:
+        """The generated text, joined from every chunk (native or OpenAI, streamed or not)."""
+        if not self._keep_text:
+            return None
+        parts: list[str] = []
+        for obj in self._objects(b"".join(self._text)):
+            parts.append(_piece(obj))
+        return "".join(parts)
+
+
+def _piece(obj: dict[str, Any]) -> str:
+    if isinstance(obj.get("response"), str):
+        return str(obj["response"])
+    message = obj.get("message")
+    if isinstance(message, dict) and isinstance(message.get("content"), str):
+        return str(message["content"])
+    out = []
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        holder = choice.get("delta") or choice.get("message") or {}
+        if isinstance(holder, dict) and isinstance(holder.get("content"), str):
+            out.append(holder["content"])
+        elif isinstance(choice.get("text"), str):
+            out.append(choice["text"])
+    return "".join(out)
+
+
+def prompt_text(body: Any) -> str | None:
+    """The prompt as text for the journal: prompt, messages' contents, or embedding input."""
+    if not isinstance(body, dict):
+        return None
+    for key in ("prompt", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return "\n".join(value)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return "\n".join(
+            str(m.get("content")) for m in messages if isinstance(m, dict) and m.get("content")
+        )
+    return None

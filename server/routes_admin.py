@@ -1,0 +1,238 @@
+"""The sidecar's own endpoints under /proxy, and /metrics.
+
+Public: /proxy/health (minimal: no client or model names), /proxy/queue/{id} (a waiting client's
+own position: the id is its capability), /proxy/vram, /proxy/auth (rate-limited), /metrics.
+Everything else needs admin (network, X-Admin-Key or session token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from schemas.proxy_api import (
+    AuthRequest,
+    AuthToken,
+    Cancelled,
+    Health,
+    InFlightEntry,
+    PauseState,
+    PolicyInfo,
+    PolicyView,
+    Position,
+    QueueEntry,
+    QueueView,
+    ReloadOutcome,
+    UpstreamHealth,
+    VramView,
+)
+from server.auth import SESSION_COOKIE
+from server.dialects import ProxyError, error_response
+from server.routes_proxy import read_body, sidecar_of
+from server.sidecar import Sidecar
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(payload), status, media_type="application/json")
+
+
+def admin_only(endpoint: Endpoint) -> Endpoint:
+    async def guarded(request: Request) -> Response:
+        if not sidecar_of(request).is_admin(request):
+            return error_response(
+                request.url.path, 403,
+                "admin only: connect from an admin network, or send X-Admin-Key or a session token",
+            )
+        return await endpoint(request)
+
+    guarded.__name__ = endpoint.__name__
+    return guarded
+
+
+def _policy_info(sc: Sidecar) -> PolicyInfo:
+    return PolicyInfo(
+        name=sc.policy.active.name, version=sc.policy.version, last_reload_error=sc.holder.last_error
+    )
+
+
+async def health(request: Request) -> Response:
+    sc = sidecar_of(request)
+    poller = sc.poller
+    degraded = not poller.up or sc.holder.last_error is not None
+    body = Health(
+        status="stopping" if sc.stopping else "degraded" if degraded else "ok",
+        queue_depth=sc.scheduler.depth,
+        in_flight=sc.dispatcher.in_flight,
+        max_parallel=sc.scheduler.max_parallel,
+        paused=sc.scheduler.paused,
+        upstream=UpstreamHealth(
+            up=poller.up, url=sc.upstream_url(), last_error=poller.last_error,
+            last_poll_age_s=poller.last_poll_age(),
+        ),
+        policy=_policy_info(sc),
+    )
+    return _json(body, 503 if sc.stopping else 200)
+
+
+@admin_only
+async def queue(request: Request) -> Response:
+    sc = sidecar_of(request)
+    now = sc.clock()
+    waiting = [
+        QueueEntry(
+            request_id=r.ticket.id, position=r.position, model=r.ticket.model,
+            client=r.ticket.client, request_class=r.ticket.cls, endpoint=r.ticket.endpoint,
+            waited_s=round(now - r.ticket.arrival, 3), score=r.score.total,
+            terms=r.score.breakdown(), overdue=r.score.overdue,
+        )
+        for r in sc.scheduler.waiting()
+    ]
+    flying = [
+        InFlightEntry(
+            request_id=f.ticket.id, model=f.ticket.model, client=f.ticket.client,
+            request_class=f.ticket.cls, endpoint=f.ticket.endpoint,
+            elapsed_s=round(now - f.granted_at, 3),
+        )
+        for f in sc.scheduler.in_flight()
+    ]
+    return _json(
+        QueueView(
+            paused=sc.scheduler.paused, depth=sc.scheduler.depth,
+            max_parallel=sc.scheduler.max_parallel, policy=_policy_info(sc),
+            waiting=waiting, in_flight=flying,
+        )
+    )
+
+
+async def position(request: Request) -> Response:
+    sc = sidecar_of(request)
+    rid = request.path_params["request_id"]
+    now = sc.clock()
+    ranked = sc.scheduler.position(rid)
+    if ranked is not None:
+        t, s = ranked.ticket, ranked.score
+        body = Position(
+            request_id=rid, state="waiting", position=ranked.position, depth=sc.scheduler.depth,
+            model=t.model, request_class=t.cls, waited_s=round(now - t.arrival, 3),
+            score=s.total, terms=s.breakdown(), overdue=s.overdue, policy=_policy_info(sc),
+        )
+        return _json(body)
+    for f in sc.scheduler.in_flight():
+        if f.ticket.id == rid:
+            body = Position(
+                request_id=rid, state="in_flight", position=None, depth=sc.scheduler.depth,
+                model=f.ticket.model, request_class=f.ticket.cls,
+                waited_s=round(f.granted_at - f.ticket.arrival, 3), score=None, terms={},
+                overdue=False, policy=_policy_info(sc),
+            )
+            return _json(body)
+    return error_response(request.url.path, 404, f"no waiting or running request {rid!r}")
+
+
+@admin_only
+async def remove(request: Request) -> Response:
+    sc = sidecar_of(request)
+    rid = request.path_params["request_id"]
+    if not sc.dispatcher.remove(rid):
+        return error_response(request.url.path, 404, f"no waiting request {rid!r}")
+    return _json(Cancelled(request_id=rid, cancelled=True))
+
+
+async def vram(request: Request) -> Response:
+    sc = sidecar_of(request)
+    return _json(
+        VramView(
+            residency=sc.scheduler.residency(), last_ps=sc.poller.last_ps,
+            last_poll_age_s=sc.poller.last_poll_age(),
+        )
+    )
+
+
+@admin_only
+async def policy(request: Request) -> Response:
+    sc = sidecar_of(request)
+    compiled = sc.policy
+    return _json(
+        PolicyView(
+            path=compiled.path, version=compiled.version, active=compiled.active.name,
+            policies={n: p.description for n, p in compiled.policies.items()},
+            last_reload_error=sc.holder.last_error, file=msgspec.to_builtins(compiled.raw),
+        )
+    )
+
+
+@admin_only
+async def reload(request: Request) -> Response:
+    result = await sidecar_of(request).reloader.reload()
+    body = ReloadOutcome(ok=result.ok, changed=result.changed, version=result.version, error=result.error)
+    return _json(body, 200 if result.ok else 422)
+
+
+@admin_only
+async def pause(request: Request) -> Response:
+    sc = sidecar_of(request)
+    sc.dispatcher.pause()
+    return _json(PauseState(paused=True, queue_depth=sc.scheduler.depth))
+
+
+@admin_only
+async def resume(request: Request) -> Response:
+    sc = sidecar_of(request)
+    sc.dispatcher.resume()
+    return _json(PauseState(paused=False, queue_depth=sc.scheduler.depth))
+
+
+async def auth(request: Request) -> Response:
+    sc = sidecar_of(request)
+    compiled = sc.policy
+    address = sc.address(request)
+    try:
+        body = msgspec.json.decode(await read_body(request, 4096), type=AuthRequest)
+    except ProxyError as exc:
+        return error_response(request.url.path, exc.status, exc.message)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        return error_response(request.url.path, 400, f'expected {{"key": "..."}}: {exc}')
+    try:
+        token = sc.auth.login(
+            address=str(address) if address is not None else "unknown",
+            offered=body.key,
+            key_env=compiled.raw.admin.key_env,
+            lifetime=compiled.session_lifetime,
+            per_minute=compiled.raw.admin.auth_attempts_per_minute,
+        )
+    except ProxyError as exc:
+        return error_response(request.url.path, exc.status, exc.message, retry_after=exc.retry_after)
+    response = _json(AuthToken(token=token, expires_in_s=compiled.session_lifetime))
+    response.set_cookie(
+        SESSION_COOKIE, token, max_age=max(1, int(compiled.session_lifetime)),
+        httponly=True, samesite="strict", secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def metrics(request: Request) -> Response:
+    body = sidecar_of(request).metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/proxy/health", health, methods=["GET"]),
+        Route("/proxy/queue", queue, methods=["GET"]),
+        Route("/proxy/queue/{request_id}", position, methods=["GET"]),
+        Route("/proxy/queue/{request_id}", remove, methods=["DELETE"]),
+        Route("/proxy/vram", vram, methods=["GET"]),
+        Route("/proxy/policy", policy, methods=["GET"]),
+        Route("/proxy/policy/reload", reload, methods=["POST"]),
+        Route("/proxy/pause", pause, methods=["POST"]),
+        Route("/proxy/resume", resume, methods=["POST"]),
+        Route("/proxy/auth", auth, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

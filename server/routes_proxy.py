@@ -1,0 +1,214 @@
+"""The Ollama-facing routes: scheduled ones go through the queue, the rest pass straight through
+(some only for admins). Each reads and checks what it must, then hands an `Exchange` the trip."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from server.dialects import ProxyError, error_response
+from server.exchange import Exchange, Scheduling
+from server.forward import request_headers
+from server.identity import identify
+from server.logs import request_id_var
+from server.record import RequestFacts, prompt_text
+from server.sidecar import Sidecar
+
+# Each can make Ollama load a model, so each waits for the scheduler's grant.
+SCHEDULED = (
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+)
+
+
+class _Scheduled(msgspec.Struct):
+    """Only what scheduling needs; every other field stays in the raw bytes, forwarded as sent."""
+
+    model: str = ""
+    stream: bool | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+
+
+_decoder = msgspec.json.Decoder(_Scheduled)
+
+
+def sidecar_of(request: Request) -> Sidecar:
+    sc: Sidecar = request.app.state.sidecar
+    return sc
+
+
+def _target(request: Request) -> str:
+    path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string") or b""
+    return (path + (b"?" + query if query else b"")).decode("latin-1")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ProxyError(413, f"request body is larger than the limit of {limit} bytes")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ProxyError(413, f"request body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ProxyError(400, "the client disconnected while sending the body") from None
+    return b"".join(chunks)
+
+
+def parse_scheduled(body: bytes) -> _Scheduled:
+    if not body.strip():
+        raise ProxyError(400, "missing request body")
+    try:
+        parsed = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ProxyError(400, f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProxyError(400, f"invalid JSON in request body: {exc}") from None
+    if not parsed.model.strip():
+        raise ProxyError(400, "model is required")
+    return parsed
+
+
+def admit(sc: Sidecar, client: str) -> None:
+    """The policy's limits: queue full -> 503; per-client cap and hard rate windows -> 429."""
+    if sc.stopping:
+        raise ProxyError(503, "the proxy is shutting down", retry_after=5)
+    compiled, scheduler = sc.policy, sc.scheduler
+    limits = compiled.raw.limits
+    if scheduler.depth >= limits.max_queue:
+        raise ProxyError(
+            503,
+            f"server busy, please try again. the proxy's queue is full ({scheduler.depth} waiting)",
+            retry_after=10,
+        )
+    if scheduler.queued(client) >= limits.max_queued_per_client:
+        raise ProxyError(
+            429,
+            f"too many queued requests from this client (limit {limits.max_queued_per_client})",
+            retry_after=10,
+        )
+    for name, window, max_requests in compiled.rate_windows:
+        if scheduler.recent(client, window) >= max_requests:
+            raise ProxyError(
+                429,
+                f"rate limit {name!r} exceeded: {max_requests} requests per {window:g}s",
+                retry_after=window,
+            )
+
+
+def _facts(request: Request, sc: Sidecar) -> RequestFacts:
+    address = sc.address(request)
+    return RequestFacts(
+        request_id=request_id_var.get() or "",
+        endpoint=request.url.path,
+        received_at=time.time(),
+        ip=str(address) if address is not None else None,
+    )
+
+
+async def scheduled(request: Request) -> Response | Exchange:
+    sc = sidecar_of(request)
+    compiled = sc.policy
+    facts = _facts(request, sc)
+    clients = compiled.raw.clients
+    try:
+        body = await read_body(request, compiled.raw.limits.max_body)
+        parsed = parse_scheduled(body)
+        identity = identify(
+            headers=request.headers,
+            address=sc.address(request),
+            identify_by=clients.identify_by,
+            header=clients.header,
+            api_keys=sc.api_keys(),
+        )
+        facts.client, facts.model = identity.client, parsed.model
+        facts.cls = compiled.classify(
+            identity.client, parsed.model, facts.endpoint, request.headers.get(clients.class_header)
+        )
+        admit(sc, identity.client)
+    except ProxyError as exc:
+        status = "rejected" if exc.status in (429, 503) else "failed"
+        sc.journal.submit(facts.finish(status, exc.status, exc.message))
+        sc.metrics.finished(facts.endpoint, facts.model, status, 0.0)
+        return error_response(facts.endpoint, exc.status, exc.message, retry_after=exc.retry_after)
+    if compiled.raw.journal.store_prompts != "none":
+        facts.prompt = prompt_text(msgspec.json.decode(body))
+    return Exchange(
+        sc,
+        method=request.method,
+        target=_target(request),
+        headers=request_headers(request.headers),
+        body=body,
+        facts=facts,
+        scheduling=Scheduling(model=parsed.model, client=identity.client, cls=facts.cls),
+        keep_text=compiled.raw.journal.store_prompts != "none",
+    )
+
+
+async def _passthrough(request: Request, *, admin: bool) -> Response | Exchange:
+    sc = sidecar_of(request)
+    facts = _facts(request, sc)
+    if admin and not sc.is_admin(request):
+        return error_response(facts.endpoint, 403, "admin only: this endpoint changes Ollama's models")
+    if request.url.path.startswith("/api/blobs/"):
+        upload: bytes | AsyncIterator[bytes] = request.stream()  # blobs are model layers: never held in memory
+    else:
+        try:
+            upload = await read_body(request, sc.policy.raw.limits.max_body)
+        except ProxyError as exc:
+            return error_response(facts.endpoint, exc.status, exc.message)
+    return Exchange(
+        sc,
+        method=request.method,
+        target=_target(request),
+        headers=request_headers(request.headers),
+        body=upload,
+        facts=facts,
+        scheduling=None,
+        keep_text=False,
+    )
+
+
+async def passthrough(request: Request) -> Response | Exchange:
+    return await _passthrough(request, admin=False)
+
+
+async def admin_passthrough(request: Request) -> Response | Exchange:
+    return await _passthrough(request, admin=True)
+
+
+def routes() -> list[BaseRoute]:
+    out: list[BaseRoute] = [Route(path, scheduled, methods=["POST"]) for path in SCHEDULED]
+    out += [
+        Route("/", passthrough, methods=["GET", "HEAD"]),
+        Route("/api/version", passthrough, methods=["GET", "HEAD"]),
+        Route("/api/tags", passthrough, methods=["GET", "HEAD"]),
+        Route("/api/ps", passthrough, methods=["GET", "HEAD"]),
+        Route("/api/show", passthrough, methods=["POST"]),
+        Route("/v1/models", passthrough, methods=["GET"]),
+        Route("/v1/models/{model:path}", passthrough, methods=["GET"]),
+        Route("/api/pull", admin_passthrough, methods=["POST"]),
+        Route("/api/push", admin_passthrough, methods=["POST"]),
+        Route("/api/create", admin_passthrough, methods=["POST"]),
+        Route("/api/copy", admin_passthrough, methods=["POST"]),
+        Route("/api/delete", admin_passthrough, methods=["DELETE"]),
+        Route("/api/blobs/{digest}", admin_passthrough, methods=["HEAD", "POST"]),
+    ]
+    return out

@@ -1,0 +1,89 @@
+"""Serving the app with Hypercorn, and stopping it gracefully.
+
+On SIGTERM/SIGINT (or `stop()`): stop admitting and answer queued requests 503 at once, stop
+accepting connections, give in-flight requests `grace` seconds to finish, then the lifespan stops
+the poller, the watcher and the journal (which flushes what it holds). SIGHUP reloads the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Sequence
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from starlette.applications import Starlette
+
+from server.sidecar import Sidecar
+
+log = logging.getLogger("smart_proxy")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free port), so the URL is known before Hypercorn starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    # Streams are one small write per token: without NODELAY Nagle holds them back.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)  # connections made before Hypercorn starts wait in the backlog
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class Server:
+    def __init__(self, app: Starlette, sockets: Sequence[socket.socket], grace: float) -> None:
+        self.app = app
+        self.sockets = list(sockets)
+        self.grace = grace
+        self._stop = asyncio.Event()
+
+    @property
+    def sidecar(self) -> Sidecar:
+        sc: Sidecar = self.app.state.sidecar
+        return sc
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (idempotent; safe from a signal handler)."""
+        if not self._stop.is_set():
+            self.sidecar.begin_shutdown()
+            self._stop.set()
+
+    async def _shutdown_trigger(self) -> None:
+        await self._stop.wait()
+        # Hypercorn stops accepting, then waits up to `graceful_timeout` for open connections;
+        # keep-alive connections idle between requests would hold it that long, so wait here
+        # for the requests that matter — the ones holding slots.
+        await self.sidecar.drain(self.grace)
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        config = Config()
+        # Hypercorn owns (and closes) the sockets from here.
+        config.bind = [f"fd://{s.detach()}" for s in self.sockets]
+        config.graceful_timeout = 1.0  # slot holders were drained above; idle sockets go fast
+        config.accesslog = None
+        config.errorlog = logging.getLogger("smart_proxy.hypercorn")
+        config.keep_alive_timeout = 75.0
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+                installed.append(sig)
+            loop.add_signal_handler(signal.SIGHUP, self.sidecar.reloader.reload_soon)
+            installed.append(signal.SIGHUP)
+        try:
+            await serve(self.app, config, shutdown_trigger=self._shutdown_trigger)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)

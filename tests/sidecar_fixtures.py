@@ -1,0 +1,194 @@
+"""A real sidecar for end-to-end tests: Hypercorn on a free loopback port in a background thread
+with its own event loop, in front of whatever upstream URL the test gives (usually the emulator).
+
+    def test_x(sidecar_factory, emulator):
+        proxy = sidecar_factory(upstream=emulator.url, policy=POLICY_TEXT)
+        httpx.post(proxy.url + "/api/chat", json=...)
+        proxy.health()["in_flight"]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from server.app import create_app
+from server.runner import Server, listen, url_of
+from server.sidecar import Settings, Sidecar
+
+T = TypeVar("T")
+
+# Small, fast and predictable: two slots, instant polls, no rate windows.
+BASE_POLICY = """\
+active = "test"
+
+[backend]
+max_parallel = 2
+num_parallel = 1
+vram_gb = 8
+max_loaded_models = 2
+poll_interval = "200ms"
+request_timeout = "30s"
+queue_timeout = "30s"
+
+[policies.test.terms.vram]
+loaded = 0
+fits = 100
+unknown_size = 600
+swap = [{ up_to_gb = 16, points = 300 }, { up_to_gb = 40, points = 400 }]
+swap_above = 800
+
+[policies.test.terms.fairness]
+per_queued = 5
+per_recent = 5
+window = "10m"
+cap = 100
+"""
+
+
+@dataclass
+class RunningSidecar:
+    url: str
+    urls: list[str]
+    app: Starlette
+    policy_path: Path
+    loop: asyncio.AbstractEventLoop = field(repr=False)
+    server: Server = field(repr=False)
+
+    @property
+    def sidecar(self) -> Sidecar:
+        sc: Sidecar = self.app.state.sidecar
+        return sc
+
+    def call(self, function: Callable[[], T]) -> T:
+        """Run `function` on the sidecar's loop thread (the scheduler is not thread-safe)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(function())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return future.result(timeout=10)
+
+    def health(self) -> dict[str, Any]:
+        response = httpx.get(self.url + "/proxy/health", timeout=10)
+        result: dict[str, Any] = response.json()
+        return result
+
+    def queue(self) -> dict[str, Any]:
+        response = httpx.get(self.url + "/proxy/queue", timeout=10)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def admin(self, method: str, path: str) -> httpx.Response:
+        return httpx.request(method, self.url + path, timeout=10)
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], within: float = 10.0) -> dict[str, Any]:
+        """Poll /proxy/health until `predicate(health)` holds; AssertionError after `within` s."""
+        deadline = time.monotonic() + within
+        while True:
+            health = self.health()
+            if predicate(health):
+                return health
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not reached within {within}s: {health}")
+            time.sleep(0.01)
+
+    def wait_depth(self, depth: int, within: float = 10.0) -> None:
+        self.wait_for(lambda h: h["queue_depth"] == depth, within)
+
+    def wait_idle(self, within: float = 10.0) -> None:
+        self.wait_for(lambda h: h["in_flight"] == 0 and h["queue_depth"] == 0, within)
+
+
+@contextmanager
+def running_sidecar(
+    policy_path: Path,
+    upstream: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    hosts: Sequence[str] = ("127.0.0.1",),
+    grace: float = 5.0,
+    watch_interval: float = 0.1,
+) -> Iterator[RunningSidecar]:
+    settings = Settings(
+        policy=policy_path, upstream=upstream, env=dict(env or {}),
+        shutdown_grace=grace, watch_interval=watch_interval,
+    )
+    app = create_app(settings)
+    sockets = [listen(host, 0) for host in hosts]
+    urls = [url_of(s) for s in sockets]
+    server = Server(app, sockets, grace=grace)
+    loops: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        loops.set_result(asyncio.get_running_loop())
+        await server.run(handle_signals=False)
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # re-raised in the test's thread below
+            failure.append(exc)
+            if not loops.done():
+                loops.set_exception(exc)
+
+    thread = threading.Thread(target=run, name="sidecar", daemon=True)
+    thread.start()
+    loop = loops.result(timeout=30)
+    running = RunningSidecar(urls[0], urls, app, policy_path, loop, server)
+    deadline = time.monotonic() + 30
+    while True:  # ready once the lifespan has started and the first poll has been made
+        try:
+            if httpx.get(urls[0] + "/proxy/health", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or failure:
+            break
+        time.sleep(0.01)
+    try:
+        yield running
+    finally:
+        if thread.is_alive():
+            loop.call_soon_threadsafe(server.stop)
+        thread.join(timeout=30)
+        if thread.is_alive():
+            raise RuntimeError("the sidecar thread did not stop within 30 s")
+        if failure:
+            raise failure[0]
+
+
+SidecarFactory = Callable[..., RunningSidecar]
+
+
+@pytest.fixture
+def sidecar_factory(tmp_path: Path) -> Iterator[SidecarFactory]:
+    """Start sidecars (policy text or path, upstream URL); all are stopped after the test."""
+    with contextlib.ExitStack() as stack:
+        counter = iter(range(1000))
+
+        def start(*, upstream: str, policy: str = BASE_POLICY, **kwargs: Any) -> RunningSidecar:
+            path = tmp_path / f"policy-{next(counter)}.toml"
+            path.write_text(policy, encoding="utf-8")
+            return stack.enter_context(running_sidecar(path, upstream, **kwargs))
+
+        yield start
+
