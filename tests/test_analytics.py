@@ -1,0 +1,198 @@
+"""Analytics: seeded data with answers worked out by hand, the same on SQLite and PostgreSQL.
+
+The seed: arrivals alternate models A B A B, the scheduler dispatched them A A B B — so the
+dispatch runs are longer than the arrival runs, which is exactly what the grouping figures show.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pg_fixtures import PgServer
+
+from schemas.journal import JournalRecord
+from server.journal import AnalyticsError, open_journal
+from server.journal.analytics import AnalyticsQuery, bucket_seconds, percentile, run_lengths
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_767_225_600.0  # a multiple of 300 s, so the 5-minute buckets start exactly at T0
+NOW = T0 + 3600
+
+
+def rec(rid: str, t: float, model: str | None, client: str, ip: str, cls: str, status: Any,
+        **more: Any) -> JournalRecord:
+    return JournalRecord(request_id=rid, received_at=T0 + t, model=model, client=client, ip=ip,
+                         request_class=cls, status=status, endpoint="/api/chat", **more)
+
+
+SEED = [
+    rec("a", 10, "A", "alice", "10.0.0.1", "interactive", "completed", queue_wait_ms=100.0,
+        duration_ms=1000.0, score=10.0, resident=True, dispatched_at=T0 + 10.1),
+    rec("b", 20, "B", "bob", "10.0.0.2", "batch", "completed", queue_wait_ms=10300.0,
+        duration_ms=3000.0, score=200.0, resident=False, dispatched_at=T0 + 30.3),
+    rec("c", 30, "A", "alice", "10.0.0.1", "interactive", "completed", queue_wait_ms=200.0,
+        duration_ms=2000.0, score=20.0, resident=True, dispatched_at=T0 + 30.2),
+    rec("d", 40, "B", "bob", "10.0.0.2", "batch", "failed", error="upstream timeout",
+        queue_wait_ms=400.0, duration_ms=5000.0, score=400.0, resident=True, dispatched_at=T0 + 40.4),
+    rec("e", 50, "A", "carol", "10.0.0.1", "interactive", "rejected", error="queue full", http_status=429),
+    rec("f", 3000, "C", "carol", "10.0.0.3", "batch", "failed", error="upstream timeout",
+        queue_wait_ms=50.0, duration_ms=100.0, score=800.0, resident=False, dispatched_at=T0 + 3000.05),
+    rec("h", 3500, "A", "alice", "10.0.0.1", "interactive", "cancelled", error="client went away",
+        duration_ms=50.0),
+    # Outside the one-hour window: must not count anywhere.
+    rec("old", -10, "Z", "zed", "10.9.9.9", "batch", "failed", error="ancient", score=1e6),
+]
+
+
+def stat(count: int, mean: float | None, p50: float | None, p95: float | None, mx: float | None) -> dict[str, Any]:
+    return {"count": count, "mean": mean, "p50": p50, "p95": p95, "max": mx}
+
+
+A_ROW = {"key": "A", "requests": 4, "errors": 1, "error_rate": 0.25,
+         "wait_ms": stat(2, 150.0, 100.0, 200.0, 200.0),
+         "duration_ms": stat(3, 1016.667, 1000.0, 2000.0, 2000.0)}
+B_ROW = {"key": "B", "requests": 2, "errors": 1, "error_rate": 0.5,
+         "wait_ms": stat(2, 5350.0, 400.0, 10300.0, 10300.0),
+         "duration_ms": stat(2, 4000.0, 3000.0, 5000.0, 5000.0)}
+C_ROW = {"key": "C", "requests": 1, "errors": 1, "error_rate": 1.0,
+         "wait_ms": stat(1, 50.0, 50.0, 50.0, 50.0), "duration_ms": stat(1, 100.0, 100.0, 100.0, 100.0)}
+
+
+async def seeded_report(dsn: str, tmp_path: Path, **params: Any) -> dict[str, Any]:
+    journal = open_journal(dsn, fallback_dir=tmp_path / "fallback")
+    await journal.start()
+    for record in SEED:
+        journal.submit(record)
+    await journal.flush()
+    try:
+        return await journal.analytics(now=NOW, **params)
+    finally:
+        await journal.stop()
+
+
+async def test_known_answers(journal_dsn: str, tmp_path: Path) -> None:
+    """Every figure of the report, field by field, on each database."""
+    r = await seeded_report(journal_dsn, tmp_path, hours=1, group_by="model", limit=10)
+
+    assert r["window"] == {"hours": 1.0, "since": T0, "until": NOW, "group_by": "model", "limit": 10}
+    assert r["totals"] == {"requests": 7, "completed": 3, "failed": 2, "cancelled": 1, "rejected": 1}
+    # -- who asked
+    assert r["by_model"] == [{"key": "A", "requests": 4}, {"key": "B", "requests": 2}, {"key": "C", "requests": 1}]
+    assert r["by_client"] == [{"key": "alice", "requests": 3}, {"key": "bob", "requests": 2},
+                              {"key": "carol", "requests": 2}]
+    assert r["by_ip"] == [{"key": "10.0.0.1", "requests": 4}, {"key": "10.0.0.2", "requests": 2},
+                          {"key": "10.0.0.3", "requests": 1}]
+    # -- waits and durations
+    assert r["groups"] == {"by": "model", "rows": [A_ROW, B_ROW, C_ROW]}
+    assert r["latency"]["by_model"] == [A_ROW, B_ROW, C_ROW]
+    assert r["latency"]["by_class"] == [
+        A_ROW | {"key": "interactive"},
+        {"key": "batch", "requests": 3, "errors": 2, "error_rate": 0.667,
+         "wait_ms": stat(3, 3583.333, 400.0, 10300.0, 10300.0),
+         "duration_ms": stat(3, 2700.0, 3000.0, 5000.0, 5000.0)},
+    ]
+    # -- scores: 10 equal bins from the lowest to the highest score
+    scores = r["scores"]
+    assert {k: scores[k] for k in ("count", "min", "max", "mean", "p50", "p95")} == {
+        "count": 5, "min": 10.0, "max": 800.0, "mean": 286.0, "p50": 200.0, "p95": 800.0}
+    assert [b["count"] for b in scores["histogram"]] == [2, 0, 1, 0, 1, 0, 0, 0, 0, 1]
+    assert (scores["histogram"][0]["from"], scores["histogram"][-1]["to"]) == (10.0, 800.0)
+    # -- errors
+    assert r["errors"] == {
+        "requests": 7, "errors": 3, "error_rate": 0.429, "cancelled": 1,
+        "by_status": {"completed": 3, "failed": 2, "cancelled": 1, "rejected": 1},
+        "top_messages": [{"message": "upstream timeout", "count": 2}, {"message": "queue full", "count": 1}],
+    }
+    # -- over time: twelve 5-minute buckets
+    timeline = r["timeline"]
+    assert timeline["bucket_seconds"] == 300 and len(timeline["buckets"]) == 12
+    assert timeline["buckets"][0] == {"start": T0, "requests": 5, "errors": 2}
+    assert timeline["buckets"][10] == {"start": T0 + 3000, "requests": 1, "errors": 1}
+    assert timeline["buckets"][11] == {"start": T0 + 3300, "requests": 1, "errors": 0}
+    assert sum(b["requests"] for b in timeline["buckets"]) == 7
+    # -- residency and what the scheduler grouped
+    assert r["residency"] == {"dispatched": 5, "known": 5, "resident_hits": 3, "hit_rate": 0.6,
+                              "model_loads": 2, "model_switches": 2}
+    assert r["grouping"] == {
+        "dispatch_runs": {"runs": 3, "mean": 1.667, "p50": 2, "max": 2},
+        "arrival_runs": {"runs": 5, "mean": 1.0, "p50": 1, "max": 1},
+        "grouping_gain": 1.667,
+    }
+
+
+async def test_group_by_and_limit(journal_dsn: str, tmp_path: Path) -> None:
+    """group_by picks the dimension of `groups`; limit trims every top-N list."""
+    r = await seeded_report(journal_dsn, tmp_path, hours="1", group_by="client", limit="2")
+    assert [row["key"] for row in r["groups"]["rows"]] == ["alice", "bob"]
+    assert r["by_model"] == [{"key": "A", "requests": 4}, {"key": "B", "requests": 2}]
+    assert r["errors"]["top_messages"] == [{"message": "upstream timeout", "count": 2},
+                                          {"message": "queue full", "count": 1}]
+
+
+@pytest.mark.postgres
+async def test_sqlite_and_postgresql_answer_identically(pg_server: PgServer, tmp_path: Path) -> None:
+    """The whole report, compared as one value, for every group_by."""
+    for group_by in ("model", "client", "ip", "class", "endpoint", "status"):
+        lite = await seeded_report(f"sqlite:///{tmp_path / group_by / 'r.db'}", tmp_path / group_by,
+                                   hours=2, group_by=group_by, limit=3)
+        pg = await seeded_report(pg_server.new_database(), tmp_path / group_by, hours=2,
+                                 group_by=group_by, limit=3)
+        assert lite == pg
+
+
+# -- parameters ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"hours": "0"}, "hours: '0' is not valid"),
+        ({"hours": "abc"}, "hours: 'abc' is not valid"),
+        ({"hours": 10_000}, "hours: 10000 is not valid"),
+        ({"hours": True}, "hours: True is not valid"),
+        ({"group_by": "colour"}, "group_by: 'colour' is not valid; use one of model, client, ip, class, endpoint, status"),
+        ({"limit": "0"}, "limit: '0' is not valid; give a whole number from 1 to 1000"),
+        ({"limit": "2.5"}, "limit: '2.5' is not valid"),
+        ({"limit": 1.0}, "limit: 1.0 is not valid"),
+    ],
+)
+def test_bad_parameters_are_named(params: dict[str, Any], message: str) -> None:
+    """Each bad parameter gets a message naming it, its value and what is allowed."""
+    query = {"hours": 24, "group_by": "model", "limit": 10} | params
+    with pytest.raises(AnalyticsError, match="^" + message.replace(".", r"\.").replace("(", r"\(")):
+        AnalyticsQuery.parse(**query)
+
+
+def test_all_bad_parameters_reported_at_once() -> None:
+    """Three bad parameters, one error listing all three."""
+    with pytest.raises(AnalyticsError) as info:
+        AnalyticsQuery.parse(hours="-1", group_by="x", limit="many")
+    assert str(info.value).count("is not valid") == 3
+
+
+# -- building blocks -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [([], 0.5, None), ([7.0], 0.95, 7.0), ([1.0, 2.0], 0.5, 1.0), ([1.0, 2.0, 3.0, 4.0], 0.95, 4.0),
+     ([float(i) for i in range(1, 101)], 0.95, 95.0)],
+)
+def test_nearest_rank_percentile(values: list[float], q: float, expected: float | None) -> None:
+    """Percentiles are nearest-rank: always a value that occurred."""
+    assert percentile(values, q) == expected
+
+
+def test_run_lengths() -> None:
+    """Consecutive equal models form one run."""
+    assert run_lengths(["A", "A", "B", "A", "A", "A"]) == [2, 1, 3]
+    assert run_lengths([]) == []
+
+
+@pytest.mark.parametrize(("hours", "size"), [(0.5, 60), (1, 300), (24, 1800), (168, 21600), (8784, 604800)])
+def test_bucket_size_keeps_the_timeline_short(hours: float, size: int) -> None:
+    """At most 48 buckets (a year falls back to weeks)."""
+    assert bucket_seconds(hours) == size
