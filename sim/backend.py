@@ -220,6 +220,10 @@ class Backend:
                     self.stats.reloads += 1
                     changed = True
                 return changed
+            if any(r.draining for r in self.runners.values()):
+                # An eviction is under way: Ollama waits until the victim's VRAM is reported
+                # free before it considers the head again, even if the head would fit now.
+                return changed
             need = min(job.spec.resident_size(job.num_ctx), self.settings.vram)
             if self._fits(need):
                 self.pending.popleft()
@@ -238,8 +242,8 @@ class Backend:
 
     def _evict_for_head(self) -> bool:
         """Pick a victim: shortest keep_alive first, ties by name (not LRU); idle ones preferred."""
-        if any(r.draining or r.state in ("unloading", "releasing") for r in self.runners.values()):
-            return False  # one eviction at a time; wait for the VRAM it frees
+        if any(r.state in ("unloading", "releasing") for r in self.runners.values()):
+            return False  # an expiry is freeing VRAM already; see whether that is enough
         candidates = sorted(
             (r for r in self.runners.values() if r.state == "loaded"),
             key=lambda r: (r.keep_alive, r.spec.name),
