@@ -18,6 +18,7 @@ from engine.picker import Picker
 from engine.residency import Action, Plan, ResidencyModel, canonical
 from policy.compile import Policy
 from policy.load import CompiledFile
+from policy.state import SchedulingState
 from schemas.ticket import Residency, Score, Ticket
 
 
@@ -52,8 +53,8 @@ class InFlight:
     started: bool = False
 
 
-class _StateView:
-    """The read-only state a policy sees (policy.state.SchedulingState)."""
+class _StateView(SchedulingState):
+    """The read-only state a policy sees."""
 
     __slots__ = ("_ledger", "_residency")
 

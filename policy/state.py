@@ -1,30 +1,38 @@
 """What a scoring term may ask about the scheduler's state. The engine implements it; the policy
-package only depends on this protocol, so terms stay pure functions of (ticket, state, now)."""
+package depends only on this interface, so terms stay pure functions of (ticket, state, now).
+
+An abstract base class rather than a Protocol: implementations subclass it explicitly, and a
+runtime type check is one isinstance() instead of a signature comparison per call on the hot path.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from abc import ABC, abstractmethod
 
 from schemas.ticket import Residency
 
 
-class SchedulingState(Protocol):
+class SchedulingState(ABC):
+    __slots__ = ()
+
+    @abstractmethod
     def residency(self, model: str) -> Residency: ...
 
+    @abstractmethod
     def size_gb(self, model: str) -> float | None:
         """Resident size in GiB, or None when no source (ps, tags, [models]) knows it."""
-        ...
 
+    @abstractmethod
     def fits_beside(self, model: str, vram_only: bool) -> bool:
-        """Whether loading `model` now needs no eviction (size must be known)."""
-        ...
+        """Whether loading `model` now needs no eviction (False when its size is unknown)."""
 
+    @abstractmethod
     def loaded_count(self) -> int: ...
 
+    @abstractmethod
     def queued(self, client: str) -> int:
         """Waiting tickets of this client, including the one being scored."""
-        ...
 
+    @abstractmethod
     def recent(self, client: str, window: float, now: float) -> int:
         """Arrivals of this client within the last `window` seconds, including the scored one."""
-        ...

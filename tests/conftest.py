@@ -1,8 +1,13 @@
 """Shared test configuration. Fixture modules of each area are loaded as plugins below."""
 
 import pytest
+from typeguard import install_import_hook
 
-pytest_plugins: list[str] = ["pg_fixtures", "emulator_fixtures"]
+# Instrument our packages before any fixture module below imports them. (typeguard's own pytest
+# option installs its hook too late for modules that conftest plugins import.)
+install_import_hook(["schemas", "policy", "engine", "server", "sim"])
+
+pytest_plugins: list[str] = ["pg_fixtures", "emulator_fixtures", "sidecar_fixtures"]
 
 
 @pytest.fixture
