@@ -75,6 +75,9 @@ def _go_type_message(message: str, struct: str) -> str:
     go_names = {"str": "string", "int": "number", "float": "number", "array": "array",
                 "object": "object", "bool": "bool", "null": "null"}
     expected, got, path = match.groups()
+    expected = expected.replace(" | null", "")  # Go's zero values make every field nullable
+    if not path:
+        return f"json: cannot unmarshal {go_names.get(got, got)} into Go value of type {struct}"
     return (
         f"json: cannot unmarshal {go_names.get(got, got)} into Go struct field "
         f"{struct}.{path} of type {go_names.get(expected, expected)}"
@@ -90,6 +93,11 @@ async def decode_body(request: Request, kind: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
+        # Go checks the whole document is JSON before it maps any field, so syntax errors win.
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise ApiError(400, _go_decode_message(body)) from None
         raise ApiError(400, _go_type_message(str(exc), kind.__name__)) from None
     except msgspec.DecodeError:
         raise ApiError(400, _go_decode_message(body)) from None
