@@ -1,0 +1,155 @@
+"""`smart-proxy db migrate|status|backfill` and `smart-proxy trace export`.
+
+Every verb takes `--db` (default: $SMART_PROXY_DB, else ./db/requests.db). Bad input — an unknown
+DSN scheme, an unparseable duration, an unreachable database — is one line on stderr and exit code
+2 (1 when backfill had to move lines aside), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from policy.durations import parse_duration
+from server.journal import open_store, resolve
+from server.journal.dsn import ENV_VAR, JournalConfigError, Target
+from server.journal.fallback import FallbackSpool
+from server.journal.migrations import LATEST, MIGRATIONS
+from server.journal.replay import replay_all
+from server.journal.store import Store, StoreError
+from server.journal.trace import trace_lines
+
+USAGE_ERROR = 2
+
+
+def _target(args: argparse.Namespace) -> Target:
+    return resolve(args.db)
+
+
+def _run(args: argparse.Namespace, body: Callable[[Store, Target], Awaitable[int]]) -> int:
+    """Open the store, run the verb, close; turn every expected failure into a message."""
+
+    async def main() -> int:
+        target = _target(args)
+        store = open_store(target, timeout=args.timeout)
+        try:
+            await store.open()
+            return await body(store, target)
+        finally:
+            await store.close()
+
+    # The pool logs every failed reconnection; the CLI reports the outcome once, itself.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(main())
+    except (JournalConfigError, ValueError) as exc:
+        print(f"smart-proxy: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except StoreError as exc:
+        print(f"smart-proxy: journal database unavailable: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    async def body(store: Store, target: Target) -> int:
+        applied = await store.migrate()
+        if applied:
+            print(f"{store.target}: applied migration(s) {', '.join(map(str, applied))}; now at version {LATEST}")
+        else:
+            print(f"{store.target}: up to date at version {LATEST}")
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def body(store: Store, target: Target) -> int:
+        done = {m.version: m for m in await store.applied()}
+        print(f"database: {store.dialect} {store.target}")
+        for migration in MIGRATIONS:
+            seen = done.get(migration.version)
+            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seen.applied_at)) if seen else "pending"
+            print(f"  {migration.version:>3}  {migration.name:<40} {when}")
+        if len(done) == len(MIGRATIONS):
+            print(f"records: {await store.count()}")
+        spool = FallbackSpool(_fallback_dir(args, target))
+        print(f"fallback: {spool.directory} ({await asyncio.to_thread(spool.count_lines)} line(s) waiting)")
+        # Exit 1 when migrations are pending, so deploy scripts can check before starting.
+        return 0 if len(done) == len(MIGRATIONS) else 1
+
+    return _run(args, body)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    async def body(store: Store, target: Target) -> int:
+        await store.migrate()
+        spool = FallbackSpool(_fallback_dir(args, target))
+        report = await replay_all(store, spool)
+        print(f"replayed {report.records} record(s) from {report.files} file(s) in {spool.directory}")
+        if report.skipped:
+            print(f"skipped {report.skipped} file(s) still open by a running sidecar")
+        for problem in report.problems:
+            print(f"moved aside: {problem}", file=sys.stderr)
+        return 1 if report.bad_lines else 0
+
+    return _run(args, body)
+
+
+def cmd_trace_export(args: argparse.Namespace) -> int:
+    async def body(store: Store, target: Target) -> int:
+        until = time.time()
+        out = sys.stdout.buffer
+        for line in await trace_lines(store, until - args.since, until):
+            out.write(line)
+        out.flush()
+        return 0
+
+    return _run(args, body)
+
+
+def _fallback_dir(args: argparse.Namespace, target: Target) -> Path:
+    return Path(args.fallback_dir) if args.fallback_dir else target.default_fallback_dir()
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, help=f"a path, sqlite:///path or postgresql://… (default: ${ENV_VAR}, else ./db/requests.db)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the database (default 5)")
+
+
+def register(subparsers: Any) -> None:
+    db = subparsers.add_parser("db", help="the request journal's database: migrate, status, backfill")
+    db_verbs = db.add_subparsers(dest="db_verb", metavar="ACTION", required=True)
+    migrate = db_verbs.add_parser("migrate", help="apply pending schema migrations")
+    _common(migrate)
+    migrate.set_defaults(run=cmd_migrate)
+    status = db_verbs.add_parser("status", help="applied migrations, record count, fallback backlog")
+    _common(status)
+    status.add_argument("--fallback-dir", default=None, help="default: next to the database (./db/fallback)")
+    status.set_defaults(run=cmd_status)
+    backfill = db_verbs.add_parser("backfill", help="replay fallback files into the database now")
+    _common(backfill)
+    backfill.add_argument("--fallback-dir", default=None, help="default: next to the database (./db/fallback)")
+    backfill.set_defaults(run=cmd_backfill)
+
+    trace = subparsers.add_parser("trace", help="export the journal as a replayable trace")
+    trace_verbs = trace.add_subparsers(dest="trace_verb", metavar="ACTION", required=True)
+    export = trace_verbs.add_parser("export", help="write JSON lines (schemas/trace.py) to stdout")
+    _common(export)
+    export.add_argument("--since", type=_duration, default=86400.0, help='how far back, e.g. "24h", "7d" (default 24h)')
+    export.set_defaults(run=cmd_trace_export)
+
+
+__all__ = ["register"]
