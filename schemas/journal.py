@@ -14,8 +14,8 @@ from msgspec import Meta
 
 from schemas.common import Strict
 
-# Final states only: the server journals a request when it ends (or earlier, with one of these
-# provisional values, and again when it ends — the later revision wins).
+# How the request ended. A server that journals a request before it ends uses its expected state
+# and submits again at the end; the later revision wins.
 Status = Literal["completed", "failed", "cancelled", "rejected"]
 STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled", "rejected")
 
