@@ -18,31 +18,36 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
-from server.app import create_app
-from server.runner import Server, listen, url_of
-from server.sidecar import Settings, Sidecar
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from policy.load import CompiledFile
+    from schemas.journal import JournalRecord
+    from server.runner import Server
+    from server.sidecar import Sidecar
+
+# server is imported inside the functions: this plugin loads before typeguard instruments our
+# packages, and a module imported that early would escape the type checks.
 
 T = TypeVar("T")
 
-# Small, fast and predictable: two slots, instant polls, no rate windows.
-BASE_POLICY = """\
-active = "test"
-
-[backend]
-max_parallel = 2
-num_parallel = 1
-vram_gb = 8
-max_loaded_models = 2
-poll_interval = "200ms"
-request_timeout = "30s"
-queue_timeout = "30s"
-
+def make_policy(
+    *,
+    max_parallel: int = 2,
+    vram_gb: float = 8,
+    max_loaded_models: int = 2,
+    queue_timeout: str = "30s",
+    request_timeout: str = "30s",
+    extra: str = "",
+    terms: str | None = None,
+) -> str:
+    """A small, predictable policy: vram and fairness terms, instant polls; `extra` is appended."""
+    default_terms = """
 [policies.test.terms.vram]
 loaded = 0
 fits = 100
@@ -56,6 +61,42 @@ per_recent = 5
 window = "10m"
 cap = 100
 """
+    return f"""\
+active = "test"
+
+[backend]
+max_parallel = {max_parallel}
+num_parallel = 1
+vram_gb = {vram_gb}
+max_loaded_models = {max_loaded_models}
+poll_interval = "200ms"
+request_timeout = "{request_timeout}"
+queue_timeout = "{queue_timeout}"
+{terms if terms is not None else default_terms}
+{extra}
+"""
+
+
+BASE_POLICY = make_policy()
+
+
+class RecordingJournal:
+    """A journal that keeps every record in memory, in hand-off order."""
+
+    def __init__(self) -> None:
+        self.records: list[JournalRecord] = []
+
+    def submit(self, record: JournalRecord) -> None:
+        self.records.append(record)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": "memory", "records": len(self.records)}
 
 
 @dataclass
@@ -66,6 +107,7 @@ class RunningSidecar:
     policy_path: Path
     loop: asyncio.AbstractEventLoop = field(repr=False)
     server: Server = field(repr=False)
+    journal: RecordingJournal = field(default_factory=RecordingJournal)
 
     @property
     def sidecar(self) -> Sidecar:
@@ -127,11 +169,20 @@ def running_sidecar(
     grace: float = 5.0,
     watch_interval: float = 0.1,
 ) -> Iterator[RunningSidecar]:
+    from server.app import create_app
+    from server.runner import Server, listen, url_of
+    from server.sidecar import Settings
+
     settings = Settings(
         policy=policy_path, upstream=upstream, env=dict(env or {}),
         shutdown_grace=grace, watch_interval=watch_interval,
     )
-    app = create_app(settings)
+    journal = RecordingJournal()
+
+    def make_journal(compiled: CompiledFile) -> RecordingJournal:
+        return journal
+
+    app = create_app(settings, journal=make_journal)
     sockets = [listen(host, 0) for host in hosts]
     urls = [url_of(s) for s in sockets]
     server = Server(app, sockets, grace=grace)
@@ -153,7 +204,7 @@ def running_sidecar(
     thread = threading.Thread(target=run, name="sidecar", daemon=True)
     thread.start()
     loop = loops.result(timeout=30)
-    running = RunningSidecar(urls[0], urls, app, policy_path, loop, server)
+    running = RunningSidecar(urls[0], urls, app, policy_path, loop, server, journal)
     deadline = time.monotonic() + 30
     while True:  # ready once the lifespan has started and the first poll has been made
         try:
@@ -177,6 +228,43 @@ def running_sidecar(
 
 
 SidecarFactory = Callable[..., RunningSidecar]
+
+
+async def health_async(client: httpx.AsyncClient, proxy: RunningSidecar) -> dict[str, Any]:
+    result: dict[str, Any] = (await client.get(proxy.url + "/proxy/health")).json()
+    return result
+
+
+async def wait_async(
+    client: httpx.AsyncClient,
+    proxy: RunningSidecar,
+    predicate: Callable[[dict[str, Any]], bool],
+    within: float = 10.0,
+) -> dict[str, Any]:
+    """Poll /proxy/health from an async test until `predicate(health)` holds."""
+    deadline = time.monotonic() + within
+    while True:
+        health = await health_async(client, proxy)
+        if predicate(health):
+            return health
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {within}s: {health}")
+        await asyncio.sleep(0.005)
+
+
+async def queue_in_order(
+    client: httpx.AsyncClient,
+    proxy: RunningSidecar,
+    calls: Sequence[tuple[str, dict[str, Any], dict[str, str]]],
+) -> list[asyncio.Task[httpx.Response]]:
+    """Send (path, json, headers) requests one at a time, each only once the previous is queued,
+    so their arrival order is exactly the list's. The queue must be paused."""
+    start = (await health_async(client, proxy))["queue_depth"]
+    tasks = []
+    for i, (path, body, headers) in enumerate(calls, start=1):
+        tasks.append(asyncio.create_task(client.post(proxy.url + path, json=body, headers=headers)))
+        await wait_async(client, proxy, lambda h, n=start + i: h["queue_depth"] == n)
+    return tasks
 
 
 @pytest.fixture
