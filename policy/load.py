@@ -56,6 +56,7 @@ class CompiledFile:
     retention: float
     classifier: Classifier
     windows: frozenset[float]  # every client window any policy or rate limit counts
+    terms: dict[str, tuple[DecodedTerm, ...]]  # per policy, the decoded terms (for `show`)
 
     def classify(self, client: str, model: str, endpoint: str, requested: str | None) -> str:
         return self.classifier.classify(client, model, endpoint, requested)
@@ -201,4 +202,5 @@ def compile_file(
         retention=parse_duration(file.journal.retention),
         classifier=Classifier.from_settings(file.clients),
         windows=windows,
+        terms={name: tuple(table) for name, table in terms.items()},
     )

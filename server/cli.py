@@ -14,7 +14,7 @@ import sys
 # feature not built yet) is skipped rather than breaking every other verb.
 VERB_MODULES = (
     "server.cli_serve",
-    "policy.cli",
+    "server.cli_policy",
     "sim.cli",
     "server.journal.cli",
 )
@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code = args.run(args)
+    try:
+        code = args.run(args)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        sys.stderr.close()
+        return 1
     return int(code or 0)
 
 

@@ -1,0 +1,218 @@
+"""`smart-proxy policy …`: check, show, explain and snapshot a policy file.
+
+`snapshot` is the workflow for operators' own CI: write the orderings a policy file gives on a
+directory of scenarios, commit that file, and let `--check` fail (with what moved) when an edit
+changes the order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.scenario import dispatch_sequence, load_scenario, ranking, scenario_files
+from policy.errors import PolicyError
+from policy.load import CompiledFile, load_policy_file
+from policy.show import resolved_toml
+
+SNAPSHOT_FORMAT = 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    policy = sub.add_parser("policy", help="check, show, explain or snapshot a policy file")
+    verbs = policy.add_subparsers(dest="policy_verb", metavar="VERB", required=True)
+
+    check = verbs.add_parser("check", help='print "ok" or every error in the file')
+    check.add_argument("file")
+    check.set_defaults(run=_check)
+
+    show = verbs.add_parser("show", help="print the fully resolved file (all defaults) as TOML")
+    show.add_argument("file")
+    show.set_defaults(run=_show)
+
+    explain = verbs.add_parser("explain", help="rank a scenario's tickets with every term")
+    explain.add_argument("file")
+    explain.add_argument("--scenario", required=True, help="a scenario TOML file")
+    explain.add_argument("--policy", help="a policy of the file (default: the active one)")
+    explain.set_defaults(run=_explain)
+
+    snap = verbs.add_parser("snapshot", help="write or check the orderings of every policy")
+    snap.add_argument("file")
+    snap.add_argument("--scenarios", required=True, help="directory of scenario TOML files")
+    snap.add_argument("--check", metavar="GOLDEN", help="compare with this orderings file")
+    snap.add_argument("-o", "--output", help="write here instead of standard output")
+    snap.set_defaults(run=_snapshot)
+
+
+def _load(path: str) -> CompiledFile | None:
+    try:
+        return load_policy_file(path)
+    except PolicyError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    compiled = _load(args.file)
+    if compiled is None:
+        return 1
+    print(
+        f"ok: {args.file} — {len(compiled.policies)} policies, active "
+        f"{compiled.active.name!r}, version {compiled.version}"
+    )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    compiled = _load(args.file)
+    if compiled is None:
+        return 1
+    sys.stdout.write(resolved_toml(compiled))
+    return 0
+
+
+def _pick_policy(compiled: CompiledFile, name: str | None) -> str | None:
+    if name is None:
+        return compiled.active.name
+    if name not in compiled.policies:
+        print(
+            f"{compiled.path}: no policy named {name!r}; defined: {', '.join(compiled.policies)}",
+            file=sys.stderr,
+        )
+        return None
+    return name
+
+
+def _explain(args: argparse.Namespace) -> int:
+    compiled = _load(args.file)
+    if compiled is None:
+        return 1
+    name = _pick_policy(compiled, args.policy)
+    if name is None:
+        return 2
+    try:
+        scenario = load_scenario(args.scenario)
+    except PolicyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    rows = ranking(compiled, scenario, name)
+    terms = [t.name for t in compiled.policies[name].terms]
+    table = Table(
+        title=f"{name} on {Path(args.scenario).name}: {scenario.description}",
+        caption="lower total = served sooner; ties go to the earlier arrival",
+    )
+    for column in ("rank", "ticket", "model", "client", "class", "waited s", *terms, "total"):
+        numeric = column in ("rank", "waited s", "total", *terms)
+        table.add_column(column, justify="right" if numeric else "left")
+    for row in rows:
+        total = f"{row['total']:g}" + (" (overdue)" if row.get("overdue") else "")
+        table.add_row(
+            str(row["rank"]),
+            row["ticket"],
+            row["model"],
+            row["client"],
+            row["class"],
+            f"{row['waited']:g}",
+            *(f"{row['terms'][t]:g}" for t in terms),
+            total,
+        )
+    # Off a terminal (CI logs, files) use a width that fits every column instead of 80.
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    console.print(table)
+    sequence = dispatch_sequence(compiled, scenario, name)
+    console.print(
+        "dispatch order, one slot freeing at a time: "
+        + " → ".join(f"{s['ticket']} ({s['action']})" for s in sequence)
+    )
+    return 0
+
+
+def orderings(compiled: CompiledFile, directory: str) -> dict[str, Any]:
+    """Every policy × scenario dispatch sequence, one readable line per dispatch."""
+    scenarios = [(p.stem, load_scenario(p)) for p in scenario_files(directory)]
+    out: dict[str, Any] = {"format": SNAPSHOT_FORMAT, "orderings": {}}
+    for name in sorted(compiled.policies):
+        out["orderings"][name] = {
+            stem: [_line(step) for step in dispatch_sequence(compiled, scenario, name)]
+            for stem, scenario in scenarios
+        }
+    return out
+
+
+def _line(step: dict[str, Any]) -> str:
+    terms = " ".join(f"{k}={v:g}" for k, v in step["terms"].items())
+    flag = " overdue" if step.get("overdue") else ""
+    return (
+        f"{step['ticket']} {step['model']} {step['client']}/{step['class']} {step['action']}"
+        f" total={step['total']:g}{flag}" + (f" [{terms}]" if terms else "")
+    )
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    compiled = _load(args.file)
+    if compiled is None:
+        return 1
+    if not scenario_files(args.scenarios):
+        print(f"{args.scenarios}: no scenario files (*.toml) found", file=sys.stderr)
+        return 2
+    try:
+        current = orderings(compiled, args.scenarios)
+    except PolicyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    text = json.dumps(current, indent=2, sort_keys=True) + "\n"
+    if args.check is None:
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+        return 0
+    try:
+        golden = json.loads(Path(args.check).read_text(encoding="utf-8"))
+        previous = golden["orderings"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"{args.check}: not a readable orderings file ({exc})", file=sys.stderr)
+        return 2
+    moved = describe_changes(previous, current["orderings"])
+    if not moved:
+        print(f"ok: orderings match {args.check}")
+        return 0
+    print("\n".join(moved))
+    return 1
+
+
+def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What moved, per policy and scenario: the order before and after, then a line diff."""
+    report: list[str] = []
+    for policy in sorted(before.keys() | after.keys()):
+        old, new = before.get(policy), after.get(policy)
+        if old is None or new is None:
+            report.append(f"policy {policy!r}: {'added' if old is None else 'removed'}")
+            continue
+        for scenario in sorted(old.keys() | new.keys()):
+            a, b = old.get(scenario), new.get(scenario)
+            if a == b:
+                continue
+            if a is None or b is None:
+                report.append(
+                    f"{policy} / {scenario}: scenario {'added' if a is None else 'removed'}"
+                )
+                continue
+            order_a = " ".join(line.split()[0] for line in a)
+            order_b = " ".join(line.split()[0] for line in b)
+            what = "order changed" if order_a != order_b else "scores changed, order kept"
+            report.append(f"{policy} / {scenario}: {what}")
+            report.append(f"  before: {order_a}")
+            report.append(f"  after:  {order_b}")
+            report.extend(
+                "  " + d for d in difflib.unified_diff(a, b, "before", "after", lineterm="", n=0)
+            )
+    return report

@@ -1,0 +1,175 @@
+"""The residency model predicts what Ollama does with a dispatch and is never still wrong after
+an /api/ps poll (the seed believed the last dispatched model stayed loaded forever)."""
+
+import pytest
+
+from engine.residency import GIB, Plan, ResidencyModel, canonical
+
+
+def model(vram=24.0, max_loaded=3, num_parallel=1, **sizes: float) -> ResidencyModel:
+    r = ResidencyModel(vram_gb=vram, max_loaded=max_loaded, num_parallel=num_parallel)
+    r.tag_sizes.update({k.replace("_", ":"): v for k, v in sizes.items()})
+    return r
+
+
+def ps(*loaded: tuple[str, float]) -> dict:
+    return {"models": [{"name": n, "model": n, "size": int(gb * GIB)} for n, gb in loaded]}
+
+
+def test_names_without_a_tag_mean_latest():
+    """Ollama's naming: `llama3` is `llama3:latest`."""
+    assert canonical("llama3") == "llama3:latest"
+    assert canonical("llama3:8b") == "llama3:8b"
+
+
+# ---- prediction -----------------------------------------------------------------------------
+
+
+def test_a_model_that_fits_loads_beside():
+    """Free VRAM and a free model slot: a plain load, nothing evicted."""
+    r = model(a_8b=6.0)
+    r.reconcile(ps(("b:3b", 2.0)))
+    assert r.plan("a:8b") == Plan("load")
+
+
+def test_a_loaded_model_attaches():
+    """A loaded (or loading) model needs no load."""
+    r = model()
+    r.reconcile(ps(("b:3b", 2.0)))
+    assert r.plan("b:3b") == Plan("attach")
+
+
+def test_eviction_prefers_idle_models():
+    """Not enough VRAM: Ollama evicts an idle model before one that is serving."""
+    r = model(big_14b=14.0)
+    r.reconcile(ps(("busy:8b", 6.0), ("idle:8b", 6.0)))
+    r.dispatched("busy:8b", r.plan("busy:8b"), now=1.0)
+    assert r.plan("big:14b") == Plan("swap", ("idle:8b",))  # 6 + 14 fits once idle is gone
+
+
+def test_model_count_cap_forces_an_eviction_even_with_free_vram():
+    """max_loaded_models reached: a small model still needs one eviction."""
+    r = model(max_loaded=2, tiny_1b=1.0)
+    r.reconcile(ps(("a:1b", 1.0), ("b:1b", 1.0)))
+    plan = r.plan("tiny:1b")
+    assert plan.action == "swap" and len(plan.evicts) == 1
+
+
+def test_a_huge_model_evicts_as_many_as_it_needs():
+    """A model needing most of the GPU pushes out every model in its way."""
+    r = model(huge_70b=23.0)
+    r.reconcile(ps(("a:8b", 6.0), ("b:8b", 6.0), ("c:3b", 2.0)))
+    assert set(r.plan("huge:70b").evicts) == {"a:8b", "b:8b", "c:3b"}
+    r.tag_sizes["huge:70b"] = 22.0  # 2 + 22 fits: the 3B model may stay
+    assert set(r.plan("huge:70b").evicts) == {"a:8b", "b:8b"}
+
+
+# ---- the life of a swap --------------------------------------------------------------------
+
+
+def test_swap_marks_victims_evicting_until_the_first_byte():
+    """Dispatching a swap: model loading, victims evicting; the first byte settles both."""
+    r = model(big_20b=20.0)
+    r.reconcile(ps(("small:8b", 6.0)))
+    r.dispatched("big:20b", r.plan("big:20b"), now=1.0)
+    assert (r.residency("big:20b"), r.residency("small:8b")) == ("loading", "evicting")
+    assert not r.eligible("small:8b")  # new work for a victim would stall the swap
+    r.first_byte("big:20b")
+    assert (r.residency("big:20b"), r.residency("small:8b")) == ("loaded", "absent")
+
+
+def test_a_failed_load_leaves_nothing_loaded_and_restores_victims():
+    """A load that ends without a byte (unknown model, cancelled) holds no VRAM."""
+    r = model(big_20b=20.0)
+    r.reconcile(ps(("small:8b", 6.0)))
+    r.dispatched("big:20b", r.plan("big:20b"), now=1.0)
+    r.finished("big:20b", now=2.0)
+    assert (r.residency("big:20b"), r.residency("small:8b")) == ("absent", "loaded")
+
+
+def test_one_load_at_a_time():
+    """Ollama's pending queue loads one model at a time: a second load waits in our queue."""
+    r = model(a_3b=2.0, b_3b=2.0)
+    r.dispatched("a:3b", r.plan("a:3b"), now=0.0)
+    assert r.load_pending()
+    assert not r.eligible("b:3b")
+    assert r.eligible("a:3b") is False  # at its parallel limit (num_parallel = 1)
+    r.first_byte("a:3b")
+    assert r.eligible("b:3b")
+
+
+def test_parallel_limit_per_model():
+    """A model serves num_parallel requests at once; more would wait inside Ollama."""
+    r = model(num_parallel=2)
+    r.reconcile(ps(("a:3b", 2.0)))
+    r.dispatched("a:3b", Plan("attach"), now=0.0)
+    assert r.eligible("a:3b")
+    r.dispatched("a:3b", Plan("attach"), now=0.0)
+    assert not r.eligible("a:3b")
+
+
+# ---- reconcile: never still wrong after a poll ---------------------------------------------
+
+
+def test_reconcile_drops_a_model_ollama_unloaded():
+    """The seed's bug: the last dispatched model stayed "loaded" forever. A poll corrects it."""
+    r = model(a_8b=6.0)
+    r.dispatched("a:8b", r.plan("a:8b"), now=0.0)
+    r.first_byte("a:8b")
+    r.finished("a:8b", now=1.0)
+    assert r.residency("a:8b") == "loaded"
+    r.reconcile(ps())  # keep_alive expired: Ollama unloaded it
+    assert r.residency("a:8b") == "absent"
+
+
+def test_reconcile_learns_models_loaded_behind_our_back():
+    """A model someone loaded directly shows up, with its real size."""
+    r = model()
+    r.reconcile(ps(("other:14b", 11.5)))
+    assert r.residency("other:14b") == "loaded"
+    assert r.size_gb("other:14b") == pytest.approx(11.5)
+
+
+def test_reconcile_keeps_a_load_that_has_requests_out():
+    """A request in flight for a model Ollama does not list yet is a load in progress."""
+    r = model(a_8b=6.0)
+    r.dispatched("a:8b", r.plan("a:8b"), now=0.0)
+    r.reconcile(ps())
+    assert r.residency("a:8b") == "loading"
+
+
+def test_reconcile_after_a_wrong_victim_guess():
+    """We guessed Ollama would evict one model; it evicted another: the poll makes it right."""
+    r = model(big_20b=14.0)
+    r.reconcile(ps(("x:8b", 6.0), ("y:8b", 6.0)))
+    plan = r.plan("big:20b")
+    r.dispatched("big:20b", plan, now=0.0)
+    r.first_byte("big:20b")
+    kept = ({"x:8b", "y:8b"} - set(plan.evicts)).pop()
+    r.reconcile(ps(("big:20b", 14.0), (plan.evicts[0], 6.0)))  # Ollama evicted the other one
+    assert r.residency(plan.evicts[0]) == "loaded"
+    assert r.residency(kept) == "absent"
+    assert r.residency("big:20b") == "loaded"
+
+
+def test_size_sources_in_order_ps_then_override_then_tags():
+    """Ollama's reported size wins; then the policy's [models]; then tags × resident_factor."""
+    r = model()
+    r.overrides["m:1"] = 9.0
+    r.learn_tags({"models": [{"name": "m:1", "size": 5 * GIB}, {"name": "t:1", "size": 5 * GIB}]})
+    assert r.size_gb("t:1") == pytest.approx(6.0)
+    assert r.size_gb("m:1") == 9.0
+    r.reconcile(ps(("m:1", 7.0)))
+    assert r.size_gb("m:1") == pytest.approx(7.0)
+    assert r.size_gb("never:seen") is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"models": None}, {"models": ["junk", 3]}, {"models": [{"name": 5, "size": "x"}]}],
+)
+def test_reconcile_tolerates_malformed_answers(payload):
+    """An odd /api/ps answer never crashes the engine; it just lists nothing usable."""
+    r = model()
+    r.reconcile(payload)
+    assert r.loaded_count() == 0
