@@ -117,7 +117,7 @@ async def generate(request: Request) -> Response | LazyResponse:
     def final(text: str) -> dict[str, Any]:
         return {
             "model": body.model, "created_at": _created(emu), "response": text, "done": True,
-            "done_reason": reply.done_reason, "context": reply.rng_context,
+            "done_reason": reply.done_reason, "context": reply.context,
             **counters(emu, reply.job, len(reply.pieces)),
         }
 

@@ -13,7 +13,7 @@ from sim.catalog import ModelSpec
 from sim.driver import Emulator
 from sim.gotime import keep_alive_seconds
 from sim.http_common import QUEUE_FULL, ApiError
-from sim.textgen import count_tokens, plan_reply, seeded, tokens
+from sim.textgen import context_ids, count_tokens, plan_reply, seeded, tokens
 
 
 class Options(msgspec.Struct):
@@ -72,7 +72,7 @@ class Reply:
     job: Job
     pieces: list[str]
     done_reason: str
-    rng_context: list[int]
+    context: list[int]  # token ids of prompt + reply, for /api/generate
 
 
 def find_model(emu: Emulator, name: str, *, embed: bool = False) -> ModelSpec:
@@ -117,7 +117,7 @@ def plan_generation(
     pieces = tokens(rng, count)
     job = submit(emu, spec, "generate", prompt_tokens=prompt_tokens, output_tokens=count,
                  options=options, keep_alive=keep_alive)
-    return Reply(job, pieces, reason, [rng.randrange(1, 128_000) for _ in range(prompt_tokens + count)])
+    return Reply(job, pieces, reason, context_ids(rng, prompt_tokens + count))
 
 
 def chat_prompt(messages: list[Message]) -> tuple[str, int]:
