@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from policy.state import SchedulingState
 from policy.terms import REGISTRY, TermType, UnknownTermType
 from policy.terms.registry import Registry, TermFn
 from schemas.ticket import Residency, Ticket
@@ -33,8 +34,8 @@ KNOWN_TYPES = "known types: aging, class_offset, fairness, rate_penalty, vram"
 
 
 @dataclass(frozen=True)
-class StubState:
-    """Implements policy.state.SchedulingState from plain tables; typeguard checks the protocol."""
+class StubState(SchedulingState):
+    """SchedulingState from plain tables; typeguard checks every call's arguments against it."""
 
     residencies: dict[str, Residency] = field(default_factory=dict)
     sizes: dict[str, float] = field(default_factory=dict)
