@@ -197,7 +197,7 @@ async def auth(request: Request) -> Response:
         body = msgspec.json.decode(await read_body(request, 4096), type=AuthRequest)
     except ProxyError as exc:
         return error_response(request.url.path, exc.status, exc.message)
-    except msgspec.DecodeError as exc:  # ValidationError included
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError included
         return error_response(request.url.path, 400, f'expected {{"key": "..."}}: {exc}')
     try:
         token = sc.auth.login(

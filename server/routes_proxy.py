@@ -81,6 +81,8 @@ def parse_scheduled(body: bytes) -> _Scheduled:
         raise ProxyError(400, f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ProxyError(400, f"invalid JSON in request body: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ProxyError(400, f"invalid request body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not parsed.model.strip():
         raise ProxyError(400, "model is required")
     return parsed
