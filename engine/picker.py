@@ -8,8 +8,10 @@ L = M + P − slope × now (wait terms are >= −slope × waited; clamping only 
 visited in increasing L across the eligible models and scored exactly, stopping once L passes the
 best exact score found: usually after a handful, whatever the queue's length.
 
-Client parts change when a client's counts change; the scheduler marks such clients dirty and
-their groups are re-keyed before the next pick.
+Client parts change when a client's counts change; the scheduler marks such clients dirty. A key
+only has to stay a LOWER bound, so a client whose part rose keeps its older, smaller keys (the
+common case: a new arrival); only a part that fell (a dispatch, a window expiring) re-keys all of
+that client's groups. New groups and groups whose head changed are keyed on their own.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class Picker:
         self._client_groups: dict[str, set[GroupKey]] = {}
         self._client_part: dict[str, float] = {}
         self._class_part: dict[str, float] = {}
-        self._dirty: set[str] = set()
+        self._dirty: set[str] = set()  # clients whose part may have changed
+        self._dirty_groups: set[GroupKey] = set()  # new groups and groups with a new head
         self._policy: Policy | None = None
 
     def __len__(self) -> int:
@@ -51,14 +54,17 @@ class Picker:
         if queue is None:
             queue = self._groups[key] = deque()
             self._client_groups.setdefault(ticket.client, set()).add(key)
+        if not queue:
+            self._dirty_groups.add(key)
         queue.append(ticket)
-        self._dirty.add(ticket.client)  # its counts changed; also keys a new group
+        self._dirty.add(ticket.client)
 
     def remove(self, ticket: Ticket) -> None:
         key = (ticket.model, ticket.client, ticket.cls)
         queue = self._groups[key]
         if queue[0].id == ticket.id:
             queue.popleft()
+            self._dirty_groups.add(key)
         else:
             queue.remove(ticket)  # a cancellation from the middle of its group
         if not queue:
@@ -69,6 +75,7 @@ class Picker:
                 del self._client_groups[ticket.client]
                 self._client_part.pop(ticket.client, None)
             self._unkey(key)
+            self._dirty_groups.discard(key)
         self._dirty.add(ticket.client)
 
     def mark_dirty(self, clients: set[str]) -> None:
@@ -90,7 +97,10 @@ class Picker:
         p = self._client_part[key[1]] + self._class_part_of(head, policy, state)
         entry = (p + policy.wait_slope * head.arrival, head.arrival, head.seq, key)
         self._entry[key] = entry
-        self._by_model.setdefault(key[0], SortedList()).add(entry)
+        models = self._by_model.get(key[0])
+        if models is None:
+            models = self._by_model[key[0]] = SortedList()
+        models.add(entry)
 
     def _class_part_of(self, ticket: Ticket, policy: Policy, state: SchedulingState) -> float:
         part = self._class_part.get(ticket.cls)
@@ -103,16 +113,23 @@ class Picker:
         if policy is not self._policy:
             self._policy = policy
             self._class_part.clear()
+            self._client_part.clear()
             self._dirty |= set(self._client_groups)
         for client in self._dirty:
             groups = self._client_groups.get(client)
             if not groups:
                 continue
             sample = self._groups[next(iter(groups))][0]
-            self._client_part[client] = policy.partial("client", sample, state, now)
-            for key in groups:
+            part = policy.partial("client", sample, state, now)
+            old = self._client_part.get(client)
+            self._client_part[client] = part
+            if old is None or part < old:  # keys built on the old part would overestimate
+                self._dirty_groups |= groups
+        for key in self._dirty_groups:
+            if key in self._groups:
                 self._rekey(key, policy, state)
         self._dirty.clear()
+        self._dirty_groups.clear()
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -122,12 +139,13 @@ class Picker:
         state: SchedulingState,
         now: float,
         eligible: Callable[[str], bool],
-        oldest: Iterator[Ticket],
+        oldest: Callable[[], Iterator[Ticket]],
     ) -> tuple[Ticket, Score] | None:
-        """The eligible ticket with the lowest order key; `refresh` must have run first."""
+        """The eligible ticket with the lowest order key; `refresh` must have run first.
+        `oldest()` iterates the waiting tickets in arrival order."""
         if policy.max_wait is not None:
             # Overdue tickets go first, oldest first: walk arrival order while overdue.
-            for ticket in oldest:
+            for ticket in oldest():
                 if now - ticket.arrival < policy.max_wait:
                     break
                 if eligible(ticket.model):
@@ -149,7 +167,34 @@ class Picker:
             order = policy.order_key(ticket, score)
             if best is None or order < best[0]:
                 best = (order, ticket, score)
+                if policy.clamp_min is not None and score.total <= policy.clamp_min + _EPS:
+                    # Nothing scores below the clamp: only an older tie can still win, and in
+                    # arrival order the first clamped ticket is that tie. (Long waiters all tie
+                    # at the clamp, so this beats walking every one of their bounds.)
+                    return self._oldest_at_clamp(
+                        policy, state, now, eligible, oldest, ticket, score
+                    )
         return None if best is None else (best[1], best[2])
+
+    @staticmethod
+    def _oldest_at_clamp(
+        policy: Policy,
+        state: SchedulingState,
+        now: float,
+        eligible: Callable[[str], bool],
+        oldest: Callable[[], Iterator[Ticket]],
+        found: Ticket,
+        score: Score,
+    ) -> tuple[Ticket, Score]:
+        assert policy.clamp_min is not None
+        for ticket in oldest():
+            if (ticket.arrival, ticket.seq) >= (found.arrival, found.seq):
+                break
+            if eligible(ticket.model):
+                other = policy.score(ticket, state, now)
+                if other.total <= policy.clamp_min + _EPS and not other.overdue:
+                    return ticket, other
+        return found, score
 
 
 def _bounds(base: float, entries: SortedList) -> Iterator[tuple[float, GroupKey]]:

@@ -49,6 +49,20 @@ class ResidencyModel:
     ps_sizes: dict[str, float] = field(default_factory=dict)  # reported by /api/ps
     tag_sizes: dict[str, float] = field(default_factory=dict)  # estimated from /api/tags
     last_ps: list[dict[str, Any]] = field(default_factory=list)
+    # (VRAM used, resident count), asked for by every vram term evaluation; every mutation below
+    # calls _changed(). Callers that edit the size tables directly must call it too.
+    _totals: tuple[float, int, bool] | None = None
+
+    def _changed(self) -> None:
+        self._totals = None
+
+    def _compute_totals(self) -> tuple[float, int, bool]:
+        if self._totals is None:
+            resident = self.resident()
+            used = sum(self.size_gb(m.name) or 0.0 for m in resident)
+            pending = any(m.where == "loading" and not m.started for m in resident)
+            self._totals = (used, len(resident), pending)
+        return self._totals
 
     def get(self, model: str) -> ModelState:
         state = self.models.get(model)
@@ -72,10 +86,10 @@ class ResidencyModel:
         return [m for m in self.models.values() if m.where != "absent"]
 
     def vram_used(self) -> float:
-        return sum(self.size_gb(m.name) or 0.0 for m in self.resident())
+        return self._compute_totals()[0]
 
     def loaded_count(self) -> int:
-        return len(self.resident())
+        return self._compute_totals()[1]
 
     def fits_beside(self, model: str, vram_only: bool = False) -> bool:
         size = self.size_gb(model)
@@ -87,7 +101,7 @@ class ResidencyModel:
 
     def load_pending(self) -> bool:
         """Ollama serves its pending queue one load at a time; is one under way?"""
-        return any(m.where == "loading" and not m.started for m in self.models.values())
+        return self._compute_totals()[2]
 
     def eligible(self, model: str) -> bool:
         """May a request for `model` be sent now without waiting inside Ollama behind others?"""
@@ -120,6 +134,7 @@ class ResidencyModel:
         return Plan("swap", tuple(victims)) if victims else Plan("load")
 
     def dispatched(self, model: str, plan: Plan, now: float) -> None:
+        self._changed()
         state = self.get(model)
         state.in_flight += 1
         state.last_used = now
@@ -131,6 +146,7 @@ class ResidencyModel:
 
     def first_byte(self, model: str) -> None:
         """Ollama began answering for `model`: it is loaded, and its victims are gone."""
+        self._changed()
         state = self.get(model)
         if state.where in ("loading", "absent"):
             state.where = "loaded"
@@ -138,6 +154,7 @@ class ResidencyModel:
         self._release_victims(state, evicted=True)
 
     def finished(self, model: str, now: float) -> None:
+        self._changed()
         state = self.get(model)
         state.in_flight = max(0, state.in_flight - 1)
         state.last_used = now
@@ -158,6 +175,7 @@ class ResidencyModel:
 
     def reconcile(self, ps: dict[str, Any]) -> None:
         """Make the model agree with an /api/ps answer (listed = resident, loading included)."""
+        self._changed()
         entries = [m for m in ps.get("models") or [] if isinstance(m, dict)]
         listed: dict[str, float] = {}
         for entry in entries:
@@ -186,8 +204,14 @@ class ResidencyModel:
             if state.where != "loading":
                 state.victims = ()
 
+    def learn_sizes(self, sizes: dict[str, float]) -> None:
+        """Known resident sizes (GiB) of models not loaded yet, e.g. from a scenario."""
+        self._changed()
+        self.tag_sizes.update({canonical(m): gb for m, gb in sizes.items()})
+
     def learn_tags(self, tags: dict[str, Any]) -> None:
         """Estimate resident sizes of installed models from their size on disk."""
+        self._changed()
         for entry in tags.get("models") or []:
             if not isinstance(entry, dict):
                 continue

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.clock import ManualClock
-from engine.residency import GIB, canonical
+from engine.residency import GIB
 from engine.scheduler import Scheduler
 from policy.decode import convert, is_fail, parse_toml
 from policy.errors import MISSING, PolicyError, Problem
@@ -74,7 +74,7 @@ def build(
     scheduler = Scheduler(settings, clock=clock)
     scheduler.pause()  # the queue is released at `now`
     r = scheduler.residency_model
-    r.tag_sizes.update({canonical(m): gb for m, gb in scenario.sizes.items()})
+    r.learn_sizes(scenario.sizes)
     scheduler.reconcile(
         {"models": [{"name": m.model, "size": int(m.size_gb * GIB)} for m in scenario.loaded]}
     )

@@ -118,6 +118,7 @@ class Scheduler:
         r.vram_gb, r.max_loaded, r.num_parallel = b.vram_gb, b.max_loaded_models, b.num_parallel
         r.overrides = {canonical(k): v for k, v in settings.model_sizes.items()}
         r.resident_factor = b.resident_factor
+        r._changed()
         self.max_parallel = b.max_parallel
         self._ledger.set_windows(settings.windows)
 
@@ -185,7 +186,7 @@ class Scheduler:
             return model not in held and residency.eligible(model)
 
         while True:
-            choice = self._picker.best(policy, self.state, now, eligible, self._oldest())
+            choice = self._picker.best(policy, self.state, now, eligible, self._oldest)
             if choice is None or choice[1].overdue:  # overdue work goes, whatever it costs
                 return choice
             ticket, score = choice
@@ -198,7 +199,7 @@ class Scheduler:
     def _ranks_ahead(
         self, model: str, key: tuple[int, float, float, int], policy: Policy, now: float
     ) -> bool:
-        best = self._picker.best(policy, self.state, now, lambda m: m == model, iter(()))
+        best = self._picker.best(policy, self.state, now, lambda m: m == model, self._oldest)
         return best is not None and policy.order_key(*best) < key
 
     def _grant(self, ticket: Ticket, score: Score, policy: Policy, now: float) -> Grant:

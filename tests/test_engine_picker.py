@@ -37,7 +37,7 @@ def picked(s: Scheduler, now: float):
     policy = s._policy_source()
     s._picker.mark_dirty(s._ledger.expire(now))
     s._picker.refresh(policy, s.state, now)
-    choice = s._picker.best(policy, s.state, now, s.residency_model.eligible, s._oldest())
+    choice = s._picker.best(policy, s.state, now, s.residency_model.eligible, s._oldest)
     return None if choice is None else choice[0].id
 
 

@@ -8,7 +8,7 @@ from engine.residency import GIB, Plan, ResidencyModel, canonical
 
 def model(vram=24.0, max_loaded=3, num_parallel=1, **sizes: float) -> ResidencyModel:
     r = ResidencyModel(vram_gb=vram, max_loaded=max_loaded, num_parallel=num_parallel)
-    r.tag_sizes.update({k.replace("_", ":"): v for k, v in sizes.items()})
+    r.learn_sizes({k.replace("_", ":"): v for k, v in sizes.items()})
     return r
 
 
@@ -60,7 +60,7 @@ def test_a_huge_model_evicts_as_many_as_it_needs():
     r = model(huge_70b=23.0)
     r.reconcile(ps(("a:8b", 6.0), ("b:8b", 6.0), ("c:3b", 2.0)))
     assert set(r.plan("huge:70b").evicts) == {"a:8b", "b:8b", "c:3b"}
-    r.tag_sizes["huge:70b"] = 22.0  # 2 + 22 fits: the 3B model may stay
+    r.learn_sizes({"huge:70b": 22.0})  # 2 + 22 fits: the 3B model may stay
     assert set(r.plan("huge:70b").evicts) == {"a:8b", "b:8b"}
 
 

@@ -15,7 +15,7 @@ def make(policy="balanced", loaded=(("llama3.1:8b", 6.0),), sizes=None):
     clock = ManualClock(100.0)
     s = Scheduler(EXAMPLE.with_active(policy), clock=clock)
     s.reconcile({"models": [{"name": n, "size": int(gb * GIB)} for n, gb in loaded]})
-    s.residency_model.tag_sizes.update(sizes or {})
+    s.residency_model.learn_sizes(sizes or {})
     return s, clock
 
 
@@ -147,7 +147,7 @@ def test_a_reload_takes_effect_at_the_next_decision():
     clock = ManualClock(0.0)
     s = Scheduler(EXAMPLE, policy=lambda: current["p"], clock=clock)
     s.reconcile({"models": [{"name": "llama3.1:8b", "size": 6 * GIB}]})
-    s.residency_model.tag_sizes["qwq:32b"] = 23.0
+    s.residency_model.learn_sizes({"qwq:32b": 23.0})
     s.pause()
     enqueue(s, "swap", model="qwq:32b", client="bob")
     clock.advance(1)

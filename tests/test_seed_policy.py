@@ -23,7 +23,7 @@ def scheduler(loaded: dict[str, float], sizes: dict[str, float] | None = None, *
     clock = ManualClock(0.0)
     s = Scheduler(settings, clock=clock)
     s.reconcile({"models": [{"name": m, "size": int(gb * GIB)} for m, gb in loaded.items()]})
-    s.residency_model.tag_sizes.update(sizes or {})
+    s.residency_model.learn_sizes(sizes or {})
     return s, clock
 
 
