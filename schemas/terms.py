@@ -29,7 +29,10 @@ class VramParams(Strict):
     # must not rank like a 3B one.
     unknown_size: float = 600
     swap: list[SwapTier] = msgspec.field(
-        default_factory=lambda: [SwapTier(up_to_gb=16, points=300), SwapTier(up_to_gb=40, points=400)]
+        default_factory=lambda: [
+            SwapTier(up_to_gb=16, points=300),
+            SwapTier(up_to_gb=40, points=400),
+        ]
     )
     swap_above: float = 800  # models larger than every tier
 
