@@ -88,10 +88,13 @@ class Exchange:
         finally:
             if watch is not None:
                 watch.close()
-            if self._submitted:
-                # Every path ends here, so the slot (or the waiting ticket) is always released.
-                self.sidecar.dispatcher.abandon(self.facts.request_id)
-            self._record(outcome)
+            try:
+                self._record(outcome)
+            finally:
+                # Every path ends here, so the slot (or the waiting ticket) is always released —
+                # after the record, so "nothing in flight" also means "every record handed over".
+                if self._submitted:
+                    self.sidecar.dispatcher.abandon(self.facts.request_id)
 
     # -- the trip ---------------------------------------------------------------------------
 

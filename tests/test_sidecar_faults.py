@@ -113,6 +113,7 @@ def test_upstream_killed_mid_stream_then_restarted(sidecar_factory: SidecarFacto
         again = httpx.post(proxy.url + "/api/generate", timeout=30,
                            json={"model": MODEL, "prompt": "hi", "stream": False})
         assert again.status_code == 200 and again.json()["done"] is True
+        proxy.wait_idle()
     assert [r.status for r in proxy.journal.records] == ["failed", "completed"]
 
 
