@@ -33,6 +33,7 @@ from sim.requests import (
     chat_prompt,
     counters,
     find_model,
+    paced_pieces,
     parse_keep_alive,
     plan_generation,
     submit,
@@ -79,11 +80,7 @@ def _stream_reply(
             return
         yield Head(200, NDJSON if stream else JSON)
         if stream:
-            step = job.eval_seconds / max(len(reply.pieces), 1)
-            first = job.started_at + job.prompt_seconds  # type: ignore[operator]
-            for index, piece in enumerate(reply.pieces):
-                if not await emu.sleep_until(job, first + step * (index + 1), gone):
-                    return
+            async for piece in paced_pieces(emu, reply, gone):
                 yield encode(chunk(piece)) + b"\n"
         assert job.done_at is not None
         if not await emu.sleep_until(job, job.done_at, gone):

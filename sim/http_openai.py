@@ -27,7 +27,15 @@ from sim.http_common import (
     openai_error,
 )
 from sim.http_native import embed_job, embed_when_done, vectors
-from sim.requests import Message, Options, Reply, chat_prompt, find_model, plan_generation
+from sim.requests import (
+    Message,
+    Options,
+    Reply,
+    chat_prompt,
+    find_model,
+    paced_pieces,
+    plan_generation,
+)
 from sim.textgen import count_tokens
 
 FINGERPRINT = "fp_ollama"
@@ -89,11 +97,7 @@ def _respond(
             return
         yield Head(200, SSE if stream else JSON)
         if stream:
-            step = job.eval_seconds / max(len(reply.pieces), 1)
-            first = job.started_at + job.prompt_seconds  # type: ignore[operator]
-            for index, piece in enumerate(reply.pieces):
-                if not await emu.sleep_until(job, first + step * (index + 1), gone):
-                    return
+            async for piece in paced_pieces(emu, reply, gone):
                 yield _sse(chunk(piece, None))
         assert job.done_at is not None
         if not await emu.sleep_until(job, job.done_at, gone):

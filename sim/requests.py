@@ -3,6 +3,8 @@ and the step from a request to a scheduled job: model lookup, keep_alive, token 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +75,20 @@ class Reply:
     pieces: list[str]
     done_reason: str
     context: list[int]  # token ids of prompt + reply, for /api/generate
+
+
+async def paced_pieces(
+    emu: Emulator, reply: Reply, gone: asyncio.Future[None]
+) -> AsyncIterator[str]:
+    """The reply's pieces at the emulated token rate, after prompt evaluation. Stops early if the
+    client goes away (the caller then sees `gone` done and sends nothing more)."""
+    job = reply.job
+    step = job.eval_seconds / max(len(reply.pieces), 1)
+    first = job.started_at + job.prompt_seconds  # type: ignore[operator]
+    for index, piece in enumerate(reply.pieces):
+        if not await emu.sleep_until(job, first + step * (index + 1), gone):
+            return
+        yield piece
 
 
 def find_model(emu: Emulator, name: str, *, embed: bool = False) -> ModelSpec:
