@@ -1,0 +1,205 @@
+"""Hot reload: a valid edit reorders the waiting queue without a restart; a broken edit changes
+nothing and says why; edits racing with dispatch lose no request. Plus the CLI process itself:
+SIGHUP reloads, SIGTERM exits 0."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sidecar_fixtures import RunningSidecar, SidecarFactory, make_policy
+
+MODEL = "llama3.2:1b"
+
+
+def with_offsets(offsets: str, max_parallel: int = 1) -> str:
+    terms = f"""
+[policies.test.terms.vram]
+loaded = 0
+fits = 100
+[policies.test.terms.class_offset]
+offsets = {{ {offsets} }}
+"""
+    return make_policy(max_parallel=max_parallel, terms=terms)
+
+
+BATCH_FIRST = with_offsets("interactive = 50")
+INTERACTIVE_FIRST = with_offsets("batch = 50")
+
+
+def waiting_ids(proxy: RunningSidecar) -> list[str]:
+    return [t["request_id"] for t in proxy.queue()["waiting"]]
+
+
+def edit(proxy: RunningSidecar, text: str) -> None:
+    """Replace the file at once, as editors do, so the watcher never reads half of it."""
+    partial = proxy.policy_path.with_suffix(".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, proxy.policy_path)
+
+
+def enqueue_two(proxy: RunningSidecar, pool: concurrent.futures.Executor) -> list[Any]:
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    futures = []
+    for rid, cls in (("b", "batch"), ("i", "interactive")):
+        futures.append(pool.submit(
+            httpx.post, proxy.url + "/api/generate", json=body, timeout=30,
+            headers={"x-request-id": rid, "x-request-class": cls},
+        ))
+        proxy.wait_depth(len(futures))
+    return futures
+
+
+def test_valid_edit_reorders_the_waiting_queue(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=BATCH_FIRST)
+    version = proxy.health()["policy"]["version"]
+    proxy.admin("POST", "/proxy/pause")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = enqueue_two(proxy, pool)
+        assert waiting_ids(proxy) == ["b", "i"]
+        edit(proxy, INTERACTIVE_FIRST)
+        health = proxy.wait_for(lambda h: h["policy"]["version"] != version, within=5)
+        assert health["policy"]["last_reload_error"] is None
+        assert waiting_ids(proxy) == ["i", "b"]
+        proxy.admin("POST", "/proxy/resume")
+        assert [f.result().status_code for f in futures] == [200, 200]
+    proxy.wait_idle()
+    assert [r.request_id for r in proxy.journal.records] == ["i", "b"]
+    assert proxy.journal.records[0].policy_version == health["policy"]["version"]
+    metrics = httpx.get(proxy.url + "/metrics").text
+    assert 'smart_proxy_policy_reloads_total{result="ok"} 1.0' in metrics
+
+
+def test_broken_edit_changes_nothing(sidecar_factory: SidecarFactory, ollama_emulator: Any) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=BATCH_FIRST)
+    before = proxy.health()["policy"]
+    proxy.admin("POST", "/proxy/pause")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = enqueue_two(proxy, pool)
+        edit(proxy, BATCH_FIRST.replace("max_parallel = 1", "max_parallel = -3"))
+        health = proxy.wait_for(lambda h: h["policy"]["last_reload_error"] is not None, within=5)
+        error = health["policy"]["last_reload_error"]
+        assert "backend.max_parallel: -3" in error and str(proxy.policy_path) in error
+        assert health["policy"]["version"] == before["version"]
+        assert health["status"] == "degraded"
+        assert waiting_ids(proxy) == ["b", "i"]
+        # The endpoint reports the same problem, as a 422.
+        reload = proxy.admin("POST", "/proxy/policy/reload")
+        assert reload.status_code == 422 and reload.json()["ok"] is False
+        assert "backend.max_parallel" in reload.json()["error"]
+        proxy.admin("POST", "/proxy/resume")
+        assert [f.result().status_code for f in futures] == [200, 200]
+    metrics = httpx.get(proxy.url + "/metrics").text
+    assert 'smart_proxy_policy_reloads_total{result="error"} 2.0' in metrics
+    # Fixing the file clears the error.
+    edit(proxy, INTERACTIVE_FIRST)
+    proxy.wait_for(lambda h: h["policy"]["last_reload_error"] is None and h["status"] == "ok")
+
+
+def test_reload_endpoint(sidecar_factory: SidecarFactory, ollama_emulator: Any) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=BATCH_FIRST, watch_interval=3600)
+    same = proxy.admin("POST", "/proxy/policy/reload").json()
+    assert same["ok"] is True and same["changed"] is False
+    edit(proxy, INTERACTIVE_FIRST)
+    changed = proxy.admin("POST", "/proxy/policy/reload").json()
+    assert changed["ok"] is True and changed["changed"] is True
+    assert proxy.health()["policy"]["version"] == changed["version"]
+    shown = proxy.admin("GET", "/proxy/policy").json()
+    assert shown["version"] == changed["version"] and shown["active"] == "test"
+    assert shown["file"]["policies"]["test"]["terms"]["class_offset"]["offsets"] == {"batch": 50}
+
+
+def test_edits_racing_with_dispatch_lose_no_request(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    """60 requests while the file is rewritten 30 times (slots 1..3, two orderings): every
+    request is answered once, nothing stays queued or in flight."""
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=with_offsets("batch = 50", 2))
+    versions = [with_offsets(o, n) for n in (1, 3) for o in ("batch = 50", "interactive = 50")]
+    versions.append("this is = not [valid")
+    stop = threading.Event()
+
+    def rewrite() -> int:
+        count = 0
+        while not stop.is_set():
+            edit(proxy, versions[count % len(versions)])
+            count += 1
+            proxy.admin("POST", "/proxy/policy/reload")
+            time.sleep(0.005)
+        return count
+
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        editor = pool.submit(rewrite)
+        calls = [
+            pool.submit(httpx.post, proxy.url + "/api/generate", json=body, timeout=60,
+                        headers={"x-request-class": ("batch", "interactive")[i % 2],
+                                 "x-client-id": f"c{i % 5}"})
+            for i in range(60)
+        ]
+        codes = [c.result().status_code for c in calls]
+        stop.set()
+        assert editor.result() >= 5
+    assert codes == [200] * 60
+    proxy.wait_idle()
+    assert sorted(r.status for r in proxy.journal.records) == ["completed"] * 60
+
+
+def test_cli_serve_reloads_on_sighup_and_exits_cleanly_on_sigterm(
+    tmp_path: Path, ollama_emulator: Any
+) -> None:
+    policy = tmp_path / "policies.toml"
+    policy.write_text(BATCH_FIRST, encoding="utf-8")
+    env = {**os.environ, "SMART_PROXY_UPSTREAM": ollama_emulator.url,
+           "SMART_PROXY_DB": str(tmp_path / "journal.db"), "SMART_PROXY_LOG_FORMAT": "json"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--policy", str(policy),
+         "--host", "127.0.0.1", "--port", "0"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stderr is not None
+        url = ""
+        for line in process.stderr:
+            if line.startswith("smart-proxy listening on "):
+                url = line.split()[3]
+                break
+        assert url.startswith("http://127.0.0.1:")
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/proxy/health", timeout=5).json()["upstream"]["up"] is not True:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        reply = httpx.post(url + "/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False})
+        assert reply.status_code == 200
+        version = httpx.get(url + "/proxy/health").json()["policy"]["version"]
+        policy.write_text(INTERACTIVE_FIRST, encoding="utf-8")
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while httpx.get(url + "/proxy/health").json()["policy"]["version"] == version:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        rest = process.stderr.read()
+        assert '"msg":"policy reloaded' in rest and '"request_id":' in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+    # The journal was flushed on the way out: the one request is in the database.
+    with sqlite3.connect(tmp_path / "journal.db") as db:
+        rows = db.execute("SELECT status, model, endpoint FROM requests").fetchall()
+    assert rows == [("completed", MODEL, "/api/generate")]
