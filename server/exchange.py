@@ -107,6 +107,11 @@ class Exchange:
                 grant = await self._wait_grant(watch)
             except ProxyError as exc:
                 return await self._fail(outcome, exc)
+            except RemovedByAdmin:
+                message = "an administrator removed this request from the queue"
+                await self._fail(outcome, ProxyError(503, message))
+                outcome.status = "cancelled"
+                return
             except ClientGone:
                 outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
                 outcome.error = "client disconnected while queued"
@@ -190,8 +195,6 @@ class Exchange:
             ) from None
         except ShuttingDown:
             raise ProxyError(503, "the proxy is shutting down", retry_after=5) from None
-        except RemovedByAdmin:
-            raise ProxyError(503, "an administrator removed this request from the queue") from None
 
     async def _race(
         self, watch: DisconnectWatch | None, task: asyncio.Future[T], within: float | None
