@@ -12,8 +12,9 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.types import Message, Receive, Scope, Send
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from server.sidecar import Sidecar
 
 log = logging.getLogger("smart_proxy.request")
-T = TypeVar("T")
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away"; journal and logs only
 
@@ -128,18 +128,16 @@ class Exchange:
             ]
         timeout = sc.policy.backend.request_timeout
         deadline = time.monotonic() + timeout
-        opening = asyncio.ensure_future(
-            open_upstream(
-                sc.client,
-                method=self.method,
-                url=sc.upstream_url() + self.target,
-                headers=self.headers,
-                content=self.body,
-                upstream_timeout=timeout,
-            )
-        )
         try:
-            upstream = await self._race(watch, opening, None)
+            with self._guard(watch):
+                upstream = await open_upstream(
+                    sc.client,
+                    method=self.method,
+                    url=sc.upstream_url() + self.target,
+                    headers=self.headers,
+                    content=self.body,
+                    upstream_timeout=timeout,
+                )
         except ProxyError as exc:
             sc.poller.poll_soon()  # learn about the outage now, not at the next tick
             return await self._fail(outcome, exc)
@@ -152,10 +150,11 @@ class Exchange:
             outcome.http_status = upstream.status_code
             if self.scheduling is not None and upstream.status_code < 400:
                 sc.dispatcher.started(facts.request_id)
-            streaming = asyncio.ensure_future(relay(upstream, self._sent, extra, self._seen))
             limit = max(0.0, deadline - time.monotonic()) if self.scheduling else None
             try:
-                await self._race(watch, streaming, limit)
+                with self._guard(watch):
+                    async with asyncio.timeout(limit):
+                        await relay(upstream, self._sent, extra, self._seen)
             except ClientGone:
                 outcome.status, outcome.error = "cancelled", "client disconnected mid-answer"
                 return
@@ -188,7 +187,9 @@ class Exchange:
             raise ProxyError(503, "the proxy is shutting down", retry_after=5) from None
         self._submitted = True
         try:
-            return await watch.first(fut, within=queue_timeout)
+            with watch.guard():
+                async with asyncio.timeout(queue_timeout):
+                    return await fut
         except TimeoutError:
             raise ProxyError(
                 504, f"waited longer than the queue timeout ({queue_timeout:g}s) for a slot"
@@ -196,17 +197,10 @@ class Exchange:
         except ShuttingDown:
             raise ProxyError(503, "the proxy is shutting down", retry_after=5) from None
 
-    async def _race(
-        self, watch: DisconnectWatch | None, task: asyncio.Future[T], within: float | None
-    ) -> T:
-        try:
-            if watch is None:
-                return await asyncio.wait_for(task, within)
-            return await watch.first(task, within)
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+    @staticmethod
+    def _guard(watch: DisconnectWatch | None) -> AbstractContextManager[None]:
+        # A streamed upload (blobs) still owns `receive`: no watch, nothing to guard.
+        return watch.guard() if watch is not None else nullcontext()
 
     # -- answering ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ never leave. The answer comes back raw — Ollama's status, content type, framin
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -83,7 +84,13 @@ async def relay(
     extra_headers: list[tuple[bytes, bytes]],
     tap: Callable[[bytes], None] | None = None,
 ) -> None:
-    """Stream Ollama's answer to the client as it arrives. Raises httpx errors mid-stream."""
+    """Stream Ollama's answer to the client as it arrives. Raises httpx errors mid-stream.
+
+    A reader task takes chunks off the upstream connection while this one writes them out: each
+    write sends everything that arrived meanwhile, joined. A chunk is never held back waiting for
+    another, so latency is unchanged; under load, the per-write cost is paid per batch instead
+    of per token. The bytes are exactly Ollama's; only the transfer framing differs.
+    """
     await send(
         {
             "type": "http.response.start",
@@ -91,8 +98,41 @@ async def relay(
             "headers": response_headers(upstream) + extra_headers,
         }
     )
-    async for chunk in upstream.aiter_raw():
-        if tap is not None:
-            tap(chunk)
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    if "content-length" in upstream.headers:  # a whole answer (not a stream): no reader needed
+        async for chunk in upstream.aiter_raw():
+            if tap is not None:
+                tap(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    arrived: list[bytes] = []
+    ready = asyncio.Event()
+    ended = False
+
+    async def read() -> None:
+        nonlocal ended
+        try:
+            async for chunk in upstream.aiter_raw():
+                arrived.append(chunk)
+                ready.set()
+        finally:
+            ended = True
+            ready.set()
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while not ended or arrived:
+            await ready.wait()
+            ready.clear()
+            if arrived:
+                data = arrived[0] if len(arrived) == 1 else b"".join(arrived)
+                arrived.clear()
+                if tap is not None:
+                    tap(data)
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        await reader  # re-raises what broke the upstream stream, if anything did
+    finally:
+        if not reader.done():
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
     await send({"type": "http.response.body", "body": b"", "more_body": False})

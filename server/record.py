@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,25 +99,32 @@ class StreamTap:
             self._text.append(chunk)
             self._text_len += len(chunk)
 
+    @staticmethod
+    def _decode(line: bytes) -> dict[str, Any] | None:
+        line = line.strip()
+        if line.startswith(b"data:"):
+            line = line[5:].strip()
+        if not line.startswith(b"{"):
+            return None
+        try:
+            obj = msgspec.json.decode(line)
+        except msgspec.DecodeError:
+            return None
+        return obj if isinstance(obj, dict) else None
+
     def _objects(self, data: bytes) -> list[dict[str, Any]]:
-        out = []
-        for line in data.split(b"\n"):
-            line = line.strip()
-            if line.startswith(b"data:"):
-                line = line[5:].strip()
-            if not line.startswith(b"{"):
-                continue
-            try:
-                obj = msgspec.json.decode(line)
-            except msgspec.DecodeError:
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-        return out
+        return [obj for line in data.split(b"\n") if (obj := self._decode(line)) is not None]
+
+    def _last_objects(self, data: bytes) -> Iterator[dict[str, Any]]:
+        """JSON objects from the last line backwards: the counters are in the last few."""
+        for line in reversed(data.split(b"\n")):
+            obj = self._decode(line)
+            if obj is not None:
+                yield obj
 
     def counters(self) -> dict[str, int]:
         """Ollama's native counters, or the OpenAI usage block mapped onto them."""
-        for obj in reversed(self._objects(b"".join(self._tail))):
+        for obj in self._last_objects(b"".join(self._tail)):
             found = {k: v for k in _COUNTERS if isinstance(v := obj.get(k), int) and v >= 0}
             usage = obj.get("usage")
             if isinstance(usage, dict):

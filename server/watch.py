@@ -1,53 +1,57 @@
 """Noticing that the client went away, whatever the request is doing at the time.
 
 After the body is read the only message an ASGI server still delivers is `http.disconnect`, so one
-task per request waits for it; the request races every long step (waiting for a grant, waiting
-for Ollama, streaming) against that task.
+task per request waits for it. Inside `guard()`, a disconnect cancels the request's own task at
+the await it is parked on (waiting for a grant, for Ollama, or streaming) and surfaces there as
+ClientGone; outside, it is only noted, so cleanup code is never interrupted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from starlette.types import Receive
-
-T = TypeVar("T")
 
 
 class ClientGone(Exception):
     """The client disconnected; nobody is left to answer."""
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 class DisconnectWatch:
     def __init__(self, receive: Receive) -> None:
-        self._task: asyncio.Task[None] = asyncio.ensure_future(_wait_disconnect(receive))
+        owner = asyncio.current_task()
+        assert owner is not None, "a DisconnectWatch belongs to the task serving the request"
+        self._owner = owner
+        self._armed = False
+        self.gone = False
+        self._task: asyncio.Task[None] = asyncio.ensure_future(self._watch(receive))
 
-    @property
-    def gone(self) -> bool:
-        return self._task.done()
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                if self._armed:
+                    self._owner.cancel()
+                return
 
-    async def first(self, fut: asyncio.Future[T], within: float | None = None) -> T:
-        """`fut`'s result; ClientGone if the client left first, TimeoutError after `within` seconds.
-
-        `fut` is left as it is on ClientGone and timeout: the caller owns it and cleans it up.
-        """
-        if not fut.done():
-            await asyncio.wait(
-                {fut, self._task}, timeout=within, return_when=asyncio.FIRST_COMPLETED
-            )
-        if fut.done():
-            return fut.result()
-        if self._task.done():
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """A region a disconnect interrupts, with ClientGone. Other cancellations pass through."""
+        if self.gone:
             raise ClientGone
-        raise TimeoutError
+        self._armed = True
+        try:
+            yield
+        except asyncio.CancelledError:
+            # Ours only if the client is gone and nobody else (a shutdown) cancelled too.
+            if self.gone and self._owner.uncancel() == 0:
+                raise ClientGone from None
+            raise
+        finally:
+            self._armed = False
 
     def close(self) -> None:
         self._task.cancel()

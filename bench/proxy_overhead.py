@@ -1,0 +1,180 @@
+"""What does the sidecar cost? Proxy vs direct against the emulator at time scale 0, in ONE run.
+
+Starts `smart-proxy sim --time-scale 0` and `smart-proxy serve` (journal on, info logging to
+/dev/null: as deployed) as separate processes and drives both from this process, alternating
+direct and proxied requests so drift hits both alike:
+
+- small non-streamed /api/generate (num_predict 1): p50 (and p90/p99) latency, direct vs proxy;
+  the p50 difference is the added latency (target ≤ 1 ms);
+- streamed /api/chat: chunks per second a client receives, proxy / direct (target ≥ 95 %).
+
+    .venv/bin/python bench/proxy_overhead.py [--requests 1000] [--streams 300]
+
+Results go to bench/results/proxy_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "proxy_overhead.json"
+MODEL = "llama3.2:1b"
+
+POLICY = """\
+active = "bench"
+
+[backend]
+max_parallel = 4
+num_parallel = 1
+vram_gb = 8
+max_loaded_models = 2
+poll_interval = "5s"
+
+[policies.bench.terms.vram]
+[policies.bench.terms.fairness]
+[policies.bench.terms.aging]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not start within 30 s")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def small_requests(client: httpx.Client, direct: str, proxy: str, count: int) -> dict[str, object]:
+    body = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+    times: dict[str, list[float]] = {"direct": [], "proxy": []}
+    for i in range(count * 2):
+        which = ("direct", "proxy")[i % 2]
+        url = direct if which == "direct" else proxy
+        began = time.perf_counter()
+        response = client.post(url + "/api/generate", json=body)
+        times[which].append(time.perf_counter() - began)
+        response.raise_for_status()
+    out: dict[str, object] = {"requests_each": count}
+    for which, values in times.items():
+        out[which] = {
+            "p50_ms": round(statistics.median(values) * 1000, 3),
+            "p90_ms": round(percentile(values, 0.9) * 1000, 3),
+            "p99_ms": round(percentile(values, 0.99) * 1000, 3),
+        }
+    added = statistics.median(times["proxy"]) - statistics.median(times["direct"])
+    out["p50_added_ms"] = round(added * 1000, 3)
+    return out
+
+
+def streams(client: httpx.Client, direct: str, proxy: str, count: int) -> dict[str, object]:
+    """Chunks per second a client receives, over `count` streams on each path (alternating)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "tell me a long story"}],
+            "stream": True}
+    chunks = {"direct": 0, "proxy": 0}
+    seconds = {"direct": 0.0, "proxy": 0.0}
+    for i in range(count * 2):
+        which = ("direct", "proxy")[i % 2]
+        url = direct if which == "direct" else proxy
+        began = time.perf_counter()
+        with client.stream("POST", url + "/api/chat", json=body) as response:
+            for _chunk in response.iter_lines():
+                chunks[which] += 1
+        seconds[which] += time.perf_counter() - began
+    rate = {k: chunks[k] / seconds[k] for k in chunks}
+    return {
+        "streams_each": count,
+        "chunks_each": chunks,
+        "direct_chunks_per_s": round(rate["direct"], 1),
+        "proxy_chunks_per_s": round(rate["proxy"], 1),
+        "throughput_ratio": round(rate["proxy"] / rate["direct"], 4),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000, help="small requests per path")
+    parser.add_argument("--streams", type=int, default=300, help="streams per path")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="proxy-bench-") as work:
+        policy = Path(work) / "policies.toml"
+        policy.write_text(POLICY, encoding="utf-8")
+        sim_port, proxy_port = free_port(), free_port()
+        direct, proxy = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{proxy_port}"
+        env = {**os.environ, "SMART_PROXY_DB": str(Path(work) / "journal.db"),
+               "SMART_PROXY_LOG_FORMAT": "json", "SMART_PROXY_LOG_LEVEL": "info"}
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "sim", "--preset", "tiny-8gb", "--time-scale", "0",
+             "--port", str(sim_port)], cwd=ROOT, stderr=subprocess.DEVNULL)
+        sidecar = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--policy", str(policy), "--host",
+             "127.0.0.1", "--port", str(proxy_port), "--upstream", direct],
+            cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        try:
+            wait_until_up(direct + "/api/version", sim, "the emulator")
+            wait_until_up(proxy + "/proxy/health", sidecar, "the sidecar")
+            with httpx.Client(timeout=30) as client:
+                for _ in range(50):  # load the model, warm both paths' connections
+                    small_requests(client, direct, proxy, 1)
+                    streams(client, direct, proxy, 1)
+                small = small_requests(client, direct, proxy, args.requests)
+                streamed = streams(client, direct, proxy, args.streams)
+        finally:
+            for process in (sidecar, sim):
+                process.terminate()
+                process.wait(timeout=30)
+    report = {
+        "benchmark": "proxy_overhead",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "platform": platform.platform()},
+        "settings": {
+            "emulator": "smart-proxy sim --preset tiny-8gb --time-scale 0 (own process)",
+            "sidecar": "smart-proxy serve (own process), SQLite journal on, info logs to /dev/null",
+            "client": "one httpx.Client, keep-alive, one request at a time, paths alternated",
+            "model": MODEL,
+        },
+        "targets": {"p50_added_ms": "<= 1", "throughput_ratio": ">= 0.95"},
+        "small_non_streamed_generate": small,
+        "streamed_chat": streamed,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"small request p50: direct {small['direct']['p50_ms']} ms, "  # type: ignore[index]
+          f"proxy {small['proxy']['p50_ms']} ms, added {small['p50_added_ms']} ms")  # type: ignore[index]
+    print(f"streamed chunks/s: direct {streamed['direct_chunks_per_s']}, proxy "
+          f"{streamed['proxy_chunks_per_s']}, ratio {streamed['throughput_ratio']}")
+    print(f"written to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
