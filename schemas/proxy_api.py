@@ -15,7 +15,6 @@ from schemas.common import Strict
 
 class UpstreamHealth(msgspec.Struct, frozen=True, kw_only=True):
     up: bool
-    url: str
     last_error: str | None = None
     last_poll_age_s: float | None = None  # None: no poll has succeeded yet
 

@@ -59,7 +59,7 @@ class Dispatcher:
             if fut is None or fut.done():
                 # Cannot happen while abandon() cancels before dropping the future; if it ever
                 # does, free the slot rather than leak it.
-                log.error("granted %s with nobody waiting; releasing its slot", rid)
+                log.error("granted with nobody waiting; releasing its slot", extra={"request_id": rid})
                 self.finish(rid)
                 continue
             self._on_grant(grant)

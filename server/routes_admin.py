@@ -33,6 +33,7 @@ from schemas.proxy_api import (
 )
 from server.auth import SESSION_COOKIE
 from server.dialects import ProxyError, error_response
+from server.journal import AnalyticsError, StoreUnavailable
 from server.routes_proxy import read_body, sidecar_of
 from server.sidecar import Sidecar
 
@@ -73,7 +74,7 @@ async def health(request: Request) -> Response:
         max_parallel=sc.scheduler.max_parallel,
         paused=sc.scheduler.paused,
         upstream=UpstreamHealth(
-            up=poller.up, url=sc.upstream_url(), last_error=poller.last_error,
+            up=poller.up, last_error=poller.last_error,
             last_poll_age_s=poller.last_poll_age(),
         ),
         policy=_policy_info(sc),
@@ -217,6 +218,27 @@ async def auth(request: Request) -> Response:
     return response
 
 
+@admin_only
+async def analytics(request: Request) -> Response:
+    """The journal's report: ?hours=24&group_by=model&limit=10 (as the seed offered it)."""
+    q = request.query_params
+    try:
+        report = await sidecar_of(request).journal.analytics(
+            hours=q.get("hours", "24"), group_by=q.get("group_by", "model"), limit=q.get("limit", "10")
+        )
+    except AnalyticsError as exc:
+        return error_response(request.url.path, 400, str(exc))
+    except StoreUnavailable as exc:
+        return error_response(request.url.path, 503, f"the journal database is unavailable: {exc}",
+                              retry_after=10)
+    return _json(report)
+
+
+@admin_only
+async def journal(request: Request) -> Response:
+    return _json(sidecar_of(request).journal.health())
+
+
 async def metrics(request: Request) -> Response:
     body = sidecar_of(request).metrics.render()
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -234,5 +256,7 @@ def routes() -> list[BaseRoute]:
         Route("/proxy/pause", pause, methods=["POST"]),
         Route("/proxy/resume", resume, methods=["POST"]),
         Route("/proxy/auth", auth, methods=["POST"]),
+        Route("/proxy/analytics", analytics, methods=["GET"]),
+        Route("/proxy/journal", journal, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]

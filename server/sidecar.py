@@ -26,6 +26,7 @@ from schemas.journal import JournalRecord
 from server.auth import AdminAuth
 from server.dispatcher import Dispatcher
 from server.identity import IPAddress, client_address, parse_api_keys
+from server.journal import StoreUnavailable
 from server.metrics import Metrics
 from server.reload import Reloader
 from server.upstream import UpstreamPoller
@@ -46,6 +47,10 @@ class Journal(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
+    async def analytics(self, hours: Any, group_by: Any, limit: Any) -> dict[str, Any]:
+        """server.journal's report; AnalyticsError (400) or StoreUnavailable (503)."""
+        ...
+
 
 class NullJournal:
     """No journal configured: records are dropped."""
@@ -61,6 +66,9 @@ class NullJournal:
 
     def health(self) -> dict[str, Any]:
         return {"backend": "none"}
+
+    async def analytics(self, hours: Any, group_by: Any, limit: Any) -> dict[str, Any]:
+        raise StoreUnavailable("no journal is configured")
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,11 @@ class RecordingJournal:
     def health(self) -> dict[str, Any]:
         return {"backend": "memory", "records": len(self.records)}
 
+    async def analytics(self, hours: Any, group_by: Any, limit: Any) -> dict[str, Any]:
+        from server.journal import StoreUnavailable
+
+        raise StoreUnavailable("the recording journal keeps no database")
+
 
 @dataclass
 class RunningSidecar:
@@ -107,7 +112,7 @@ class RunningSidecar:
     policy_path: Path
     loop: asyncio.AbstractEventLoop = field(repr=False)
     server: Server = field(repr=False)
-    journal: RecordingJournal = field(default_factory=RecordingJournal)
+    journal: RecordingJournal = field(default_factory=RecordingJournal)  # unless one was given
 
     @property
     def sidecar(self) -> Sidecar:
@@ -168,7 +173,9 @@ def running_sidecar(
     hosts: Sequence[str] = ("127.0.0.1",),
     grace: float = 5.0,
     watch_interval: float = 0.1,
+    journal: Callable[[CompiledFile], Any] | None = None,
 ) -> Iterator[RunningSidecar]:
+    """`journal`: a factory for a real journal; by default a RecordingJournal is used."""
     from server.app import create_app
     from server.runner import Server, listen, url_of
     from server.sidecar import Settings
@@ -177,12 +184,12 @@ def running_sidecar(
         policy=policy_path, upstream=upstream, env=dict(env or {}),
         shutdown_grace=grace, watch_interval=watch_interval,
     )
-    journal = RecordingJournal()
+    recording = RecordingJournal()
 
     def make_journal(compiled: CompiledFile) -> RecordingJournal:
-        return journal
+        return recording
 
-    app = create_app(settings, journal=make_journal)
+    app = create_app(settings, journal=journal or make_journal)
     sockets = [listen(host, 0) for host in hosts]
     urls = [url_of(s) for s in sockets]
     server = Server(app, sockets, grace=grace)
@@ -204,7 +211,7 @@ def running_sidecar(
     thread = threading.Thread(target=run, name="sidecar", daemon=True)
     thread.start()
     loop = loops.result(timeout=30)
-    running = RunningSidecar(urls[0], urls, app, policy_path, loop, server, journal)
+    running = RunningSidecar(urls[0], urls, app, policy_path, loop, server, recording)
     deadline = time.monotonic() + 30
     while True:  # ready once the lifespan has started and the first poll has been made
         try:

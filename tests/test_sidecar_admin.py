@@ -140,3 +140,33 @@ def test_demo_prints_a_curl_line_that_works() -> None:
             process.wait()
         if process.stderr is not None:
             process.stderr.close()
+
+
+def test_journal_and_analytics(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any, tmp_path: Any
+) -> None:
+    """With a real journal (SQLite): one record per request, and the analytics report (admin)."""
+    from server.journal import open_journal
+
+    def journal(compiled: Any) -> Any:
+        return open_journal(str(tmp_path / "journal.db"), store_prompts="hash",
+                            fallback_dir=tmp_path / "fallback")
+
+    proxy = sidecar_factory(upstream=ollama_emulator.url, journal=journal)
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    for _ in range(3):
+        assert httpx.post(proxy.url + "/api/generate", json=body, timeout=30).status_code == 200
+    assert httpx.post(proxy.url + "/api/generate", json={"model": 1}, timeout=30).status_code == 400
+    deadline = time.monotonic() + 10
+    while True:
+        report = httpx.get(proxy.url + "/proxy/analytics?hours=1&group_by=client").json()
+        if report["totals"]["requests"] == 4:
+            break
+        assert time.monotonic() < deadline, report["totals"]
+        time.sleep(0.05)
+    assert report["totals"]["completed"] == 3 and report["totals"]["failed"] == 1
+    assert report["by_model"] == [{"key": MODEL, "requests": 3}, {"key": None, "requests": 1}]
+    bad = httpx.get(proxy.url + "/proxy/analytics?hours=-1&group_by=nope")
+    assert bad.status_code == 400 and "group_by" in bad.json()["error"]
+    state = httpx.get(proxy.url + "/proxy/journal").json()
+    assert state["backend"] == "sqlite" and state["connected"] is True
