@@ -23,7 +23,7 @@ from server.sidecar import DEFAULT_UPSTREAM, Journal, Settings
 
 # Every environment variable the sidecar reads (the policy can rename the two secret ones).
 ENV_VARS: dict[str, str] = {
-    "SMART_PROXY_POLICY": "policy file (default ./policies.toml)",
+    "SMART_PROXY_POLICY": "policy file (default ./policies.example.toml)",
     "SMART_PROXY_UPSTREAM": f"Ollama URL; overrides the policy's backend.url (default {DEFAULT_UPSTREAM})",
     "SMART_PROXY_DB": "journal database: a path, sqlite:///path or postgresql://… (default ./db/requests.db)",
     "SMART_PROXY_JOURNAL_FALLBACK": "directory for the journal's outage file (default beside the database)",
@@ -37,14 +37,14 @@ ENV_VARS: dict[str, str] = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:  # not subscriptable at run time
     env = os.environ
     serve = subparsers.add_parser(
         "serve", help="run the sidecar in front of Ollama",
         description="Run the scheduling sidecar in front of one Ollama server. Environment: "
         + "; ".join(f"{k}: {v}" for k, v in ENV_VARS.items()),
     )
-    serve.add_argument("--policy", type=Path, default=env.get("SMART_PROXY_POLICY", "policies.toml"))
+    serve.add_argument("--policy", type=Path, default=env.get("SMART_PROXY_POLICY", "policies.example.toml"))
     serve.add_argument("--upstream", default=env.get("SMART_PROXY_UPSTREAM"),
                        help="Ollama URL (overrides the policy's backend.url)")
     _common(serve, env, default_host="0.0.0.0")

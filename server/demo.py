@@ -1,6 +1,7 @@
 """`smart-proxy demo`: the emulator on a realistic preset, in-process, and the sidecar in front.
 
-Everything lives in a temporary directory (policy, journal) unless the user names their own.
+The demo policy (matching the preset) lives in a temporary directory unless --policy names one;
+the journal goes where it always does (SMART_PROXY_DB, else ./db/requests.db).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ max_wait = "2m"
 """
 
 
-def banner(proxy: str, ollama: str, workdir: str) -> str:
+def banner(proxy: str, ollama: str, policy: Path) -> str:
     return f"""
   Ollama Smart Proxy — demo (emulated Ollama, no GPU needed)
 
@@ -59,7 +60,7 @@ def banner(proxy: str, ollama: str, workdir: str) -> str:
   health     {proxy}/proxy/health
   queue      {proxy}/proxy/queue      (admin: from this machine)
   metrics    {proxy}/metrics
-  files      {workdir}
+  policy     {policy}
 
   try:
     curl {proxy}/api/generate -d '{{"model": "llama3.2:3b", "prompt": "Why is the sky blue?", "stream": false}}'
@@ -78,8 +79,6 @@ async def run_demo(args: argparse.Namespace) -> None:
         if policy is None:
             policy = Path(workdir) / "policies.toml"
             policy.write_text(DEMO_POLICY, encoding="utf-8")
-        if args.db is None:
-            args.db = str(Path(workdir) / "requests.db")
         loop = asyncio.get_running_loop()
         ollama: asyncio.Future[str] = loop.create_future()
         stop = asyncio.Event()
@@ -94,7 +93,7 @@ async def run_demo(args: argparse.Namespace) -> None:
             url = await ollama
             await serve_sidecar(
                 args, policy, url,
-                on_ready=lambda proxy: print(banner(proxy, url, workdir), file=sys.stderr, flush=True),
+                on_ready=lambda proxy: print(banner(proxy, url, policy), file=sys.stderr, flush=True),
             )
         finally:
             stop.set()

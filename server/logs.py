@@ -57,7 +57,7 @@ class HumanFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         rid = getattr(record, "request_id", None)
-        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items() if v is not None)
         line = f"{stamp} {record.levelname:<7} {record.name}: " + (f"[{rid}] " if rid else "")
         line += record.getMessage() + (f"  {extras}" if extras else "")
         if record.exc_info:

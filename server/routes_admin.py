@@ -1,7 +1,7 @@
 """The sidecar's own endpoints under /proxy, and /metrics.
 
 Public: /proxy/health (minimal: no client or model names), /proxy/queue/{id} (a waiting client's
-own position: the id is its capability), /proxy/vram, /proxy/auth (rate-limited), /metrics.
+own position: the id is its capability), /proxy/auth (rate-limited), /metrics.
 Everything else needs admin (network, X-Admin-Key or session token).
 """
 
@@ -146,6 +146,7 @@ async def remove(request: Request) -> Response:
     return _json(Cancelled(request_id=rid, cancelled=True))
 
 
+@admin_only
 async def vram(request: Request) -> Response:
     sc = sidecar_of(request)
     return _json(

@@ -107,11 +107,12 @@ def test_in_flight_view(sidecar_factory: SidecarFactory) -> None:
         proxy.wait_idle()
 
 
-def test_demo_prints_a_curl_line_that_works() -> None:
+def test_demo_prints_a_curl_line_that_works(tmp_path: Any) -> None:
     """`smart-proxy demo`: the emulator in-process, the banner's URLs, and a working curl line."""
     process = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "demo", "--port", "0", "--time-scale", "0.01"],
-        env={**os.environ, "SMART_PROXY_LOG_FORMAT": "human"},
+        env={**os.environ, "SMART_PROXY_LOG_FORMAT": "human",
+             "SMART_PROXY_DB": str(tmp_path / "journal.db")},
         stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -129,16 +129,17 @@ def test_auth_endpoint_answers(sidecars: dict[str, RunningSidecar]) -> None:
 
 
 def test_public_endpoints_need_no_admin(sidecars: dict[str, RunningSidecar]) -> None:
-    """Health, vram, metrics and one's own position are public; health names no client."""
+    """Health, metrics and one's own position are public (health names no client); the rest
+    of /proxy is admin only."""
     proxy = sidecars["no_key"]
     health = httpx.get(proxy.url + "/proxy/health", timeout=10)
     assert health.status_code == 200
     assert set(health.json()) == {
         "status", "queue_depth", "in_flight", "max_parallel", "paused", "upstream", "policy"
     }
-    assert httpx.get(proxy.url + "/proxy/vram", timeout=10).status_code == 200
     assert httpx.get(proxy.url + "/metrics", timeout=10).status_code == 200
-    for method, path in [("GET", "/proxy/policy"), ("POST", "/proxy/policy/reload"),
+    for method, path in [("GET", "/proxy/policy"), ("GET", "/proxy/vram"),
+                         ("GET", "/proxy/analytics"), ("GET", "/proxy/journal"), ("POST", "/proxy/policy/reload"),
                          ("POST", "/proxy/pause"), ("POST", "/proxy/resume"),
                          ("DELETE", "/proxy/queue/x")]:
         assert httpx.request(method, proxy.url + path, timeout=10).status_code == 403, path
