@@ -70,7 +70,6 @@ class Exchange:
         self.facts = facts
         self.scheduling = scheduling
         self.tap = StreamTap(keep_text=keep_text)
-        self._started = False
         self._ends_line = True
         self._send: Send | None = None
         self._submitted = False
@@ -154,7 +153,8 @@ class Exchange:
             try:
                 with self._guard(watch):
                     async with asyncio.timeout(limit):
-                        await relay(upstream, self._sent, extra, self._seen)
+                        assert self._send is not None
+                        await relay(upstream, self._send, extra, self._seen)
             except ClientGone:
                 outcome.status, outcome.error = "cancelled", "client disconnected mid-answer"
                 return
@@ -204,19 +204,14 @@ class Exchange:
 
     # -- answering ----------------------------------------------------------------------------
 
-    async def _sent(self, message: Message) -> None:
-        assert self._send is not None
-        if message["type"] == "http.response.start":
-            self._started = True
-        await self._send(message)
-
     def _seen(self, chunk: bytes) -> None:
         if chunk:
             self._ends_line = chunk.endswith(b"\n")
         self.tap(chunk)
 
     async def _fail(self, outcome: _Outcome, exc: ProxyError) -> None:
-        outcome.status = "rejected" if exc.status in (429, 503) and not self._started else "failed"
+        # Refused before a slot (a duplicate id, a shutdown): rejected. Timeouts, Ollama: failed.
+        outcome.status = "rejected" if exc.status in (400, 503) else "failed"
         outcome.http_status, outcome.error = exc.status, exc.message
         assert self._send is not None
         response = error_response(

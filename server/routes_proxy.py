@@ -125,6 +125,13 @@ def _facts(request: Request, sc: Sidecar) -> RequestFacts:
     )
 
 
+def refuse(sc: Sidecar, facts: RequestFacts, exc: ProxyError) -> Response:
+    """Turn a request away before it is forwarded or queued: journaled as rejected."""
+    sc.journal.submit(facts.finish("rejected", exc.status, exc.message))
+    sc.metrics.finished(facts.endpoint, facts.model, "rejected", 0.0)
+    return error_response(facts.endpoint, exc.status, exc.message, retry_after=exc.retry_after)
+
+
 async def scheduled(request: Request) -> Response | Exchange:
     sc = sidecar_of(request)
     compiled = sc.policy
@@ -146,10 +153,7 @@ async def scheduled(request: Request) -> Response | Exchange:
         )
         admit(sc, identity.client)
     except ProxyError as exc:
-        status = "rejected" if exc.status in (429, 503) else "failed"
-        sc.journal.submit(facts.finish(status, exc.status, exc.message))
-        sc.metrics.finished(facts.endpoint, facts.model, status, 0.0)
-        return error_response(facts.endpoint, exc.status, exc.message, retry_after=exc.retry_after)
+        return refuse(sc, facts, exc)
     if compiled.raw.journal.store_prompts != "none":
         facts.prompt = prompt_text(msgspec.json.decode(body))
     return Exchange(
@@ -168,14 +172,14 @@ async def _passthrough(request: Request, *, admin: bool) -> Response | Exchange:
     sc = sidecar_of(request)
     facts = _facts(request, sc)
     if admin and not sc.is_admin(request):
-        return error_response(facts.endpoint, 403, "admin only: this endpoint changes Ollama's models")
+        return refuse(sc, facts, ProxyError(403, "admin only: this endpoint changes Ollama's models"))
     if request.url.path.startswith("/api/blobs/"):
         upload: bytes | AsyncIterator[bytes] = request.stream()  # blobs are model layers: never held in memory
     else:
         try:
             upload = await read_body(request, sc.policy.raw.limits.max_body)
         except ProxyError as exc:
-            return error_response(facts.endpoint, exc.status, exc.message)
+            return refuse(sc, facts, exc)
     return Exchange(
         sc,
         method=request.method,

@@ -165,7 +165,7 @@ def test_journal_and_analytics(
             break
         assert time.monotonic() < deadline, report["totals"]
         time.sleep(0.05)
-    assert report["totals"]["completed"] == 3 and report["totals"]["failed"] == 1
+    assert report["totals"]["completed"] == 3 and report["totals"]["rejected"] == 1
     assert report["by_model"] == [{"key": MODEL, "requests": 3}, {"key": None, "requests": 1}]
     bad = httpx.get(proxy.url + "/proxy/analytics?hours=-1&group_by=nope")
     assert bad.status_code == 400 and "group_by" in bad.json()["error"]
