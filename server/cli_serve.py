@@ -66,13 +66,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # not subscriptab
 
 def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], default_host: str) -> None:
     parser.add_argument("--host", default=env.get("SMART_PROXY_HOST", default_host))
-    parser.add_argument("--port", type=int, default=int(env.get("SMART_PROXY_PORT", "8003")))
+    # String defaults go through `type` too, so a bad variable is a usage error, not a traceback.
+    parser.add_argument("--port", type=int, default=env.get("SMART_PROXY_PORT", "8003"))
     parser.add_argument("--db", default=env.get("SMART_PROXY_DB"), help="journal database DSN")
     parser.add_argument("--log-format", choices=("json", "human"),
                         default=env.get("SMART_PROXY_LOG_FORMAT") or ("human" if sys.stderr.isatty() else "json"))
-    parser.add_argument("--log-level", default=env.get("SMART_PROXY_LOG_LEVEL", "info"))
+    parser.add_argument("--log-level", type=str.lower, choices=("debug", "info", "warning", "error"),
+                        default=env.get("SMART_PROXY_LOG_LEVEL", "info"))
     parser.add_argument("--shutdown-grace", type=float,
-                        default=float(env.get("SMART_PROXY_SHUTDOWN_GRACE", "30")))
+                        default=env.get("SMART_PROXY_SHUTDOWN_GRACE", "30"))
 
 
 def journal_factory(dsn: str | None, fallback: str | None) -> Callable[[CompiledFile], Journal]:
