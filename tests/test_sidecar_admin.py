@@ -171,3 +171,34 @@ def test_journal_and_analytics(
     assert bad.status_code == 400 and "group_by" in bad.json()["error"]
     state = httpx.get(proxy.url + "/proxy/journal").json()
     assert state["backend"] == "sqlite" and state["connected"] is True
+
+
+# (request id, headers, expected client id, expected class) — default identify_by:
+# api_key, then the x-client-id header, then the address.
+IDENTITIES = [
+    ("key", {"authorization": "Bearer k-alice", "x-client-id": "ignored"}, "alice", "interactive"),
+    ("unknown-key", {"authorization": "Bearer nope", "x-client-id": "bob"}, "bob", "interactive"),
+    ("bad-header", {"x-client-id": "spaces are not ids"}, "127.0.0.1", "interactive"),
+    ("nothing", {}, "127.0.0.1", "interactive"),
+    ("batch", {"x-client-id": "job", "x-request-class": "batch"}, "job", "batch"),
+    ("unknown-class", {"x-client-id": "job", "x-request-class": "vip"}, "job", "interactive"),
+]
+
+
+def test_client_identity_and_class(sidecar_factory: SidecarFactory, ollama_emulator: Any) -> None:
+    """API key -> name, else the client header (when well-formed), else the address; a class
+    header only picks a class marked selectable."""
+    proxy = sidecar_factory(upstream=ollama_emulator.url,
+                            env={"SMART_PROXY_API_KEYS": "k-alice=alice, k-carol=carol"})
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    proxy.admin("POST", "/proxy/pause")
+    with concurrent.futures.ThreadPoolExecutor(len(IDENTITIES)) as pool:
+        futures = []
+        for rid, headers, _, _ in IDENTITIES:
+            futures.append(pool.submit(httpx.post, proxy.url + "/api/generate", json=body,
+                                       timeout=30, headers={"x-request-id": rid, **headers}))
+            proxy.wait_depth(len(futures))
+        seen = {w["request_id"]: (w["client"], w["class"]) for w in proxy.queue()["waiting"]}
+        proxy.admin("POST", "/proxy/resume")
+        assert [f.result().status_code for f in futures] == [200] * len(IDENTITIES)
+    assert seen == {rid: (client, cls) for rid, _, client, cls in IDENTITIES}
