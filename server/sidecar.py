@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +35,14 @@ from server.upstream import UpstreamPoller
 log = logging.getLogger("smart_proxy")
 
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+
+
+class _NoCookies(DefaultCookiePolicy):
+    def set_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
 
 
 class Journal(Protocol):
@@ -105,6 +114,9 @@ class Sidecar:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             follow_redirects=False,
             trust_env=False,  # the upstream is named explicitly; no proxy env detours
+            # One client serves everyone: a cookie Ollama (or a gateway) sets for one client's
+            # request goes back to that client, and must never ride along on anyone else's.
+            cookies=CookieJar(policy=_NoCookies()),
         )
         self.poller = UpstreamPoller(
             self.client,

@@ -60,8 +60,10 @@ class Handler(BaseHTTPRequestHandler):
     do_DELETE = do_POST
 
     def do_GET(self) -> None:
+        self.server.seen.append((self.command, self.path, dict(self.headers.items()), [], b""))
         payload = b'{"models": []}'
         self.send_response(200)
+        self.send_header("set-cookie", "gateway=for-one-client; Path=/")
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
@@ -166,3 +168,19 @@ def test_answer_broken_off_midway_ends_with_an_error_line(
     proxy.wait_idle()
     record = proxy.journal.records[-1]
     assert record.status == "failed" and "broke off" in (record.error or "")
+
+
+def test_upstream_cookies_go_back_to_their_client_only(
+    sidecar_factory: SidecarFactory, recorder: tuple[str, Recorder]
+) -> None:
+    """A Set-Cookie from upstream reaches the client that caused it; the shared upstream client
+    keeps no cookie jar, so no later request (anyone's) carries it upstream."""
+    url, server = recorder
+    proxy = sidecar_factory(upstream=url)
+    first = httpx.get(proxy.url + "/api/tags", timeout=10)
+    assert first.headers["set-cookie"] == "gateway=for-one-client; Path=/"
+    httpx.get(proxy.url + "/api/ps", timeout=10)
+    httpx.post(proxy.url + "/api/generate", json={"model": "m"}, timeout=10)
+    forwarded = [seen for seen in server.seen if seen[1] in ("/api/ps", "/api/generate")]
+    assert len(forwarded) >= 2
+    assert all("cookie" not in {k.lower() for k in headers} for _, _, headers, _, _ in forwarded)
