@@ -36,8 +36,12 @@ _NOT_FORWARDED = _HOP_BY_HOP | ADMIN_HEADERS | {"host", "content-length", "cooki
 _NOT_RETURNED = _HOP_BY_HOP | {"date", "server", "x-request-id"}
 
 
-def request_headers(headers: Headers) -> list[tuple[str, str]]:
+def request_headers(headers: Headers, *, keep_length: bool = False) -> list[tuple[str, str]]:
+    """The client's headers minus hop-by-hop and credentials. `keep_length`: the body is
+    streamed through, so its declared length must go with it (httpx cannot count it)."""
     dropped = set(_NOT_FORWARDED)
+    if keep_length:
+        dropped.discard("content-length")
     for value in headers.getlist("connection"):  # headers the client marked hop-by-hop
         dropped.update(v.strip().lower() for v in value.split(","))
     return [(k, v) for k, v in headers.items() if k.lower() not in dropped]

@@ -173,8 +173,9 @@ async def _passthrough(request: Request, *, admin: bool) -> Response | Exchange:
     facts = _facts(request, sc)
     if admin and not sc.is_admin(request):
         return refuse(sc, facts, ProxyError(403, "admin only: this endpoint changes Ollama's models"))
-    if request.url.path.startswith("/api/blobs/"):
-        upload: bytes | AsyncIterator[bytes] = request.stream()  # blobs are model layers: never held in memory
+    streamed = request.url.path.startswith("/api/blobs/")
+    if streamed:
+        upload: bytes | AsyncIterator[bytes] = request.stream()  # model layers: never in memory
     else:
         try:
             upload = await read_body(request, sc.policy.raw.limits.max_body)
@@ -184,7 +185,7 @@ async def _passthrough(request: Request, *, admin: bool) -> Response | Exchange:
         sc,
         method=request.method,
         target=_target(request),
-        headers=request_headers(request.headers),
+        headers=request_headers(request.headers, keep_length=streamed),
         body=upload,
         facts=facts,
         scheduling=None,

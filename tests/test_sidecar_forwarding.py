@@ -184,3 +184,19 @@ def test_upstream_cookies_go_back_to_their_client_only(
     forwarded = [seen for seen in server.seen if seen[1] in ("/api/ps", "/api/generate")]
     assert len(forwarded) >= 2
     assert all("cookie" not in {k.lower() for k in headers} for _, _, headers, _, _ in forwarded)
+
+
+def test_blob_upload_streams_through_for_admins(
+    sidecar_factory: SidecarFactory, recorder: tuple[str, Recorder]
+) -> None:
+    """A model layer (larger than max_body) passes through whole, with its length, unbuffered."""
+    url, server = recorder
+    proxy = sidecar_factory(upstream=url, policy=make_policy(extra="[limits]\nmax_body = 1024\n"))
+    blob = bytes(range(256)) * 8192  # 2 MiB
+    response = httpx.post(proxy.url + "/api/blobs/sha256:" + "ab" * 32, content=blob, timeout=30)
+    assert response.status_code == 200
+    method, path, headers, _, body = server.seen[-1]
+    assert (method, path) == ("POST", "/api/blobs/sha256:" + "ab" * 32)
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert body == blob and lowered["content-length"] == str(len(blob))
+    assert "transfer-encoding" not in lowered
