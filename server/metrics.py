@@ -19,6 +19,17 @@ _WAIT_BUCKETS = (0.005, 0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _DURATION_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
+# Paths with a parameter in them are counted under their route, so the label stays bounded.
+_TEMPLATES = (("/v1/models/", "/v1/models/{model}"), ("/api/blobs/", "/api/blobs/{digest}"))
+
+
+def endpoint_label(path: str) -> str:
+    for prefix, template in _TEMPLATES:
+        if path.startswith(prefix):
+            return template
+    return path
+
+
 class _QueueCollector(Collector):
     """Read at scrape time from the scheduler, so the gauges can never drift from the queue."""
 
@@ -103,9 +114,9 @@ class Metrics:
             max(0.0, grant.granted_at - grant.ticket.arrival)
         )
 
-    def finished(self, endpoint: str, model: str | None, status: str, seconds: float) -> None:
+    def finished(self, path: str, model: str | None, status: str, seconds: float) -> None:
         label = self.model_label(model) if model else "none"
-        self.requests.labels(endpoint, label, status).inc()
+        self.requests.labels(endpoint_label(path), label, status).inc()
         if model:
             self.duration.labels(label).observe(seconds)
 

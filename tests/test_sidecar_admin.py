@@ -75,6 +75,11 @@ def test_queue_position_cancel_and_metrics(
     assert metric(text, "smart_proxy_dispatches_total", action="attach") == 1
     assert metric(text, "smart_proxy_in_flight") == 0
     assert metric(text, "smart_proxy_upstream_up") == 1
+    for name in ("a:1", "b:2"):  # a path parameter never becomes a label of its own
+        httpx.get(proxy.url + "/v1/models/" + name)
+    text = httpx.get(proxy.url + "/metrics").text
+    assert metric(text, "smart_proxy_requests_total", endpoint="/v1/models/{model}", model="none",
+                  status="failed") == 2
     vram = httpx.get(proxy.url + "/proxy/vram").json()
     assert [m["model"] for m in vram["residency"]["models"]] == [MODEL]
     deadline = time.monotonic() + 5
