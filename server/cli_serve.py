@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # not subscriptab
         "of it, then print the URLs and a curl line to try.",
     )
     demo.add_argument("--policy", type=Path, default=None,
-                      help="policy file (default: a built-in demo policy)")
+                      help="policy file (default: policies.example.toml)")
     demo.add_argument("--preset", default="workstation-24gb", help="emulator preset")
     demo.add_argument("--time-scale", type=float, default=0.2,
                       help="emulated durations × this (1: real-world load and token times)")

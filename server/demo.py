@@ -1,7 +1,7 @@
 """`smart-proxy demo`: the emulator on a realistic preset, in-process, and the sidecar in front.
 
-The demo policy (matching the preset) lives in a temporary directory unless --policy names one;
-the journal goes where it always does (SMART_PROXY_DB, else ./db/requests.db).
+It runs on policies.example.toml (or --policy FILE); the journal goes where it always does
+(SMART_PROXY_DB, else ./db/requests.db).
 """
 
 from __future__ import annotations
@@ -9,46 +9,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 from pathlib import Path
 
 from sim.presets import PRESETS
 from sim.serve import preset_settings, serve_emulator
 
-# Matches the workstation-24gb preset: a 24 GB card, two requests per model, three models.
-DEMO_POLICY = """\
-active = "balanced"
+# The example policy ships beside the packages (the repository root); a copy in the working
+# directory wins, so `make demo` from a checkout uses the file the README talks about.
+EXAMPLE = "policies.example.toml"
 
-[backend]
-max_parallel = 4
-num_parallel = 2
-vram_gb = 24
-max_loaded_models = 3
-poll_interval = "2s"
 
-[journal]
-store_prompts = "full"
-
-[policies.balanced]
-description = "Model affinity first, fair between clients, nobody waits over 2 minutes."
-
-[policies.balanced.terms.vram]
-loaded = 0
-fits = 30
-unknown_size = 240
-swap = [{ up_to_gb = 16, points = 120 }, { up_to_gb = 40, points = 180 }]
-swap_above = 240
-
-[policies.balanced.terms.fairness]
-per_queued = 3
-per_recent = 1
-window = "10m"
-cap = 120
-
-[policies.balanced.terms.aging]
-per_second = 1.0
-max_wait = "2m"
-"""
+def example_policy() -> Path:
+    for candidate in (Path(EXAMPLE), Path(__file__).resolve().parent.parent / EXAMPLE):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{EXAMPLE} not found here or beside the installed packages; pass --policy FILE")
 
 
 def banner(proxy: str, ollama: str, policy: Path) -> str:
@@ -74,27 +49,23 @@ async def run_demo(args: argparse.Namespace) -> None:
 
     if args.preset not in PRESETS:
         raise KeyError(f"unknown preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-    with tempfile.TemporaryDirectory(prefix="smart-proxy-demo-") as workdir:
-        policy = args.policy
-        if policy is None:
-            policy = Path(workdir) / "policies.toml"
-            policy.write_text(DEMO_POLICY, encoding="utf-8")
-        loop = asyncio.get_running_loop()
-        ollama: asyncio.Future[str] = loop.create_future()
-        stop = asyncio.Event()
-        emulator = asyncio.create_task(
-            serve_emulator(
-                preset_settings(args.preset, args.time_scale), "127.0.0.1", 0,
-                shutdown_trigger=stop.wait, on_ready=ollama.set_result,
-            ),
-            name="demo-emulator",
+    policy = args.policy or example_policy()
+    loop = asyncio.get_running_loop()
+    ollama: asyncio.Future[str] = loop.create_future()
+    stop = asyncio.Event()
+    emulator = asyncio.create_task(
+        serve_emulator(
+            preset_settings(args.preset, args.time_scale), "127.0.0.1", 0,
+            shutdown_trigger=stop.wait, on_ready=ollama.set_result,
+        ),
+        name="demo-emulator",
+    )
+    try:
+        url = await ollama
+        await serve_sidecar(
+            args, policy, url,
+            on_ready=lambda proxy: print(banner(proxy, url, policy), file=sys.stderr, flush=True),
         )
-        try:
-            url = await ollama
-            await serve_sidecar(
-                args, policy, url,
-                on_ready=lambda proxy: print(banner(proxy, url, policy), file=sys.stderr, flush=True),
-            )
-        finally:
-            stop.set()
-            await emulator
+    finally:
+        stop.set()
+        await emulator
