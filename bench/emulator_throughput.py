@@ -14,47 +14,33 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
+from processes import ROOT, free_port, running, start
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "emulator.json"
 MESSAGES = [{"role": "user", "content": "Say hello in a few words."}]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_emulator(port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "server.cli", "sim", "--preset", "tiny-8gb",
-               "--time-scale", "0", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/api/version", timeout=1).raise_for_status()
-            return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the emulator did not start within 30 s")
+    args = ["sim", "--preset", "tiny-8gb", "--time-scale", "0", "--port", str(port)]
+    return start(args, f"http://127.0.0.1:{port}/api/version", "the emulator")
 
 
 async def phase(url: str, seconds: float, concurrency: int, stream: bool) -> dict[str, float]:
     """Closed loop: `concurrency` clients send back-to-back chats for `seconds`."""
     latencies: list[float] = []
     chunks = 0
-    body = {"model": "llama3.2:1b", "messages": MESSAGES, "stream": stream,
-            "options": {"num_predict": 8 if not stream else 64}}
+    body = {
+        "model": "llama3.2:1b",
+        "messages": MESSAGES,
+        "stream": stream,
+        "options": {"num_predict": 8 if not stream else 64},
+    }
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
         await client.post("/api/chat", json=body | {"stream": False})  # load the model first
@@ -92,33 +78,41 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     port = free_port()
-    process = start_emulator(port)
     url = f"http://127.0.0.1:{port}"
-    try:
+    with running(start_emulator(port)):
         small = asyncio.run(phase(url, args.seconds, args.concurrency, stream=False))
         streamed = asyncio.run(phase(url, args.seconds, args.concurrency, stream=True))
         counters = httpx.get(url + "/sim/stats").json()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
     report = {
         "benchmark": "emulator_throughput",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform()},
-        "settings": {"preset": "tiny-8gb", "time_scale": 0, "concurrency": args.concurrency,
-                     "seconds_per_phase": args.seconds, "model": "llama3.2:1b",
-                     "client": "httpx.AsyncClient in a separate process"},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "preset": "tiny-8gb",
+            "time_scale": 0,
+            "concurrency": args.concurrency,
+            "seconds_per_phase": args.seconds,
+            "model": "llama3.2:1b",
+            "client": "httpx.AsyncClient in a separate process",
+        },
         "small_non_streamed_chat": small | {"num_predict": 8},
         "streamed_chat": streamed | {"num_predict": 64, "chunks_per_request": 65},
         "emulator_requests_served": counters["requests_served"],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"small non-streamed chats: {small['requests_per_s']} req/s "
-          f"(p50 {small['p50_ms']} ms, p99 {small['p99_ms']} ms)")
-    print(f"streamed chats (64 tokens): {streamed['requests_per_s']} req/s, "
-          f"{streamed['chunks_per_s']} chunks/s (p50 {streamed['p50_ms']} ms)")
+    print(
+        f"small non-streamed chats: {small['requests_per_s']} req/s "
+        f"(p50 {small['p50_ms']} ms, p99 {small['p99_ms']} ms)"
+    )
+    print(
+        f"streamed chats (64 tokens): {streamed['requests_per_s']} req/s, "
+        f"{streamed['chunks_per_s']} chunks/s (p50 {streamed['p50_ms']} ms)"
+    )
     print(f"written to {RESULTS.relative_to(ROOT)}")
     return 0
 

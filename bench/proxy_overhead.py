@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,10 +31,10 @@ import time
 from pathlib import Path
 
 import httpx
+from processes import ROOT, free_port, running, start
 
 from sim.presets import PRESETS
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "proxy_overhead.json"
 MODEL = "llama3.2:1b"
 
@@ -53,25 +52,6 @@ poll_interval = "5s"
 [policies.bench.terms.fairness]
 [policies.bench.terms.aging]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{what} exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1).raise_for_status()
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit(f"{what} did not start within 30 s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -109,8 +89,11 @@ def small_requests(client: httpx.Client, direct: str, proxy: str, count: int) ->
 
 def streams(client: httpx.Client, direct: str, proxy: str, count: int) -> dict[str, object]:
     """Chunks per second a client receives, over `count` streams on each path (alternating)."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "tell me a long story"}],
-            "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "tell me a long story"}],
+        "stream": True,
+    }
     chunks = {"direct": 0, "proxy": 0}
     seconds = {"direct": 0.0, "proxy": 0.0}
     for i in range(count * 2):
@@ -137,8 +120,11 @@ REAL_RATE_POLICY = POLICY.replace("max_parallel = 4", "max_parallel = 8").replac
 
 
 async def _concurrent_streams(url: str, streams_total: int, concurrency: int) -> tuple[int, float]:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "tell me a long story"}],
-            "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "tell me a long story"}],
+        "stream": True,
+    }
     remaining = streams_total
     chunks = 0
 
@@ -187,59 +173,58 @@ def main() -> int:
         policy.write_text(POLICY, encoding="utf-8")
         sim_port, proxy_port = free_port(), free_port()
         direct, proxy = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{proxy_port}"
-        env = {**os.environ, "SMART_PROXY_DB": str(Path(work) / "journal.db"),
-               "SMART_PROXY_LOG_FORMAT": "json", "SMART_PROXY_LOG_LEVEL": "info"}
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "sim", "--preset", "tiny-8gb", "--time-scale", "0",
-             "--port", str(sim_port)], cwd=ROOT, stderr=subprocess.DEVNULL)
-        sidecar = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--policy", str(policy), "--host",
-             "127.0.0.1", "--port", str(proxy_port), "--upstream", direct],
-            cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-        try:
-            wait_until_up(direct + "/api/version", sim, "the emulator")
-            wait_until_up(proxy + "/proxy/health", sidecar, "the sidecar")
-            with httpx.Client(timeout=30) as client:
-                for _ in range(50):  # load the model, warm both paths' connections
-                    small_requests(client, direct, proxy, 1)
-                    streams(client, direct, proxy, 1)
-                used = cpu_seconds(sidecar.pid)
-                small = small_requests(client, direct, proxy, args.requests)
-                used, spent = cpu_seconds(sidecar.pid), cpu_seconds(sidecar.pid) - used
-                small["sidecar_cpu_us_per_request"] = round(spent / args.requests * 1e6, 1)
-                streamed = streams(client, direct, proxy, args.streams)
-                spent = cpu_seconds(sidecar.pid) - used
-                chunks = streamed["chunks_each"]["proxy"]  # type: ignore[index]
-                streamed["sidecar_cpu_us_per_chunk"] = round(spent / chunks * 1e6, 1)
-        finally:
-            for process in (sidecar, sim):
-                process.terminate()
-                process.wait(timeout=30)
+        env = {
+            **os.environ,
+            "SMART_PROXY_DB": str(Path(work) / "journal.db"),
+            "SMART_PROXY_LOG_FORMAT": "json",
+            "SMART_PROXY_LOG_LEVEL": "info",
+        }
+        serve = [
+            "serve",
+            "--policy",
+            str(policy),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(proxy_port),
+            "--upstream",
+            direct,
+        ]
+
+        def start_pair(*sim_args: str) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+            sim = start(
+                ["sim", *sim_args, "--port", str(sim_port)], direct + "/api/version", "the emulator"
+            )
+            return sim, start(serve, proxy + "/proxy/health", "the sidecar", env)
+
+        sim, sidecar = start_pair("--preset", "tiny-8gb", "--time-scale", "0")
+        with running(sim, sidecar), httpx.Client(timeout=30) as client:
+            for _ in range(50):  # load the model, warm both paths' connections
+                small_requests(client, direct, proxy, 1)
+                streams(client, direct, proxy, 1)
+            used = cpu_seconds(sidecar.pid)
+            small = small_requests(client, direct, proxy, args.requests)
+            used, spent = cpu_seconds(sidecar.pid), cpu_seconds(sidecar.pid) - used
+            small["sidecar_cpu_us_per_request"] = round(spent / args.requests * 1e6, 1)
+            streamed = streams(client, direct, proxy, args.streams)
+            spent = cpu_seconds(sidecar.pid) - used
+            chunks = streamed["chunks_each"]["proxy"]  # type: ignore[index]
+            streamed["sidecar_cpu_us_per_chunk"] = round(spent / chunks * 1e6, 1)
         # The same comparison at the emulator's real token rate, 8 streams at once.
         config = Path(work) / "sim.toml"
         config.write_text(PRESETS["tiny-8gb"].replace("num_parallel = 1", "num_parallel = 8"))
         policy.write_text(REAL_RATE_POLICY, encoding="utf-8")
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "sim", "--config", str(config), "--time-scale",
-             "1", "--port", str(sim_port)], cwd=ROOT, stderr=subprocess.DEVNULL)
-        sidecar = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--policy", str(policy), "--host",
-             "127.0.0.1", "--port", str(proxy_port), "--upstream", direct],
-            cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-        try:
-            wait_until_up(direct + "/api/version", sim, "the emulator")
-            wait_until_up(proxy + "/proxy/health", sidecar, "the sidecar")
+        with running(*start_pair("--config", str(config), "--time-scale", "1")):
             asyncio.run(_concurrent_streams(direct, 8, 8))  # load the model
             real_rate = real_rate_streams(direct, proxy, args.rounds, 16)
-        finally:
-            for process in (sidecar, sim):
-                process.terminate()
-                process.wait(timeout=30)
     report = {
         "benchmark": "proxy_overhead",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "settings": {
             "emulator": "smart-proxy sim --preset tiny-8gb --time-scale 0 (own process)",
             "sidecar": "smart-proxy serve (own process), SQLite journal on, info logs to /dev/null",
@@ -257,14 +242,22 @@ def main() -> int:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"small request p50: direct {small['direct']['p50_ms']} ms, "  # type: ignore[index]
-          f"proxy {small['proxy']['p50_ms']} ms, added {small['p50_added_ms']} ms")  # type: ignore[index]
-    print(f"streamed chunks/s: direct {streamed['direct_chunks_per_s']}, proxy "
-          f"{streamed['proxy_chunks_per_s']}, ratio {streamed['throughput_ratio']}")
-    print(f"streamed at real token rates, 8 at once: direct {real_rate['direct_chunks_per_s']}, "
-          f"proxy {real_rate['proxy_chunks_per_s']} chunks/s, ratio {real_rate['throughput_ratio']}")
-    print(f"sidecar CPU: {small['sidecar_cpu_us_per_request']} us per small request, "
-          f"{streamed['sidecar_cpu_us_per_chunk']} us per streamed chunk")
+    print(
+        f"small request p50: direct {small['direct']['p50_ms']} ms, "  # type: ignore[index]
+        f"proxy {small['proxy']['p50_ms']} ms, added {small['p50_added_ms']} ms"
+    )  # type: ignore[index]
+    print(
+        f"streamed chunks/s: direct {streamed['direct_chunks_per_s']}, proxy "
+        f"{streamed['proxy_chunks_per_s']}, ratio {streamed['throughput_ratio']}"
+    )
+    print(
+        f"streamed at real token rates, 8 at once: direct {real_rate['direct_chunks_per_s']}, "
+        f"proxy {real_rate['proxy_chunks_per_s']} chunks/s, ratio {real_rate['throughput_ratio']}"
+    )
+    print(
+        f"sidecar CPU: {small['sidecar_cpu_us_per_request']} us per small request, "
+        f"{streamed['sidecar_cpu_us_per_chunk']} us per streamed chunk"
+    )
     print(f"written to {RESULTS.relative_to(ROOT)}")
     return 0
 

@@ -1,0 +1,52 @@
+"""Starting the emulator and the sidecar as separate processes for a benchmark, and stopping them."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(
+    args: list[str], ready_url: str, what: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`smart-proxy ARGS` in its own process, returned once `ready_url` answers 2xx."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", *args], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with {process.returncode}")
+        try:
+            httpx.get(ready_url, timeout=1).raise_for_status()
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.1)  # a benchmark script, not async code: plain polling is fine
+    process.kill()
+    raise SystemExit(f"{what} did not start within 30 s")
+
+
+@contextlib.contextmanager
+def running(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Terminate the processes (newest first) however the block ends."""
+    try:
+        yield
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=30)
