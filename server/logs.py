@@ -1,12 +1,20 @@
 """Logging: one JSON object per line, or human-readable lines; every line written while a request
-is being handled carries its request id (a context variable set by the route)."""
+is being handled carries its request id (a context variable set by the route).
+
+The event loop only puts records on a queue; a listener thread formats and writes them, so a slow
+or blocked stderr (a full pipe, a stalled terminal) never stalls a request.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextvars
+import copy
 import logging
+import queue
 import sys
 import time
+from logging.handlers import QueueHandler, QueueListener
 from typing import Literal
 
 import msgspec
@@ -50,6 +58,8 @@ class JsonFormatter(logging.Formatter):
         out.update(_extras(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
         return msgspec.json.encode(out, enc_hook=str).decode()
 
 
@@ -62,15 +72,50 @@ class HumanFormatter(logging.Formatter):
         line += record.getMessage() + (f"  {extras}" if extras else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:
+            line += "\n" + record.exc_text
         return line
+
+
+class _OffLoopHandler(QueueHandler):
+    """Hands records to the listener thread with their message and traceback already rendered
+    (arguments and tracebacks may refer to objects that change after this call)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+_listener: QueueListener | None = None
+
+
+def _stop_listener() -> None:
+    """Write out what is queued and stop the writer thread (at exit, or before reconfiguring)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
 
 
 def configure(fmt: LogFormat, level: str = "INFO") -> None:
     """Install the chosen format on the `smart_proxy` loggers (the CLI calls this once)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
-    handler.addFilter(_RequestIdFilter())
+    global _listener
+    _stop_listener()
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = _OffLoopHandler(records)
+    handler.addFilter(_RequestIdFilter())  # runs on the caller's thread, where the id is set
+    _listener = QueueListener(records, writer, respect_handler_level=True)
+    _listener.start()
     root = logging.getLogger("smart_proxy")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+atexit.register(_stop_listener)
