@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -11,6 +12,7 @@ from starlette.routing import Route
 from sim import http_manage, http_native, http_openai
 from sim.config import Settings
 from sim.driver import Emulator
+from sim.hostcheck import HostCheck
 from sim.http_common import json_response
 
 
@@ -70,6 +72,10 @@ def build_app(settings: Settings, emulator: Emulator | None = None) -> Starlette
         Route("/sim/stats", sim_stats, methods=["GET"]),
         Route("/sim/stats/reset", sim_stats_reset, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_found})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={404: _not_found, 405: _not_found},
+        middleware=[Middleware(HostCheck)],
+    )
     app.state.emulator = emu
     return app
