@@ -43,9 +43,6 @@ class Picker:
         self._dirty_groups: set[GroupKey] = set()  # new groups and groups with a new head
         self._policy: Policy | None = None
 
-    def __len__(self) -> int:
-        return sum(len(q) for q in self._groups.values())
-
     # -- membership -------------------------------------------------------------------------
 
     def add(self, ticket: Ticket) -> None:

@@ -8,6 +8,7 @@ is read once per `dispatch()` call, so a reload takes effect at the next decisio
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -87,8 +88,6 @@ class Scheduler:
         policy: Callable[[], Policy] | None = None,
         clock: Clock | None = None,
     ) -> None:
-        import time
-
         self._clock: Clock = clock or time.monotonic
         self._policy_source = policy or (lambda: self._settings.active)
         self._seq = itertools.count(1)
@@ -268,9 +267,6 @@ class Scheduler:
     def recent(self, client: str, window_seconds: float) -> int:
         now = self._clock()
         return self._ledger.recent(client, window_seconds, now)
-
-    def is_waiting(self, request_id: str) -> bool:
-        return request_id in self._waiting
 
     def waiting(self) -> list[RankedTicket]:
         """Every waiting ticket in the order the policy ranks them now (scores all: a view)."""

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 from dataclasses import dataclass
@@ -63,8 +64,6 @@ class CompiledFile:
 
     def with_active(self, name: str) -> CompiledFile:
         """The same file with another of its policies active (for explain/snapshot)."""
-        import dataclasses
-
         return dataclasses.replace(self, active=self.policies[name])
 
 
