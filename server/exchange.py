@@ -56,7 +56,7 @@ class Exchange:
         *,
         method: str,
         target: str,  # path and query, sent to the upstream as they came
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes],
         facts: RequestFacts,
         scheduling: Scheduling | None,

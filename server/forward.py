@@ -36,15 +36,16 @@ _NOT_FORWARDED = _HOP_BY_HOP | ADMIN_HEADERS | {"host", "content-length", "cooki
 _NOT_RETURNED = _HOP_BY_HOP | {"date", "server", "x-request-id"}
 
 
-def request_headers(headers: Headers, *, keep_length: bool = False) -> list[tuple[str, str]]:
-    """The client's headers minus hop-by-hop and credentials. `keep_length`: the body is
-    streamed through, so its declared length must go with it (httpx cannot count it)."""
+def request_headers(headers: Headers, *, keep_length: bool = False) -> list[tuple[bytes, bytes]]:
+    """The client's headers minus hop-by-hop and credentials, as the raw bytes that came (a value
+    may hold any byte above 0x7f, which httpx would refuse to encode from a str). `keep_length`:
+    the body is streamed through, so its declared length must go with it (httpx cannot count it)."""
     dropped = set(_NOT_FORWARDED)
     if keep_length:
         dropped.discard("content-length")
     for value in headers.getlist("connection"):  # headers the client marked hop-by-hop
         dropped.update(v.strip().lower() for v in value.split(","))
-    return [(k, v) for k, v in headers.items() if k.lower() not in dropped]
+    return [(k, v) for k, v in headers.raw if k.decode("latin-1").lower() not in dropped]
 
 
 def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
@@ -59,7 +60,7 @@ async def open_upstream(
     *,
     method: str,
     url: str,
-    headers: list[tuple[str, str]],
+    headers: list[tuple[bytes, bytes]],
     content: bytes | AsyncIterator[bytes],
     upstream_timeout: float,
 ) -> httpx.Response:

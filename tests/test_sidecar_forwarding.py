@@ -200,3 +200,20 @@ def test_blob_upload_streams_through_for_admins(
     lowered = {k.lower(): v for k, v in headers.items()}
     assert body == blob and lowered["content-length"] == str(len(blob))
     assert "transfer-encoding" not in lowered
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/api/generate"), ("GET", "/api/tags")])
+def test_non_ascii_header_value_is_forwarded_as_sent(
+    sidecar_factory: SidecarFactory, recorder: tuple[str, Recorder], method: str, path: str
+) -> None:
+    """HTTP allows any byte above 0x7f in a header value (a UTF-8 user agent, a name); it reaches
+    Ollama byte for byte instead of failing the request with a 500."""
+    url, server = recorder
+    proxy = sidecar_factory(upstream=url)
+    value = "café ☕".encode()
+    response = httpx.request(method, proxy.url + path, json={"model": "m"}, timeout=30,
+                             headers={"x-user-note": value})
+    assert response.status_code == 200, response.text
+    lowered = {k.lower(): v for k, v in server.seen[-1][2].items()}
+    assert lowered["x-user-note"].encode("latin-1") == value
+    proxy.wait_idle()
