@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -83,6 +84,8 @@ def parse_scheduled(body: bytes) -> _Scheduled:
         raise ProxyError(400, f"invalid JSON in request body: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ProxyError(400, f"invalid request body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:  # msgspec's guard against a stack overflow: a client's input, not ours
+        raise ProxyError(400, "invalid JSON in request body: nested too deeply") from None
     if not parsed.model.strip():
         raise ProxyError(400, "model is required")
     return parsed
@@ -155,7 +158,10 @@ async def scheduled(request: Request) -> Response | Exchange:
     except ProxyError as exc:
         return refuse(sc, facts, exc)
     if compiled.raw.journal.store_prompts != "none":
-        facts.prompt = prompt_text(msgspec.json.decode(body))
+        # For the journal only: a body it cannot read (a number beyond float range, which the
+        # typed decode above skips) is still Ollama's to judge, not a 500.
+        with contextlib.suppress(msgspec.DecodeError, RecursionError):
+            facts.prompt = prompt_text(msgspec.json.decode(body))
     return Exchange(
         sc,
         method=request.method,

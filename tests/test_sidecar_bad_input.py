@@ -55,6 +55,7 @@ BODY_CASES = [
     ("keep_alive wrong type", b'{"model": "m", "keep_alive": [1]}', 400, "at `$.keep_alive`"),
     ("not UTF-8", b'{"model": "\xff"}', 400, "invalid"),
     ("body over max_body", b'{"model": "m", "prompt": "' + b"x" * 4096 + b'"}', 413, "larger than the limit of 2048 bytes"),
+    ("nested too deeply", b'{"model": "m", "x": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400, "nested too deeply"),
 ]
 
 
@@ -191,3 +192,14 @@ def test_bad_auth_body(proxy: RunningSidecar) -> None:
 def test_unknown_queue_entry(proxy: RunningSidecar) -> None:
     assert httpx.get(proxy.url + "/proxy/queue/nope", timeout=10).status_code == 404
     assert httpx.delete(proxy.url + "/proxy/queue/nope", timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize("path", DIALECTS)
+def test_number_out_of_range_is_forwarded_not_a_500(proxy: RunningSidecar, path: str) -> None:
+    """A field scheduling does not read is Ollama's to judge; reading the prompt for the journal
+    must not turn a number beyond float range into a 500."""
+    body = b'{"model": "llama3.2:1b", "prompt": "hi", "stream": false, "x": 1e999}'
+    response = httpx.post(proxy.url + path, content=body, timeout=10)
+    assert response.status_code != 500, response.text
+    assert "x-queue-wait-ms" in response.headers  # scheduled and forwarded, as sent
+    proxy.wait_idle()
