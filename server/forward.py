@@ -66,15 +66,21 @@ async def open_upstream(
 ) -> httpx.Response:
     """Send the request and wait for Ollama's status line and headers (its first byte).
 
-    Refused/unreachable -> ProxyError 502; no answer within `upstream_timeout` -> 504.
+    Refused/unreachable or an unusable upstream URL -> ProxyError 502; no answer within
+    `upstream_timeout` -> 504.
     """
-    request = client.build_request(
-        method,
-        url,
-        headers=headers,
-        content=content,
-        timeout=httpx.Timeout(upstream_timeout, connect=min(upstream_timeout, 10.0)),
-    )
+    try:
+        request = client.build_request(
+            method,
+            url,
+            headers=headers,
+            content=content,
+            timeout=httpx.Timeout(upstream_timeout, connect=min(upstream_timeout, 10.0)),
+        )
+        if (request.url.port or 0) > 65535:  # httpx lets it through, then fails outside HTTPError
+            raise httpx.InvalidURL(f"Invalid port: {request.url.port}")
+    except httpx.InvalidURL as exc:  # not an HTTPError: a bad port or host in backend.url
+        raise ProxyError(502, f"Ollama's URL is unusable: {exc}") from None
     try:
         return await client.send(request, stream=True)
     except httpx.TimeoutException as exc:

@@ -81,7 +81,10 @@ class UpstreamPoller:
             if time.monotonic() - self._tags_at >= 4 * self._interval():
                 tags = await self._get("/api/tags")
                 self._tags_at = time.monotonic()
-        except (httpx.HTTPError, msgspec.DecodeError, ValueError) as exc:
+        except Exception as exc:
+            # Not only HTTPError: a reloaded backend.url httpx cannot use fails with InvalidURL
+            # (a bad host) or an ExceptionGroup (a port above 65535). Whatever it is, the poller
+            # must survive it, or the sidecar would never see Ollama again.
             if self.up or self.last_error is None:
                 log.warning("Ollama poll failed: %s", exc or type(exc).__name__)
             self.up = False

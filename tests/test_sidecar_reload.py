@@ -203,3 +203,28 @@ def test_cli_serve_reloads_on_sighup_and_exits_cleanly_on_sigterm(
     with sqlite3.connect(tmp_path / "journal.db") as db:
         rows = db.execute("SELECT status, model, endpoint FROM requests").fetchall()
     assert rows == [("completed", MODEL, "/api/generate")]
+
+
+def test_an_unusable_backend_url_is_a_502_and_the_poller_survives_it(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    """The policy's backend.url is only parsed when used; one httpx cannot parse (a bad port, an
+    unclosed IPv6 bracket) answers 502 in the dialect, and once the file is fixed the upstream
+    poller is still there to see Ollama again."""
+    good = make_policy().replace("[backend]", f'[backend]\nurl = "{ollama_emulator.url}"')
+    proxy = sidecar_factory(upstream=None, policy=good, watch_interval=3600)
+    proxy.wait_for(lambda h: h["upstream"]["up"])
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    for bad in ("http://127.0.0.1:99999", "http://[::1"):
+        edit(proxy, good.replace(ollama_emulator.url, bad))
+        assert proxy.admin("POST", "/proxy/policy/reload").json()["changed"] is True
+        native = httpx.post(proxy.url + "/api/generate", json=body, timeout=10)
+        assert native.status_code == 502 and "Ollama" in native.json()["error"]
+        openai = httpx.post(proxy.url + "/v1/completions", json=body, timeout=10)
+        assert openai.status_code == 502 and openai.json()["error"]["type"] == "api_error"
+        assert httpx.get(proxy.url + "/api/tags", timeout=10).status_code == 502
+        proxy.wait_for(lambda h: not h["upstream"]["up"] and h["upstream"]["last_error"] is not None)
+    edit(proxy, good)
+    assert proxy.admin("POST", "/proxy/policy/reload").json()["changed"] is True
+    proxy.wait_for(lambda h: h["upstream"]["up"] and h["in_flight"] == 0, within=5)
+    assert httpx.post(proxy.url + "/api/generate", json=body, timeout=10).status_code == 200
