@@ -179,6 +179,11 @@ async def _passthrough(request: Request, *, admin: bool) -> Response | Exchange:
     facts = _facts(request, sc)
     if admin and not sc.is_admin(request):
         return refuse(sc, facts, ProxyError(403, "admin only: this endpoint changes Ollama's models"))
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    if any(segment in (b".", b"..") for segment in raw_path.split(b"/")):
+        # httpx resolves them, so Ollama would get another endpoint than the one routed here
+        # (/v1/models/../../api/… is public; what it reaches may be admin only).
+        return refuse(sc, facts, ProxyError(400, "the path must not contain . or .. segments"))
     streamed = request.url.path.startswith("/api/blobs/")
     if streamed:
         upload: bytes | AsyncIterator[bytes] = request.stream()  # model layers: never in memory

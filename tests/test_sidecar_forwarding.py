@@ -217,3 +217,25 @@ def test_non_ascii_header_value_is_forwarded_as_sent(
     lowered = {k.lower(): v for k, v in server.seen[-1][2].items()}
     assert lowered["x-user-note"].encode("latin-1") == value
     proxy.wait_idle()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_dot_segments_cannot_walk_out_of_a_passthrough_route(
+    sidecar_factory: SidecarFactory, recorder: tuple[str, Recorder], method: str
+) -> None:
+    """`/v1/models/{model}` is public; httpx resolves `..` in the URL it is given, so without a
+    check `/v1/models/../../api/blobs/…` reached an admin-only Ollama endpoint for anyone."""
+    import socket
+
+    url, server = recorder
+    extra = '[admin]\nnetworks = ["10.9.9.9/32"]\n'  # the test's own address is not admin
+    proxy = sidecar_factory(upstream=url, policy=make_policy(extra=extra))
+    host, port = proxy.url.removeprefix("http://").split(":")
+    for path in ("/v1/models/../../api/blobs/sha256:00", "/v1/models/./../api/delete"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert not any(seen[1].startswith(("/api/blobs", "/api/delete")) for seen in server.seen)
