@@ -30,6 +30,7 @@ class Reloader:
         self._on_result = on_result
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._signalled: set[asyncio.Task[ReloadResult]] = set()  # SIGHUP reloads under way
 
     async def reload(self, *, only_if_changed: bool = False) -> ReloadResult:
         result = await asyncio.to_thread(self._holder.reload, only_if_changed=only_if_changed)
@@ -52,13 +53,16 @@ class Reloader:
     def reload_soon(self) -> None:
         """For the SIGHUP handler: schedule a full reload without blocking the signal handler."""
         task = asyncio.get_running_loop().create_task(self.reload())
+        self._signalled.add(task)
+        task.add_done_callback(self._signalled.discard)
         task.add_done_callback(_report)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [*self._signalled, *([self._task] if self._task is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
 
     async def _watch(self) -> None:
         while True:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sidecar_fixtures import RunningSidecar, SidecarFactory, make_policy
 
 MODEL = "llama3.2:1b"
@@ -228,3 +229,27 @@ def test_an_unusable_backend_url_is_a_502_and_the_poller_survives_it(
     assert proxy.admin("POST", "/proxy/policy/reload").json()["changed"] is True
     proxy.wait_for(lambda h: h["upstream"]["up"] and h["in_flight"] == 0, within=5)
     assert httpx.post(proxy.url + "/api/generate", json=body, timeout=10).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_sighup_reload_in_progress_is_stopped_with_the_reloader(tmp_path: Path) -> None:
+    """The task SIGHUP starts has an owner: stopping the reloader stops it too, so it can never
+    swap a policy into a sidecar that has already shut down."""
+    import asyncio
+
+    from policy.holder import PolicyHolder
+    from server.reload import Reloader
+
+    path = tmp_path / "policy.toml"
+    path.write_text(BATCH_FIRST, encoding="utf-8")
+    swapped: list[object] = []
+    reloader = Reloader(PolicyHolder(path), on_swap=swapped.append, on_result=lambda _: None,
+                        interval=3600)
+    reloader.start()
+    path.write_text(INTERACTIVE_FIRST, encoding="utf-8")
+    reloader.reload_soon()
+    await reloader.stop()
+    reloads = [t for t in asyncio.all_tasks() if "Reloader" in t.get_coro().__qualname__]
+    assert reloads == []
+    await asyncio.sleep(0.2)  # the file read would have finished by now
+    assert swapped == []
