@@ -15,6 +15,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -31,6 +32,8 @@ _SECRET_KEYS = frozenset({"key", "api_key", "admin_key", "secret", "password", "
 def parse_toml(text: str) -> tuple[dict[str, Any] | None, Problem | None]:
     try:
         return tomllib.loads(text), None
+    except RecursionError:
+        return None, Problem("", MISSING, "is nested too deeply to read as a policy file")
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         # tomllib says "Invalid value (at line 3, column 9)"; lead with the position.
@@ -60,6 +63,9 @@ def _check_kind(kind: str, value: Any, path: str, problems: list[Problem]) -> bo
         except ValueError as exc:
             problems.append(Problem(path, value, f"is not an IP network in CIDR notation ({exc})"))
             return False
+    elif kind == "http_url" and (reason := _url_problem(value)):
+        problems.append(Problem(path, value, f"is not a usable URL: {reason}"))
+        return False
     elif kind == "env_name" and not _ENV_NAME.match(value):
         problems.append(
             Problem(
@@ -72,6 +78,22 @@ def _check_kind(kind: str, value: Any, path: str, problems: list[Problem]) -> bo
         )
         return False
     return True
+
+
+def _url_problem(value: str) -> str | None:
+    """Why `value` cannot name an HTTP server, or None if it can."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "it must start with http:// or https://"
+    if not parts.hostname:
+        return "it names no host"
+    if port == 0:
+        return "port 0 is not a port a server listens on"
+    return None
 
 
 def _msgspec_rule(exc: msgspec.ValidationError, tp: Any) -> str:

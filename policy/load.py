@@ -90,7 +90,12 @@ def load_policy_text(data: bytes, file: str) -> CompiledFile:
     if syntax is not None or raw is None:
         raise PolicyError(file, [syntax] if syntax else [])
     problems: list[Problem] = []
-    sections, terms = decode_sections(raw, problems)
+    try:
+        sections, terms = decode_sections(raw, problems)
+    except RecursionError:
+        raise PolicyError(
+            file, [Problem("", MISSING, "is nested too deeply to read as a policy file")]
+        ) from None
     problems.extend(validate(sections, terms))
     if problems:
         raise PolicyError(file, problems)

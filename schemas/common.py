@@ -24,8 +24,11 @@ Duration = Annotated[float | str, Meta(extra={"kind": "duration"})]
 Cidr = Annotated[str, Meta(extra={"kind": "cidr"})]
 # The NAME of an environment variable that holds a secret; never the secret itself.
 EnvName = Annotated[str, Meta(extra={"kind": "env_name"})]
+# An http:// or https:// URL with a host (and a port from 1 to 65535 if one is given).
+HttpUrl = Annotated[str, Meta(extra={"kind": "http_url"})]
 
-PositiveInt = Annotated[int, Meta(ge=1)]
-NonNegativeInt = Annotated[int, Meta(ge=0)]
+# Counts and sizes are bounded: a typo of extra digits is an error, not a limit nobody meant.
+PositiveInt = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+NonNegativeInt = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]

@@ -11,6 +11,7 @@ from schemas.common import (
     Cidr,
     Duration,
     EnvName,
+    HttpUrl,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
@@ -19,7 +20,7 @@ from schemas.common import (
 
 
 class Backend(Strict):
-    url: str = "http://127.0.0.1:11434"
+    url: HttpUrl = "http://127.0.0.1:11434"
     max_parallel: PositiveInt = 2  # requests in flight to Ollama at once, all models together
     num_parallel: PositiveInt = 1  # Ollama's OLLAMA_NUM_PARALLEL: requests one model serves at once
     vram_gb: PositiveFloat = 24.0  # GiB of GPU memory Ollama may use

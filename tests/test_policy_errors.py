@@ -80,6 +80,35 @@ CASES = [
         id="out-of-range",
     ),
     pytest.param(
+        "number_too_large.toml",
+        [
+            "number_too_large.toml: backend.max_parallel: 99999999999999999999999 is out of "
+            "range: must be <= 2147483647"
+        ],
+        id="number-too-large",
+    ),
+    pytest.param(
+        "url_not_http.toml",
+        [
+            'url_not_http.toml: backend.url: "localhost:11434" is not a usable URL: it must '
+            "start with http:// or https://"
+        ],
+        id="url-not-http",
+    ),
+    pytest.param(
+        "url_port_out_of_range.toml",
+        [
+            'url_port_out_of_range.toml: backend.url: "http://127.0.0.1:99999" is not a usable '
+            "URL: Port out of range 0-65535"
+        ],
+        id="url-port-out-of-range",
+    ),
+    pytest.param(
+        "nested_too_deeply.toml",
+        ["nested_too_deeply.toml: is nested too deeply to read as a policy file"],
+        id="nested-too-deeply",
+    ),
+    pytest.param(
         "number_not_finite.toml",
         ["number_not_finite.toml: policies.main.terms.vram.swap_above: inf is not a finite number"],
         id="inf-or-nan",
