@@ -206,29 +206,36 @@ def test_cli_serve_reloads_on_sighup_and_exits_cleanly_on_sigterm(
     assert rows == [("completed", MODEL, "/api/generate")]
 
 
-def test_an_unusable_backend_url_is_a_502_and_the_poller_survives_it(
+def test_a_reload_to_an_unusable_backend_url_is_refused(
     sidecar_factory: SidecarFactory, ollama_emulator: Any
 ) -> None:
-    """The policy's backend.url is only parsed when used; one httpx cannot parse (a bad port, an
-    unclosed IPv6 bracket) answers 502 in the dialect, and once the file is fixed the upstream
-    poller is still there to see Ollama again."""
+    """A backend.url httpx cannot use (a bad port, an unclosed IPv6 bracket) is a policy error:
+    the reload is refused with the reason and the sidecar keeps serving on the old file."""
     good = make_policy().replace("[backend]", f'[backend]\nurl = "{ollama_emulator.url}"')
     proxy = sidecar_factory(upstream=None, policy=good, watch_interval=3600)
     proxy.wait_for(lambda h: h["upstream"]["up"])
     body = {"model": MODEL, "prompt": "hi", "stream": False}
     for bad in ("http://127.0.0.1:99999", "http://[::1"):
         edit(proxy, good.replace(ollama_emulator.url, bad))
-        assert proxy.admin("POST", "/proxy/policy/reload").json()["changed"] is True
-        native = httpx.post(proxy.url + "/api/generate", json=body, timeout=10)
-        assert native.status_code == 502 and "Ollama" in native.json()["error"]
-        openai = httpx.post(proxy.url + "/v1/completions", json=body, timeout=10)
-        assert openai.status_code == 502 and openai.json()["error"]["type"] == "api_error"
-        assert httpx.get(proxy.url + "/api/tags", timeout=10).status_code == 502
-        proxy.wait_for(lambda h: not h["upstream"]["up"] and h["upstream"]["last_error"] is not None)
-    edit(proxy, good)
-    assert proxy.admin("POST", "/proxy/policy/reload").json()["changed"] is True
-    proxy.wait_for(lambda h: h["upstream"]["up"] and h["in_flight"] == 0, within=5)
-    assert httpx.post(proxy.url + "/api/generate", json=body, timeout=10).status_code == 200
+        refused = proxy.admin("POST", "/proxy/policy/reload")
+        assert refused.status_code == 422 and "backend.url" in refused.text
+        assert httpx.post(proxy.url + "/api/generate", json=body, timeout=10).status_code == 200
+
+
+def test_an_unusable_upstream_override_is_a_502_and_the_poller_survives_it(
+    sidecar_factory: SidecarFactory,
+) -> None:
+    """An upstream URL from outside the policy (--upstream, SMART_PROXY_UPSTREAM) that httpx cannot
+    use answers 502 in each dialect, never a 500, and the poller keeps reporting Ollama down."""
+    proxy = sidecar_factory(upstream="http://127.0.0.1:99999")
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    native = httpx.post(proxy.url + "/api/generate", json=body, timeout=10)
+    assert native.status_code == 502 and "Ollama" in native.json()["error"]
+    openai = httpx.post(proxy.url + "/v1/completions", json=body, timeout=10)
+    assert openai.status_code == 502 and openai.json()["error"]["type"] == "api_error"
+    assert httpx.get(proxy.url + "/api/tags", timeout=10).status_code == 502
+    proxy.wait_for(lambda h: not h["upstream"]["up"] and h["upstream"]["last_error"] is not None)
+    proxy.wait_for(lambda h: h["in_flight"] == 0)
 
 
 @pytest.mark.anyio
