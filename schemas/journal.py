@@ -28,6 +28,9 @@ Count = Annotated[int, Meta(ge=0)]
 class JournalRecord(Strict):
     """Everything the sidecar knows about one request. Optional fields are None when not reached."""
 
+    # The journal's key: unique per request, chosen by the sidecar. A client may send its own
+    # X-Request-Id (kept in `client_request_id`), but clients reuse ids, and a reused id must
+    # never overwrite another request's record.
     request_id: Annotated[str, Meta(min_length=1, max_length=200)]
     client: str
     endpoint: str
@@ -66,6 +69,9 @@ class JournalRecord(Strict):
     response: str | None = None
     # Set by the journal on every hand-off (monotonic nanoseconds-since-epoch); higher wins.
     revision: Count = 0
+    # The X-Request-Id the client sent, when the sidecar kept it (what the client knows its
+    # request by); None when the sidecar chose the id, which is then `request_id` itself.
+    client_request_id: str | None = None
 
 
 __all__ = ["STATUSES", "JournalRecord", "Status"]

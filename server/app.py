@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from policy.load import CompiledFile
 from server import routes_admin, routes_proxy
 from server.dialects import error_response
-from server.logs import request_id_var
+from server.logs import journal_id_var, request_id_var
 from server.sidecar import Journal, Settings, Sidecar
 
 log = logging.getLogger("smart_proxy")
@@ -43,7 +43,8 @@ class RequestIdMiddleware:
             if key == b"x-request-id":
                 offered = value.decode("latin-1")
                 break
-        rid = offered if REQUEST_ID.match(offered) else uuid.uuid4().hex
+        own = uuid.uuid4().hex
+        rid = offered if REQUEST_ID.match(offered) else own
         raw_id = rid.encode()
 
         async def send_with_id(message: Message) -> None:
@@ -54,11 +55,12 @@ class RequestIdMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        token = request_id_var.set(rid)
+        token, journal_token = request_id_var.set(rid), journal_id_var.set(own)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+            journal_id_var.reset(journal_token)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

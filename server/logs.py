@@ -24,6 +24,11 @@ LogFormat = Literal["json", "human"]
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
+# The journal's key for the same request: the request id when the sidecar chose it, a fresh one
+# when the client sent its own (clients reuse ids; records must never overwrite each other).
+journal_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "journal_id", default=None
+)
 
 # LogRecord attributes that are not "extra" fields a caller added.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {

@@ -28,7 +28,7 @@ _TEXT_LIMIT = 1024 * 1024  # stored response text is cut here
 
 @dataclass(slots=True)
 class RequestFacts:
-    request_id: str
+    request_id: str  # what the client knows the request by (X-Request-Id)
     endpoint: str
     received_at: float  # epoch seconds
     client: str = "unknown"
@@ -46,14 +46,17 @@ class RequestFacts:
     prompt: str | None = None
     counters: dict[str, int] = field(default_factory=dict)
     response: str | None = None
+    journal_id: str | None = None  # the journal's unique key; None: request_id is unique
 
     def finish(self, status: Status, http_status: int | None, error: str | None) -> JournalRecord:
         done = time.time()
         wait_ms = None
         if self.dispatched_at is not None:
             wait_ms = max(0.0, (self.dispatched_at - self.received_at) * 1000)
+        own = self.journal_id or self.request_id
         return JournalRecord(
-            request_id=self.request_id,
+            request_id=own,
+            client_request_id=self.request_id if own != self.request_id else None,
             client=self.client,
             endpoint=self.endpoint,
             received_at=self.received_at,

@@ -17,7 +17,7 @@ from server.dialects import ProxyError, error_response
 from server.exchange import Exchange, Scheduling
 from server.forward import request_headers
 from server.identity import identify
-from server.logs import request_id_var
+from server.logs import journal_id_var, request_id_var
 from server.record import RequestFacts, prompt_text
 from server.sidecar import Sidecar
 
@@ -122,6 +122,7 @@ def _facts(request: Request, sc: Sidecar) -> RequestFacts:
     address = sc.address(request)
     return RequestFacts(
         request_id=request_id_var.get() or "",
+        journal_id=journal_id_var.get(),
         endpoint=request.url.path,
         received_at=time.time(),
         ip=str(address) if address is not None else None,

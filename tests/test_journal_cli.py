@@ -42,7 +42,7 @@ def test_migrate_then_status(journal_dsn: str, capsys: pytest.CaptureFixture[str
     assert run("db", "migrate", "--db", journal_dsn) == 0
     assert "applied migration(s) 1, 2" in capsys.readouterr().out
     assert run("db", "migrate", "--db", journal_dsn) == 0
-    assert "up to date at version 2" in capsys.readouterr().out
+    assert "up to date at version 3" in capsys.readouterr().out
     assert run("db", "status", "--db", journal_dsn) == 0
     out = capsys.readouterr().out
     assert "records: 0" in out and "pending" not in out

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from sidecar_fixtures import wait_async
 
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
@@ -152,3 +153,52 @@ def test_sqlite_journal_by_default_records_every_request(
         time.sleep(0.05)
     assert sorted(rows).count(("completed", 200)) == 20
     assert ("rejected", 400) in rows
+
+
+def test_a_reused_client_request_id_never_overwrites_a_record(
+    sidecar_factory, ollama_emulator, tmp_path
+):
+    """Clients reuse X-Request-Id: each request still gets its own record, keyed by the
+    sidecar's id, with the client's id kept beside it — after the first, and while it waits."""
+    import sqlite3
+
+    db = tmp_path / "db" / "requests.db"
+    proxy = sidecar_factory(
+        upstream=ollama_emulator.url, journal=real_journal(f"sqlite:///{db}", tmp_path / "f")
+    )
+    headers = {"x-request-id": "my-id-1"}
+    for _ in range(2):  # one after the other
+        answer = httpx.post(proxy.url + "/api/chat", json=CHAT, headers=headers, timeout=30)
+        assert answer.status_code == 200 and answer.headers["x-request-id"] == "my-id-1"
+
+    async def while_waiting() -> tuple[int, int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await client.post(proxy.url + "/proxy/pause")).status_code == 200
+            first = asyncio.create_task(
+                client.post(proxy.url + "/api/chat", json=CHAT, headers={"x-request-id": "dup"})
+            )
+            await wait_async(client, proxy, lambda h: h["queue_depth"] == 1)
+            second = await client.post(
+                proxy.url + "/api/chat", json=CHAT, headers={"x-request-id": "dup"}
+            )
+            await client.post(proxy.url + "/proxy/resume")
+            return (await first).status_code, second.status_code
+
+    first_status, second_status = asyncio.run(while_waiting())
+    assert first_status == 200 and 400 <= second_status < 500
+    deadline = time.monotonic() + 10
+    while True:
+        rows = sqlite3.connect(db).execute(
+            "SELECT request_id, client_request_id, status FROM requests ORDER BY received_at"
+        ).fetchall()
+        if len(rows) >= 4:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.05)
+    assert [(c, s) for _, c, s in rows] == [  # in order of arrival
+        ("my-id-1", "completed"),
+        ("my-id-1", "completed"),
+        ("dup", "completed"),
+        ("dup", "rejected"),
+    ]
+    assert len({r for r, _, _ in rows}) == 4  # four keys: nothing overwritten

@@ -68,7 +68,7 @@ async def test_disconnect_while_queued_removes_the_ticket(
         await wait_async(client, proxy, lambda h: h["in_flight"] == 0)
     assert ollama_emulator.stats()["requests_served"] == 0
     (record,) = proxy.journal.records
-    assert (record.request_id, record.status) == ("leaver", "cancelled")
+    assert (record.client_request_id, record.status) == ("leaver", "cancelled")
     assert record.error == "client disconnected while queued"
 
 

@@ -76,7 +76,7 @@ def test_valid_edit_reorders_the_waiting_queue(
         proxy.admin("POST", "/proxy/resume")
         assert [f.result().status_code for f in futures] == [200, 200]
     proxy.wait_idle()
-    assert [r.request_id for r in proxy.journal.records] == ["i", "b"]
+    assert [r.client_request_id for r in proxy.journal.records] == ["i", "b"]
     assert proxy.journal.records[0].policy_version == health["policy"]["version"]
     metrics = httpx.get(proxy.url + "/metrics").text
     assert 'smart_proxy_policy_reloads_total{result="ok"} 1.0' in metrics

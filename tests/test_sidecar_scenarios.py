@@ -74,7 +74,7 @@ async def run_paused(
         responses = [await t for t in tasks]
         await wait_async(client, proxy, lambda h: h["in_flight"] == 0 and h["queue_depth"] == 0)
     ids = {r.headers["x-request-id"] for r in responses}
-    return [rec.request_id for rec in proxy.journal.records if rec.request_id in ids]
+    return [r.client_request_id for r in proxy.journal.records if r.client_request_id in ids]
 
 
 async def preload(proxy: RunningSidecar, *models: str) -> None:

@@ -65,6 +65,14 @@ _V2_INDEXES = (
 )
 
 
+# Clients may reuse X-Request-Id values: the journal keys on the sidecar's own id and keeps the
+# client's here, indexed so an operator can find a request by the id the client reported.
+_V3_CLIENT_REQUEST_ID = (
+    "ALTER TABLE requests ADD COLUMN client_request_id {TEXT}",
+    "CREATE INDEX IF NOT EXISTS ix_requests_client_request_id ON requests (client_request_id)",
+)
+
+
 class Migration(NamedTuple):
     version: int
     name: str
@@ -74,6 +82,7 @@ class Migration(NamedTuple):
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests table", (_V1_REQUESTS,)),
     Migration(2, "indexes for analytics and retention", _V2_INDEXES),
+    Migration(3, "the client's own request id", _V3_CLIENT_REQUEST_ID),
 )
 LATEST = MIGRATIONS[-1].version
 
