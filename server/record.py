@@ -111,7 +111,7 @@ class StreamTap:
             return None
         try:
             obj = msgspec.json.decode(line)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # not a counters chunk; the bytes still go out
             return None
         return obj if isinstance(obj, dict) else None
 
