@@ -1,6 +1,6 @@
 """Pick the next ticket without rescoring the whole queue.
 
-Tickets that share (model, client, class) differ only in arrival, and every wait term is
+Tickets that share (model, variant, client, class) differ only in arrival, and every wait term is
 non-increasing in time waited, so only the oldest ticket of each group can win. Each group's head
 sits in a sorted list per model under the key  P = client part + class part + slope × arrival.
 For a model whose terms sum to M at this moment, every head's exact score is at least the bound
@@ -26,7 +26,8 @@ from policy.compile import OrderKey, Policy
 from policy.state import SchedulingState
 from schemas.ticket import Score, Ticket
 
-GroupKey = tuple[str, str, str]  # (model, client, class)
+GroupKey = tuple[str, str, str, str]  # (model, variant, client, class)
+Runner = tuple[str, str]  # (model, variant): what a "model" term sees
 Entry = tuple[float, float, int, GroupKey]  # (P, head arrival, head seq, group)
 _EPS = 1e-7  # float slack between the bound's arithmetic and the exact score's
 
@@ -34,7 +35,7 @@ _EPS = 1e-7  # float slack between the bound's arithmetic and the exact score's
 class Picker:
     def __init__(self) -> None:
         self._groups: dict[GroupKey, deque[Ticket]] = {}
-        self._by_model: dict[str, SortedList] = {}
+        self._by_model: dict[Runner, SortedList] = {}
         self._entry: dict[GroupKey, Entry] = {}
         self._client_groups: dict[str, set[GroupKey]] = {}
         self._client_part: dict[str, float] = {}
@@ -46,7 +47,7 @@ class Picker:
     # -- membership -------------------------------------------------------------------------
 
     def add(self, ticket: Ticket) -> None:
-        key = (ticket.model, ticket.client, ticket.cls)
+        key = (ticket.model, ticket.variant, ticket.client, ticket.cls)
         queue = self._groups.get(key)
         if queue is None:
             queue = self._groups[key] = deque()
@@ -57,7 +58,7 @@ class Picker:
         self._dirty.add(ticket.client)
 
     def remove(self, ticket: Ticket) -> None:
-        key = (ticket.model, ticket.client, ticket.cls)
+        key = (ticket.model, ticket.variant, ticket.client, ticket.cls)
         queue = self._groups[key]
         if queue[0].id == ticket.id:
             queue.popleft()
@@ -83,20 +84,20 @@ class Picker:
     def _unkey(self, key: GroupKey) -> None:
         entry = self._entry.pop(key, None)
         if entry is not None:
-            models = self._by_model[key[0]]
+            models = self._by_model[key[:2]]
             models.remove(entry)
             if not models:
-                del self._by_model[key[0]]
+                del self._by_model[key[:2]]
 
     def _rekey(self, key: GroupKey, policy: Policy, state: SchedulingState) -> None:
         self._unkey(key)
         head = self._groups[key][0]
-        p = self._client_part[key[1]] + self._class_part_of(head, policy, state)
+        p = self._client_part[key[2]] + self._class_part_of(head, policy, state)
         entry = (p + policy.wait_slope * head.arrival, head.arrival, head.seq, key)
         self._entry[key] = entry
-        models = self._by_model.get(key[0])
+        models = self._by_model.get(key[:2])
         if models is None:
-            models = self._by_model[key[0]] = SortedList()
+            models = self._by_model[key[:2]] = SortedList()
         models.add(entry)
 
     def _class_part_of(self, ticket: Ticket, policy: Policy, state: SchedulingState) -> float:
@@ -135,7 +136,7 @@ class Picker:
         policy: Policy,
         state: SchedulingState,
         now: float,
-        eligible: Callable[[str], bool],
+        eligible: Callable[[str, str], bool],
         oldest: Callable[[], Iterator[Ticket]],
     ) -> tuple[Ticket, Score] | None:
         """The eligible ticket with the lowest order key; `refresh` must have run first.
@@ -145,12 +146,12 @@ class Picker:
             for ticket in oldest():
                 if now - ticket.arrival < policy.max_wait:
                     break
-                if eligible(ticket.model):
+                if eligible(ticket.model, ticket.variant):
                     return ticket, policy.score(ticket, state, now)
         streams = []
         shift = policy.wait_slope * now
-        for model, entries in self._by_model.items():
-            if not eligible(model):
+        for runner, entries in self._by_model.items():
+            if not eligible(*runner):
                 continue
             head = self._groups[entries[0][3]][0]
             base = policy.partial("model", head, state, now) - shift
@@ -178,7 +179,7 @@ class Picker:
         policy: Policy,
         state: SchedulingState,
         now: float,
-        eligible: Callable[[str], bool],
+        eligible: Callable[[str, str], bool],
         oldest: Callable[[], Iterator[Ticket]],
         found: Ticket,
         score: Score,
@@ -187,7 +188,7 @@ class Picker:
         for ticket in oldest():
             if (ticket.arrival, ticket.seq) >= (found.arrival, found.seq):
                 break
-            if eligible(ticket.model):
+            if eligible(ticket.model, ticket.variant):
                 other = policy.score(ticket, state, now)
                 if other.total <= policy.clamp_min + _EPS and not other.overdue:
                     return ticket, other

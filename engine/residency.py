@@ -8,18 +8,29 @@ Requests for a loading model attach to the load. The prediction is optimistic an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from schemas.ticket import Residency
 
 GIB = 1024**3
-Action = Literal["attach", "load", "swap"]
+Action = Literal["attach", "load", "swap", "reload"]
+
+# Request options that make Ollama reload a loaded model when they differ from its runner's.
+RELOAD_OPTIONS = ("num_ctx", "num_gpu")
 
 
 def canonical(model: str) -> str:
     """Ollama's own naming: a model without a tag means the `latest` tag."""
     return model if ":" in model else f"{model}:latest"
+
+
+def variant_of(options: Mapping[str, Any] | None) -> str:
+    """The reload-forcing part of a request's `options`, as a stable string ("" = defaults)."""
+    if not options:
+        return ""
+    return ",".join(f"{k}={options[k]}" for k in RELOAD_OPTIONS if options.get(k) is not None)
 
 
 @dataclass(slots=True)
@@ -28,6 +39,7 @@ class ModelState:
     where: Residency = "absent"
     in_flight: int = 0
     started: bool = False  # a response for it began: the load (if any) is over
+    variant: str = ""  # the reload-forcing options its runner was loaded with
     last_used: float = 0.0
     victims: tuple[str, ...] = ()  # models this model's pending load is predicted to evict
 
@@ -72,9 +84,13 @@ class ResidencyModel:
 
     # -- questions the policy asks -----------------------------------------------------
 
-    def residency(self, model: str) -> Residency:
+    def residency(self, model: str, variant: str = "") -> Residency:
         state = self.models.get(model)
-        return "absent" if state is None else state.where
+        if state is None:
+            return "absent"
+        if state.where in ("loaded", "loading") and state.variant != variant:
+            return "absent"  # another runner of the model: Ollama reloads it for this request
+        return state.where
 
     def size_gb(self, model: str) -> float | None:
         for source in (self.ps_sizes, self.overrides, self.tag_sizes):
@@ -95,28 +111,38 @@ class ResidencyModel:
         size = self.size_gb(model)
         if size is None:
             return False
-        if self.vram_used() + size > self.vram_gb + 1e-9:
+        used, count = self.vram_used(), self.loaded_count()
+        state = self.models.get(model)
+        if state is not None and state.where != "absent":
+            # A reload replaces the model's own runner: its VRAM and its slot are freed first.
+            used, count = used - size, count - 1
+        if used + size > self.vram_gb + 1e-9:
             return False
-        return vram_only or self.loaded_count() < self.max_loaded
+        return vram_only or count < self.max_loaded
 
     def load_pending(self) -> bool:
         """Ollama serves its pending queue one load at a time; is one under way?"""
         return self._compute_totals()[2]
 
-    def eligible(self, model: str) -> bool:
+    def eligible(self, model: str, variant: str = "") -> bool:
         """May a request for `model` be sent now without waiting inside Ollama behind others?"""
         state = self.models.get(model)
         if state is None or state.where == "absent":
             return not self.load_pending()
+        if state.variant != variant and state.where != "evicting":
+            return not self.load_pending()  # a reload is a load: one at a time
         # An evicting model must not get new work (the swap would wait on it); a model at its
         # parallel limit would make the request wait inside Ollama while holding our slot.
         return state.where != "evicting" and state.in_flight < self.num_parallel
 
     # -- prediction ----------------------------------------------------------------------
 
-    def plan(self, model: str) -> Plan:
-        if self.residency(model) in ("loaded", "loading"):
+    def plan(self, model: str, variant: str = "") -> Plan:
+        if self.residency(model, variant) in ("loaded", "loading"):
             return Plan("attach")
+        state = self.models.get(model)
+        if state is not None and state.where in ("loaded", "loading"):
+            return Plan("reload")  # same model, other options: Ollama replaces its runner
         size = self.size_gb(model)
         used, count = self.vram_used(), self.loaded_count()
         # An unknown size is assumed to fit if the count allows; the next poll corrects it.
@@ -133,7 +159,7 @@ class ResidencyModel:
             count -= 1
         return Plan("swap", tuple(victims)) if victims else Plan("load")
 
-    def dispatched(self, model: str, plan: Plan, now: float) -> None:
+    def dispatched(self, model: str, plan: Plan, now: float, variant: str = "") -> None:
         self._changed()
         state = self.get(model)
         state.in_flight += 1
@@ -141,6 +167,7 @@ class ResidencyModel:
         if plan.action == "attach":
             return
         state.where, state.started, state.victims = "loading", False, plan.evicts
+        state.variant = variant
         for name in plan.evicts:
             self.get(name).where = "evicting"
 
@@ -161,7 +188,7 @@ class ResidencyModel:
         if state.where == "loading" and not state.started and state.in_flight == 0:
             # The load never produced a byte (error or cancellation): Ollama holds nothing new,
             # and most such failures (unknown model, bad request) evict nothing.
-            state.where = "absent"
+            state.where, state.variant = "absent", ""
             self._release_victims(state, evicted=False)
 
     def _release_victims(self, state: ModelState, *, evicted: bool) -> None:
@@ -187,6 +214,8 @@ class ResidencyModel:
         self.ps_sizes.update({k: v for k, v in listed.items() if v > 0})
         for name in listed:
             state = self.get(name)
+            if state.where == "absent":
+                state.variant = ""  # loaded by someone else: assume the model's defaults
             if state.where == "absent" or (state.where == "loading" and state.in_flight == 0):
                 state.where = "loaded"
             # "evicting" stays: it is still resident, and a pending load will push it out.
@@ -200,6 +229,7 @@ class ResidencyModel:
             else:
                 state.where = "absent"
                 state.started = False
+                state.variant = ""
         for state in self.models.values():  # victims named by a load Ollama no longer shows
             if state.where != "loading":
                 state.victims = ()

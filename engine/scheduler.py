@@ -62,8 +62,8 @@ class _StateView(SchedulingState):
     def __init__(self, ledger: ClientLedger, residency: ResidencyModel) -> None:
         self._ledger, self._residency = ledger, residency
 
-    def residency(self, model: str) -> Residency:
-        return self._residency.residency(model)
+    def residency(self, model: str, variant: str = "") -> Residency:
+        return self._residency.residency(model, variant)
 
     def size_gb(self, model: str) -> float | None:
         return self._residency.size_gb(model)
@@ -124,8 +124,16 @@ class Scheduler:
     # -- events ----------------------------------------------------------------------------
 
     def enqueue(
-        self, *, request_id: str, model: str, client: str, cls: str, endpoint: str = ""
+        self,
+        *,
+        request_id: str,
+        model: str,
+        client: str,
+        cls: str,
+        endpoint: str = "",
+        variant: str = "",
     ) -> Ticket:
+        """A new waiting ticket. `variant`: its reload-forcing options (see `variant_of`)."""
         if request_id in self._waiting or request_id in self._in_flight:
             raise ValueError(f"request id {request_id!r} is already scheduled")
         now = self._clock()
@@ -137,6 +145,7 @@ class Scheduler:
             cls=cls,
             arrival=now,
             endpoint=endpoint,
+            variant=variant,
         )
         self._waiting[request_id] = ticket
         self._ledger.arrive(client, now)
@@ -178,11 +187,11 @@ class Scheduler:
         """The policy's best eligible ticket, except a swap that would evict a model whose own
         waiting work ranks ahead of it: that work is only briefly blocked (its model is at its
         parallel limit), and evicting now would cost a second swap to bring it back."""
-        held: set[str] = set()
+        held: set[tuple[str, str]] = set()
         residency = self.residency_model
 
-        def eligible(model: str) -> bool:
-            return model not in held and residency.eligible(model)
+        def eligible(model: str, variant: str) -> bool:
+            return (model, variant) not in held and residency.eligible(model, variant)
 
         while True:
             choice = self._picker.best(policy, self.state, now, eligible, self._oldest)
@@ -190,15 +199,22 @@ class Scheduler:
                 return choice
             ticket, score = choice
             mine = policy.order_key(ticket, score)
-            victims = residency.plan(ticket.model).evicts
+            victims = residency.plan(ticket.model, ticket.variant).evicts
             if not any(self._ranks_ahead(v, mine, policy, now) for v in victims):
                 return choice
-            held.add(ticket.model)
+            held.add((ticket.model, ticket.variant))
 
     def _ranks_ahead(
         self, model: str, key: tuple[int, float, float, int], policy: Policy, now: float
     ) -> bool:
-        best = self._picker.best(policy, self.state, now, lambda m: m == model, self._oldest)
+        residency = self.residency_model
+        best = self._picker.best(
+            policy,
+            self.state,
+            now,
+            lambda m, v: m == model and residency.residency(m, v) != "absent",
+            self._oldest,
+        )
         return best is not None and policy.order_key(*best) < key
 
     def _grant(self, ticket: Ticket, score: Score, policy: Policy, now: float) -> Grant:
@@ -206,8 +222,8 @@ class Scheduler:
         del self._waiting[ticket.id]
         self._picker.remove(ticket)
         self._ledger.leave(ticket.client)
-        plan = self.residency_model.plan(ticket.model)
-        self.residency_model.dispatched(ticket.model, plan, now)
+        plan = self.residency_model.plan(ticket.model, ticket.variant)
+        self.residency_model.dispatched(ticket.model, plan, now, ticket.variant)
         self._in_flight[ticket.id] = InFlight(ticket, now, plan)
         return Grant(
             ticket=ticket,
@@ -275,7 +291,8 @@ class Scheduler:
         scored.sort(key=lambda ts: policy.order_key(ts[0], ts[1]))
         eligible = self.residency_model.eligible
         return [
-            RankedTicket(i, t, s, eligible(t.model)) for i, (t, s) in enumerate(scored, start=1)
+            RankedTicket(i, t, s, eligible(t.model, t.variant))
+            for i, (t, s) in enumerate(scored, start=1)
         ]
 
     def position(self, request_id: str) -> RankedTicket | None:
@@ -289,7 +306,8 @@ class Scheduler:
             for other in self._waiting.values()
             if policy.order_key(other, policy.score(other, self.state, now)) < mine
         )
-        return RankedTicket(ahead + 1, ticket, score, self.residency_model.eligible(ticket.model))
+        eligible = self.residency_model.eligible(ticket.model, ticket.variant)
+        return RankedTicket(ahead + 1, ticket, score, eligible)
 
     def in_flight(self) -> list[InFlight]:
         return list(self._in_flight.values())

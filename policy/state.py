@@ -16,7 +16,9 @@ class SchedulingState(ABC):
     __slots__ = ()
 
     @abstractmethod
-    def residency(self, model: str) -> Residency: ...
+    def residency(self, model: str, variant: str = "") -> Residency:
+        """Where the runner a request needs is: a model loaded with other reload-forcing options
+        (another `variant`) counts as absent, since Ollama must reload it."""
 
     @abstractmethod
     def size_gb(self, model: str) -> float | None:

@@ -19,6 +19,9 @@ class Ticket(msgspec.Struct, frozen=True, kw_only=True):
     cls: str
     arrival: float  # seconds on the engine's clock
     endpoint: str = ""
+    # The request's options that make Ollama reload a model when they differ from the loaded
+    # runner's (e.g. "num_ctx=8192"); "" means the model's defaults.
+    variant: str = ""
 
 
 class TermScore(msgspec.Struct, frozen=True):

@@ -37,12 +37,13 @@ class Dispatcher:
         self.closed = False
 
     def submit(
-        self, *, request_id: str, model: str, client: str, cls: str, endpoint: str
+        self, *, request_id: str, model: str, client: str, cls: str, endpoint: str, variant: str = ""
     ) -> tuple[Ticket, asyncio.Future[Grant]]:
         if self.closed:
             raise ShuttingDown
         ticket = self.scheduler.enqueue(
-            request_id=request_id, model=model, client=client, cls=cls, endpoint=endpoint
+            request_id=request_id, model=model, client=client, cls=cls, endpoint=endpoint,
+            variant=variant,
         )
         fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
         self._futures[request_id] = fut

@@ -40,6 +40,7 @@ class Scheduling:
     model: str
     client: str
     cls: str
+    variant: str = ""  # options that force Ollama to reload the model (engine.residency)
 
 
 @dataclass(slots=True)
@@ -181,7 +182,7 @@ class Exchange:
         try:
             _, fut = sc.dispatcher.submit(
                 request_id=rid, model=s.model, client=s.client, cls=s.cls,
-                endpoint=self.facts.endpoint,
+                endpoint=self.facts.endpoint, variant=s.variant,
             )
         except ShuttingDown:
             raise ProxyError(503, "the proxy is shutting down", retry_after=5) from None

@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from engine.residency import variant_of
 from server.dialects import ProxyError, error_response
 from server.exchange import Exchange, Scheduling
 from server.forward import request_headers
@@ -170,7 +171,10 @@ async def scheduled(request: Request) -> Response | Exchange:
         headers=request_headers(request.headers),
         body=body,
         facts=facts,
-        scheduling=Scheduling(model=parsed.model, client=identity.client, cls=facts.cls),
+        scheduling=Scheduling(
+            model=parsed.model, client=identity.client, cls=facts.cls,
+            variant=variant_of(parsed.options),
+        ),
         keep_text=compiled.raw.journal.store_prompts != "none",
     )
 

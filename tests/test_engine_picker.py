@@ -25,7 +25,7 @@ def brute_force(s: Scheduler, now: float):
     eligible = s.residency_model.eligible
     best = None
     for ticket in s._waiting.values():
-        if not eligible(ticket.model):
+        if not eligible(ticket.model, ticket.variant):
             continue
         key = policy.order_key(ticket, policy.score(ticket, s.state, now))
         if best is None or key < best[0]:
@@ -92,6 +92,7 @@ def replay(settings, seed: int, events: int = 150) -> int:
                 model=rng.choice(list(MODELS)),
                 client=f"c{rng.randint(1, 8)}",
                 cls=rng.choice(["interactive", "batch"]),
+                variant=rng.choice(["", "", "num_ctx=8192"]),  # some force a reload
             )
         elif roll < 0.55 and s.depth:
             s.cancel(rng.choice(list(s._waiting)))

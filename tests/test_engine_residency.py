@@ -3,7 +3,7 @@ an /api/ps poll (the seed believed the last dispatched model stayed loaded forev
 
 import pytest
 
-from engine.residency import GIB, Plan, ResidencyModel, canonical
+from engine.residency import GIB, Plan, ResidencyModel, canonical, variant_of
 
 
 def model(vram=24.0, max_loaded=3, num_parallel=1, **sizes: float) -> ResidencyModel:
@@ -173,3 +173,48 @@ def test_reconcile_tolerates_malformed_answers(payload):
     r = model()
     r.reconcile(payload)
     assert r.loaded_count() == 0
+
+
+# ---- reload-forcing options: another runner of the same model -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "variant"),
+    [
+        (None, ""),
+        ({}, ""),
+        ({"temperature": 0.2, "seed": 1}, ""),  # sampling options never force a reload
+        ({"num_ctx": 8192}, "num_ctx=8192"),
+        ({"num_gpu": 20, "num_ctx": 4096, "top_k": 5}, "num_ctx=4096,num_gpu=20"),
+    ],
+)
+def test_variant_is_the_reload_forcing_part_of_options(options, variant):
+    """num_ctx and num_gpu make Ollama reload a model; other options do not."""
+    assert variant_of(options) == variant
+
+
+def test_other_options_on_a_loaded_model_mean_a_reload():
+    """A loaded model is absent for a request with another num_ctx: its plan is a reload, which
+    replaces the model's own runner, so it fits even on a full GPU."""
+    r = model(vram=24.0)
+    r.reconcile(ps(("big:32b", 20.0)))
+    assert r.residency("big:32b") == "loaded"
+    assert r.residency("big:32b", "num_ctx=8192") == "absent"
+    assert r.plan("big:32b", "num_ctx=8192") == Plan("reload")
+    assert r.fits_beside("big:32b")  # 20 GiB replaced by 20 GiB
+    r.dispatched("big:32b", Plan("reload"), now=1.0, variant="num_ctx=8192")
+    assert r.residency("big:32b", "num_ctx=8192") == "loading"
+    assert r.residency("big:32b") == "absent"  # now the defaults would need a reload
+    assert not r.eligible("big:32b")  # one load at a time
+    r.first_byte("big:32b")
+    assert r.residency("big:32b", "num_ctx=8192") == "loaded"
+
+
+def test_a_model_loaded_behind_our_back_is_assumed_to_run_defaults():
+    """A model that /api/ps reports and we never loaded counts as loaded with default options."""
+    r = model()
+    r.dispatched("a:8b", Plan("load"), now=0.0, variant="num_ctx=8192")
+    r.finished("a:8b", now=1.0)  # the load failed: nothing resident
+    r.reconcile(ps(("a:8b", 6.0)))  # someone else loaded it
+    assert r.residency("a:8b") == "loaded"
+    assert r.residency("a:8b", "num_ctx=8192") == "absent"

@@ -178,3 +178,34 @@ def test_ledger_caps_one_clients_history():
     for i in range(500):
         ledger.record_history("flood", float(i))
     assert ledger.recent("flood", 1e9, 500.0) == 50
+
+
+def test_requests_for_the_loaded_runner_go_before_a_reload():
+    """Same model, other num_ctx: the request for the runner Ollama holds goes first, then the
+    reload, then the request that can reuse the reloaded runner."""
+    s, _ = make()
+    s.max_parallel = 1
+    s.pause()
+    s.enqueue(
+        request_id="ctx-a",
+        model="llama3.1:8b",
+        client="a",
+        cls="interactive",
+        variant="num_ctx=8192",
+    )
+    s.enqueue(request_id="default", model="llama3.1:8b", client="b", cls="interactive")
+    s.enqueue(
+        request_id="ctx-c",
+        model="llama3.1:8b",
+        client="c",
+        cls="interactive",
+        variant="num_ctx=8192",
+    )
+    s.resume()
+    order = []
+    while s.depth:
+        for g in s.dispatch():
+            order.append((g.ticket.id, g.action))
+            s.first_byte(g.ticket.id)
+            s.finish(g.ticket.id)
+    assert order == [("default", "attach"), ("ctx-a", "reload"), ("ctx-c", "attach")]

@@ -99,6 +99,23 @@ async def test_same_model_requests_are_bunched(
     assert one_model_emulator.stats()["loads"] == 2
 
 
+async def test_requests_that_force_a_reload_are_grouped(
+    sidecar_factory: SidecarFactory, one_model_emulator: Any
+) -> None:
+    """One model, num_ctx alternating 2048, 8192, 2048, 8192: Ollama reloads on every change, so
+    the sidecar runs them as 2048, 2048, 8192, 8192 — two loads instead of four."""
+    proxy = sidecar_factory(
+        upstream=one_model_emulator.url, policy=make_policy(max_parallel=1, max_loaded_models=1)
+    )
+    calls = []
+    for i, num_ctx in enumerate([2048, 8192, 2048, 8192]):
+        path, body, headers = gen(SMALL, rid=f"r{i}")
+        calls.append((path, {**body, "options": {"num_ctx": num_ctx}}, headers))
+    order = await run_paused(proxy, calls)
+    assert order == ["r0", "r2", "r1", "r3"]
+    assert one_model_emulator.stats()["loads"] == 2
+
+
 async def test_large_model_is_deferred_behind_cheaper_work(
     sidecar_factory: SidecarFactory, workstation_emulator: Any
 ) -> None:

@@ -45,7 +45,7 @@ class StubState(SchedulingState):
     queued_by_client: dict[str, int] = field(default_factory=dict)
     arrivals_by_client: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
-    def residency(self, model: str) -> Residency:
+    def residency(self, model: str, variant: str = "") -> Residency:
         return self.residencies.get(model, "absent")
 
     def size_gb(self, model: str) -> float | None:
@@ -120,7 +120,13 @@ TICKETS = [
 ]
 
 # What each declared dependency lets the points depend on: ticket fields, and which state changes.
-TICKET_FIELDS = {"model": "model", "client": "client", "class": "cls", "wait": "arrival"}
+# A "model" term sees the model and the request's reload-forcing options (its runner).
+TICKET_FIELDS = {
+    "model": ("model", "variant"),
+    "client": ("client",),
+    "class": ("cls",),
+    "wait": ("arrival",),
+}
 READS_STATE = {"model": OTHER_MODELS, "client": OTHER_CLIENTS}
 ALTERNATIVES: dict[str, list[Any]] = {
     "model": MODELS,
@@ -130,6 +136,7 @@ ALTERNATIVES: dict[str, list[Any]] = {
     "id": ["another-id"],
     "seq": [10_000],
     "endpoint": ["", "/v1/embeddings"],
+    "variant": ["num_ctx=8192"],
 }
 
 
@@ -213,13 +220,14 @@ def test_term_does_not_mutate_its_inputs(case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_term_depends_only_on_the_ticket_field_it_declares(case: Case) -> None:
-    """Changing any other ticket field (model, client, cls, arrival, id, seq, endpoint) keeps the points."""
+    """Changing any other ticket field (model, variant, client, cls, arrival, id, seq, endpoint)
+    keeps the points."""
     declared = TICKET_FIELDS[case.term_type.depends_on]
     fn = case.build()
     for state, ticket in itertools.product(STATES, TICKETS):
         base = fn(ticket, state, NOW)
         for name, values in ALTERNATIVES.items():
-            if name == declared:
+            if name in declared:
                 continue
             for value in values:
                 other = msgspec.structs.replace(ticket, **{name: value})

@@ -26,7 +26,7 @@ def _build_vram(p: VramParams) -> TermFn:
     vram_only = p.fits_check == "vram_only"
 
     def vram(ticket: Ticket, state: SchedulingState, now: float) -> float:
-        if state.residency(ticket.model) in ("loaded", "loading"):
+        if state.residency(ticket.model, ticket.variant) in ("loaded", "loading"):
             return p.loaded
         size = state.size_gb(ticket.model)
         if size is None:
