@@ -79,7 +79,7 @@ class Metrics:
         )
         self.dispatches = Counter(
             "smart_proxy_dispatches",
-            "Dispatches by what Ollama had to do: attach to a resident model, load, or swap",
+            "Dispatches by what Ollama had to do: attach to a resident model, load, swap, or reload",
             ["action"],
             registry=r,
         )
