@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 import httpx
-from processes import ROOT, free_port, running, start
+from harness import ROOT, free_port, report_header, running, start
 
 RESULTS = ROOT / "bench" / "results" / "emulator.json"
 MESSAGES = [{"role": "user", "content": "Say hello in a few words."}]
@@ -84,13 +82,7 @@ def main() -> int:
         streamed = asyncio.run(phase(url, args.seconds, args.concurrency, stream=True))
         counters = httpx.get(url + "/sim/stats").json()
     report = {
-        "benchmark": "emulator_throughput",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        **report_header("emulator_throughput"),
         "settings": {
             "preset": "tiny-8gb",
             "time_scale": 0,

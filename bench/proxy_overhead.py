@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
-from processes import ROOT, free_port, running, start
+from harness import ROOT, free_port, report_header, running, start
 
 from sim.presets import PRESETS
 
@@ -218,13 +217,7 @@ def main() -> int:
             asyncio.run(_concurrent_streams(direct, 8, 8))  # load the model
             real_rate = real_rate_streams(direct, proxy, args.rounds, 16)
     report = {
-        "benchmark": "proxy_overhead",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        **report_header("proxy_overhead"),
         "settings": {
             "emulator": "smart-proxy sim --preset tiny-8gb --time-scale 0 (own process)",
             "sidecar": "smart-proxy serve (own process), SQLite journal on, info logs to /dev/null",

@@ -1,14 +1,18 @@
-"""Starting the emulator and the sidecar as separate processes for a benchmark, and stopping them."""
+"""What every benchmark here shares: starting the emulator and the sidecar as separate processes,
+stopping them, and the header of a results file."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -50,3 +54,16 @@ def running(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
         for process in reversed(processes):
             process.terminate()
             process.wait(timeout=30)
+
+
+def report_header(benchmark: str) -> dict[str, Any]:
+    """Name, time and machine: what a results file needs to be read next to another."""
+    return {
+        "benchmark": benchmark,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+    }
