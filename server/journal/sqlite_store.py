@@ -57,6 +57,10 @@ class SqliteStore:
                 return fn(self._database())
             except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError) as exc:
                 raise StoreRejected(f"sqlite refused the data: {exc}") from exc
+            except (OverflowError, UnicodeEncodeError) as exc:
+                # A value sqlite3 cannot bind (an int beyond 64 bits, a lone surrogate): refused
+                # data, as PostgreSQL reports it, not a crash of the writer or the retry loop.
+                raise StoreRejected(f"sqlite refused the data: {exc}") from exc
             except (sqlite3.Error, OSError) as exc:
                 # A broken connection is not reused: the next call reconnects.
                 self._close_locked()

@@ -1,0 +1,135 @@
+"""Review findings: each test pins a journal defect that was fixed (both databases where it applies)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from test_journal_fallback import Flaky
+
+from schemas.journal import JournalRecord
+from server.journal import migrations, open_journal, open_store, resolve
+from server.journal.fallback import FallbackSpool
+from server.journal.migrations import LATEST, Migration
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_767_225_600.0
+
+
+def rec(i: int, **fields: Any) -> JournalRecord:
+    base: dict[str, Any] = {"request_id": f"r{i}", "client": "c", "endpoint": "/api/chat",
+                            "received_at": T0 + i, "status": "completed"}
+    return JournalRecord(**(base | fields))
+
+
+async def ids(dsn: str) -> list[str]:
+    store = open_store(resolve(dsn))
+    await store.open()
+    try:
+        return sorted(r[0] for r in await store.fetch(("request_id",), 0.0, 1e12))
+    finally:
+        await store.close()
+
+
+async def test_counter_too_big_for_bigint_is_moved_aside_not_a_dead_writer(journal_dsn: str, tmp_path: Path) -> None:
+    """Ollama's counters are unbounded in the schema; one beyond BIGINT is refused by both databases
+    alike (moved to .bad) and the writer carries on with every other record."""
+    fallback = tmp_path / "fb"
+    journal = open_journal(journal_dsn, fallback_dir=fallback, retry_initial=0.02)
+    await journal.start()
+    journal.submit(rec(0))
+    journal.submit(rec(1, eval_count=2**63))
+    journal.submit(rec(2))
+    await asyncio.wait_for(journal.flush(), 5)
+    journal.submit(rec(3))
+    await asyncio.wait_for(journal.flush(), 5)
+    for _ in range(500):
+        if journal.health()["fallback_lines"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    health = journal.health()
+    await journal.stop()
+    assert await ids(journal_dsn) == ["r0", "r2", "r3"]
+    assert health["quarantined_lines"] == 1 and len(health["bad_files"]) == 1
+
+
+async def test_migration_3_over_a_v2_database_applies_once(journal_dsn: str) -> None:
+    """A database created at v2 (before client_request_id) migrates to the latest, and again is a no-op."""
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        with mock.patch.object(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2]):
+            assert await store.migrate() == [1, 2]
+        assert await store.migrate() == [3]
+        assert await store.migrate() == []
+        await store.upsert([rec(1, client_request_id="mine")])
+        assert await store.fetch(("client_request_id",), 0.0, 1e12) == [("mine",)]
+    finally:
+        await store.close()
+
+
+async def test_a_migration_interrupted_midway_is_rolled_back_whole(journal_dsn: str) -> None:
+    """A migration that fails after its ALTER TABLE (a crash, a lock, a full disk) leaves nothing
+    behind, so the next start applies it cleanly instead of failing on 'duplicate column' forever."""
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        with mock.patch.object(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2]):
+            await store.migrate()
+        v3 = migrations.MIGRATIONS[2]
+        broken = (*migrations.MIGRATIONS[:2],
+                  Migration(3, v3.name, (*v3.statements, "CREATE INDEX ix_broken ON no_such_table (x)")))
+        with mock.patch.object(migrations, "MIGRATIONS", broken), pytest.raises(Exception):  # noqa: B017
+            await store.migrate()
+        assert [m.version for m in await store.applied()] == [1, 2]
+        assert await store.migrate() == [3]
+        assert [m.version for m in await store.applied()] == list(range(1, LATEST + 1))
+    finally:
+        await store.close()
+
+
+class SlowUpserts(Flaky):
+    """A real store whose every upsert takes a while (a busy database)."""
+
+    async def upsert(self, records: Sequence[JournalRecord]) -> None:
+        await asyncio.sleep(0.2)
+        await self.inner.upsert(records)
+
+
+async def test_records_submitted_while_stopping_never_touch_the_disk_on_the_loop(
+    journal_dsn: str, tmp_path: Path
+) -> None:
+    """In-flight requests finish while stop() drains the writer: their records must not be
+    written (and fsynced) to the fallback file on the event loop, and all reach the database."""
+    from server.journal.journal import Journal
+
+    store = SlowUpserts(open_store(resolve(journal_dsn)))
+    spool = FallbackSpool(tmp_path / "fb")
+    loop_thread = threading.get_ident()
+    on_loop: list[int] = []
+    original = spool.append
+
+    def append(records: Sequence[JournalRecord]) -> None:
+        if threading.get_ident() == loop_thread:
+            on_loop.append(len(records))
+        original(records)
+
+    spool.append = append  # type: ignore[method-assign]
+    journal = Journal(store, spool)
+    await journal.start()
+    journal.submit(rec(0))
+    await asyncio.sleep(0.05)  # the writer is inside its slow upsert
+    stopping = asyncio.create_task(journal.stop())
+    await asyncio.sleep(0.05)
+    assert journal.health()["state"] == "stopping"
+    for i in range(1, 6):
+        journal.submit(rec(i))
+    await stopping
+    assert on_loop == []
+    assert await ids(journal_dsn) == [f"r{i}" for i in range(6)]
