@@ -91,16 +91,20 @@ class SqliteStore:
             done: list[int] = []
             with db.conn:
                 db.execute(render(MIGRATIONS_TABLE, "sqlite"))
-            applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
-            for migration in pending(applied):
-                # One transaction per migration: a crash leaves it either applied or not.
-                with db.conn:
+            # sqlite3 runs DDL outside any transaction unless one is begun explicitly; IMMEDIATE
+            # also keeps a second migrator from reading the same pending list meanwhile.
+            with db.conn:
+                db.execute("BEGIN IMMEDIATE")
+                applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+                for migration in pending(applied):
+                    # All pending migrations in one transaction: a crash leaves each applied or not.
                     for statement in migration.statements:
                         db.execute(render(statement, "sqlite"))
-                    db["schema_migrations"].insert(
-                        {"version": migration.version, "name": migration.name, "applied_at": time.time()}
+                    db.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                        [migration.version, migration.name, time.time()],
                     )
-                done.append(migration.version)
+                    done.append(migration.version)
             return done
 
         return await self._call(apply)
