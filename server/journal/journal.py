@@ -81,8 +81,9 @@ class Journal:
                 assert self._spill is not None
                 self._spill.put(prepared)
                 self._spilled += 1
-            elif self._state in ("new", "running"):
-                # Before start() the records simply wait; start() begins with writing them.
+            elif self._state in ("new", "running", "stopping"):
+                # Before start() the records simply wait; start() begins with writing them. While
+                # stopping, the writer (or stop() itself) still takes them, off the event loop.
                 self._pending.append(prepared)
                 self._idle.clear()
                 self._wake.set()
@@ -134,6 +135,16 @@ class Journal:
         self._tasks = []
         if self._spill is not None:
             await asyncio.to_thread(self._spill.stop)
+        # Whatever the writer did not take (handed over after it returned, or left by a crash).
+        while self._pending:
+            leftover = list(self._pending)
+            self._pending.clear()
+            try:
+                await asyncio.to_thread(self._spool.append, leftover)
+            except OSError as exc:
+                log.error("journal: lost %d record(s) at shutdown: %s", len(leftover), exc)
+        self._idle.set()
+        self._state = "stopped"  # from here on submit() appends to the fallback file itself
         if self._connected and self._spool.pending_lines:
             with contextlib.suppress(StoreError):  # what stays on disk replays at next start
                 await self.replay()
