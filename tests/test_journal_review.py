@@ -133,3 +133,35 @@ async def test_records_submitted_while_stopping_never_touch_the_disk_on_the_loop
     await stopping
     assert on_loop == []
     assert await ids(journal_dsn) == [f"r{i}" for i in range(6)]
+
+
+async def test_an_unreadable_fallback_file_does_not_block_the_others(journal_dsn: str, tmp_path: Path) -> None:
+    """A fallback entry that cannot be read (permissions, a directory by that name) is reported and
+    left; the files after it still replay."""
+    from server.journal.replay import replay_all
+
+    spool = FallbackSpool(tmp_path)
+    spool.append([rec(1), rec(2)])
+    spool.close()
+    (tmp_path / "journal-0-unreadable.jsonl").mkdir()  # sorts first
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        await store.migrate()
+        report = await replay_all(store, FallbackSpool(tmp_path))
+        assert (report.files, report.records) == (1, 2)
+        assert any("journal-0-unreadable.jsonl" in p for p in report.problems)
+    finally:
+        await store.close()
+    assert await ids(journal_dsn) == ["r1", "r2"]
+
+
+def test_backfill_with_an_unreadable_file_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_journal_cli import run
+
+    (tmp_path / "fb" / "journal-0.jsonl").mkdir(parents=True)
+    code = run("db", "backfill", "--db", f"sqlite:///{tmp_path / 'd.db'}", "--fallback-dir", str(tmp_path / "fb"))
+    err = capsys.readouterr().err
+    assert code == 1 and "journal-0.jsonl" in err and "Traceback" not in err

@@ -54,6 +54,9 @@ def _run(args: argparse.Namespace, body: Callable[[Store, Target], Awaitable[int
     except StoreError as exc:
         print(f"smart-proxy: journal database unavailable: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as exc:  # the fallback directory or a file in it (permissions, disk)
+        print(f"smart-proxy: {exc}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -95,8 +98,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if report.skipped:
             print(f"skipped {report.skipped} file(s) still open by a running sidecar")
         for problem in report.problems:
-            print(f"moved aside: {problem}", file=sys.stderr)
-        return 1 if report.bad_lines else 0
+            label = "left in place" if ": cannot be read: " in problem else "moved aside"
+            print(f"{label}: {problem}", file=sys.stderr)
+        return 1 if report.bad_lines or report.problems else 0
 
     return _run(args, body)
 

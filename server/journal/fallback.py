@@ -156,6 +156,9 @@ class FallbackSpool:
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # unreadable: replay reports it; counting must not fail
+                log.warning("journal: fallback file %s cannot be read: %s", path.name, exc)
+                continue
             total += data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
         return total
 

@@ -81,7 +81,15 @@ async def replay_all(store: Store, spool: FallbackSpool, *, batch_size: int = 50
     # Start a new file for anything spilled from now on, so the current one can be replayed.
     await asyncio.to_thread(spool.rotate)
     for path in await asyncio.to_thread(spool.files):
-        claimed = await asyncio.to_thread(spool.claim, path)
+        try:
+            claimed = await asyncio.to_thread(spool.claim, path)
+        except OSError as exc:
+            # Unreadable (permissions, not a file): report it and leave it, but never let it
+            # block the files after it.
+            log.error("journal: fallback file %s cannot be read: %s", path.name, exc)
+            report.skipped += 1
+            report.problems.append(f"{path.name}: cannot be read: {exc}")
+            continue
         if claimed is None:
             report.skipped += 1
             continue
