@@ -165,3 +165,31 @@ def test_backfill_with_an_unreadable_file_is_a_message_not_a_traceback(
     code = run("db", "backfill", "--db", f"sqlite:///{tmp_path / 'd.db'}", "--fallback-dir", str(tmp_path / "fb"))
     err = capsys.readouterr().err
     assert code == 1 and "journal-0.jsonl" in err and "Traceback" not in err
+
+
+async def test_a_new_fallback_file_never_appends_to_a_crashed_ones_cut_line(journal_dsn: str, tmp_path: Path) -> None:
+    """A restarted process can get the same pid within the same second (pid 1 in a container):
+    its new file must not continue the old file's truncated last line, or the first new record is lost."""
+    import itertools
+    import os
+
+    from server.journal import fallback
+
+    stale = tmp_path / f"journal-20260101T000000-{os.getpid()}-0000.jsonl"
+    stale.write_bytes(b'{"request_id": "cut-by-kill-9", "cli')
+    with mock.patch.object(fallback, "_serial", itertools.count()), \
+            mock.patch.object(fallback.time, "strftime", return_value="20260101T000000"):
+        spool = FallbackSpool(tmp_path)
+        spool.append([rec(1), rec(2)])
+        spool.close()
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        await store.migrate()
+        from server.journal.replay import replay_all
+
+        report = await replay_all(store, FallbackSpool(tmp_path))
+    finally:
+        await store.close()
+    assert await ids(journal_dsn) == ["r1", "r2"]
+    assert report.bad_lines == 1

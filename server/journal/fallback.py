@@ -122,8 +122,15 @@ class FallbackSpool:
         self.directory.mkdir(parents=True, exist_ok=True)
         # Names sort by creation time, so replay commits older files first.
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        path = self.directory / f"journal-{stamp}-{os.getpid()}-{next(_serial):04d}{SUFFIX}"
-        handle = path.open("ab")
+        while True:
+            path = self.directory / f"journal-{stamp}-{os.getpid()}-{next(_serial):04d}{SUFFIX}"
+            try:
+                # Never an existing file: one left by a crashed process with the same pid (pid 1
+                # in a container) may end in a cut line that the first new record would extend.
+                handle = path.open("xb")
+                break
+            except FileExistsError:
+                continue
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         self._handle, self._path = handle, path
         return handle
