@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import msgspec
 import pytest
 from test_journal_fallback import Flaky
 
@@ -193,3 +194,26 @@ async def test_a_new_fallback_file_never_appends_to_a_crashed_ones_cut_line(jour
         await store.close()
     assert await ids(journal_dsn) == ["r1", "r2"]
     assert report.bad_lines == 1
+
+
+async def test_a_long_outage_spools_into_bounded_files(journal_dsn: str, tmp_path: Path) -> None:
+    """Replay reads a fallback file whole, so one file per outage would make recovery memory grow
+    with the outage's length; files are rotated by size and all of them replay."""
+    from server.journal.replay import replay_all
+
+    spool = FallbackSpool(tmp_path, max_bytes=4000)
+    for start in range(0, 100, 5):
+        spool.append([rec(i) for i in range(start, start + 5)])
+    spool.close()
+    sizes = [p.stat().st_size for p in spool.files()]
+    one_batch = sum(len(msgspec.json.encode(rec(i))) + 1 for i in range(95, 100))
+    assert len(sizes) > 1 and max(sizes) < 4000 + one_batch
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        await store.migrate()
+        report = await replay_all(store, FallbackSpool(tmp_path))
+        assert (report.files, report.records) == (len(sizes), 100)
+    finally:
+        await store.close()
+    assert len(await ids(journal_dsn)) == 100

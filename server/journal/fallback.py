@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
 BAD_SUFFIX = ".bad"
+MAX_FILE_BYTES = 64 * 1024 * 1024
 _serial = itertools.count()
 
 
@@ -86,8 +87,11 @@ def _parse(claimed: Claimed, data: bytes) -> None:
 class FallbackSpool:
     """Appends records as JSON lines (flushed and fsynced) and hands whole files to replay."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, max_bytes: int = MAX_FILE_BYTES) -> None:
         self.directory = directory
+        # A file is read whole when replayed: start a new one past this size, so recovery after
+        # a long outage needs memory for one file, not for the whole outage.
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._handle: BinaryIO | None = None
         self._path: Path | None = None
@@ -117,6 +121,9 @@ class FallbackSpool:
             handle.flush()
             os.fsync(handle.fileno())
             self._appended += len(records)
+            if handle.tell() >= self.max_bytes:
+                handle.close()
+                self._handle, self._path = None, None
 
     def _open_locked(self) -> BinaryIO:
         self.directory.mkdir(parents=True, exist_ok=True)
