@@ -217,3 +217,32 @@ async def test_a_long_outage_spools_into_bounded_files(journal_dsn: str, tmp_pat
     finally:
         await store.close()
     assert len(await ids(journal_dsn)) == 100
+
+
+@pytest.mark.postgres
+async def test_a_postgres_write_blocked_on_a_lock_goes_to_the_fallback_within_store_timeout(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    """store_timeout bounds a write, not only the pool checkout: a table lock held elsewhere (an
+    operator's transaction, a VACUUM FULL) must not hang the writer — and with it flush() and stop()."""
+    import psycopg
+
+    dsn = pg_server.new_database()
+    journal = open_journal(dsn, fallback_dir=tmp_path / "fb", store_timeout=0.5, retry_initial=0.05)
+    await journal.start()
+    blocker = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        await blocker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        journal.submit(rec(1))
+        await asyncio.wait_for(journal.flush(), 3.0)
+        assert journal.health()["fallback_lines"] >= 1
+    finally:
+        await blocker.rollback()
+        await blocker.close()
+    for _ in range(300):
+        h = journal.health()
+        if h["connected"] and h["fallback_lines"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(journal.stop(), 5.0)
+    assert await ids(dsn) == ["r1"]

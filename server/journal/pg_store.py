@@ -7,6 +7,7 @@ failed probe rather than a batch written into a dead socket.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -151,8 +152,16 @@ class PostgresStore:
 
     async def upsert(self, records: Sequence[JournalRecord]) -> None:
         rows = [to_row(r) for r in records]
-        async with self._connection() as conn, conn.cursor() as cur:
-            await cur.executemany(_UPSERT, rows)
+        try:
+            # The pool bounds only the checkout; a write stuck on a lock or a silent server must
+            # not hold the writer (and flush(), stop()) forever: its records go to the fallback.
+            async with asyncio.timeout(self._pool_timeout):
+                async with self._connection() as conn, conn.cursor() as cur:
+                    await cur.executemany(_UPSERT, rows)
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"postgresql {self.target}: write timed out after {self._pool_timeout:g}s"
+            ) from exc
 
     async def fetch(self, columns: Sequence[str], since: float, until: float) -> list[tuple[Any, ...]]:
         sql = f"SELECT {', '.join(columns)} FROM requests WHERE received_at >= %s AND received_at < %s"
