@@ -246,3 +246,21 @@ async def test_a_postgres_write_blocked_on_a_lock_goes_to_the_fallback_within_st
         await asyncio.sleep(0.01)
     await asyncio.wait_for(journal.stop(), 5.0)
     assert await ids(dsn) == ["r1"]
+
+
+@pytest.mark.postgres
+async def test_stop_does_not_wait_for_a_retention_purge_stuck_on_a_lock(pg_server: Any, tmp_path: Path) -> None:
+    """The purge deletes nothing anyone waits for: stop() ends it rather than hanging behind it."""
+    import psycopg
+
+    dsn = pg_server.new_database()
+    journal = open_journal(dsn, fallback_dir=tmp_path / "fb", retention_seconds=60, purge_interval=0.05)
+    await journal.start()
+    blocker = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        await blocker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        await asyncio.sleep(0.2)  # the purge is now waiting for the lock
+        await asyncio.wait_for(journal.stop(), 3.0)
+    finally:
+        await blocker.rollback()
+        await blocker.close()

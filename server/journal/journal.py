@@ -130,6 +130,10 @@ class Journal:
         self._stop_event.set()
         self._wake.set()
         self._retry_wake.set()
+        for task in self._tasks:
+            if task.get_name() == "journal-purge":
+                # Nothing waits on a purge; one stuck on a lock must not hold up shutdown.
+                task.cancel()
         # The writer returns only once `pending` is empty; a crashed task was already logged.
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
