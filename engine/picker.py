@@ -165,7 +165,8 @@ class Picker:
             order = policy.order_key(ticket, score)
             if best is None or order < best[0]:
                 best = (order, ticket, score)
-                if policy.clamp_min is not None and score.total <= policy.clamp_min + _EPS:
+                # Exact: a clamped total IS clamp_min (max() returns it unchanged).
+                if policy.clamp_min is not None and score.total <= policy.clamp_min:
                     # Nothing scores below the clamp: only an older tie can still win, and in
                     # arrival order the first clamped ticket is that tie. (Long waiters all tie
                     # at the clamp, so this beats walking every one of their bounds.)
@@ -190,7 +191,7 @@ class Picker:
                 break
             if eligible(ticket.model, ticket.variant):
                 other = policy.score(ticket, state, now)
-                if other.total <= policy.clamp_min + _EPS and not other.overdue:
+                if other.total <= policy.clamp_min and not other.overdue:
                     return ticket, other
         return found, score
 
