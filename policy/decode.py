@@ -41,6 +41,12 @@ def parse_toml(text: str) -> tuple[dict[str, Any] | None, Problem | None]:
         reason = message[: m.start()].strip() if m else message
         where = f"line {m.group(1)}, column {m.group(2)}" if m else "(syntax)"
         return None, Problem(where, MISSING, f"is not valid TOML: {reason[:1].lower()}{reason[1:]}")
+    except ValueError as exc:
+        # tomllib lets int()'s own ValueError out, e.g. past the 4300-digit conversion limit.
+        reason = str(exc).split(":")[0]
+        return None, Problem(
+            "(syntax)", MISSING, f"is not valid TOML: {reason[:1].lower()}{reason[1:]}"
+        )
 
 
 def _kind(meta_args: tuple[Any, ...]) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from policy.errors import PolicyError
-from policy.load import load_policy_file
+from policy.load import load_policy_file, load_policy_text
 
 BAD = Path(__file__).parent / "policy_files" / "bad"
 
@@ -297,3 +297,18 @@ def test_secret_written_in_the_file_is_never_echoed(
     with pytest.raises(PolicyError) as caught:
         load_policy_file(fixture)
     assert secret not in str(caught.value)
+
+
+# ---- input tomllib itself cannot read ----------------------------------------------------------
+
+
+def test_integer_too_long_to_read_is_a_policy_error() -> None:
+    """tomllib raises a bare ValueError (not TOMLDecodeError) for an integer past Python's
+    4300-digit limit: it must still be a PolicyError, never a traceback (or a dead reload)."""
+    text = 'active = "p"\n[backend]\nvram_gb = ' + "9" * 5000 + "\n[policies.p]\n"
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(text.encode(), "long.toml")
+    assert caught.value.lines == [
+        "long.toml: (syntax): is not valid TOML: exceeds the limit (4300 digits) for integer "
+        "string conversion"
+    ]
