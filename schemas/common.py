@@ -32,3 +32,7 @@ PositiveInt = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 NonNegativeInt = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
+# A term's weight in points. Bounded so that weight × count (or × seconds waited), summed over the
+# terms, stays finite: 1e308 × 2 is inf, and inf - inf is a NaN that leaves the order undefined.
+Points = Annotated[float, Meta(ge=-1e9, le=1e9)]
+NonNegativePoints = Annotated[float, Meta(ge=0, le=1e9)]

@@ -9,17 +9,24 @@ from typing import Literal
 
 import msgspec
 
-from schemas.common import Duration, NonNegativeFloat, NonNegativeInt, PositiveFloat, Strict
+from schemas.common import (
+    Duration,
+    NonNegativeInt,
+    NonNegativePoints,
+    Points,
+    PositiveFloat,
+    Strict,
+)
 
 
 class SwapTier(Strict):
     up_to_gb: PositiveFloat  # models up to this resident size (GiB) cost `points` to swap in
-    points: float
+    points: Points
 
 
 class VramParams(Strict):
-    loaded: float = 0  # the model is loaded or loading: the request runs without a swap
-    fits: float = 100  # not loaded, but fits beside the loaded models: a load, no eviction
+    loaded: Points = 0  # the model is loaded or loading: the request runs without a swap
+    fits: Points = 100  # not loaded, but fits beside the loaded models: a load, no eviction
     # The seed only gave the `fits` tier when some other model was already loaded.
     fits_when_empty: bool = True
     # "ollama": fits only if free VRAM suffices AND the loaded count is under max_loaded_models,
@@ -27,36 +34,36 @@ class VramParams(Strict):
     fits_check: Literal["ollama", "vram_only"] = "ollama"
     # A model whose size nobody has reported yet. Never "small" by default: a never-seen 70B model
     # must not rank like a 3B one.
-    unknown_size: float = 600
+    unknown_size: Points = 600
     swap: list[SwapTier] = msgspec.field(
         default_factory=lambda: [
             SwapTier(up_to_gb=16, points=300),
             SwapTier(up_to_gb=40, points=400),
         ]
     )
-    swap_above: float = 800  # models larger than every tier
+    swap_above: Points = 800  # models larger than every tier
 
 
 class FairnessParams(Strict):
-    per_queued: float = 5  # per waiting request of the same client, this one included
-    per_recent: float = 5  # per arrival of the same client within `window`, this one included
+    per_queued: Points = 5  # per waiting request of the same client, this one included
+    per_recent: Points = 5  # per arrival of the same client within `window`, this one included
     window: Duration = "10m"
-    cap: NonNegativeFloat = 100
+    cap: NonNegativePoints = 100
 
 
 class AgingParams(Strict):
-    per_second: NonNegativeFloat = 1.0  # points taken off per second waited
+    per_second: NonNegativePoints = 1.0  # points taken off per second waited
     whole_seconds: bool = False  # count only whole seconds, as the seed did
     # After this wait the ticket goes before every ticket that has not waited as long.
     max_wait: Duration | None = None
 
 
 class ClassOffsetParams(Strict):
-    offsets: dict[str, float] = msgspec.field(default_factory=dict)  # class name -> points
+    offsets: dict[str, Points] = msgspec.field(default_factory=dict)  # class name -> points
 
 
 class RatePenaltyParams(Strict):
     window: Duration = "1m"
     threshold: NonNegativeInt = 10  # arrivals within the window before the penalty starts
-    per_request: float = 20  # points per arrival beyond the threshold
-    cap: NonNegativeFloat = 500
+    per_request: Points = 20  # points per arrival beyond the threshold
+    cap: NonNegativePoints = 500

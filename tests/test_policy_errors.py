@@ -312,3 +312,26 @@ def test_integer_too_long_to_read_is_a_policy_error() -> None:
         "long.toml: (syntax): is not valid TOML: exceeds the limit (4300 digits) for integer "
         "string conversion"
     ]
+
+
+def test_weights_that_would_overflow_a_score_are_rejected() -> None:
+    """Finite but huge weights made scores infinite or NaN (1e308 × 2 queued = inf, and
+    inf - inf = nan), which leaves the queue's order undefined: weights are bounded."""
+    text = """
+active = "p"
+[policies.p.terms.fairness]
+per_queued = 1e308
+per_recent = -1e308
+[policies.p.terms.aging]
+per_second = 1e308
+"""
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(text.encode(), "huge.toml")
+    assert caught.value.lines == [
+        "huge.toml: policies.p.terms.fairness.per_queued: 1e+308 is out of range: "
+        "must be <= 1000000000.0",
+        "huge.toml: policies.p.terms.fairness.per_recent: -1e+308 is out of range: "
+        "must be >= -1000000000.0",
+        "huge.toml: policies.p.terms.aging.per_second: 1e+308 is out of range: "
+        "must be <= 1000000000.0",
+    ]
