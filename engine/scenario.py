@@ -33,7 +33,38 @@ def load_scenario(path: str | Path) -> Scenario:
     scenario = convert(raw, Scenario, "", problems)
     if problems or is_fail(scenario):
         raise PolicyError(str(path), problems)
+    problems = _replay_problems(scenario)
+    if problems:
+        raise PolicyError(str(path), problems)
     return scenario
+
+
+def _replay_problems(scenario: Scenario) -> list[Problem]:
+    """What replaying would trip over: the clock runs forwards to `now`, ids are unique."""
+    problems = []
+    after = f"is after now ({scenario.now!r});"
+    for i, h in enumerate(scenario.history):
+        problems.extend(
+            Problem(f"history[{i}].at[{j}]", t, f"{after} history lies in the past")
+            for j, t in enumerate(h.at)
+            if t > scenario.now
+        )
+    first: dict[str, int] = {}
+    for i, t in enumerate(scenario.tickets):
+        if t.arrival > scenario.now:
+            problems.append(
+                Problem(f"tickets[{i}].arrival", t.arrival, f"{after} tickets arrive by now")
+            )
+        if t.id in first:
+            problems.append(
+                Problem(
+                    f"tickets[{i}].id",
+                    t.id,
+                    f"is already the id of tickets[{first[t.id]}]; ids must be unique",
+                )
+            )
+        first.setdefault(t.id, i)
+    return problems
 
 
 def _num(x: float) -> float | int:

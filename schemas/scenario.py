@@ -6,9 +6,15 @@ replay each one, freeing one slot at a time, and record the dispatch sequence.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
-from schemas.common import NonNegativeFloat, PositiveFloat, PositiveInt, Strict
+from schemas.common import PositiveFloat, PositiveInt, Strict
+
+# Seconds on the scenario clock. Bounded so that the replay clock (now + one step per dispatch)
+# and the wait terms computed from it stay finite.
+Seconds = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
 
 
 class ScenarioBackend(Strict):
@@ -20,26 +26,27 @@ class ScenarioBackend(Strict):
 
 class LoadedModel(Strict):
     model: str
-    size_gb: PositiveFloat  # resident size as /api/ps would report it
+    # Resident size as /api/ps would report it (in bytes, an integer: so bounded).
+    size_gb: Annotated[float, msgspec.Meta(gt=0, le=1e6)]
 
 
 class History(Strict):
     client: str
-    at: list[float]  # past arrival times (seconds on the scenario clock) that count as recent
+    at: list[Seconds]  # past arrival times (seconds on the scenario clock) that count as recent
 
 
 class ScenarioTicket(Strict):
     id: str
     model: str
     client: str
-    arrival: float
+    arrival: Seconds
     cls: str | None = msgspec.field(default=None, name="class")  # default: the file's default
 
 
 class Scenario(Strict):
     description: str
-    now: float  # the clock when the queue is released
-    step: NonNegativeFloat = 5.0  # seconds each dispatched request runs before its slot frees
+    now: Seconds  # the clock when the queue is released
+    step: Annotated[float, msgspec.Meta(ge=0, le=1e12)] = 5.0  # seconds each dispatched request runs before its slot frees
     backend: ScenarioBackend = msgspec.field(default_factory=ScenarioBackend)
     sizes: dict[str, PositiveFloat] = msgspec.field(default_factory=dict)  # known, not loaded
     loaded: list[LoadedModel] = msgspec.field(default_factory=list)
