@@ -178,6 +178,8 @@ def _snapshot(args: argparse.Namespace) -> int:
     try:
         golden = json.loads(Path(args.check).read_text(encoding="utf-8"))
         previous = golden["orderings"]
+        if not _is_orderings(previous):
+            raise ValueError("orderings must map policy -> scenario -> list of dispatch lines")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"{args.check}: not a readable orderings file ({exc})", file=sys.stderr)
         return 2
@@ -187,6 +189,19 @@ def _snapshot(args: argparse.Namespace) -> int:
         return 0
     print("\n".join(moved))
     return 1
+
+
+def _is_orderings(value: Any) -> bool:
+    """The shape `describe_changes` reads: {policy: {scenario: ["ticket ...", ...]}}."""
+    return isinstance(value, dict) and all(
+        isinstance(scenarios, dict)
+        and all(
+            isinstance(lines, list)
+            and all(isinstance(line, str) and line.split() for line in lines)
+            for lines in scenarios.values()
+        )
+        for scenarios in value.values()
+    )
 
 
 def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

@@ -146,6 +146,11 @@ def test_snapshot_check_shows_what_moved(capsys, tmp_path):
     [
         ("{not json", "not a readable orderings file"),
         ('{"format": 1}', "not a readable orderings file"),
+        ('{"orderings": [1]}', "not a readable orderings file"),
+        ('{"orderings": {"balanced": 5}}', "not a readable orderings file"),
+        ('{"orderings": {"balanced": {"01-empty-gpu": [1, 2]}}}', "not a readable orderings file"),
+        ('{"orderings": {"balanced": {"01-empty-gpu": "a1 b1"}}}', "not a readable orderings file"),
+        ('{"orderings": {"balanced": {"01-empty-gpu": [""]}}}', "not a readable orderings file"),
     ],
 )
 def test_snapshot_check_rejects_a_bad_golden_file(capsys, tmp_path, golden_text, message):
