@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy.errors import PolicyError
-from policy.load import CompiledFile, load_policy_file, load_policy_text
+from policy.errors import MISSING, PolicyError, Problem
+from policy.load import CompiledFile, load_policy_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +28,17 @@ class PolicyHolder:
         self.path = Path(path)
         self._lock = threading.Lock()  # SIGHUP, the watcher and the endpoint may race
         # A bad file at start-up is fatal: raise its PolicyError to the caller.
-        self._current = load_policy_file(self.path)
-        self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        # Read once: the digest must be that of the bytes compiled, or an edit saved in between
+        # would pass for the active content and never be loaded.
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise PolicyError(
+                str(self.path), [Problem("", MISSING, f"cannot read the policy file: {reason}")]
+            ) from None
+        self._current = load_policy_text(data, str(self.path))
+        self._digest = hashlib.sha256(data).hexdigest()
         self.last_error: str | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
