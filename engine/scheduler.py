@@ -149,6 +149,9 @@ class Scheduler:
         )
         self._waiting[request_id] = ticket
         self._ledger.arrive(client, now)
+        # Advance the windows here too, not only in dispatch(): while paused or with every slot
+        # busy, arrivals (even ones cancelled at once) would otherwise pile up in the ledger.
+        self._picker.mark_dirty(self._ledger.expire(now))
         self._picker.add(ticket)
         return ticket
 

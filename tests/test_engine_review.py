@@ -110,3 +110,25 @@ def test_holder_start_up_does_not_miss_an_edit_made_while_it_compiled(tmp_path, 
     monkeypatch.setattr(policy.holder, "load_policy_text", real)
     result = holder.check_changed()
     assert result.changed and holder.current.active.name == "b"
+
+
+# ---- ledger memory -------------------------------------------------------------------------------
+
+
+def test_ledger_stays_bounded_while_no_slot_is_free():
+    """Windows only advanced inside dispatch() with a free slot: while paused (or with every slot
+    held by long streams) each arrival, even one cancelled at once, stayed in the ledger."""
+    from policy.load import load_policy_file
+
+    settings = load_policy_file(Path(__file__).resolve().parent.parent / "policies.example.toml")
+    clock = ManualClock(0.0)
+    s = Scheduler(settings, clock=clock)
+    s.pause()
+    longest = max(settings.windows)
+    for i in range(3000):
+        s.enqueue(request_id=f"r{i}", model="m", client=f"client-{i}", cls="interactive")
+        s.cancel(f"r{i}")
+        s.dispatch()
+        clock.advance(1.0)
+    assert len(s._ledger._log) <= longest + 2
+    assert s._ledger.clients() <= longest + 2
