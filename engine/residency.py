@@ -233,6 +233,10 @@ class ResidencyModel:
         for state in self.models.values():  # victims named by a load Ollama no longer shows
             if state.where != "loading":
                 state.victims = ()
+        # Forget models nobody holds and nothing waits on: clients choose model names, so one
+        # state per name ever requested would grow without bound.
+        for name in [n for n, m in self.models.items() if m.where == "absent" and not m.in_flight]:
+            del self.models[name]
 
     def learn_sizes(self, sizes: dict[str, float]) -> None:
         """Known resident sizes (GiB) of models not loaded yet, e.g. from a scenario."""

@@ -218,3 +218,17 @@ def test_a_model_loaded_behind_our_back_is_assumed_to_run_defaults():
     r.reconcile(ps(("a:8b", 6.0)))  # someone else loaded it
     assert r.residency("a:8b") == "loaded"
     assert r.residency("a:8b", "num_ctx=8192") == "absent"
+
+
+def test_models_nobody_holds_are_forgotten_at_the_next_poll():
+    """Clients choose model names: one ModelState per name ever requested, kept forever, grew
+    memory and made every totals/plan computation slower. Absent, idle models carry nothing."""
+    r = model(a_8b=6.0)
+    for i in range(2000):
+        name = f"typo-{i}:latest"
+        r.dispatched(name, r.plan(name), float(i))
+        r.finished(name, float(i))  # Ollama answered 404: no byte, nothing loaded
+    r.dispatched("a:8b", r.plan("a:8b"), 5000.0)
+    r.reconcile(ps(("b:3b", 2.0)))
+    assert sorted(r.models) == ["a:8b", "b:3b"]  # a:8b still has a request out
+    assert r.residency("typo-7:latest") == "absent"
