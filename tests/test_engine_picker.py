@@ -75,7 +75,7 @@ whole_seconds = {str(rng.random() < 0.5).lower()}
 """
 
 
-def replay(settings, seed: int, events: int = 150) -> int:
+def replay(settings, seed: int, events: int = 150, reloads: bool = False) -> int:
     rng = random.Random(seed)
     clock = ManualClock(1000.0)
     s = Scheduler(settings, clock=clock)
@@ -95,7 +95,10 @@ def replay(settings, seed: int, events: int = 150) -> int:
                 variant=rng.choice(["", "", "num_ctx=8192"]),  # some force a reload
             )
         elif roll < 0.55 and s.depth:
-            s.cancel(rng.choice(list(s._waiting)))
+            if reloads and rng.random() < 0.5:  # the head of a group: its key must move on
+                s.cancel(rng.choice([q[0].id for q in s._picker._groups.values()]))
+            else:
+                s.cancel(rng.choice(list(s._waiting)))
         elif roll < 0.75 and flying:
             rid = flying.pop(rng.randrange(len(flying)))
             if rng.random() < 0.8:
@@ -104,6 +107,15 @@ def replay(settings, seed: int, events: int = 150) -> int:
         elif roll < 0.8:
             resident = [m for m in MODELS if MODELS[m] and rng.random() < 0.3]
             s.reconcile({"models": [{"name": m, "size": int(MODELS[m] * GIB)} for m in resident]})
+        elif reloads and roll < 0.86:  # a hot reload: new weights, windows, limits
+            new = random_policy(rng) if rng.random() < 0.5 else None
+            s.apply_settings(
+                load_policy_text(new.encode(), "reload.toml")
+                if new
+                else EXAMPLE.with_active(rng.choice(sorted(EXAMPLE.policies)))
+            )
+        elif reloads and roll < 0.9:
+            s.record_history(f"c{rng.randint(1, 8)}", clock())
         clock.advance(rng.choice([0.0, 0.1, 0.5, 1.0, 2.5, 7.0]))
         now = clock()
         expected = brute_force(s, now)
@@ -127,3 +139,11 @@ def test_matches_brute_force_for_random_policies(seed):
     rng = random.Random(seed)
     settings = load_policy_text(random_policy(rng).encode(), "random.toml")
     assert replay(settings, 100 + seed) > 30
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_brute_force_across_reloads_and_head_cancels(seed):
+    """Hot reloads mid-run (another policy, other windows and limits), cancelled group heads and
+    recorded history: every key is rebuilt or stays a lower bound."""
+    settings = EXAMPLE.with_active(sorted(EXAMPLE.policies)[seed % len(EXAMPLE.policies)])
+    assert replay(settings, 200 + seed, events=300, reloads=True) > 30
