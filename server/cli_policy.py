@@ -171,7 +171,12 @@ def _snapshot(args: argparse.Namespace) -> int:
     text = json.dumps(current, indent=2, sort_keys=True) + "\n"
     if args.check is None:
         if args.output:
-            Path(args.output).write_text(text, encoding="utf-8")
+            try:
+                Path(args.output).write_text(text, encoding="utf-8")
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                print(f"{args.output}: cannot write the orderings file: {reason}", file=sys.stderr)
+                return 2
         else:
             sys.stdout.write(text)
         return 0

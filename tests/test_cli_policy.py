@@ -169,3 +169,13 @@ def test_snapshot_without_scenarios_is_an_error(capsys, tmp_path):
     code, _, err = run(capsys, "policy", "snapshot", EXAMPLE, "--scenarios", str(tmp_path))
     assert code == 2
     assert "no scenario files" in err
+
+
+def test_snapshot_output_that_cannot_be_written_is_an_error(capsys, tmp_path):
+    """-o into a missing directory: a one-line error and exit 2, not a traceback."""
+    target = tmp_path / "missing" / "orderings.json"
+    code, _, err = run(
+        capsys, "policy", "snapshot", EXAMPLE, "--scenarios", SCENARIOS, "-o", str(target)
+    )
+    assert code == 2
+    assert err.startswith(f"{target}: cannot write the orderings file")
