@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.scenario import dispatch_sequence, load_scenario, ranking, scenario_files
@@ -106,20 +107,21 @@ def _explain(args: argparse.Namespace) -> int:
     rows = ranking(compiled, scenario, name)
     terms = [t.name for t in compiled.policies[name].terms]
     table = Table(
-        title=f"{name} on {Path(args.scenario).name}: {scenario.description}",
+        # Names and descriptions are data, never rich markup ("[/]" would not even render).
+        title=escape(f"{name} on {Path(args.scenario).name}: {scenario.description}"),
         caption="lower total = served sooner; ties go to the earlier arrival",
     )
     for column in ("rank", "ticket", "model", "client", "class", "waited s", *terms, "total"):
         numeric = column in ("rank", "waited s", "total", *terms)
-        table.add_column(column, justify="right" if numeric else "left")
+        table.add_column(escape(column), justify="right" if numeric else "left")
     for row in rows:
         total = f"{row['total']:g}" + (" (overdue)" if row.get("overdue") else "")
         table.add_row(
             str(row["rank"]),
-            row["ticket"],
-            row["model"],
-            row["client"],
-            row["class"],
+            escape(row["ticket"]),
+            escape(row["model"]),
+            escape(row["client"]),
+            escape(row["class"]),
             f"{row['waited']:g}",
             *(f"{row['terms'][t]:g}" for t in terms),
             total,
@@ -130,7 +132,7 @@ def _explain(args: argparse.Namespace) -> int:
     sequence = dispatch_sequence(compiled, scenario, name)
     console.print(
         "dispatch order, one slot freeing at a time: "
-        + " → ".join(f"{s['ticket']} ({s['action']})" for s in sequence)
+        + " → ".join(escape(f"{s['ticket']} ({s['action']})") for s in sequence)
     )
     return 0
 

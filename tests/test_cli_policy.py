@@ -79,6 +79,20 @@ def test_explain_prints_a_table_with_every_term(capsys):
     )
 
 
+def test_explain_prints_names_with_brackets_as_written(capsys, tmp_path):
+    """Scenario strings are data, not rich markup: "[/]" crashed explain with a MarkupError and
+    "[bold]x" lost its brackets."""
+    scenario = tmp_path / "brackets.toml"
+    scenario.write_text(
+        'description = "ids [/] in [bold]brackets"\nnow = 100.0\n[[tickets]]\nid = "[/]"\n'
+        'model = "m"\nclient = "[bold]x"\narrival = 50.0\n'
+    )
+    code, out, _ = run(capsys, "policy", "explain", EXAMPLE, "--scenario", str(scenario))
+    assert code == 0
+    assert "[bold]x" in out and "ids [/] in [bold]brackets" in out
+    assert "dispatch order, one slot freeing at a time: [/] (load)" in out
+
+
 def test_explain_unknown_policy_is_a_clear_error(capsys):
     """Naming a policy the file lacks lists the ones it has."""
     code, _, err = run(
