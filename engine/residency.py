@@ -201,9 +201,15 @@ class ResidencyModel:
     # -- correction from Ollama ---------------------------------------------------------------
 
     def reconcile(self, ps: dict[str, Any]) -> None:
-        """Make the model agree with an /api/ps answer (listed = resident, loading included)."""
+        """Make the model agree with an /api/ps answer (listed = resident, loading included).
+
+        ValueError, and nothing changes, when the answer has no `models` list: an answer we cannot
+        read says nothing about what Ollama holds, and must not wipe the picture we have."""
+        models = ps.get("models")
+        if not isinstance(models, list):
+            raise ValueError(f"/api/ps answer has no 'models' list: {str(ps)[:80]}")
         self._changed()
-        entries = [m for m in ps.get("models") or [] if isinstance(m, dict)]
+        entries = [m for m in models if isinstance(m, dict)]
         listed: dict[str, float] = {}
         for entry in entries:
             name = entry.get("name") or entry.get("model")

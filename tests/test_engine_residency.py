@@ -165,14 +165,24 @@ def test_size_sources_in_order_ps_then_override_then_tags():
 
 
 @pytest.mark.parametrize(
-    "payload",
-    [{}, {"models": None}, {"models": ["junk", 3]}, {"models": [{"name": 5, "size": "x"}]}],
+    "payload", [{"models": ["junk", 3]}, {"models": [{"name": 5, "size": "x"}]}]
 )
-def test_reconcile_tolerates_malformed_answers(payload):
-    """An odd /api/ps answer never crashes the engine; it just lists nothing usable."""
+def test_reconcile_skips_entries_it_cannot_read(payload):
+    """Odd entries in a models list are skipped; the list still says what Ollama holds."""
     r = model()
+    r.reconcile(ps(("a:8b", 6.0)))
     r.reconcile(payload)
     assert r.loaded_count() == 0
+
+
+@pytest.mark.parametrize("payload", [{}, {"models": None}, {"models": {"a:8b": {}}}])
+def test_an_unreadable_answer_changes_nothing(payload):
+    """No models list at all: a ValueError, and the picture we had stays (the poller logs it)."""
+    r = model()
+    r.reconcile(ps(("a:8b", 6.0)))
+    with pytest.raises(ValueError, match="no 'models' list"):
+        r.reconcile(payload)
+    assert r.residency("a:8b") == "loaded"
 
 
 # ---- reload-forcing options: another runner of the same model -----------------------------
