@@ -264,3 +264,14 @@ async def test_stop_does_not_wait_for_a_retention_purge_stuck_on_a_lock(pg_serve
     finally:
         await blocker.rollback()
         await blocker.close()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1"])
+def test_cli_timeout_must_be_a_positive_number(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--timeout inf waited forever for an unreachable PostgreSQL; nan/0/-1 made no sense either."""
+    from test_journal_cli import run
+
+    with pytest.raises(SystemExit) as info:
+        run("db", "status", "--db", "postgresql://nobody@127.0.0.1:1/x", "--timeout", value)
+    assert info.value.code == 2
+    assert "--timeout" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -128,9 +129,19 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None, help=f"a path, sqlite:///path or postgresql://… (default: ${ENV_VAR}, else ./db/requests.db)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the database (default 5)")
+    parser.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the database (default 5)")
 
 
 def register(subparsers: Any) -> None:
