@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that contribute verbs, in the order `--help` lists them. A module that is absent (a
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.run(args)
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
-        sys.stderr.close()
+        # Point stdout at /dev/null so the flush at exit cannot fail again (Python's docs on
+        # SIGPIPE recommend exactly this).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return int(code or 0)
 
