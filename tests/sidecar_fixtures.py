@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -235,6 +237,31 @@ def running_sidecar(
 
 
 SidecarFactory = Callable[..., RunningSidecar]
+
+
+@contextmanager
+def cli_process(args: Sequence[str], env: Mapping[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`smart-proxy ARGS` in a process of its own with stderr piped (its log); killed and closed
+    however the test ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", *args], env=dict(env), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def wait_upstream_up(url: str, within: float = 20.0) -> None:
+    """Poll a sidecar's /proxy/health until it has seen Ollama; AssertionError after `within` s."""
+    deadline = time.monotonic() + within
+    while httpx.get(url + "/proxy/health", timeout=5).json()["upstream"]["up"] is not True:
+        assert time.monotonic() < deadline, f"{url} never saw Ollama within {within}s"
+        time.sleep(0.05)
 
 
 async def health_async(client: httpx.AsyncClient, proxy: RunningSidecar) -> dict[str, Any]:

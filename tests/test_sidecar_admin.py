@@ -9,13 +9,11 @@ import os
 import re
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
 import httpx
-from sidecar_fixtures import SidecarFactory, make_policy
+from sidecar_fixtures import SidecarFactory, cli_process, make_policy, wait_upstream_up
 
 MODEL = "llama3.2:1b"
 
@@ -114,13 +112,9 @@ def test_in_flight_view(sidecar_factory: SidecarFactory) -> None:
 
 def test_demo_prints_a_curl_line_that_works(tmp_path: Any) -> None:
     """`smart-proxy demo`: the emulator in-process, the banner's URLs, and a working curl line."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "demo", "--port", "0", "--time-scale", "0.01"],
-        env={**os.environ, "SMART_PROXY_LOG_FORMAT": "human",
-             "SMART_PROXY_DB": str(tmp_path / "journal.db")},
-        stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    env = {**os.environ, "SMART_PROXY_LOG_FORMAT": "human",
+           "SMART_PROXY_DB": str(tmp_path / "journal.db")}
+    with cli_process(["demo", "--port", "0", "--time-scale", "0.01"], env) as process:
         assert process.stderr is not None
         banner = []
         for line in process.stderr:
@@ -131,21 +125,12 @@ def test_demo_prints_a_curl_line_that_works(tmp_path: Any) -> None:
         words = shlex.split(curl)
         url, payload = words[1], json.loads(words[words.index("-d") + 1])
         assert any("emulator" in line for line in banner)
-        deadline = time.monotonic() + 20
-        while not httpx.get(url.rsplit("/api/", 1)[0] + "/proxy/health").json()["upstream"]["up"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_upstream_up(url.rsplit("/api/", 1)[0])
         answer = httpx.post(url, json=payload, timeout=60)
         assert answer.status_code == 200, answer.text
         assert answer.json()["done"] is True and answer.json()["response"]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 def test_journal_and_analytics(

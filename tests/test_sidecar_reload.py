@@ -8,8 +8,6 @@ import concurrent.futures
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sidecar_fixtures import RunningSidecar, SidecarFactory, make_policy
+from sidecar_fixtures import (
+    RunningSidecar,
+    SidecarFactory,
+    cli_process,
+    make_policy,
+    wait_upstream_up,
+)
 
 MODEL = "llama3.2:1b"
 
@@ -164,12 +168,8 @@ def test_cli_serve_reloads_on_sighup_and_exits_cleanly_on_sigterm(
     policy.write_text(BATCH_FIRST, encoding="utf-8")
     env = {**os.environ, "SMART_PROXY_UPSTREAM": ollama_emulator.url,
            "SMART_PROXY_DB": str(tmp_path / "journal.db"), "SMART_PROXY_LOG_FORMAT": "json"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--policy", str(policy),
-         "--host", "127.0.0.1", "--port", "0"],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    serve = ["serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", "0"]
+    with cli_process(serve, env) as process:
         assert process.stderr is not None
         url = ""
         for line in process.stderr:
@@ -177,10 +177,7 @@ def test_cli_serve_reloads_on_sighup_and_exits_cleanly_on_sigterm(
                 url = line.split()[3]
                 break
         assert url.startswith("http://127.0.0.1:")
-        deadline = time.monotonic() + 10
-        while httpx.get(url + "/proxy/health", timeout=5).json()["upstream"]["up"] is not True:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_upstream_up(url, within=10)
         reply = httpx.post(url + "/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False})
         assert reply.status_code == 200
         version = httpx.get(url + "/proxy/health").json()["policy"]["version"]
@@ -194,12 +191,6 @@ def test_cli_serve_reloads_on_sighup_and_exits_cleanly_on_sigterm(
         assert process.wait(timeout=20) == 0
         rest = process.stderr.read()
         assert '"msg":"policy reloaded' in rest and '"request_id":' in rest
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
     # The journal was flushed on the way out: the one request is in the database.
     with sqlite3.connect(tmp_path / "journal.db") as db:
         rows = db.execute("SELECT status, model, endpoint FROM requests").fetchall()
