@@ -287,6 +287,10 @@ class Scheduler:
         now = self._clock()
         return self._ledger.recent(client, window_seconds, now)
 
+    def tickets(self) -> list[Ticket]:
+        """The waiting tickets in arrival order, unscored (cheap: for counts and gauges)."""
+        return list(self._waiting.values())
+
     def waiting(self) -> list[RankedTicket]:
         """Every waiting ticket in the order the policy ranks them now (scores all: a view)."""
         policy, now = self._policy_source(), self._clock()

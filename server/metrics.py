@@ -43,7 +43,7 @@ class _QueueCollector(Collector):
             "smart_proxy_queue_depth", "Requests waiting in the queue, by model", labels=["model"]
         )
         for model, count in sorted(
-            Tally(self._label(r.ticket.model) for r in scheduler.waiting()).items()
+            Tally(self._label(t.model) for t in scheduler.tickets()).items()
         ):
             depth.add_metric([model], count)
         yield depth
