@@ -1,26 +1,37 @@
 # The README's two quick-start commands live here so they stay true on a fresh machine.
+# Both are quiet on success: pip's output goes to a log in the venv and is shown only on failure.
+# Installs happen once per change of pyproject.toml (stamp files), not on every run.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+QUIET_PIP = $(BIN)/pip install -q --disable-pip-version-check
 
 .PHONY: test demo install lint
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	@$(PYTHON) -m venv $(VENV)
+	@$(QUIET_PIP) --upgrade pip > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 
-install: $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	@echo "installing the project and its test dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@$(QUIET_PIP) -e '.[dev]' > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@touch $@ $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "installing the sidecar into $(VENV) (log: $(VENV)/install.log)"
+	@$(QUIET_PIP) -e . > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@touch $@
+
+install: $(VENV)/.installed-dev
 
 # Installs everything the tests need, then runs the whole suite.
 test: install
-	$(BIN)/ruff check .
+	@$(BIN)/ruff check --quiet .
 	$(BIN)/pytest -q
 
 # Installs the sidecar and starts it in demo mode, backed by the built-in Ollama emulator.
-demo: $(BIN)/python
-	$(BIN)/pip install -q -e .
-	$(BIN)/smart-proxy demo
+demo: $(VENV)/.installed
+	@$(BIN)/smart-proxy demo
 
 lint: install
 	$(BIN)/ruff check .
