@@ -3,7 +3,7 @@
 Every public method takes `now` (seconds on whatever clock the caller runs: the event loop under
 HTTP, a virtual clock in trace replay) and first brings the model up to that instant. Callers ask
 `next_event_time()` to know when to come back, and `take_started()` for jobs that got their slot.
-The rules are those of reference/ollama.md; the comments say which rule a branch implements.
+The rules are those of docs/ollama.md; the comments say which rule a branch implements.
 """
 
 from __future__ import annotations

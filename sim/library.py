@@ -14,7 +14,7 @@ class LibraryEntry(NamedTuple):
     embedding: bool = False
 
 
-# Sizes on disk as `ollama list` shows them (reference/ollama.md). Aliases such as
+# Sizes on disk as `ollama list` shows them (docs/ollama.md). Aliases such as
 # "llama3.2:latest" are separate entries because Ollama treats them as separate names.
 LIBRARY: dict[str, LibraryEntry] = {
     "llama3.2:1b": LibraryEntry(1.3, "1.2B", "Q8_0", "llama", 2048),

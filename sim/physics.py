@@ -1,6 +1,6 @@
 """How long things take on the emulated GPU, in unscaled seconds (the backend applies time_scale).
 
-Figures follow reference/ollama.md: a load is 1–2.5 s of process start plus the weights read at
+Figures follow docs/ollama.md: a load is 1–2.5 s of process start plus the weights read at
 ~2 GB/s from disk or ~10 GB/s from the page cache; unload 0.3–1.5 s; 60–140 tokens/s for a 3B model,
 falling with size. Per-model jitter comes from the digest, so a run is reproducible.
 """
