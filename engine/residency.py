@@ -1,6 +1,6 @@
 """What Ollama holds in VRAM, predicted on every dispatch and corrected by every /api/ps poll.
 
-Ollama's rules (reference/ollama.md): a model loads beside the others only if it fits entirely in
+Ollama's rules (docs/ollama.md, "Loading and eviction"): a model loads beside the others only if it fits entirely in
 free VRAM and the loaded count is under the cap; otherwise Ollama evicts, preferring idle models.
 Requests for a loading model attach to the load. The prediction is optimistic and may be wrong;
 `reconcile` makes it right again from Ollama's own answer, so it never stays wrong after a poll.
@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# One rule for model names, shared with the server's intake and the policy (kept under its old name).
+from schemas.model_name import canonical_model as canonical
 from schemas.ticket import Residency
 
 GIB = 1024**3
@@ -19,11 +21,6 @@ Action = Literal["attach", "load", "swap", "reload"]
 
 # Request options that make Ollama reload a loaded model when they differ from its runner's.
 RELOAD_OPTIONS = ("num_ctx", "num_gpu")
-
-
-def canonical(model: str) -> str:
-    """Ollama's own naming: a model without a tag means the `latest` tag."""
-    return model if ":" in model else f"{model}:latest"
 
 
 def variant_of(options: Mapping[str, Any] | None) -> str:
@@ -134,6 +131,45 @@ class ResidencyModel:
         # An evicting model must not get new work (the swap would wait on it); a model at its
         # parallel limit would make the request wait inside Ollama while holding our slot.
         return state.where != "evicting" and state.in_flight < self.num_parallel
+
+    def blocked_reason(self, model: str, variant: str = "") -> str | None:
+        """Why `eligible(model, variant)` is False, in words for the queue view; None when it is
+        True. Follows `eligible` branch for branch. For views only: it walks every model."""
+        state = self.models.get(model)
+        if (
+            state is None
+            or state.where == "absent"
+            or (state.variant != variant and state.where != "evicting")
+        ):
+            return self._load_reason() if self.load_pending() else None
+        if state.where == "evicting":
+            evictor = next((m.name for m in self.models.values() if model in m.victims), None)
+            for_whom = f" to make room for {evictor}" if evictor else ""
+            return f"model {model} is being evicted{for_whom}"
+        if state.in_flight >= self.num_parallel:
+            return (
+                f"model {model} at its num_parallel limit"
+                f" ({state.in_flight} of {self.num_parallel} running)"
+            )
+        return None
+
+    def _load_reason(self) -> str:
+        pending = sorted(
+            (m for m in self.models.values() if m.where == "loading" and not m.started),
+            key=lambda m: m.name,
+        )
+        reason = f"{', '.join(m.name for m in pending)} is loading, and Ollama loads one model at a time"
+        # Ollama unloads a victim only once its running requests are done, so a load (and every
+        # load queued behind it) can sit on someone else's long answer.
+        busy = [(v, self.models[v].in_flight) for m in pending for v in m.victims if v in self.models]
+        busy = [(v, n) for v, n in busy if n > 0]
+        if busy:
+            running = ", ".join(
+                f"{n} running request{'s' if n != 1 else ''} on {v}" for v, n in busy
+            )
+            victims = ", ".join(v for v, _ in busy)
+            reason += f"; the load waits for {running} to finish before {victims} can be evicted"
+        return reason
 
     # -- prediction ----------------------------------------------------------------------
 

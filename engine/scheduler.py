@@ -16,10 +16,11 @@ from typing import Any
 from engine.clock import Clock
 from engine.ledger import ClientLedger
 from engine.picker import Picker
-from engine.residency import Action, Plan, ResidencyModel, canonical
-from policy.compile import Policy
+from engine.residency import Action, Plan, ResidencyModel
+from policy.compile import OrderKey, Policy
 from policy.load import CompiledFile
 from policy.state import SchedulingState
+from schemas.model_name import canonical_model
 from schemas.ticket import Residency, Score, Ticket
 
 
@@ -44,6 +45,8 @@ class RankedTicket:
     eligible: (
         bool  # False while its model is being evicted, at its parallel limit, or behind a load
     )
+    # Why it still waits ("; "-joined), None if nothing holds it back; only `waiting()` fills it.
+    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -101,7 +104,7 @@ class Scheduler:
             vram_gb=b.vram_gb,
             max_loaded=b.max_loaded_models,
             num_parallel=b.num_parallel,
-            overrides={canonical(k): v for k, v in settings.model_sizes.items()},
+            overrides={canonical_model(k): v for k, v in settings.model_sizes.items()},
             resident_factor=b.resident_factor,
         )
         self.max_parallel = b.max_parallel
@@ -115,7 +118,7 @@ class Scheduler:
         self._settings = settings
         b, r = settings.backend, self.residency_model
         r.vram_gb, r.max_loaded, r.num_parallel = b.vram_gb, b.max_loaded_models, b.num_parallel
-        r.overrides = {canonical(k): v for k, v in settings.model_sizes.items()}
+        r.overrides = {canonical_model(k): v for k, v in settings.model_sizes.items()}
         r.resident_factor = b.resident_factor
         r._changed()
         self.max_parallel = b.max_parallel
@@ -140,7 +143,7 @@ class Scheduler:
         ticket = Ticket(
             id=request_id,
             seq=next(self._seq),
-            model=canonical(model),
+            model=canonical_model(model),  # callers canonicalise at intake; tests and scenarios may not
             client=client,
             cls=cls,
             arrival=now,
@@ -292,15 +295,58 @@ class Scheduler:
         return list(self._waiting.values())
 
     def waiting(self) -> list[RankedTicket]:
-        """Every waiting ticket in the order the policy ranks them now (scores all: a view)."""
+        """Every waiting ticket in the order the policy ranks them now, with whether the picker
+        may choose it and why it still waits. A view (scores all, plans once per runner), never
+        called on the dispatch path, so `dispatch()` pays nothing for the reasons."""
         policy, now = self._policy_source(), self._clock()
-        scored = [(t, policy.score(t, self.state, now)) for t in self._waiting.values()]
-        scored.sort(key=lambda ts: policy.order_key(ts[0], ts[1]))
-        eligible = self.residency_model.eligible
-        return [
-            RankedTicket(i, t, s, eligible(t.model, t.variant))
-            for i, (t, s) in enumerate(scored, start=1)
+        ranked = []
+        for t in self._waiting.values():
+            score = policy.score(t, self.state, now)
+            ranked.append((policy.order_key(t, score), t, score))
+        ranked.sort(key=lambda kts: kts[0])
+        residency = self.residency_model
+        # Per model, the best key among its tickets that need no load: what `_ranks_ahead` asks.
+        resident_best: dict[str, OrderKey] = {}
+        for key, t, _ in ranked:
+            if t.model not in resident_best and residency.residency(t.model, t.variant) != "absent":
+                resident_best[t.model] = key
+        common = []
+        if self.paused:
+            common.append("dispatching is paused")
+        busy = len(self._in_flight)
+        full = (
+            f"max_parallel reached ({busy} of {self.max_parallel} slots busy)"
+            if busy >= self.max_parallel
+            else None
+        )
+        blocked: dict[tuple[str, str], str | None] = {}  # per runner, decided at its best ticket
+        out = []
+        for i, (key, t, score) in enumerate(ranked, start=1):
+            runner = (t.model, t.variant)
+            if runner not in blocked:
+                blocked[runner] = residency.blocked_reason(*runner)
+                if blocked[runner] is None and not score.overdue:
+                    blocked[runner] = self._held_reason(t.model, t.variant, key, resident_best)
+            why = blocked[runner]
+            reasons = [*common, *([why] if why else []), *([full] if full else [])]
+            out.append(RankedTicket(i, t, score, why is None, "; ".join(reasons) or None))
+        return out
+
+    def _held_reason(
+        self, model: str, variant: str, key: OrderKey, resident_best: dict[str, OrderKey]
+    ) -> str | None:
+        """`_choose`'s hold, for the view: a swap that would evict a model whose own waiting work
+        ranks ahead of this runner's best ticket."""
+        victims = [
+            v for v in self.residency_model.plan(model, variant).evicts
+            if v in resident_best and resident_best[v] < key
         ]
+        if not victims:
+            return None
+        return (
+            f"held back: loading {model} would evict {', '.join(victims)},"
+            f" whose own waiting requests rank ahead"
+        )
 
     def position(self, request_id: str) -> RankedTicket | None:
         ticket = self._waiting.get(request_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from schemas.model_name import canonical_pattern
 from schemas.policy_file import Clients
 
 
@@ -34,7 +35,11 @@ class Classifier:
     @classmethod
     def from_settings(cls, clients: Clients) -> Classifier:
         rules = tuple(
-            _Rule(name, tuple(r.clients), tuple(r.models), tuple(r.endpoints))
+            # Requests are classified by canonical model name, so the globs are made to match it.
+            _Rule(
+                name, tuple(r.clients), tuple(canonical_pattern(m) for m in r.models),
+                tuple(r.endpoints),
+            )
             for name, r in clients.classes.items()
         )
         selectable = frozenset(n for n, r in clients.classes.items() if r.selectable)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from policy.compile import DecodedTerm
-from policy.errors import MISSING, Problem, join_path
+from policy.errors import MISSING, Problem, join_path, show_value
+from schemas.model_name import canonical_model
 
 
 def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> list[Problem]:
@@ -53,6 +54,24 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
     for table in terms.values():
         for term in table:
             problems.extend(term.type.validate(term.params, term.path))
+
+    models = sections.get("models")
+    if models:
+        # Requests and /api/ps are matched by canonical name, so two spellings of one model
+        # would give it two sizes and one would silently win.
+        seen: dict[str, str] = {}
+        for written in models:
+            name = canonical_model(written)
+            if name in seen:
+                problems.append(
+                    Problem(
+                        "models", written,
+                        f"is the same model as {show_value(seen[name])} (both mean {name}); "
+                        "keep one of them",
+                    )
+                )
+            else:
+                seen[name] = written
 
     limits = sections.get("limits")
     if limits is not None and limits.max_queued_per_client > limits.max_queue:

@@ -48,6 +48,10 @@ class QueueEntry(msgspec.Struct, frozen=True, kw_only=True):
     score: float
     terms: dict[str, float]
     overdue: bool
+    eligible: bool  # may be dispatched as soon as a slot is free (and dispatching is not paused)
+    # Why it still waits, e.g. "model X at its num_parallel limit (2 of 2 running)"; several
+    # causes are joined with "; ". None when nothing holds it back.
+    reason: str | None
 
 
 class InFlightEntry(msgspec.Struct, frozen=True, kw_only=True):

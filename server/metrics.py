@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from engine.scheduler import Grant, Scheduler
+from schemas.model_name import canonical_model
 
 _WAIT_BUCKETS = (0.005, 0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _DURATION_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -104,7 +105,8 @@ class Metrics:
                 if isinstance(m, dict):
                     for key in ("name", "model"):
                         if isinstance(m.get(key), str):
-                            self.known_models.add(str(m[key]))
+                            # Requests carry canonical names (routes_proxy), so must the labels.
+                            self.known_models.add(canonical_model(str(m[key])))
 
     def granted(self, grant: Grant) -> None:
         self.dispatches.labels(grant.action).inc()

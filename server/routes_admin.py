@@ -91,7 +91,8 @@ async def queue(request: Request) -> Response:
             request_id=r.ticket.id, position=r.position, model=r.ticket.model,
             client=r.ticket.client, request_class=r.ticket.cls, endpoint=r.ticket.endpoint,
             waited_s=round(now - r.ticket.arrival, 3), score=r.score.total,
-            terms=r.score.breakdown(), overdue=r.score.overdue,
+            terms=r.score.breakdown(), overdue=r.score.overdue, eligible=r.eligible,
+            reason=r.reason,
         )
         for r in sc.scheduler.waiting()
     ]

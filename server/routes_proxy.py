@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from engine.residency import variant_of
+from schemas.model_name import canonical_model
 from server.dialects import ProxyError, error_response
 from server.exchange import Exchange, Scheduling
 from server.forward import request_headers
@@ -152,9 +153,12 @@ async def scheduled(request: Request) -> Response | Exchange:
             header=clients.header,
             api_keys=sc.api_keys(),
         )
-        facts.client, facts.model = identity.client, parsed.model
+        # One name per model from here on (queue, class rules, journal, metrics); the body
+        # forwarded to Ollama keeps the client's spelling.
+        model = canonical_model(parsed.model)
+        facts.client, facts.model = identity.client, model
         facts.cls = compiled.classify(
-            identity.client, parsed.model, facts.endpoint, request.headers.get(clients.class_header)
+            identity.client, model, facts.endpoint, request.headers.get(clients.class_header)
         )
         admit(sc, identity.client)
     except ProxyError as exc:
@@ -172,7 +176,7 @@ async def scheduled(request: Request) -> Response | Exchange:
         body=body,
         facts=facts,
         scheduling=Scheduling(
-            model=parsed.model, client=identity.client, cls=facts.cls,
+            model=model, client=identity.client, cls=facts.cls,
             variant=variant_of(parsed.options),
         ),
         keep_text=compiled.raw.journal.store_prompts != "none",

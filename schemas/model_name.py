@@ -1,0 +1,67 @@
+"""One name per model, by Ollama's own rules, so `Llama3`, `llama3:latest` and
+`registry.ollama.ai/library/llama3` are counted, scheduled and labelled as the same model.
+
+Ollama reads a name as [host/][namespace/]model[:tag][@digest]: the host defaults to
+`registry.ollama.ai`, the namespace to `library`, the tag to `latest`, and names compare without
+regard to case. The canonical form written here is the one `ollama list` shows: lower case, the
+tag always present, and host and namespace left out while they are the defaults
+(`llama3:latest`, `user/model:latest`, `hf.co/user/model:q4_k_m`).
+
+Used once where a name enters (a request body, an /api/ps or /api/tags answer, the policy file);
+a request's body is still forwarded to Ollama exactly as the client sent it.
+"""
+
+from __future__ import annotations
+
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+
+
+def canonical_model(name: str) -> str:
+    """The canonical form of a model name (see the module docstring); never raises.
+
+    A name Ollama would refuse (too many parts, stray characters) is only lower-cased and given
+    the default tag: Ollama answers it with its own error, and it is still one name here."""
+    name = name.lower()
+    rest, at, digest = name.partition("@")
+    slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    # A colon before the last slash belongs to a host's port (`localhost:5000/m`), not a tag.
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1 :] or DEFAULT_TAG
+    else:
+        tag = DEFAULT_TAG
+    parts = rest.split("/")
+    if len(parts) == 1:
+        host, namespace = DEFAULT_HOST, DEFAULT_NAMESPACE
+    elif len(parts) == 2:
+        host, namespace = DEFAULT_HOST, parts[0]
+    elif len(parts) == 3:
+        host, namespace = parts[0], parts[1]
+    else:
+        return f"{rest}:{tag}{at}{digest}"
+    model = parts[-1]
+    if host != DEFAULT_HOST:
+        prefix = f"{host}/{namespace}/"
+    elif namespace != DEFAULT_NAMESPACE:
+        prefix = f"{namespace}/"
+    else:
+        prefix = ""
+    return f"{prefix}{model}:{tag}{at}{digest}"
+
+
+def canonical_pattern(pattern: str) -> str:
+    """A policy file's model glob, made to match canonical names: a plain name is made canonical
+    (`llama3` matches `llama3:latest`); a glob is lower-cased and loses the default host and
+    namespace (`library/llama3*` matches `llama3:8b`), but is otherwise left as written."""
+    if not any(c in pattern for c in "*?["):
+        return canonical_model(pattern)
+    pattern = pattern.lower()
+    for prefix in (f"{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/", f"{DEFAULT_HOST}/", f"{DEFAULT_NAMESPACE}/"):
+        if pattern.startswith(prefix):
+            return pattern[len(prefix) :]
+    return pattern
+
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_NAMESPACE", "DEFAULT_TAG", "canonical_model", "canonical_pattern"]
