@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from pathlib import Path
 from policy.errors import PolicyError
 from policy.load import CompiledFile
 from server.app import create_app
+from server.connlimits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, ServingLimits
 from server.journal import JournalConfigError, open_journal
 from server.logs import LogFormat, configure
 from server.runner import Server, listen, url_of
@@ -34,6 +36,9 @@ ENV_VARS: dict[str, str] = {
     "SMART_PROXY_LOG_FORMAT": "json or human (default human on a terminal, json otherwise)",
     "SMART_PROXY_LOG_LEVEL": "debug, info, warning or error (default info)",
     "SMART_PROXY_SHUTDOWN_GRACE": "seconds in-flight requests get to finish on SIGTERM (default 30)",
+    "SMART_PROXY_HEADER_TIMEOUT": f"seconds a connection may take to send a request head, and stay idle between requests (default {DEFAULT_HEADER_TIMEOUT:g})",
+    "SMART_PROXY_BODY_TIMEOUT": f"seconds a request body may go without a byte before a 408 (default {DEFAULT_BODY_TIMEOUT:g})",
+    "SMART_PROXY_MAX_CONNECTIONS": "open client connections before new ones get 503 (default: from the descriptor limit)",
 }
 
 
@@ -75,6 +80,37 @@ def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], default_hos
                         default=env.get("SMART_PROXY_LOG_LEVEL", "info"))
     parser.add_argument("--shutdown-grace", type=float,
                         default=env.get("SMART_PROXY_SHUTDOWN_GRACE", "30"))
+    parser.add_argument("--header-timeout", type=_positive_seconds, metavar="SECONDS",
+                        default=env.get("SMART_PROXY_HEADER_TIMEOUT", str(DEFAULT_HEADER_TIMEOUT)),
+                        help="time to send a request head; also the keep-alive idle limit")
+    parser.add_argument("--body-timeout", type=_positive_seconds, metavar="SECONDS",
+                        default=env.get("SMART_PROXY_BODY_TIMEOUT", str(DEFAULT_BODY_TIMEOUT)),
+                        help="longest gap between request body bytes before a 408 (not a cap on "
+                        "the whole upload)")
+    parser.add_argument("--max-connections", type=_positive_count, metavar="N",
+                        default=env.get("SMART_PROXY_MAX_CONNECTIONS"),
+                        help="open client connections before new ones are answered 503 "
+                        "(default: half of what the descriptor limit leaves)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def journal_factory(dsn: str | None, fallback: str | None) -> Callable[[CompiledFile], Journal]:
@@ -109,7 +145,9 @@ async def serve_sidecar(
     print(f"smart-proxy listening on {url} -> {app.state.sidecar.upstream_url()}", file=sys.stderr)
     if on_ready is not None:
         on_ready(url)
-    await Server(app, [sock], grace=args.shutdown_grace).run()
+    limits = ServingLimits(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                           max_connections=args.max_connections)
+    await Server(app, [sock], grace=args.shutdown_grace, limits=limits).run()
 
 
 def run_serve(args: argparse.Namespace) -> int:

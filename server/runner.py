@@ -13,10 +13,12 @@ import signal
 import socket
 from collections.abc import Sequence
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config, Sockets
+from hypercorn.utils import wrap_app
 from starlette.applications import Starlette
 
+from server.connlimits import BodyGuard, CappedSocket, ServingLimits, quiet_accept_errors
 from server.sidecar import Sidecar
 
 log = logging.getLogger("smart_proxy")
@@ -42,10 +44,17 @@ def url_of(sock: socket.socket) -> str:
 
 
 class Server:
-    def __init__(self, app: Starlette, sockets: Sequence[socket.socket], grace: float) -> None:
+    def __init__(
+        self,
+        app: Starlette,
+        sockets: Sequence[socket.socket],
+        grace: float,
+        limits: ServingLimits | None = None,
+    ) -> None:
         self.app = app
         self.sockets = list(sockets)
         self.grace = grace
+        self.limits = limits or ServingLimits()
         self._stop = asyncio.Event()
 
     @property
@@ -68,13 +77,20 @@ class Server:
 
     async def run(self, *, handle_signals: bool = True) -> None:
         config = Config()
-        # Hypercorn owns (and closes) the sockets from here.
-        config.bind = [f"fd://{s.detach()}" for s in self.sockets]
         config.graceful_timeout = 1.0  # slot holders were drained above; idle sockets go fast
         config.accesslog = None
         config.errorlog = logging.getLogger("smart_proxy.hypercorn")
-        config.keep_alive_timeout = 75.0
+        # Hypercorn's one idle timer covers both the wait between keep-alive requests and the
+        # time to receive a request head (it stops only once a head is complete).
+        config.keep_alive_timeout = self.limits.header_timeout
+        # Hypercorn owns (and closes) the sockets from here; they count the connections they
+        # accept, which Hypercorn itself does not limit.
+        cap = self.limits.connection_cap()
+        listening = [CappedSocket.wrap(s, cap) for s in self.sockets]
+        sockets = Sockets(secure_sockets=[], insecure_sockets=list(listening), quic_sockets=[])
+        app = wrap_app(BodyGuard(self.app, self.limits.body_timeout), config.wsgi_max_body_size, "asgi")
         loop = asyncio.get_running_loop()
+        restore_handler = quiet_accept_errors(loop)
         installed: list[int] = []
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,7 +99,10 @@ class Server:
             loop.add_signal_handler(signal.SIGHUP, self.sidecar.reloader.reload_soon)
             installed.append(signal.SIGHUP)
         try:
-            await serve(self.app, config, shutdown_trigger=self._shutdown_trigger)
+            await worker_serve(app, config, sockets=sockets, shutdown_trigger=self._shutdown_trigger)
         finally:
+            for sock in listening:
+                await sock.stop()
+            restore_handler()
             for sig in installed:
                 loop.remove_signal_handler(sig)
