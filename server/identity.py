@@ -16,18 +16,72 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # A client id from a header is shown in logs, metrics and the queue view: keep it printable.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_PORT = re.compile(r"^:[0-9]{1,5}$")
 
 
 def parse_address(text: str) -> IPAddress | None:
-    text = text.strip()
-    if text.startswith("[") and "]" in text:  # "[::1]:port" as some proxies write it
-        text = text[1 : text.index("]")]
+    """A bare address as a socket reports it (`10.0.0.1`, `::1`, `fe80::1%eth0`), else None."""
     try:
-        addr = ipaddress.ip_address(text.split("%", 1)[0])
+        addr = ipaddress.ip_address(text.strip().split("%", 1)[0])
     except ValueError:
         return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
+    return addr
+
+
+def parse_hop(text: str) -> IPAddress | None:
+    """One forwarded hop as proxies write it, else None.
+
+    Accepted: `203.0.113.7`, `203.0.113.7:5555`, `2001:db8::1`, `[2001:db8::1]`,
+    `[2001:db8::1]:5555`, and any of them in double quotes (RFC 7239 quotes anything with a
+    colon). Everything else — `unknown`, RFC 7239's obfuscated `_hidden`, an empty hop, a host
+    name, a port without an address — is None: the hop names no one we could vouch for.
+    """
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1].strip()
+    if text.startswith("["):
+        close = text.find("]")
+        rest = text[close + 1 :] if close > 0 else "?"
+        if rest and not _PORT.match(rest):
+            return None
+        addr = parse_address(text[1:close])
+        return addr if isinstance(addr, ipaddress.IPv6Address) else None
+    if text.count(":") == 1:  # IPv4 with a port; a bare IPv6 address has at least two colons
+        host, _, port = text.partition(":")
+        if not _PORT.match(":" + port):
+            return None
+        addr = parse_address(host)
+        return addr if isinstance(addr, ipaddress.IPv4Address) else None
+    return parse_address(text)
+
+
+def _forwarded_for(value: str) -> list[str | None]:
+    """The `for=` of each element of an RFC 7239 `Forwarded` header; None where an element has none."""
+    hops: list[str | None] = []
+    for element in value.split(","):
+        found: str | None = None
+        for pair in element.split(";"):
+            name, sep, param = pair.partition("=")
+            if sep and name.strip().lower() == "for":
+                found = param
+        hops.append(found)
+    return hops
+
+
+def _walk(hops: Sequence[str | None], peer: IPAddress, trusted: Sequence[IPNetwork]) -> IPAddress | None:
+    """Right to left, skipping trusted proxies: the first untrusted hop is the client.
+
+    A hop that does not parse ends the walk with None — never with the trusted proxy's own
+    address, which would hand whoever wrote the garbage the proxy's privileges (admin, when the
+    proxy sits inside `admin.networks`).
+    """
+    addr = peer
+    for hop in reversed(hops):
+        addr = parse_hop(hop) if hop is not None else None
+        if addr is None or not in_networks(addr, trusted):
+            return addr
     return addr
 
 
@@ -38,24 +92,30 @@ def in_networks(addr: IPAddress | None, networks: Sequence[IPNetwork]) -> bool:
 def client_address(
     peer: str | None, headers: Headers, trusted: Sequence[IPNetwork]
 ) -> IPAddress | None:
-    """The address of the client that sent the request.
+    """The address of the client that sent the request; None when it cannot be known.
 
-    The peer is believed; X-Forwarded-For only when the peer is a trusted proxy, and then read
-    from the right, skipping further trusted proxies: the first untrusted hop is the client. Every
-    hop left of it could have been written by the client itself.
+    The peer is believed; `X-Forwarded-For` and RFC 7239 `Forwarded` only when the peer is a
+    trusted proxy, and then read from the right, skipping further trusted proxies (every hop
+    left of the first untrusted one could have been written by the client itself). None — an
+    unknown client, never admin by network — when a hop does not parse, or when both headers
+    are present and name different clients (a proxy that writes one of them passes the other
+    through from the client unchecked, and we cannot tell which one it writes).
     """
     addr = parse_address(peer) if peer else None
-    if not in_networks(addr, trusted):
+    if addr is None or not in_networks(addr, trusted):
         return addr
-    hops = [h for value in headers.getlist("x-forwarded-for") for h in value.split(",")]
-    for hop in reversed(hops):
-        hop_addr = parse_address(hop)
-        if hop_addr is None:
-            break  # a garbled hop: stop at the last address we can vouch for
-        addr = hop_addr
-        if not in_networks(hop_addr, trusted):
-            break
-    return addr
+    answers: list[IPAddress | None] = []
+    xff = headers.getlist("x-forwarded-for")
+    if xff:
+        answers.append(_walk([h for v in xff for h in v.split(",")], addr, trusted))
+    forwarded = headers.getlist("forwarded")
+    if forwarded:
+        answers.append(_walk([h for v in forwarded for h in _forwarded_for(v)], addr, trusted))
+    if not answers:
+        return addr  # the trusted proxy itself (its own health check, say)
+    if len(set(answers)) != 1:
+        return None
+    return answers[0]
 
 
 def parse_api_keys(text: str) -> dict[str, str]:

@@ -25,6 +25,8 @@ CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
     "short_sessions": (f'[admin]\nnetworks = {OUTSIDE}\nsession_lifetime = "300ms"\n', {"PROXY_ADMIN_KEY": KEY}),
     "behind_proxy": (f'[admin]\nnetworks = {OUTSIDE}\n[clients]\ntrusted_proxies = ["127.0.0.1/32"]\n', {}),
     "ipv6": ('[admin]\nnetworks = ["::1/128"]\n', {}),
+    # A reverse proxy on the same host: trusted, and inside the default (loopback) admin networks.
+    "proxy_is_admin": ('[clients]\ntrusted_proxies = ["127.0.0.1/32"]\n', {}),
 }
 
 
@@ -76,6 +78,25 @@ MATRIX = [
     ("trusted proxy, spoofed first hop", "behind_proxy", "v4",
      {"x-forwarded-for": "10.9.9.9, 203.0.113.7"}, 403),
     ("trusted proxy, garbage hop", "behind_proxy", "v4", {"x-forwarded-for": "not-an-ip"}, 403),
+    ("trusted proxy, admin client with a port", "behind_proxy", "v4",
+     {"x-forwarded-for": "10.9.9.9:5555"}, 200),
+    ("trusted proxy, admin client in RFC 7239 form", "behind_proxy", "v4",
+     {"forwarded": "for=10.9.9.9;proto=https"}, 200),
+    # -- an unusable forwarded address never borrows the (admin) trusted proxy's own address
+    ("proxy's own request is admin", "proxy_is_admin", "v4", {}, 200),
+    ("proxy is admin, client with a port", "proxy_is_admin", "v4",
+     {"x-forwarded-for": "203.0.113.7:5555"}, 403),
+    ("proxy is admin, unknown", "proxy_is_admin", "v4", {"x-forwarded-for": "unknown"}, 403),
+    ("proxy is admin, client then unknown", "proxy_is_admin", "v4",
+     {"x-forwarded-for": "203.0.113.7, unknown"}, 403),
+    ("proxy is admin, empty header", "proxy_is_admin", "v4", {"x-forwarded-for": ""}, 403),
+    ("proxy is admin, Forwarded unknown", "proxy_is_admin", "v4", {"forwarded": "for=unknown"}, 403),
+    ("proxy is admin, Forwarded obfuscated", "proxy_is_admin", "v4", {"forwarded": 'for="_hidden"'}, 403),
+    ("proxy is admin, Forwarded without for", "proxy_is_admin", "v4", {"forwarded": "proto=https"}, 403),
+    ("proxy is admin, Forwarded v6 with port", "proxy_is_admin", "v4",
+     {"forwarded": 'for="[2001:db8::7]:4711"'}, 403),
+    ("proxy is admin, the two headers disagree", "proxy_is_admin", "v4",
+     {"x-forwarded-for": "127.0.0.1", "forwarded": "for=203.0.113.7"}, 403),
     # -- IPv6
     ("IPv6 peer in an IPv6 admin network", "ipv6", "v6", {}, 200),
     ("IPv4 peer, IPv6-only admin network", "ipv6", "v4", {}, 403),
@@ -158,3 +179,16 @@ def test_secrets_never_reach_the_log(
     text = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
     assert caplog.records  # the requests were logged ...
     assert KEY not in text  # ... without the key
+
+
+@pytest.mark.parametrize("forwarded", ["203.0.113.7:5555", "unknown", "203.0.113.7, unknown"])
+def test_model_management_behind_an_admin_proxy(
+    sidecars: dict[str, RunningSidecar], forwarded: str
+) -> None:
+    """The model-management pass-through is admin too: a garbled hop is refused in Ollama's shape."""
+    proxy = sidecars["proxy_is_admin"]
+    response = httpx.post(
+        proxy.url + "/api/pull", json={"model": "x"}, headers={"x-forwarded-for": forwarded}, timeout=10
+    )
+    assert response.status_code == 403, response.text
+    assert isinstance(response.json()["error"], str)
