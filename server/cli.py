@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 
+from server.cli_args import CliError, OneLineParser, fail
+
 # Modules that contribute verbs, in the order `--help` lists them. A module that is absent (a
 # feature not built yet) is skipped rather than breaking every other verb.
 VERB_MODULES = (
@@ -22,7 +24,8 @@ VERB_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # One-line usage errors for every verb: sub-parsers inherit the parser class.
+    parser = OneLineParser(
         prog="smart-proxy",
         description="Ollama Smart Proxy: a scheduling sidecar for one Ollama server.",
     )
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code = args.run(args)
+    except CliError as exc:  # a bad input a verb found after parsing (file gone, port busy)
+        return fail(getattr(args, "cli_prog", parser.prog), str(exc))
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
         # Point stdout at /dev/null so the flush at exit cannot fail again (Python's docs on
         # SIGPIPE recommend exactly this).

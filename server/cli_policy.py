@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -22,6 +24,7 @@ from engine.scenario import dispatch_sequence, load_scenario, ranking, scenario_
 from policy.errors import PolicyError
 from policy.load import CompiledFile, load_policy_file
 from policy.show import resolved_toml
+from server.cli_args import CliError, existing_dir, existing_file, one_line
 
 SNAPSHOT_FORMAT = 1
 
@@ -31,25 +34,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     verbs = policy.add_subparsers(dest="policy_verb", metavar="VERB", required=True)
 
     check = verbs.add_parser("check", help='print "ok" or every error in the file')
-    check.add_argument("file")
-    check.set_defaults(run=_check)
+    check.add_argument("file", type=existing_file, metavar="FILE")
+    check.set_defaults(run=_check, cli_prog=check.prog)
 
     show = verbs.add_parser("show", help="print the fully resolved file (all defaults) as TOML")
-    show.add_argument("file")
-    show.set_defaults(run=_show)
+    show.add_argument("file", type=existing_file, metavar="FILE")
+    show.set_defaults(run=_show, cli_prog=show.prog)
 
     explain = verbs.add_parser("explain", help="rank a scenario's tickets with every term")
-    explain.add_argument("file")
-    explain.add_argument("--scenario", required=True, help="a scenario TOML file")
-    explain.add_argument("--policy", help="a policy of the file (default: the active one)")
-    explain.set_defaults(run=_explain)
+    explain.add_argument("file", type=existing_file, metavar="FILE")
+    explain.add_argument("--scenario", type=existing_file, required=True, metavar="FILE",
+                         help="a scenario TOML file")
+    explain.add_argument("--policy", metavar="NAME",
+                         help="a policy of the file (default: the active one)")
+    explain.add_argument("--json", action="store_true",
+                         help="print the ranking and dispatch order as one JSON object")
+    explain.set_defaults(run=_explain, cli_prog=explain.prog)
 
     snap = verbs.add_parser("snapshot", help="write or check the orderings of every policy")
-    snap.add_argument("file")
-    snap.add_argument("--scenarios", required=True, help="directory of scenario TOML files")
-    snap.add_argument("--check", metavar="GOLDEN", help="compare with this orderings file")
-    snap.add_argument("-o", "--output", help="write here instead of standard output")
-    snap.set_defaults(run=_snapshot)
+    snap.add_argument("file", type=existing_file, metavar="FILE")
+    snap.add_argument("--scenarios", type=existing_dir, required=True, metavar="DIR",
+                      help="directory of scenario TOML files")
+    snap.add_argument("--check", type=existing_file, metavar="GOLDEN",
+                      help="compare with this orderings file")
+    snap.add_argument("-o", "--output", metavar="FILE",
+                      help="write here instead of standard output")
+    snap.set_defaults(run=_snapshot, cli_prog=snap.prog)
 
 
 def _load(path: str) -> CompiledFile | None:
@@ -80,15 +90,14 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pick_policy(compiled: CompiledFile, name: str | None) -> str | None:
+def _pick_policy(compiled: CompiledFile, name: str | None) -> str:
     if name is None:
         return compiled.active.name
     if name not in compiled.policies:
-        print(
-            f"{compiled.path}: no policy named {name!r}; defined: {', '.join(compiled.policies)}",
-            file=sys.stderr,
+        raise CliError(
+            f"argument --policy: no policy named {name!r}; defined: "
+            f"{', '.join(compiled.policies)} (in {compiled.path})"
         )
-        return None
     return name
 
 
@@ -97,8 +106,6 @@ def _explain(args: argparse.Namespace) -> int:
     if compiled is None:
         return 1
     name = _pick_policy(compiled, args.policy)
-    if name is None:
-        return 2
     try:
         scenario = load_scenario(args.scenario)
     except PolicyError as exc:
@@ -106,35 +113,73 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     rows = ranking(compiled, scenario, name)
     terms = [t.name for t in compiled.policies[name].terms]
+    sequence = dispatch_sequence(compiled, scenario, name)
+    if args.json:
+        explanation = Explanation(
+            policy=name, scenario=args.scenario, description=scenario.description,
+            terms=terms, ranking=rows, dispatch=sequence,
+        )
+        sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(explanation)) + b"\n")
+        sys.stdout.flush()
+        return 0
     table = Table(
         # Names and descriptions are data, never rich markup ("[/]" would not even render).
         title=escape(f"{name} on {Path(args.scenario).name}: {scenario.description}"),
         caption="lower total = served sooner; ties go to the earlier arrival",
     )
-    for column in ("rank", "ticket", "model", "client", "class", "waited s", *terms, "total"):
-        numeric = column in ("rank", "waited s", "total", *terms)
-        table.add_column(escape(column), justify="right" if numeric else "left")
-    for row in rows:
-        total = f"{row['total']:g}" + (" (overdue)" if row.get("overdue") else "")
-        table.add_row(
+    columns = ("rank", "ticket", "model", "client", "class", "waited s", *terms, "total")
+    cells = [
+        [
             str(row["rank"]),
-            escape(row["ticket"]),
-            escape(row["model"]),
-            escape(row["client"]),
-            escape(row["class"]),
+            row["ticket"],
+            row["model"],
+            row["client"],
+            row["class"],
             f"{row['waited']:g}",
             *(f"{row['terms'][t]:g}" for t in terms),
-            total,
-        )
-    # Off a terminal (CI logs, files) use a width that fits every column instead of 80.
-    console = Console(width=None if sys.stdout.isatty() else 220)
+            f"{row['total']:g}" + (" (overdue)" if row.get("overdue") else ""),
+        ]
+        for row in rows
+    ]
+    for i, column in enumerate(columns):
+        numeric = column in ("rank", "waited s", "total", *terms)
+        # Nothing is ever cut with an ellipsis: "fold" breaks a value too long for its column
+        # over several lines (a model or client name is only useful whole), and a number keeps
+        # at least its own width so a narrow terminal folds the names, not the scores.
+        header = column.replace("_", "_\n")  # rate_penalty: two short header lines, not folded
+        widest = max(len(r[i]) for r in cells) if numeric and cells else None
+        table.add_column(escape(header), justify="right" if numeric else "left",
+                         overflow="fold", no_wrap=False, min_width=widest)
+    for r in cells:
+        table.add_row(*(escape(c) for c in r))
+    console = Console(width=_width())
     console.print(table)
-    sequence = dispatch_sequence(compiled, scenario, name)
     console.print(
         "dispatch order, one slot freeing at a time: "
-        + " → ".join(escape(f"{s['ticket']} ({s['action']})") for s in sequence)
+        + " → ".join(escape(f"{s['ticket']} ({s['action']})") for s in sequence),
+        overflow="fold",
     )
     return 0
+
+
+class Explanation(msgspec.Struct):
+    """`policy explain --json`: the rows of the table and the dispatch order, unabridged."""
+
+    policy: str
+    scenario: str
+    description: str
+    terms: list[str]
+    ranking: list[dict[str, Any]]
+    dispatch: list[dict[str, Any]]
+
+
+def _width() -> int | None:
+    """The terminal's width (rich reads it, and COLUMNS); off a terminal, COLUMNS if set, else a
+    width that fits every column (CI logs and files have no width of their own)."""
+    if sys.stdout.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 220
 
 
 def orderings(compiled: CompiledFile, directory: str) -> dict[str, Any]:
@@ -177,7 +222,8 @@ def _snapshot(args: argparse.Namespace) -> int:
                 Path(args.output).write_text(text, encoding="utf-8")
             except OSError as exc:
                 reason = exc.strerror or str(exc)
-                print(f"{args.output}: cannot write the orderings file: {reason}", file=sys.stderr)
+                print(f"{args.output}: cannot write the orderings file (-o/--output): {reason}",
+                      file=sys.stderr)
                 return 2
         else:
             sys.stdout.write(text)
@@ -188,7 +234,8 @@ def _snapshot(args: argparse.Namespace) -> int:
         if not _is_orderings(previous):
             raise ValueError("orderings must map policy -> scenario -> list of dispatch lines")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"{args.check}: not a readable orderings file ({exc})", file=sys.stderr)
+        print(f"{args.check}: not a readable orderings file (--check): {one_line(str(exc))}",
+              file=sys.stderr)
         return 2
     moved = describe_changes(previous, current["orderings"])
     if not moved:

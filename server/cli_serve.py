@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -17,11 +16,29 @@ from pathlib import Path
 from policy.errors import PolicyError
 from policy.load import CompiledFile
 from server.app import create_app
+from server.cli_args import (
+    CliError,
+    choice,
+    duration,
+    env_default,
+    existing_file_path,
+    fail,
+    host,
+    http_url,
+    journal_dsn,
+    journal_fallback_dir,
+    listen_problem,
+    port,
+    positive_count,
+    positive_seconds,
+    scale,
+)
 from server.connlimits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, ServingLimits
-from server.journal import JournalConfigError, open_journal
+from server.journal import JournalConfigError, open_journal, resolve
 from server.logs import LogFormat, configure
 from server.runner import Server, listen, url_of
 from server.sidecar import DEFAULT_UPSTREAM, Journal, Settings
+from sim.presets import PRESETS
 
 # Every environment variable the sidecar reads (the policy can rename the two secret ones).
 ENV_VARS: dict[str, str] = {
@@ -49,71 +66,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # not subscriptab
         description="Run the scheduling sidecar in front of one Ollama server. Environment: "
         + "; ".join(f"{k}: {v}" for k, v in ENV_VARS.items()),
     )
-    serve.add_argument("--policy", type=Path, default=env.get("SMART_PROXY_POLICY", "policies.example.toml"))
-    serve.add_argument("--upstream", default=env.get("SMART_PROXY_UPSTREAM"),
-                       help="Ollama URL (overrides the policy's backend.url)")
+    serve.add_argument("--policy", type=existing_file_path, metavar="FILE",
+                       default=env_default(env, "SMART_PROXY_POLICY", "policies.example.toml"))
+    serve.add_argument("--upstream", type=http_url, metavar="URL",
+                       default=env_default(env, "SMART_PROXY_UPSTREAM", None),
+                       help="Ollama URL, http:// or https:// (overrides the policy's backend.url)")
     _common(serve, env, default_host="0.0.0.0")
-    serve.set_defaults(run=run_serve)
+    serve.set_defaults(run=run_serve, cli_prog=serve.prog)
 
     demo = subparsers.add_parser(
         "demo", help="the sidecar in front of a built-in Ollama emulator (no GPU needed)",
         description="Start the emulator in-process on a realistic preset and the sidecar in front "
         "of it, then print the URLs and a curl line to try.",
     )
-    demo.add_argument("--policy", type=Path, default=None,
+    demo.add_argument("--policy", type=existing_file_path, default=None, metavar="FILE",
                       help="policy file (default: policies.example.toml)")
-    demo.add_argument("--preset", default="workstation-24gb", help="emulator preset")
-    demo.add_argument("--time-scale", type=float, default=0.2,
-                      help="emulated durations × this (1: real-world load and token times)")
+    demo.add_argument("--preset", type=choice("a preset", sorted(PRESETS)), default="workstation-24gb",
+                      metavar="NAME", help=f"emulator preset: {', '.join(sorted(PRESETS))}")
+    demo.add_argument("--time-scale", type=scale, default=0.2, metavar="X",
+                      help="emulated durations × this, zero or more (1: real-world load and "
+                      "token times)")
     _common(demo, env, default_host="127.0.0.1")
-    demo.set_defaults(run=run_demo)
+    demo.set_defaults(run=run_demo, cli_prog=demo.prog)
 
 
 def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], default_host: str) -> None:
-    parser.add_argument("--host", default=env.get("SMART_PROXY_HOST", default_host))
-    # String defaults go through `type` too, so a bad variable is a usage error, not a traceback.
-    parser.add_argument("--port", type=int, default=env.get("SMART_PROXY_PORT", "8003"))
-    parser.add_argument("--db", default=env.get("SMART_PROXY_DB"), help="journal database DSN")
-    parser.add_argument("--log-format", choices=("json", "human"),
-                        default=env.get("SMART_PROXY_LOG_FORMAT") or ("human" if sys.stderr.isatty() else "json"))
-    parser.add_argument("--log-level", type=str.lower, choices=("debug", "info", "warning", "error"),
-                        default=env.get("SMART_PROXY_LOG_LEVEL", "info"))
-    parser.add_argument("--shutdown-grace", type=float,
-                        default=env.get("SMART_PROXY_SHUTDOWN_GRACE", "30"))
-    parser.add_argument("--header-timeout", type=_positive_seconds, metavar="SECONDS",
-                        default=env.get("SMART_PROXY_HEADER_TIMEOUT", str(DEFAULT_HEADER_TIMEOUT)),
+    # Defaults from the environment are strings that go through `type` too, so a bad variable is
+    # a one-line usage error naming the option and the variable, not a traceback.
+    parser.add_argument("--host", type=host, default=env_default(env, "SMART_PROXY_HOST", default_host))
+    parser.add_argument("--port", type=port, default=env_default(env, "SMART_PROXY_PORT", "8003"),
+                        help="1 to 65535, or 0 for any free port")
+    parser.add_argument("--db", type=journal_dsn, default=env_default(env, "SMART_PROXY_DB", None),
+                        help="journal database DSN")
+    parser.add_argument("--log-format", type=choice("a log format", ("json", "human")), choices=("json", "human"),
+                        default=env_default(env, "SMART_PROXY_LOG_FORMAT",
+                                            "human" if sys.stderr.isatty() else "json"))
+    levels = ("debug", "info", "warning", "error")
+    parser.add_argument("--log-level", type=choice("a log level", levels, fold_case=True), choices=levels,
+                        default=env_default(env, "SMART_PROXY_LOG_LEVEL", "info"))
+    parser.add_argument("--shutdown-grace", type=duration, metavar="SECONDS",
+                        default=env_default(env, "SMART_PROXY_SHUTDOWN_GRACE", "30"),
+                        help="time in-flight requests get on SIGTERM (zero or more)")
+    parser.add_argument("--header-timeout", type=positive_seconds, metavar="SECONDS",
+                        default=env_default(env, "SMART_PROXY_HEADER_TIMEOUT", str(DEFAULT_HEADER_TIMEOUT)),
                         help="time to send a request head; also the keep-alive idle limit")
-    parser.add_argument("--body-timeout", type=_positive_seconds, metavar="SECONDS",
-                        default=env.get("SMART_PROXY_BODY_TIMEOUT", str(DEFAULT_BODY_TIMEOUT)),
+    parser.add_argument("--body-timeout", type=positive_seconds, metavar="SECONDS",
+                        default=env_default(env, "SMART_PROXY_BODY_TIMEOUT", str(DEFAULT_BODY_TIMEOUT)),
                         help="longest gap between request body bytes before a 408 (not a cap on "
                         "the whole upload)")
-    parser.add_argument("--max-connections", type=_positive_count, metavar="N",
-                        default=env.get("SMART_PROXY_MAX_CONNECTIONS"),
+    parser.add_argument("--max-connections", type=positive_count, metavar="N",
+                        default=env_default(env, "SMART_PROXY_MAX_CONNECTIONS", None),
                         help="open client connections before new ones are answered 503 "
                         "(default: half of what the descriptor limit leaves)")
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
-    return value
-
-
-def _positive_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def journal_factory(dsn: str | None, fallback: str | None) -> Callable[[CompiledFile], Journal]:
+def journal_factory(dsn: str | None, fallback: str | Path | None) -> Callable[[CompiledFile], Journal]:
     def make(compiled: CompiledFile) -> Journal:
         return open_journal(
             dsn,
@@ -138,9 +145,12 @@ async def serve_sidecar(
     """Run until SIGTERM/SIGINT; `on_ready(url)` once the socket listens."""
     settings = Settings(policy=policy, upstream=upstream, env=dict(os.environ),
                         shutdown_grace=args.shutdown_grace)
-    fallback = os.environ.get("SMART_PROXY_JOURNAL_FALLBACK")
+    fallback = journal_fallback_dir(resolve(args.db).default_fallback_dir())
     app = create_app(settings, journal=journal_factory(args.db, fallback))
-    sock = listen(args.host, args.port)
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as exc:  # busy port, an address this machine does not have, a bad name
+        raise CliError(listen_problem(args.host, args.port, exc)) from None
     url = url_of(sock)
     print(f"smart-proxy listening on {url} -> {app.state.sidecar.upstream_url()}", file=sys.stderr)
     if on_ready is not None:
@@ -154,12 +164,11 @@ def run_serve(args: argparse.Namespace) -> int:
     configure(_log_format(args.log_format), args.log_level)
     try:
         asyncio.run(serve_sidecar(args, args.policy, args.upstream))
-    except PolicyError as exc:
+    except PolicyError as exc:  # every problem of the file, one per line, by design
         print(f"smart-proxy: the policy file has problems:\n{exc}", file=sys.stderr)
         return 2
-    except (JournalConfigError, OSError) as exc:
-        print(f"smart-proxy: {exc}", file=sys.stderr)
-        return 2
+    except (CliError, JournalConfigError, OSError) as exc:
+        return fail(args.cli_prog, str(exc))
     return 0
 
 
@@ -172,7 +181,8 @@ def run_demo(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"smart-proxy: the policy file has problems:\n{exc}", file=sys.stderr)
         return 2
-    except (JournalConfigError, OSError, KeyError) as exc:
-        print(f"smart-proxy: {exc}", file=sys.stderr)
-        return 2
+    except KeyError as exc:  # str() of a KeyError is the repr of its argument: print the text
+        return fail(args.cli_prog, str(exc.args[0]) if exc.args else "unknown key")
+    except (CliError, JournalConfigError, OSError) as exc:
+        return fail(args.cli_prog, str(exc))
     return 0

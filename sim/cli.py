@@ -8,8 +8,8 @@ import contextlib
 import signal
 import sys
 import time
-from pathlib import Path
 
+from sim.cli_args import choice, existing_file_path, fail, host, listen_problem, port, scale
 from sim.config import Settings, SimConfigError, load_text
 from sim.presets import DEFAULT_PRESET, PRESETS
 from sim.serve import serve_emulator
@@ -23,18 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "tests, demos and benchmarks. See docs/emulator.md.",
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", type=Path, help="a sim TOML file (format in docs/emulator.md)")
+    source.add_argument("--config", type=existing_file_path, metavar="FILE",
+                        help="a sim TOML file (format in docs/emulator.md)")
     source.add_argument(
-        "--preset", choices=sorted(PRESETS), help=f"a built-in set-up (default {DEFAULT_PRESET})"
+        "--preset", type=choice("a preset", sorted(PRESETS)), metavar="NAME",
+        help=f"a built-in set-up: {', '.join(sorted(PRESETS))} (default {DEFAULT_PRESET})",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("--host", type=host, default="127.0.0.1")
+    parser.add_argument("--port", type=port, default=11434, help="1 to 65535, or 0 for any free port")
     parser.add_argument(
-        "--time-scale", type=float, default=None, metavar="X",
+        "--time-scale", type=scale, default=None, metavar="X",
         help="multiply every emulated duration by X (0.001: a 25 s load takes 25 ms; 0: instant)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, cli_prog=parser.prog)
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -63,9 +65,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(_main(settings, args.host, args.port, not args.access_log))
-    except OSError as exc:
-        print(f"smart-proxy sim: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
+    except OSError as exc:  # binding is the only I/O on the way up
+        return fail(args.cli_prog, listen_problem(args.host, args.port, exc))
     return 0
 
 

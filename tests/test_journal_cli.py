@@ -24,6 +24,16 @@ def run(*argv: str) -> int:
     return int(args.run(args))
 
 
+def existing(dsn: str) -> str:
+    """The DSN, with a SQLite file made first (empty: no tables yet): the CLI creates neither a
+    database a read-only verb names nor a directory a writing one names."""
+    if dsn.startswith("sqlite:///"):
+        path = Path(dsn.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    return dsn
+
+
 def seed(dsn: str, fallback: Path, records: list[JournalRecord]) -> None:
     async def main() -> None:
         journal = open_journal(dsn, fallback_dir=fallback)
@@ -37,6 +47,7 @@ def seed(dsn: str, fallback: Path, records: list[JournalRecord]) -> None:
 
 def test_migrate_then_status(journal_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     """status exits 1 while migrations are pending, 0 after migrate; migrate is idempotent."""
+    journal_dsn = existing(journal_dsn)
     assert run("db", "status", "--db", journal_dsn) == 1
     assert "pending" in capsys.readouterr().out
     assert run("db", "migrate", "--db", journal_dsn) == 0
@@ -52,6 +63,7 @@ def test_backfill_replays_by_hand_and_reports_bad_lines(
     journal_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """backfill commits every whole line, names the partial one on stderr and exits 1."""
+    journal_dsn = existing(journal_dsn)
     fallback = tmp_path / "fallback"
     spool = FallbackSpool(fallback)
     spool.append([JournalRecord(request_id=f"b{i}", client="c", endpoint="/api/chat",

@@ -1,8 +1,9 @@
 """`smart-proxy db migrate|status|backfill` and `smart-proxy trace export`.
 
 Every verb takes `--db` (default: $SMART_PROXY_DB, else ./db/requests.db). Bad input — an unknown
-DSN scheme, an unparseable duration, an unreachable database — is one line on stderr and exit code
-2 (1 when backfill had to move lines aside), never a traceback.
+DSN scheme, an unparseable duration, an unreachable database, a SQLite file that `status` or
+`trace export` cannot find — is one line on stderr and exit code 2 (1 when backfill had to move
+lines aside), never a traceback. The read-only verbs never create a database.
 """
 
 from __future__ import annotations
@@ -10,14 +11,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from policy.durations import parse_duration
+from server.cli_args import (
+    FALLBACK_ENV,
+    CliError,
+    database_problem,
+    duration,
+    existing_dir,
+    fail,
+    journal_fallback_dir,
+    positive_seconds,
+)
 from server.journal import open_store, resolve
 from server.journal.dsn import ENV_VAR, JournalConfigError, Target
 from server.journal.fallback import FallbackSpool
@@ -26,18 +36,37 @@ from server.journal.replay import replay_all
 from server.journal.store import Store, StoreError
 from server.journal.trace import trace_lines
 
-USAGE_ERROR = 2
+
+def _target(args: argparse.Namespace, *, read_only: bool) -> Target:
+    """The database to open, or CliError naming where the bad value came from. A read-only verb
+    refuses a SQLite file that is not there (opening it would create an empty database); a
+    writing one refuses a directory that is not there (only the default ./db/ is created)."""
+    if args.db is not None:
+        source = "argument --db: "
+    elif os.environ.get(ENV_VAR, "").strip():
+        source = f"{ENV_VAR}: "
+    else:
+        source = ""
+    try:
+        target = resolve(args.db)
+    except JournalConfigError as exc:
+        raise CliError(f"{source}{exc}") from None
+    problem = database_problem(target, must_exist=read_only)
+    if problem is not None:
+        hint = "; run smart-proxy db migrate first, or check the path" if read_only else ""
+        raise CliError(f"{source}{problem}{hint}")
+    return target
 
 
-def _target(args: argparse.Namespace) -> Target:
-    return resolve(args.db)
+def _run(
+    args: argparse.Namespace,
+    body: Callable[[Store, Target], Awaitable[int]],
+    *,
+    read_only: bool = False,
+) -> int:
+    """Open the store, run the verb, close; turn every expected failure into one line."""
 
-
-def _run(args: argparse.Namespace, body: Callable[[Store, Target], Awaitable[int]]) -> int:
-    """Open the store, run the verb, close; turn every expected failure into a message."""
-
-    async def main() -> int:
-        target = _target(args)
+    async def main(target: Target) -> int:
         store = open_store(target, timeout=args.timeout)
         try:
             await store.open()
@@ -48,16 +77,13 @@ def _run(args: argparse.Namespace, body: Callable[[Store, Target], Awaitable[int
     # The pool logs every failed reconnection; the CLI reports the outcome once, itself.
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     try:
-        return asyncio.run(main())
-    except (JournalConfigError, ValueError) as exc:
-        print(f"smart-proxy: {exc}", file=sys.stderr)
-        return USAGE_ERROR
+        return asyncio.run(main(_target(args, read_only=read_only)))
+    except (CliError, JournalConfigError, ValueError) as exc:
+        return fail(args.cli_prog, str(exc))
     except StoreError as exc:
-        print(f"smart-proxy: journal database unavailable: {exc}", file=sys.stderr)
-        return USAGE_ERROR
+        return fail(args.cli_prog, f"journal database unavailable: {exc}")
     except OSError as exc:  # the fallback directory or a file in it (permissions, disk)
-        print(f"smart-proxy: {exc}", file=sys.stderr)
-        return USAGE_ERROR
+        return fail(args.cli_prog, str(exc))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -87,7 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         # Exit 1 when migrations are pending, so deploy scripts can check before starting.
         return 0 if len(done) == len(MIGRATIONS) else 1
 
-    return _run(args, body)
+    return _run(args, body, read_only=True)
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -115,33 +141,25 @@ def cmd_trace_export(args: argparse.Namespace) -> int:
         out.flush()
         return 0
 
-    return _run(args, body)
+    return _run(args, body, read_only=True)
 
 
 def _fallback_dir(args: argparse.Namespace, target: Target) -> Path:
-    return Path(args.fallback_dir) if args.fallback_dir else target.default_fallback_dir()
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
+    # The same choice `serve` makes, so status and backfill look where the sidecar writes.
+    return journal_fallback_dir(target.default_fallback_dir(), args.fallback_dir)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None, help=f"a path, sqlite:///path or postgresql://… (default: ${ENV_VAR}, else ./db/requests.db)")
-    parser.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the database (default 5)")
+    parser.add_argument("--timeout", type=positive_seconds, default=5.0, metavar="SECONDS",
+                        help="time to wait for the database (default 5)")
+    parser.set_defaults(cli_prog=parser.prog)
+
+
+def _fallback_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fallback-dir", type=existing_dir, default=None, metavar="DIR",
+                        help=f"an existing directory (default: ${FALLBACK_ENV}, else next to the "
+                        "database: ./db/fallback)")
 
 
 def register(subparsers: Any) -> None:
@@ -152,18 +170,19 @@ def register(subparsers: Any) -> None:
     migrate.set_defaults(run=cmd_migrate)
     status = db_verbs.add_parser("status", help="applied migrations, record count, fallback backlog")
     _common(status)
-    status.add_argument("--fallback-dir", default=None, help="default: next to the database (./db/fallback)")
+    _fallback_option(status)
     status.set_defaults(run=cmd_status)
     backfill = db_verbs.add_parser("backfill", help="replay fallback files into the database now")
     _common(backfill)
-    backfill.add_argument("--fallback-dir", default=None, help="default: next to the database (./db/fallback)")
+    _fallback_option(backfill)
     backfill.set_defaults(run=cmd_backfill)
 
     trace = subparsers.add_parser("trace", help="export the journal as a replayable trace")
     trace_verbs = trace.add_subparsers(dest="trace_verb", metavar="ACTION", required=True)
     export = trace_verbs.add_parser("export", help="write JSON lines (schemas/trace.py) to stdout")
     _common(export)
-    export.add_argument("--since", type=_duration, default=86400.0, help='how far back, e.g. "24h", "7d" (default 24h)')
+    export.add_argument("--since", type=duration, default=86400.0, metavar="DURATION",
+                        help='how far back: seconds, or e.g. "90m", "24h", "7d" (default 24h)')
     export.set_defaults(run=cmd_trace_export)
 
 
