@@ -35,6 +35,10 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     paused: bool
     upstream: UpstreamHealth
     policy: PolicyInfo
+    # Why the status is not "ok", in words, e.g. "Ollama reports 48.0 GiB in use, the policy's
+    # vram_gb is 24; ...": Ollama unreachable, a refused policy edit, or Ollama's /api/ps
+    # contradicting the policy's [backend]. Empty when the status is "ok".
+    reasons: list[str] = msgspec.field(default_factory=list)
 
 
 class QueueEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,7 +1,8 @@
 """`smart-proxy demo`: the emulator on a realistic preset, in-process, and the sidecar in front.
 
-It runs on policies.example.toml (or --policy FILE); the journal goes where it always does
-(SMART_PROXY_DB, else ./db/requests.db).
+It runs on a copy of policies.example.toml (or --policy FILE) whose [backend] describes the
+emulator it started, and keeps its own journal unless --db or SMART_PROXY_DB names one; both live in
+a temporary directory removed on exit (server/demo_setup.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from server.demo_setup import DemoSetup, demo_directory, describe
 from sim.presets import PRESETS
 from sim.serve import preset_settings, serve_emulator
 
@@ -26,7 +28,7 @@ def example_policy() -> Path:
     raise FileNotFoundError(f"{EXAMPLE} not found here or beside the installed packages; pass --policy FILE")
 
 
-def banner(proxy: str, ollama: str, policy: Path) -> str:
+def banner(proxy: str, ollama: str, setup: DemoSetup, preset: str) -> str:
     return f"""
   Ollama Smart Proxy — demo (emulated Ollama, no GPU needed)
 
@@ -35,7 +37,7 @@ def banner(proxy: str, ollama: str, policy: Path) -> str:
   health     {proxy}/proxy/health
   queue      {proxy}/proxy/queue      (admin: from this machine)
   metrics    {proxy}/metrics
-  policy     {policy}
+{describe(setup, preset)}
 
   try:
     curl {proxy}/api/generate -d '{{"model": "llama3.2:3b", "prompt": "Why is the sky blue?", "stream": false}}'
@@ -53,19 +55,23 @@ async def run_demo(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     ollama: asyncio.Future[str] = loop.create_future()
     stop = asyncio.Event()
+    settings = preset_settings(args.preset, args.time_scale)
     emulator = asyncio.create_task(
         serve_emulator(
-            preset_settings(args.preset, args.time_scale), "127.0.0.1", 0,
+            settings, "127.0.0.1", 0,
             shutdown_trigger=stop.wait, on_ready=ollama.set_result,
         ),
         name="demo-emulator",
     )
     try:
         url = await ollama
-        await serve_sidecar(
-            args, policy, url,
-            on_ready=lambda proxy: print(banner(proxy, url, policy), file=sys.stderr, flush=True),
-        )
+        async with demo_directory(policy, settings, url, args.db) as setup:
+            await serve_sidecar(
+                argparse.Namespace(**{**vars(args), "db": setup.db}), setup.policy, url,
+                on_ready=lambda proxy: print(
+                    banner(proxy, url, setup, args.preset), file=sys.stderr, flush=True
+                ),
+            )
     finally:
         stop.set()
         await emulator

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from engine.scheduler import Grant, Scheduler
 from schemas.model_name import canonical_model
+from server.consistency import KINDS as MISMATCH_KINDS
 
 _WAIT_BUCKETS = (0.005, 0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _DURATION_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -91,6 +92,14 @@ class Metrics:
             "smart_proxy_policy_reloads", "Policy reload attempts by result", ["result"], registry=r
         )
         self.upstream_up = Gauge("smart_proxy_upstream_up", "1 if the last poll of Ollama succeeded", registry=r)
+        self.policy_mismatch = Gauge(
+            "smart_proxy_policy_mismatch",
+            "1 while Ollama's /api/ps contradicts the policy's [backend] (vram_gb, max_loaded_models)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in MISMATCH_KINDS:  # both series exist from the start, so an alert sees the 0
+            self.policy_mismatch.labels(kind).set(0)
         r.register(_QueueCollector(scheduler, self.model_label))
 
     def model_label(self, model: str) -> str:

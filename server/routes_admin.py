@@ -66,9 +66,17 @@ def _policy_info(sc: Sidecar) -> PolicyInfo:
 async def health(request: Request) -> Response:
     sc = sidecar_of(request)
     poller = sc.poller
-    degraded = not poller.up or sc.holder.last_error is not None
+    reasons: list[str] = []
+    if not poller.up:
+        reasons.append(
+            "Ollama did not answer the last poll (see upstream.last_error)" if poller.last_error
+            else "no poll of Ollama has succeeded yet"
+        )
+    if sc.holder.last_error is not None:
+        reasons.append("the last policy edit was refused (see policy.last_reload_error)")
+    reasons += sc.consistency.reasons
     body = Health(
-        status="stopping" if sc.stopping else "degraded" if degraded else "ok",
+        status="stopping" if sc.stopping else "degraded" if reasons else "ok",
         queue_depth=sc.scheduler.depth,
         in_flight=sc.dispatcher.in_flight,
         max_parallel=sc.scheduler.max_parallel,
@@ -78,6 +86,7 @@ async def health(request: Request) -> Response:
             last_poll_age_s=poller.last_poll_age(),
         ),
         policy=_policy_info(sc),
+        reasons=reasons,
     )
     return _json(body, 503 if sc.stopping else 200)
 

@@ -25,6 +25,7 @@ from policy.holder import PolicyHolder
 from policy.load import CompiledFile
 from schemas.journal import JournalRecord
 from server.auth import AdminAuth
+from server.consistency import PolicyConsistency
 from server.dispatcher import Dispatcher
 from server.identity import IPAddress, client_address, parse_api_keys
 from server.journal import StoreUnavailable
@@ -125,6 +126,11 @@ class Sidecar:
             on_state=self._upstream_state,
             on_health=lambda up: self.metrics.upstream_up.set(int(up)),
         )
+        # Ollama's own reports against the policy's [backend]: /proxy/health, a gauge, the log.
+        self.consistency = PolicyConsistency(
+            lambda: self.holder.current.backend,
+            on_change=lambda kind, on: self.metrics.policy_mismatch.labels(kind).set(int(on)),
+        )
         self.reloader = Reloader(
             self.holder,
             on_swap=self._policy_swapped,
@@ -201,6 +207,7 @@ class Sidecar:
     # -- events -------------------------------------------------------------------------------
 
     def _upstream_state(self, ps: dict[str, Any], tags: dict[str, Any] | None) -> None:
+        self.consistency.check(ps)  # first: a payload reconcile refuses must not skip it
         if tags is not None:
             self.scheduler.learn_tags(tags)
             self.metrics.learn_models(tags)
@@ -210,4 +217,5 @@ class Sidecar:
 
     def _policy_swapped(self, compiled: CompiledFile) -> None:
         self.scheduler.apply_settings(compiled)
+        self.consistency.check(self.poller.last_ps)  # a fixed vram_gb clears health at once
         self.dispatcher.pump()

@@ -156,7 +156,8 @@ def test_public_endpoints_need_no_admin(sidecars: dict[str, RunningSidecar]) -> 
     health = httpx.get(proxy.url + "/proxy/health", timeout=10)
     assert health.status_code == 200
     assert set(health.json()) == {
-        "status", "queue_depth", "in_flight", "max_parallel", "paused", "upstream", "policy"
+        "status", "queue_depth", "in_flight", "max_parallel", "paused", "upstream", "policy",
+        "reasons",
     }
     assert httpx.get(proxy.url + "/metrics", timeout=10).status_code == 200
     for method, path in [("GET", "/proxy/policy"), ("GET", "/proxy/vram"),
