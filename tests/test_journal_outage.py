@@ -131,8 +131,9 @@ async def test_postgres_outage_mid_stream(pg_server_running: PgServer, tmp_path:
     assert health["replayed"] > 0, "the outage really sent records through the fallback file"
     await check_exactly_once(journal, n, fallback)
     await journal.stop()
-    # The request path never waited on the dead database.
-    assert timings["slowest_submit"] < 0.01
+    # The request path never waited on the dead database: a submit that did would take the
+    # store's whole 0.3 s timeout. (Not a speed bound: a loaded machine stalls a call for ms.)
+    assert timings["slowest_submit"] < 0.1
     assert timings["loop_lag"] < 0.25
     print(f"\nOUTAGE postgresql: sent={n} found={n} duplicates=0 "
           f"replayed_from_fallback={health['replayed']} drain={timings['drain_seconds']:.3f}s "
@@ -160,7 +161,7 @@ async def test_sqlite_locked_mid_stream(tmp_path: Path) -> None:
     assert health["replayed"] > 0
     await check_exactly_once(journal, n, fallback)
     await journal.stop()
-    assert timings["slowest_submit"] < 0.01
+    assert timings["slowest_submit"] < 0.1  # waiting on the lock takes its 0.1 s busy timeout
     assert timings["loop_lag"] < 0.25
 
 
