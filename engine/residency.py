@@ -23,11 +23,36 @@ Action = Literal["attach", "load", "swap", "reload"]
 RELOAD_OPTIONS = ("num_ctx", "num_gpu")
 
 
+# What a client may ask for (inclusive). A runner key must be a plain, sane integer: a string, a
+# bool or a nested object is no runner Ollama could start, and must not reach the scheduler (whose
+# variant string would otherwise hold, and repr, whatever the client sent). num_gpu -1 is
+# Ollama's "as many layers as fit"; 2**24 tokens is beyond any model's context today.
+RELOAD_BOUNDS = {"num_ctx": (1, 1 << 24), "num_gpu": (-1, 1 << 20)}
+
+
+def reload_options(options: Mapping[str, Any] | None) -> dict[str, int]:
+    """The reload-forcing options a request sets, checked. ValueError naming the first bad one
+    (`options.num_ctx must be an integer`); a whole float (4096.0) counts as its integer."""
+    checked: dict[str, int] = {}
+    for key in RELOAD_OPTIONS:
+        value = None if not options else options.get(key)
+        if value is None:  # absent or null: the model's default
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"options.{key} must be an integer")
+        low, high = RELOAD_BOUNDS[key]
+        if not low <= value <= high:
+            raise ValueError(f"options.{key} must be an integer from {low} to {high}")
+        checked[key] = value
+    return checked
+
+
 def variant_of(options: Mapping[str, Any] | None) -> str:
-    """The reload-forcing part of a request's `options`, as a stable string ("" = defaults)."""
-    if not options:
-        return ""
-    return ",".join(f"{k}={options[k]}" for k in RELOAD_OPTIONS if options.get(k) is not None)
+    """The reload-forcing part of a request's `options`, as a stable string ("" = defaults).
+    ValueError as `reload_options` when one of them is not a sane integer."""
+    return ",".join(f"{k}={v}" for k, v in reload_options(options).items())
 
 
 @dataclass(slots=True)

@@ -43,6 +43,9 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 
 class QueueEntry(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str
+    # The sidecar's own X-Queue-Id for the ticket (`GET /proxy/queue/{queue_id}` works for anyone
+    # holding it); None for a ticket the HTTP layer did not issue one for.
+    queue_id: str | None = None
     position: int  # 1 = next to be dispatched
     model: str
     client: str
@@ -60,6 +63,9 @@ class QueueEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 class InFlightEntry(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str
+    # The sidecar's own X-Queue-Id for the ticket (`GET /proxy/queue/{queue_id}` works for anyone
+    # holding it); None for a ticket the HTTP layer did not issue one for.
+    queue_id: str | None = None
     model: str
     client: str
     request_class: str = msgspec.field(name="class")

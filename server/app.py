@@ -20,6 +20,7 @@ from policy.load import CompiledFile
 from server import routes_admin, routes_proxy
 from server.dialects import error_response
 from server.logs import journal_id_var, request_id_var
+from server.queue_ids import QueueIds
 from server.sidecar import Journal, Settings, Sidecar
 
 log = logging.getLogger("smart_proxy")
@@ -55,9 +56,27 @@ class RequestIdMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_id(message)
+
         token, journal_token = request_id_var.set(rid), journal_id_var.set(own)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            # Caught here, inside the request id's scope, rather than by Starlette's outermost
+            # error middleware: that one answers without X-Request-Id and re-raises, so Hypercorn
+            # logs the same traceback a second time. Logged once, with the id; never re-raised.
+            path = scope.get("path", "")
+            log.error("unhandled error on %s %s", scope.get("method", ""), path, exc_info=exc)
+            if not started:
+                response = error_response(path, 500, "internal error in the proxy; see its log")
+                await response(scope, receive, send_with_id)
+            # Else the answer has begun: returning unfinished makes the server cut the stream,
+            # so the client sees a broken response rather than a short one passed off as whole.
         finally:
             request_id_var.reset(token)
             journal_id_var.reset(journal_token)
@@ -72,12 +91,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         message = str(exc.detail)
     return error_response(request.url.path, exc.status_code, message, headers=exc.headers)
-
-
-async def _crash(request: Request, exc: Exception) -> Response:
-    # Never a traceback to the client; the log has it, with the request id.
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(request.url.path, 500, "internal error in the proxy; see its log")
 
 
 def create_app(
@@ -103,8 +116,13 @@ def create_app(
     app = Starlette(
         routes=routes_proxy.routes() + routes_admin.routes(),
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _crash},
+        exception_handlers={HTTPException: _http_error},
     )
+    # Starlette would answer `/api/tags/` with a redirect built from the client's own Host header
+    # (an open redirect); a path with a trailing slash is simply not a route here: a 404.
+    app.router.redirect_slashes = False
+    # Who may ask `GET /proxy/queue/{id}` about which ticket (server/queue_ids.py).
+    app.state.queue_ids = QueueIds()
     app.state.sidecar = sidecar
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -83,10 +83,24 @@ async def open_upstream(
         raise ProxyError(502, f"Ollama's URL is unusable: {exc}") from None
     try:
         return await client.send(request, stream=True)
+    except httpx.ConnectTimeout as exc:  # no connection at all: unreachable, not slow
+        raise ProxyError(502, f"Ollama is unreachable at {origin(request.url)}: {describe(exc)}") from None
     except httpx.TimeoutException as exc:
         raise ProxyError(504, f"Ollama did not answer in time ({type(exc).__name__})") from None
     except httpx.TransportError as exc:
-        raise ProxyError(502, f"Ollama is unreachable: {exc or type(exc).__name__}") from None
+        raise ProxyError(502, f"Ollama is unreachable at {origin(request.url)}: {describe(exc)}") from None
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in words. httpx often raises with an empty message (ConnectError(""), a
+    ReadTimeout), which alone would read "Ollama is unreachable: " — the class name says what."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def origin(url: httpx.URL) -> str:
+    """scheme://host:port of Ollama's URL: where it was tried, without any user:password in it."""
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
 
 
 async def relay(

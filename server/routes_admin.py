@@ -1,7 +1,8 @@
 """The sidecar's own endpoints under /proxy, and /metrics.
 
 Public: /proxy/health (minimal: no client or model names), /proxy/queue/{id} (a waiting client's
-own position: the id is its capability), /proxy/auth (rate-limited), /metrics.
+own position: by its X-Queue-Id, or by its X-Request-Id from the same client), /proxy/auth
+(rate-limited), /metrics. Every /proxy route declares its query parameters (`takes`).
 Everything else needs admin (network, X-Admin-Key or session token).
 """
 
@@ -34,10 +35,19 @@ from schemas.proxy_api import (
 from server.auth import SESSION_COOKIE
 from server.dialects import ProxyError, error_response
 from server.journal import AnalyticsError, StoreUnavailable
-from server.routes_proxy import read_body, sidecar_of
+from server.journal.analytics import GROUP_BY, MAX_HOURS, MAX_LIMIT
+from server.query_params import Param, number, one_of, takes, whole
+from server.queue_ids import QueueIds
+from server.routes_proxy import identify_request, read_body, sidecar_of
 from server.sidecar import Sidecar
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+ANALYTICS_QUERY = {
+    "hours": Param(number(above=0, at_most=MAX_HOURS, unit="hours"), 24.0),
+    "group_by": Param(one_of(GROUP_BY), "model"),
+    "limit": Param(whole(low=1, high=MAX_LIMIT), 10),
+}
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -63,6 +73,7 @@ def _policy_info(sc: Sidecar) -> PolicyInfo:
     )
 
 
+@takes()
 async def health(request: Request) -> Response:
     sc = sidecar_of(request)
     poller = sc.poller
@@ -92,12 +103,15 @@ async def health(request: Request) -> Response:
 
 
 @admin_only
+@takes()
 async def queue(request: Request) -> Response:
     sc = sidecar_of(request)
     now = sc.clock()
+    ids: QueueIds = request.app.state.queue_ids
     waiting = [
         QueueEntry(
-            request_id=r.ticket.id, position=r.position, model=r.ticket.model,
+            request_id=r.ticket.id, queue_id=ids.queue_id_of(r.ticket.id),
+            position=r.position, model=r.ticket.model,
             client=r.ticket.client, request_class=r.ticket.cls, endpoint=r.ticket.endpoint,
             waited_s=round(now - r.ticket.arrival, 3), score=r.score.total,
             terms=r.score.breakdown(), overdue=r.score.overdue, eligible=r.eligible,
@@ -107,7 +121,7 @@ async def queue(request: Request) -> Response:
     ]
     flying = [
         InFlightEntry(
-            request_id=f.ticket.id, model=f.ticket.model, client=f.ticket.client,
+            request_id=f.ticket.id, queue_id=ids.queue_id_of(f.ticket.id), model=f.ticket.model, client=f.ticket.client,
             request_class=f.ticket.cls, endpoint=f.ticket.endpoint,
             elapsed_s=round(now - f.granted_at, 3),
         )
@@ -122,9 +136,31 @@ async def queue(request: Request) -> Response:
     )
 
 
+def _visible_request_id(request: Request, sc: Sidecar, asked: str) -> str | None:
+    """The request id of the ticket `asked` names, when this caller may see it: anyone holding
+    its X-Queue-Id; by X-Request-Id (which a client may choose, so others can guess it) only an
+    admin or the client identity that owns the ticket. None: answer as if there were none."""
+    ids: QueueIds = request.app.state.queue_ids
+    held = ids.by_queue_id(asked)
+    if held is not None:
+        return held.request_id
+    if sc.is_admin(request):
+        return asked
+    ticket = ids.by_request_id(asked)
+    if ticket is None:
+        return None
+    caller = identify_request(request, sc).client
+    # "unknown" names no one in particular: two unidentifiable callers are not the same client.
+    return asked if caller == ticket.client and caller != "unknown" else None
+
+
+@takes()
 async def position(request: Request) -> Response:
     sc = sidecar_of(request)
-    rid = request.path_params["request_id"]
+    asked = request.path_params["request_id"]
+    rid = _visible_request_id(request, sc, asked)
+    if rid is None:
+        return error_response(request.url.path, 404, f"no waiting or running request {asked!r}")
     now = sc.clock()
     ranked = sc.scheduler.position(rid)
     if ranked is not None:
@@ -144,19 +180,23 @@ async def position(request: Request) -> Response:
                 overdue=False, policy=_policy_info(sc),
             )
             return _json(body)
-    return error_response(request.url.path, 404, f"no waiting or running request {rid!r}")
+    return error_response(request.url.path, 404, f"no waiting or running request {asked!r}")
 
 
 @admin_only
+@takes()
 async def remove(request: Request) -> Response:
     sc = sidecar_of(request)
     rid = request.path_params["request_id"]
+    held = request.app.state.queue_ids.by_queue_id(rid)  # an admin may name it either way
+    rid = rid if held is None else held.request_id
     if not sc.dispatcher.remove(rid):
         return error_response(request.url.path, 404, f"no waiting request {rid!r}")
     return _json(Cancelled(request_id=rid, cancelled=True))
 
 
 @admin_only
+@takes()
 async def vram(request: Request) -> Response:
     sc = sidecar_of(request)
     return _json(
@@ -168,6 +208,7 @@ async def vram(request: Request) -> Response:
 
 
 @admin_only
+@takes()
 async def policy(request: Request) -> Response:
     sc = sidecar_of(request)
     compiled = sc.policy
@@ -181,6 +222,7 @@ async def policy(request: Request) -> Response:
 
 
 @admin_only
+@takes()
 async def reload(request: Request) -> Response:
     result = await sidecar_of(request).reloader.reload()
     body = ReloadOutcome(ok=result.ok, changed=result.changed, version=result.version, error=result.error)
@@ -188,6 +230,7 @@ async def reload(request: Request) -> Response:
 
 
 @admin_only
+@takes()
 async def pause(request: Request) -> Response:
     sc = sidecar_of(request)
     sc.dispatcher.pause()
@@ -195,12 +238,14 @@ async def pause(request: Request) -> Response:
 
 
 @admin_only
+@takes()
 async def resume(request: Request) -> Response:
     sc = sidecar_of(request)
     sc.dispatcher.resume()
     return _json(PauseState(paused=False, queue_depth=sc.scheduler.depth))
 
 
+@takes()
 async def auth(request: Request) -> Response:
     sc = sidecar_of(request)
     compiled = sc.policy
@@ -211,6 +256,8 @@ async def auth(request: Request) -> Response:
         return error_response(request.url.path, exc.status, exc.message)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError included
         return error_response(request.url.path, 400, f'expected {{"key": "..."}}: {exc}')
+    except RecursionError:  # msgspec's guard against a stack overflow: the caller's input
+        return error_response(request.url.path, 400, 'expected {"key": "..."}: nested too deeply')
     try:
         token = sc.auth.login(
             address=str(address) if address is not None else "unknown",
@@ -230,12 +277,13 @@ async def auth(request: Request) -> Response:
 
 
 @admin_only
+@takes(ANALYTICS_QUERY)
 async def analytics(request: Request) -> Response:
     """The journal's report: ?hours=24&group_by=model&limit=10 (as the seed offered it)."""
-    q = request.query_params
+    q = request.state.query
     try:
         report = await sidecar_of(request).journal.analytics(
-            hours=q.get("hours", "24"), group_by=q.get("group_by", "model"), limit=q.get("limit", "10")
+            hours=q["hours"], group_by=q["group_by"], limit=q["limit"]
         )
     except AnalyticsError as exc:
         return error_response(request.url.path, 400, str(exc))
@@ -246,6 +294,7 @@ async def analytics(request: Request) -> Response:
 
 
 @admin_only
+@takes()
 async def journal(request: Request) -> Response:
     return _json(sidecar_of(request).journal.health())
 

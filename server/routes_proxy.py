@@ -12,14 +12,16 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Message, Receive, Scope, Send
 
 from engine.residency import variant_of
 from schemas.model_name import canonical_model
 from server.dialects import ProxyError, error_response
 from server.exchange import Exchange, Scheduling
 from server.forward import request_headers
-from server.identity import identify
+from server.identity import Identity, identify
 from server.logs import journal_id_var, request_id_var
+from server.queue_ids import QueueIds
 from server.record import RequestFacts, prompt_text
 from server.sidecar import Sidecar
 
@@ -138,7 +140,7 @@ def refuse(sc: Sidecar, facts: RequestFacts, exc: ProxyError) -> Response:
     return error_response(facts.endpoint, exc.status, exc.message, retry_after=exc.retry_after)
 
 
-async def scheduled(request: Request) -> Response | Exchange:
+async def scheduled(request: Request) -> Response | _Ticketed:
     sc = sidecar_of(request)
     compiled = sc.policy
     facts = _facts(request, sc)
@@ -146,13 +148,12 @@ async def scheduled(request: Request) -> Response | Exchange:
     try:
         body = await read_body(request, compiled.raw.limits.max_body)
         parsed = parse_scheduled(body)
-        identity = identify(
-            headers=request.headers,
-            address=sc.address(request),
-            identify_by=clients.identify_by,
-            header=clients.header,
-            api_keys=sc.api_keys(),
-        )
+        try:
+            # Checked before the ticket exists: the scheduler compares these as runner keys.
+            variant = variant_of(parsed.options)
+        except ValueError as exc:
+            raise ProxyError(400, str(exc)) from None
+        identity = identify_request(request, sc)
         # One name per model from here on (queue, class rules, journal, metrics); the body
         # forwarded to Ollama keeps the client's spelling.
         model = canonical_model(parsed.model)
@@ -168,18 +169,53 @@ async def scheduled(request: Request) -> Response | Exchange:
         # typed decode above skips) is still Ollama's to judge, not a 500.
         with contextlib.suppress(msgspec.DecodeError, RecursionError):
             facts.prompt = prompt_text(msgspec.json.decode(body))
-    return Exchange(
+    exchange = Exchange(
         sc,
         method=request.method,
         target=_target(request),
         headers=request_headers(request.headers),
         body=body,
         facts=facts,
-        scheduling=Scheduling(
-            model=model, client=identity.client, cls=facts.cls,
-            variant=variant_of(parsed.options),
-        ),
+        scheduling=Scheduling(model=model, client=identity.client, cls=facts.cls, variant=variant),
         keep_text=compiled.raw.journal.store_prompts != "none",
+    )
+    return _Ticketed(exchange, request.app.state.queue_ids, facts.request_id, identity.client)
+
+
+class _Ticketed:
+    """Runs a scheduled exchange under a queue id of the sidecar's own (server/queue_ids.py),
+    sent as `X-Queue-Id` with whatever answer the exchange gives, and forgotten when it ends."""
+
+    def __init__(self, exchange: Exchange, ids: QueueIds, request_id: str, client: str) -> None:
+        self.exchange, self.ids, self.request_id, self.client = exchange, ids, request_id, client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ticket = self.ids.issue(self.request_id, self.client)
+        if ticket is None:  # its X-Request-Id is in use: the exchange refuses it, no ticket
+            await self.exchange(scope, receive, send)
+            return
+        header = (b"x-queue-id", ticket.queue_id.encode())
+
+        async def send_with_queue_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.exchange(scope, receive, send_with_queue_id)
+        finally:
+            self.ids.release(ticket)
+
+
+def identify_request(request: Request, sc: Sidecar) -> Identity:
+    """The client identity the policy's `clients` rules give this request."""
+    clients = sc.policy.raw.clients
+    return identify(
+        headers=request.headers,
+        address=sc.address(request),
+        identify_by=clients.identify_by,
+        header=clients.header,
+        api_keys=sc.api_keys(),
     )
 
 

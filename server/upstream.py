@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import msgspec
 
+from server.forward import describe
+
 log = logging.getLogger("smart_proxy.upstream")
 
 
@@ -85,10 +87,13 @@ class UpstreamPoller:
             # Not only HTTPError: a reloaded backend.url httpx cannot use fails with InvalidURL
             # (a bad host) or an ExceptionGroup (a port above 65535). Whatever it is, the poller
             # must survive it, or the sidecar would never see Ollama again.
+            # An exception is always truthy, so `exc or name` kept an empty message empty; say
+            # which exception it was. (Not the URL: /proxy/health is public and shows this.)
+            reason = describe(exc)
             if self.up or self.last_error is None:
-                log.warning("Ollama poll failed: %s", exc or type(exc).__name__)
+                log.warning("Ollama poll failed: %s", reason)
             self.up = False
-            self.last_error = str(exc) or type(exc).__name__
+            self.last_error = reason
             self._tags_at = -1e18  # re-read tags as soon as it is back
             self._on_health(False)
             return
