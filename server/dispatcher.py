@@ -32,8 +32,6 @@ class Dispatcher:
         self._on_grant = on_grant
         self._futures: dict[str, asyncio.Future[Grant]] = {}
         self._granted: set[str] = set()  # granted and not yet finished
-        self.idle = asyncio.Event()  # set while nothing is in flight
-        self.idle.set()
         self.closed = False
 
     def submit(
@@ -55,7 +53,6 @@ class Dispatcher:
         for grant in self.scheduler.dispatch():
             rid = grant.ticket.id
             self._granted.add(rid)
-            self.idle.clear()
             fut = self._futures.pop(rid, None)
             if fut is None or fut.done():
                 # Cannot happen while abandon() cancels before dropping the future; if it ever
@@ -100,8 +97,6 @@ class Dispatcher:
         if request_id in self._granted:
             self._granted.discard(request_id)
             self.scheduler.finish(request_id)
-            if not self._granted:
-                self.idle.set()
             self.pump()
 
     def pause(self) -> None:

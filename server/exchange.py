@@ -23,7 +23,8 @@ from engine.scheduler import Grant
 from schemas.journal import Status
 from server.dialects import ProxyError, error_body, error_response, is_openai
 from server.dispatcher import RemovedByAdmin, ShuttingDown
-from server.forward import open_upstream, relay
+from server.forward import describe, open_upstream, relay
+from server.holds import Cut, Hold
 from server.record import RequestFacts, StreamTap
 from server.watch import ClientGone, DisconnectWatch
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("smart_proxy.request")
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away"; journal and logs only
+SHUTDOWN_CUT = "sidecar shut down before the request finished"
+RETRY_AFTER_S = 5  # what a request refused or cut by a shutdown is told
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,17 +76,37 @@ class Exchange:
         self.tap = StreamTap(keep_text=keep_text)
         self._ends_line = True
         self._send: Send | None = None
+        self._started = False  # the response's status line has gone to the client
+        self._ended = False  # and its last byte
+        self._hold: Hold | None = None
         self._submitted = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._send = send
+        async def tracked(message: Message) -> None:
+            # Noted before the await: a cut landing inside it must not start or end twice.
+            if message["type"] == "http.response.start":
+                self._started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._ended = True
+            await send(message)
+
+        self._send = tracked
+        with self.sidecar.holds.hold() as hold:
+            self._hold = hold
+            await self._serve(receive)
+
+    async def _serve(self, receive: Receive) -> None:
         # A streamed upload still owns `receive`; watch for disconnects once it is done.
         watch = DisconnectWatch(receive) if isinstance(self.body, bytes) else None
         outcome = _Outcome()
         try:
             await self._run(watch, outcome)
         except asyncio.CancelledError:
-            outcome.status, outcome.error = "cancelled", "the sidecar stopped"
+            # The ASGI server gave up on us (a cut answer stuck past its own timeout). Unless
+            # the outcome was already decided, the client gets the server's 500 or a cut stream.
+            if outcome.status == "failed" and outcome.error is None:
+                outcome.error = SHUTDOWN_CUT
+                outcome.http_status = outcome.http_status or 500
             raise
         finally:
             if watch is not None:
@@ -129,7 +152,7 @@ class Exchange:
         timeout = sc.policy.backend.request_timeout
         deadline = time.monotonic() + timeout
         try:
-            with self._guard(watch):
+            with self._guard(watch), self._armed():
                 upstream = await open_upstream(
                     sc.client,
                     method=self.method,
@@ -145,6 +168,8 @@ class Exchange:
             outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
             outcome.error = "client disconnected while Ollama prepared the answer"
             return
+        except Cut:
+            return await self._cut(outcome)
         try:
             facts.first_byte_at = time.time()
             outcome.http_status = upstream.status_code
@@ -152,18 +177,20 @@ class Exchange:
                 sc.dispatcher.started(facts.request_id)
             limit = max(0.0, deadline - time.monotonic()) if self.scheduling else None
             try:
-                with self._guard(watch):
+                with self._guard(watch), self._armed():
                     async with asyncio.timeout(limit):
                         assert self._send is not None
                         await relay(upstream, self._send, extra, self._seen)
             except ClientGone:
                 outcome.status, outcome.error = "cancelled", "client disconnected mid-answer"
                 return
+            except Cut:
+                return await self._cut(outcome)
             except TimeoutError:
                 outcome.error = f"Ollama's answer exceeded the request timeout ({timeout:g}s)"
                 return await self._abort(outcome.error)
             except httpx.HTTPError as exc:
-                outcome.error = f"Ollama broke off the answer: {exc or type(exc).__name__}"
+                outcome.error = f"Ollama broke off the answer: {describe(exc)}"
                 sc.poller.poll_soon()
                 return await self._abort(outcome.error)
             if upstream.status_code < 400:
@@ -185,7 +212,7 @@ class Exchange:
                 endpoint=self.facts.endpoint, variant=s.variant,
             )
         except ShuttingDown:
-            raise ProxyError(503, "the proxy is shutting down", retry_after=5) from None
+            raise ProxyError(503, "the proxy is shutting down", retry_after=RETRY_AFTER_S) from None
         self._submitted = True
         try:
             with watch.guard():
@@ -196,12 +223,17 @@ class Exchange:
                 504, f"waited longer than the queue timeout ({queue_timeout:g}s) for a slot"
             ) from None
         except ShuttingDown:
-            raise ProxyError(503, "the proxy is shutting down", retry_after=5) from None
+            raise ProxyError(503, "the proxy is shutting down", retry_after=RETRY_AFTER_S) from None
 
     @staticmethod
     def _guard(watch: DisconnectWatch | None) -> AbstractContextManager[None]:
         # A streamed upload (blobs) still owns `receive`: no watch, nothing to guard.
         return watch.guard() if watch is not None else nullcontext()
+
+    def _armed(self) -> AbstractContextManager[None]:
+        """Where the shutdown cut interrupts (with Cut): waiting for Ollama, and streaming."""
+        assert self._hold is not None
+        return self._hold.armed()
 
     # -- answering ----------------------------------------------------------------------------
 
@@ -214,6 +246,23 @@ class Exchange:
         # Refused before a slot (a duplicate id, a shutdown): rejected. Timeouts, Ollama: failed.
         outcome.status = "rejected" if exc.status in (400, 503) else "failed"
         outcome.http_status, outcome.error = exc.status, exc.message
+        await self._answer(exc)
+
+    async def _cut(self, outcome: _Outcome) -> None:
+        """The shutdown grace ran out: a 503 if the answer had not begun, else an error chunk."""
+        if self._ended:  # the whole answer went out just before the cut
+            if (outcome.http_status or 500) < 400:
+                outcome.status = "completed"
+            else:
+                outcome.error = f"Ollama answered {outcome.http_status}"
+            return
+        outcome.status, outcome.error = "failed", SHUTDOWN_CUT
+        if self._started:
+            return await self._abort(SHUTDOWN_CUT)
+        outcome.http_status = 503
+        await self._answer(ProxyError(503, SHUTDOWN_CUT, retry_after=RETRY_AFTER_S))
+
+    async def _answer(self, exc: ProxyError) -> None:
         assert self._send is not None
         response = error_response(
             self.facts.endpoint, exc.status, exc.message, retry_after=exc.retry_after,

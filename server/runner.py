@@ -1,7 +1,8 @@
 """Serving the app with Hypercorn, and stopping it gracefully.
 
 On SIGTERM/SIGINT (or `stop()`): stop admitting and answer queued requests 503 at once, stop
-accepting connections, give in-flight requests `grace` seconds to finish, then the lifespan stops
+accepting connections, give in-flight requests `grace` seconds to finish and cut the rest (each
+answers its client in the dialect: 503, or an error chunk mid-stream), then the lifespan stops
 the poller, the watcher and the journal (which flushes what it holds). SIGHUP reloads the policy.
 """
 
@@ -72,12 +73,13 @@ class Server:
         await self._stop.wait()
         # Hypercorn stops accepting, then waits up to `graceful_timeout` for open connections;
         # keep-alive connections idle between requests would hold it that long, so wait here
-        # for the requests that matter — the ones holding slots.
+        # for the requests that matter — the ones in progress — and cut what the grace leaves,
+        # before Hypercorn's own cancellation would leave them an empty 500 or a cut stream.
         await self.sidecar.drain(self.grace)
 
     async def run(self, *, handle_signals: bool = True) -> None:
         config = Config()
-        config.graceful_timeout = 1.0  # slot holders were drained above; idle sockets go fast
+        config.graceful_timeout = 1.0  # requests were drained (or cut) above; idle sockets go fast
         config.accesslog = None
         config.errorlog = logging.getLogger("smart_proxy.hypercorn")
         # Hypercorn's one idle timer covers both the wait between keep-alive requests and the

@@ -7,8 +7,6 @@ reach it through `request.app.state.sidecar`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +25,7 @@ from schemas.journal import JournalRecord
 from server.auth import AdminAuth
 from server.consistency import PolicyConsistency
 from server.dispatcher import Dispatcher
+from server.holds import CUT_WAIT_S, Holds
 from server.identity import IPAddress, client_address, parse_api_keys
 from server.journal import StoreUnavailable
 from server.metrics import Metrics
@@ -108,6 +107,7 @@ class Sidecar:
         )
         self.metrics = Metrics(lambda: self.scheduler)
         self.dispatcher = Dispatcher(self.scheduler, on_grant=self.metrics.granted)
+        self.holds = Holds()  # every request in progress (an Exchange), for the shutdown
         self.auth = AdminAuth(settings.env, clock)
         # Made from the compiled file, so the journal follows its [journal] settings.
         self.journal: Journal = journal(self.holder.current) if journal else NullJournal()
@@ -162,10 +162,18 @@ class Sidecar:
         return rejected
 
     async def drain(self, within: float) -> None:
-        """Wait, at most `within` seconds, for in-flight requests to finish."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                await self.dispatcher.idle.wait()
+        """Wait, at most `within` seconds, for requests in progress to finish; then cut the rest:
+        each answers its client in the dialect (503, or an error chunk mid-stream) and ends."""
+        if await self.holds.wait_empty(within):
+            return
+        self.holds.cut_all()
+        ended = await self.holds.wait_empty(CUT_WAIT_S)
+        if cut := self.holds.interrupted():
+            log.warning("shutdown grace (%gs) ran out: %d requests still in progress were cut",
+                        within, cut)
+        if not ended:
+            log.warning("%d requests did not end within %gs of the cut; closing their connections",
+                        len(self.holds), CUT_WAIT_S)
 
     async def stop(self) -> None:
         if not self.stopping:
