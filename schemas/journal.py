@@ -15,9 +15,10 @@ from msgspec import Meta
 from schemas.common import Strict
 
 # How the request ended. A server that journals a request before it ends uses its expected state
-# and submits again at the end; the later revision wins.
-Status = Literal["completed", "failed", "cancelled", "rejected"]
-STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled", "rejected")
+# and submits again at the end; the later revision wins. `interrupted`: the sidecar process died
+# (kill -9, a crash) before the request ended; written at admission, recovered at the next start.
+Status = Literal["completed", "failed", "cancelled", "rejected", "interrupted"]
+STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled", "rejected", "interrupted")
 
 # Seconds since the Unix epoch, UTC, as time.time() gives them.
 Epoch = Annotated[float, Meta(ge=0)]

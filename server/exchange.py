@@ -91,6 +91,8 @@ class Exchange:
             await send(message)
 
         self._send = tracked
+        # Accepted from here: a crash from now on leaves an `interrupted` record, not none.
+        self.sidecar.journal.admit(self.facts.admission())
         with self.sidecar.holds.hold() as hold:
             self._hold = hold
             await self._serve(receive)

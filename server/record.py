@@ -24,6 +24,7 @@ _COUNTERS = (
 )
 _TAIL_BYTES = 64 * 1024  # the final chunk of any real answer fits in this
 _TEXT_LIMIT = 1024 * 1024  # stored response text is cut here
+INTERRUPTED = "the sidecar stopped (killed or crashed) before the request ended"
 
 
 @dataclass(slots=True)
@@ -47,6 +48,20 @@ class RequestFacts:
     counters: dict[str, int] = field(default_factory=dict)
     response: str | None = None
     journal_id: str | None = None  # the journal's unique key; None: request_id is unique
+
+    def admission(self) -> JournalRecord:
+        """The record a crash would leave: written as the request is accepted, at revision 0, so
+        the request's real record (a wall-clock revision) always replaces it. No prompt: nothing
+        the policy's store_prompts setting has not decided on reaches the disk."""
+        own = self.journal_id or self.request_id
+        return JournalRecord(
+            request_id=own,
+            client_request_id=self.request_id if own != self.request_id else None,
+            client=self.client, endpoint=self.endpoint, received_at=self.received_at,
+            status="interrupted", ip=self.ip, model=self.model, request_class=self.cls,
+            policy_name=self.policy_name, policy_version=self.policy_version,
+            error=INTERRUPTED, revision=0,
+        )
 
     def finish(self, status: Status, http_status: int | None, error: str | None) -> JournalRecord:
         done = time.time()

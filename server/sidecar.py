@@ -50,6 +50,10 @@ class Journal(Protocol):
 
     def submit(self, record: JournalRecord) -> None: ...
 
+    def admit(self, record: JournalRecord) -> None:
+        """A request was accepted: `record` is what a crash before its end would leave."""
+        ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -65,6 +69,9 @@ class NullJournal:
     """No journal configured: records are dropped."""
 
     def submit(self, record: JournalRecord) -> None:
+        return None
+
+    def admit(self, record: JournalRecord) -> None:
         return None
 
     async def start(self) -> None:

@@ -87,9 +87,13 @@ class RecordingJournal:
 
     def __init__(self) -> None:
         self.records: list[JournalRecord] = []
+        self.admitted: list[JournalRecord] = []  # the crash records, kept apart from the real ones
 
     def submit(self, record: JournalRecord) -> None:
         self.records.append(record)
+
+    def admit(self, record: JournalRecord) -> None:
+        self.admitted.append(record)
 
     async def start(self) -> None:
         return None
@@ -256,12 +260,19 @@ def cli_process(args: Sequence[str], env: Mapping[str, str]) -> Iterator[subproc
             process.stderr.close()
 
 
+def wait_until(check: Callable[[], bool], *, within: float, what: str) -> None:
+    """Poll `check` until it holds; AssertionError naming `what` after `within` seconds. For state
+    in another process (a sidecar under `cli_process`), which offers no event to wait on."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {within}s"
+        time.sleep(0.05)
+
+
 def wait_upstream_up(url: str, within: float = 20.0) -> None:
     """Poll a sidecar's /proxy/health until it has seen Ollama; AssertionError after `within` s."""
-    deadline = time.monotonic() + within
-    while httpx.get(url + "/proxy/health", timeout=5).json()["upstream"]["up"] is not True:
-        assert time.monotonic() < deadline, f"{url} never saw Ollama within {within}s"
-        time.sleep(0.05)
+    wait_until(lambda: httpx.get(url + "/proxy/health", timeout=5).json()["upstream"]["up"] is True,
+               within=within, what=f"{url} seeing Ollama")
 
 
 async def health_async(client: httpx.AsyncClient, proxy: RunningSidecar) -> dict[str, Any]:

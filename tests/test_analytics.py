@@ -78,7 +78,8 @@ async def test_known_answers(journal_dsn: str, tmp_path: Path) -> None:
     r = await seeded_report(journal_dsn, tmp_path, hours=1, group_by="model", limit=10)
 
     assert r["window"] == {"hours": 1.0, "since": T0, "until": NOW, "group_by": "model", "limit": 10}
-    assert r["totals"] == {"requests": 7, "completed": 3, "failed": 2, "cancelled": 1, "rejected": 1}
+    assert r["totals"] == {"requests": 7, "completed": 3, "failed": 2, "cancelled": 1, "rejected": 1,
+                           "interrupted": 0}
     # -- who asked
     assert r["by_model"] == [{"key": "A", "requests": 4}, {"key": "B", "requests": 2}, {"key": "C", "requests": 1}]
     assert r["by_client"] == [{"key": "alice", "requests": 3}, {"key": "bob", "requests": 2},
@@ -103,7 +104,7 @@ async def test_known_answers(journal_dsn: str, tmp_path: Path) -> None:
     # -- errors
     assert r["errors"] == {
         "requests": 7, "errors": 3, "error_rate": 0.429, "cancelled": 1,
-        "by_status": {"completed": 3, "failed": 2, "cancelled": 1, "rejected": 1},
+        "by_status": {"completed": 3, "failed": 2, "cancelled": 1, "rejected": 1, "interrupted": 0},
         "top_messages": [{"message": "upstream timeout", "count": 2}, {"message": "queue full", "count": 1}],
     }
     # -- over time: twelve 5-minute buckets

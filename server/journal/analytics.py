@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.journal import STATUSES
 from server.journal.records import from_row
 from server.journal.store import Store
 
@@ -32,7 +33,7 @@ _COLUMNS = (
     "received_at", "dispatched_at", "queue_wait_ms", "duration_ms", "score", "resident",
 )
 _FIELD_OF = {"class": "request_class"}
-_ERRORS = ("failed", "rejected")
+_ERRORS = ("failed", "rejected", "interrupted")  # interrupted: the sidecar died under it
 
 Row = dict[str, Any]
 
@@ -167,7 +168,7 @@ def _errors(rows: Sequence[Row], limit: int) -> dict[str, Any]:
         "errors": errors,
         "error_rate": _r(errors / total) if total else None,
         "cancelled": by_status["cancelled"],
-        "by_status": {s: by_status[s] for s in ("completed", "failed", "cancelled", "rejected")},
+        "by_status": {s: by_status[s] for s in STATUSES},
         "top_messages": [{"message": m, "count": n} for m, n in _ranked(messages, limit)],
     }
 

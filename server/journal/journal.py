@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any, Literal
 
 from schemas.journal import JournalRecord
+from server.journal.admissions import AdmissionLog, recover
 from server.journal.analytics import AnalyticsQuery, compute
 from server.journal.fallback import FallbackSpool
 from server.journal.records import Stamper, StorePrompts
@@ -69,11 +70,25 @@ class Journal:
         self._last_error: str | None = None
         self._idle = asyncio.Event()  # the writer holds nothing: queue empty, no batch in hand
         self._idle.set()
+        self._admissions = AdmissionLog(spool.directory)
+        self._lost = 0  # records that found no place at shutdown (logged where it happened)
+        self._recovered = 0
 
     # -- the request path ---------------------------------------------------------------------
 
+    def admit(self, record: JournalRecord) -> None:
+        """A request was accepted; `record` (status interrupted, revision 0) is what stays of it
+        if the process dies before its real record is written. Never blocks, never raises."""
+        if self._state != "running":
+            return  # before start() or after stop(): no admission log to write to
+        try:
+            self._admissions.admit(record)
+        except Exception:  # like submit(): the request path must not fail because of it
+            log.exception("journal: could not take admission %r", getattr(record, "request_id", None))
+
     def submit(self, record: JournalRecord) -> None:
         """Hand a record over. Never blocks, never awaits the database, never raises."""
+        self._admissions.ended(record.request_id)
         try:
             prepared = self._stamper.prepare(record)
             if self._state == "running" and len(self._pending) >= self._max_pending:
@@ -105,6 +120,20 @@ class Journal:
             await self._ensure_ready()
         except StoreError as exc:
             self._mark_down(exc)
+        # Requests a killed predecessor had accepted and not finished: into the spool as
+        # `interrupted` (replay keeps any real record, which has the higher revision).
+        try:
+            logs, found = await asyncio.to_thread(recover, self._spool.directory, self._spool.append)
+        except OSError as exc:
+            self._last_error = f"admission recovery: {exc}"
+            log.error("journal: could not recover admission logs: %s", exc)
+        else:
+            if logs:
+                self._recovered = found
+                log.warning("journal: %d admission log(s) of a sidecar that did not stop cleanly: "
+                            "%d request(s) re-journalled; those with no record of their end are "
+                            "now 'interrupted'", logs, found)
+        await asyncio.to_thread(self._admissions.start)
         await asyncio.to_thread(self._spool.rescan)
         self._bad_files = {p.name for p in await asyncio.to_thread(self._spool.bad_files)}
         self._spill = SpillWriter(self._spool, lambda: loop.call_soon_threadsafe(self._retry_wake.set))
@@ -146,8 +175,13 @@ class Journal:
             try:
                 await asyncio.to_thread(self._spool.append, leftover)
             except OSError as exc:
+                self._lost += len(leftover)
                 log.error("journal: lost %d record(s) at shutdown: %s", len(leftover), exc)
         self._idle.set()
+        # Every record handed over is in the database or the spool: the admission logs are
+        # needed no more — unless a record was lost, or a request never ended.
+        spilled_lost = self._spill.lost if self._spill is not None else 0
+        await asyncio.to_thread(self._admissions.stop, clean=self._lost + spilled_lost == 0)
         self._state = "stopped"  # from here on submit() appends to the fallback file itself
         if self._connected and self._spool.pending_lines:
             with contextlib.suppress(StoreError):  # what stays on disk replays at next start
@@ -168,6 +202,9 @@ class Journal:
         while True:
             if not self._pending:
                 self._idle.set()
+                if self._spill is None or self._spill.idle():
+                    # Every record handed over so far is in the database or the spool.
+                    self._admissions.settled()
                 if self._state != "running":
                     return
                 self._wake.clear()
@@ -197,6 +234,7 @@ class Journal:
             except OSError as exc:
                 self._last_error = f"fallback file unwritable: {exc}"
                 if self._state != "running":
+                    self._lost += len(batch)
                     log.error("journal: lost %d record(s) at shutdown: %s", len(batch), exc)
                     return
                 log.error("journal: fallback file unwritable (%s); retrying", exc)
@@ -304,6 +342,9 @@ class Journal:
             "written": self._written,
             "spilled": self._spilled,
             "replayed": self._replayed,
+            "open_admissions": self._admissions.open_requests,
+            "admission_failures": self._admissions.failed,
+            "recovered_admissions": self._recovered,
             "quarantined_lines": self._quarantined,
             "bad_files": sorted(self._bad_files),
             "last_error": self._last_error,

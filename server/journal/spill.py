@@ -30,6 +30,8 @@ class SpillWriter:
         self._notify = notify
         self._queue: queue.SimpleQueue[JournalRecord | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._put = 0  # records queued (event loop) ...
+        self._done = 0  # ... and written or given up on (this thread)
         self.lost = 0
 
     def start(self) -> None:
@@ -37,10 +39,15 @@ class SpillWriter:
         self._thread.start()
 
     def put(self, record: JournalRecord) -> None:
+        self._put += 1
         self._queue.put(record)
 
     def qsize(self) -> int:
         return self._queue.qsize()
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing in hand: every record put so far is on disk (or lost)."""
+        return self._done == self._put
 
     def stop(self) -> None:
         """Blocking (call via to_thread): write what is queued, then end the thread."""
@@ -68,6 +75,7 @@ class SpillWriter:
                 except queue.Empty:
                     break
             self._write(batch, final=done)
+            self._done += len(batch)
 
     def _write(self, batch: list[JournalRecord], *, final: bool) -> None:
         while batch:
