@@ -121,3 +121,21 @@ def test_bad_duration_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
         run("trace", "export", "--since", "3 fortnights")
     assert info.value.code == 2
     assert "is not a duration" in capsys.readouterr().err
+
+
+def test_backfill_recovers_the_admission_log_of_a_sidecar_that_never_came_back(
+    journal_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A killed sidecar's unfinished requests become `interrupted` records by hand too."""
+    from test_kill_durability import leave_admission_log
+
+    from server.record import RequestFacts
+
+    journal_dsn = existing(journal_dsn)
+    fallback = tmp_path / "fallback"
+    facts = RequestFacts(request_id="lost", endpoint="/api/chat", received_at=time.time())
+    leave_admission_log(fallback, facts.admission())
+    assert run("db", "backfill", "--db", journal_dsn, "--fallback-dir", str(fallback)) == 0
+    out = capsys.readouterr().out
+    assert "recovered 1 admission(s) from 1 log(s)" in out and "replayed 1 record(s)" in out
+    assert list(fallback.iterdir()) == []

@@ -32,6 +32,7 @@ from server.journal import open_store, resolve
 from server.journal.dsn import ENV_VAR, JournalConfigError, Target
 from server.journal.fallback import FallbackSpool
 from server.journal.migrations import LATEST, MIGRATIONS
+from server.journal.admissions import recover
 from server.journal.replay import replay_all
 from server.journal.store import Store, StoreError
 from server.journal.trace import trace_lines
@@ -120,6 +121,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     async def body(store: Store, target: Target) -> int:
         await store.migrate()
         spool = FallbackSpool(_fallback_dir(args, target))
+        # A sidecar that was killed and never started again left its admission log: its
+        # unfinished requests become `interrupted` records here, as its next start would make them.
+        logs, found = await asyncio.to_thread(recover, spool.directory, spool.append)
+        if logs:
+            print(f"recovered {found} admission(s) from {logs} log(s) of sidecars that did not stop cleanly")
         report = await replay_all(store, spool)
         print(f"replayed {report.records} record(s) from {report.files} file(s) in {spool.directory}")
         if report.skipped:
