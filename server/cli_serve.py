@@ -34,6 +34,7 @@ from server.cli_args import (
     scale,
 )
 from server.connlimits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, ServingLimits
+from server.identity import ApiKeysError, parse_api_keys
 from server.journal import JournalConfigError, open_journal, resolve
 from server.logs import LogFormat, configure
 from server.runner import Server, listen, url_of
@@ -147,6 +148,11 @@ async def serve_sidecar(
                         shutdown_grace=args.shutdown_grace)
     fallback = journal_fallback_dir(resolve(args.db).default_fallback_dir())
     app = create_app(settings, journal=journal_factory(args.db, fallback))
+    keys_env = app.state.sidecar.policy.raw.clients.api_keys_env
+    try:  # a typo must not quietly make a named client anonymous
+        parse_api_keys(settings.env.get(keys_env, ""))
+    except ApiKeysError as exc:
+        raise CliError(f"{keys_env}: {exc}") from None
     try:
         sock = listen(args.host, args.port)
     except OSError as exc:  # busy port, an address this machine does not have, a bad name

@@ -118,13 +118,42 @@ def client_address(
     return answers[0]
 
 
+class ApiKeysError(ValueError):
+    """What is wrong with the API keys variable, entry by entry; never the keys themselves."""
+
+
+_KEY = re.compile(r"^[!-~]{1,512}$")  # printable ASCII, no spaces: what a bearer token can carry
+
+
 def parse_api_keys(text: str) -> dict[str, str]:
-    """`"key=name,key=name"` (the variable `clients.api_keys_env` names) -> {key: name}."""
+    """`"key=name,key=name"` (the variable `clients.api_keys_env` names) -> {key: name}.
+
+    Strict: an entry that does not parse used to be dropped silently, so a typo turned a named
+    client into an anonymous one. ApiKeysError lists every bad entry by its position (1-based)
+    without echoing the key. Empty entries (a trailing comma) are ignored."""
     keys: dict[str, str] = {}
-    for item in text.split(","):
-        key, sep, name = item.strip().partition("=")
-        if sep and key.strip() and name.strip():
-            keys[key.strip()] = name.strip()
+    problems: list[str] = []
+    for position, item in enumerate(text.split(","), 1):
+        if not item.strip():
+            continue
+        key, sep, name = (part.strip() for part in item.partition("="))
+        if not sep:
+            problems.append(f"entry {position} has no '=' (write key=name)")
+        elif not key:
+            problems.append(f"entry {position} has an empty key")
+        elif not _KEY.match(key):
+            problems.append(f"entry {position}: the key must be printable ASCII without spaces")
+        elif not name or name.startswith("=") or not _CLIENT_ID.match(name):
+            problems.append(
+                f"entry {position}: the client name {name!r} must be 1-128 of A-Z a-z 0-9 . _ : @ / + = - "
+                "(a key cannot contain '=' or ',')"
+            )
+        elif keys.get(key, name) != name:
+            problems.append(f"entry {position} repeats an earlier key with another name ({keys[key]!r}, then {name!r})")
+        else:
+            keys[key] = name
+    if problems:
+        raise ApiKeysError("; ".join(problems))
     return keys
 
 

@@ -86,6 +86,10 @@ async def health(request: Request) -> Response:
     if sc.holder.last_error is not None:
         reasons.append("the last policy edit was refused (see policy.last_reload_error)")
     reasons += sc.consistency.reasons
+    sc.api_keys()  # re-read if a reload named another variable
+    if sc.api_keys_problem:  # public: say where to look, not what the entries hold
+        reasons.append(f"{sc.policy.raw.clients.api_keys_env} was refused, so no API key identifies a "
+                       "client (see the log)")
     body = Health(
         status="stopping" if sc.stopping else "degraded" if reasons else "ok",
         queue_depth=sc.scheduler.depth,

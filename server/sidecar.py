@@ -26,7 +26,7 @@ from server.auth import AdminAuth
 from server.consistency import PolicyConsistency
 from server.dispatcher import Dispatcher
 from server.holds import CUT_WAIT_S, Holds
-from server.identity import IPAddress, client_address, parse_api_keys
+from server.identity import ApiKeysError, IPAddress, client_address, parse_api_keys
 from server.journal import StoreUnavailable
 from server.metrics import Metrics
 from server.reload import Reloader
@@ -146,6 +146,7 @@ class Sidecar:
         )
         self.stopping = False
         self._keys_source: tuple[str, str] | None = None
+        self.api_keys_problem: str | None = None  # why the API keys variable was refused
         self._keys: dict[str, str] = {}
 
     # -- life cycle -----------------------------------------------------------------------
@@ -216,7 +217,15 @@ class Sidecar:
         name = self.holder.current.raw.clients.api_keys_env
         text = self.settings.env.get(name, "")
         if self._keys_source != (name, text):
-            self._keys_source, self._keys = (name, text), parse_api_keys(text)
+            self._keys_source = (name, text)
+            try:
+                self._keys, self.api_keys_problem = parse_api_keys(text), None
+            except ApiKeysError as exc:
+                # Reached only when a reload names another variable (`serve` refuses a bad one
+                # at start): fail closed — no key identifies anyone — and say so, once.
+                self._keys, self.api_keys_problem = {}, f"{name}: {exc}"
+                log.error("clients.api_keys_env %s; no API key identifies a client until it is fixed",
+                          self.api_keys_problem)
         return self._keys
 
     # -- events -------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ ENV_CASES: list[tuple[tuple[str, ...], str, str, str | None]] = [
     (SERVE, "SMART_PROXY_MAX_CONNECTIONS", "many", "--max-connections"),
     (("demo",), "SMART_PROXY_PORT", "-5", "--port"),
     (SERVE, "SMART_PROXY_JOURNAL_FALLBACK", EXAMPLE, None),
+    (SERVE, "SMART_PROXY_API_KEYS", "sk-1=alice,sk-2", None),
     (("db", "status"), "SMART_PROXY_DB", "ftp://x", None),
     (("db", "migrate"), "SMART_PROXY_DB", f"{MISSING}/x.db", None),
     (("trace", "export"), "SMART_PROXY_DB", "{tmp}/typo.db", None),

@@ -29,10 +29,10 @@ from server.cli_args import (
     positive_seconds,
 )
 from server.journal import open_store, resolve
+from server.journal.admissions import recover
 from server.journal.dsn import ENV_VAR, JournalConfigError, Target
 from server.journal.fallback import FallbackSpool
 from server.journal.migrations import LATEST, MIGRATIONS
-from server.journal.admissions import recover
 from server.journal.replay import replay_all
 from server.journal.store import Store, StoreError
 from server.journal.trace import trace_lines
