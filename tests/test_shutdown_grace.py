@@ -208,7 +208,7 @@ def test_sigterm_to_serve_cuts_what_the_grace_did_not_finish(tmp_path: Path, slo
     import sqlite3
     import threading
 
-    from sidecar_fixtures import cli_process, wait_upstream_up
+    from sidecar_fixtures import cli_process, wait_until, wait_upstream_up
 
     policy = tmp_path / "policy.toml"
     text = make_policy(max_parallel=3, vram_gb=96, max_loaded_models=4)
@@ -242,10 +242,8 @@ def test_sigterm_to_serve_cuts_what_the_grace_did_not_finish(tmp_path: Path, slo
             url + openai.path, json=openai.body("huge:70b", stream=False), timeout=30,
             headers={"x-request-id": "loading"})))
         loader.start()
-        deadline = time.monotonic() + 10
-        while httpx.get(url + "/proxy/health", timeout=5).json()["in_flight"] != 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: httpx.get(url + "/proxy/health", timeout=5).json()["in_flight"] == 2,
+                   within=10, what="both requests in flight")
         process.send_signal(signal.SIGTERM)
         streaming.join(20)
         loader.join(20)
