@@ -31,7 +31,7 @@ from bench.harness import ROOT, report_header
 from server.journal.admissions import AdmissionLog, _File
 from server.journal.fallback import FallbackSpool
 from server.journal.journal import Journal
-from server.record import RequestFacts
+from server.proxy.facts import RequestFacts
 
 
 class _NullStore:

@@ -82,7 +82,6 @@ class ResidencyModel:
     models: dict[str, ModelState] = field(default_factory=dict)
     ps_sizes: dict[str, float] = field(default_factory=dict)  # reported by /api/ps
     tag_sizes: dict[str, float] = field(default_factory=dict)  # estimated from /api/tags
-    last_ps: list[dict[str, Any]] = field(default_factory=list)
     # (VRAM used, resident count), asked for by every vram term evaluation; every mutation below
     # calls _changed(). Callers that edit the size tables directly must call it too.
     _totals: tuple[float, int, bool] | None = None
@@ -277,7 +276,6 @@ class ResidencyModel:
             if isinstance(name, str):
                 size = entry.get("size")
                 listed[canonical(name)] = size / GIB if isinstance(size, int | float) else 0.0
-        self.last_ps = entries
         self.ps_sizes.update({k: v for k, v in listed.items() if v > 0})
         for name in listed:
             state = self.get(name)
@@ -339,5 +337,4 @@ class ResidencyModel:
                 for m in sorted(self.models.values(), key=lambda m: m.name)
                 if m.where != "absent" or m.in_flight
             ],
-            "last_ps": self.last_ps,
         }

@@ -109,7 +109,7 @@ def build(
     scheduler.reconcile(
         {"models": [{"name": m.model, "size": int(m.size_gb * GIB)} for m in scenario.loaded]}
     )
-    default = settings.raw.clients.default_class
+    default = settings.clients.default_class
     for at, _, kind, item in events:
         clock.set(at)
         if kind == "history":

@@ -107,21 +107,28 @@ class Scheduler:
             overrides={canonical_model(k): v for k, v in settings.model_sizes.items()},
             resident_factor=b.resident_factor,
         )
-        self.max_parallel = b.max_parallel
         self.state = _StateView(self._ledger, self.residency_model)
         self.paused = False
 
     # -- settings ------------------------------------------------------------------------
 
+    @property
+    def settings(self) -> CompiledFile:
+        return self._settings
+
+    @property
+    def max_parallel(self) -> int:
+        return self._settings.backend.max_parallel
+
     def apply_settings(self, settings: CompiledFile) -> None:
-        """After a reload: new backend limits, windows and size overrides; keys rebuilt lazily."""
+        """After a reload: the new file (its policy, slots, windows and size overrides) for every
+        decision from now on; the residency model's limits follow in the same call."""
         self._settings = settings
         b, r = settings.backend, self.residency_model
         r.vram_gb, r.max_loaded, r.num_parallel = b.vram_gb, b.max_loaded_models, b.num_parallel
         r.overrides = {canonical_model(k): v for k, v in settings.model_sizes.items()}
         r.resident_factor = b.resident_factor
         r._changed()
-        self.max_parallel = b.max_parallel
         self._ledger.set_windows(settings.windows)
 
     # -- events ----------------------------------------------------------------------------
@@ -282,6 +289,10 @@ class Scheduler:
     @property
     def in_flight_count(self) -> int:
         return len(self._in_flight)
+
+    def holds_slot(self, request_id: str) -> bool:
+        """Whether this request was granted a slot and has not finished."""
+        return request_id in self._in_flight
 
     def queued(self, client: str) -> int:
         return self._ledger.queued(client)

@@ -1,5 +1,7 @@
 """Hot reload: build the new policy file completely aside, then swap one reference.
 
+Two steps, so a server can run the slow one (read and compile: `prepare`) in a worker thread and
+the swap (`commit`) on its event loop, together with everything else that follows the file.
 On any error the old compiled file stays active and the error is kept for /proxy/health; nothing
 else changes. Readers take `holder.current` once per decision and use that object throughout.
 """
@@ -21,6 +23,14 @@ class ReloadResult:
     changed: bool  # False when the file's content was the same as the active one
     version: str  # the active version after the attempt
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A new file, read and compiled, not yet in force."""
+
+    compiled: CompiledFile
+    digest: str
 
 
 class PolicyHolder:
@@ -47,7 +57,9 @@ class PolicyHolder:
     def current(self) -> CompiledFile:
         return self._current
 
-    def reload(self, *, only_if_changed: bool = False) -> ReloadResult:
+    def prepare(self, *, only_if_changed: bool = False) -> Candidate | ReloadResult:
+        """Read and compile the file (blocking: run it off the event loop). A `Candidate` to
+        `commit`, or the result when there is nothing to swap (unchanged, or refused)."""
         with self._lock:
             try:
                 data = self.path.read_bytes()
@@ -61,9 +73,19 @@ class PolicyHolder:
             except PolicyError as exc:
                 self._digest = digest  # do not re-report the same broken content every second
                 return self._failed(str(exc))
-            self._current, self._digest, self.last_error = compiled, digest, None
+            return Candidate(compiled, digest)
+
+    def commit(self, candidate: Candidate) -> ReloadResult:
+        """Put a prepared file in force: one reference swap."""
+        with self._lock:
+            self._current, self._digest, self.last_error = candidate.compiled, candidate.digest, None
             self.reloads_ok += 1
-            return ReloadResult(ok=True, changed=True, version=compiled.version)
+            return ReloadResult(ok=True, changed=True, version=candidate.compiled.version)
+
+    def reload(self, *, only_if_changed: bool = False) -> ReloadResult:
+        """`prepare` and `commit` in one call, for callers with no event loop to swap on."""
+        prepared = self.prepare(only_if_changed=only_if_changed)
+        return self.commit(prepared) if isinstance(prepared, Candidate) else prepared
 
     def check_changed(self) -> ReloadResult:
         """Reload if the file's content hash changed since the last attempt (the file watcher)."""

@@ -21,7 +21,7 @@ from policy.durations import parse_duration
 from policy.errors import MISSING, PolicyError, Problem, join_path
 from policy.terms import REGISTRY, UnknownTermType
 from policy.validate import validate
-from schemas.policy_file import PolicyFile
+from schemas.policy_file import IdentifyBy, PolicyFile, StorePrompts
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -40,6 +40,38 @@ class BackendSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSettings:
+    max_queue: int
+    max_queued_per_client: int
+    max_body: int  # bytes
+    rate_windows: tuple[tuple[str, float, int], ...]  # (name, seconds, max_requests)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    identify_by: tuple[IdentifyBy, ...]
+    header: str
+    api_keys_env: str
+    trusted_proxies: tuple[IPNetwork, ...]
+    class_header: str
+    default_class: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    networks: tuple[IPNetwork, ...]
+    key_env: str
+    session_lifetime: float  # seconds
+    auth_attempts_per_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournalSettings:
+    store_prompts: StorePrompts
+    retention: float  # seconds; 0 keeps records forever
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledFile:
     """A whole policy file, compiled. Immutable: a reload builds a new one and swaps it in."""
 
@@ -48,13 +80,13 @@ class CompiledFile:
     raw: PolicyFile
     policies: dict[str, Policy]
     active: Policy
+    # Every section the server reads, compiled and typed: nothing outside policy/ reads `raw`.
     backend: BackendSettings
+    limits: LimitSettings
+    clients: ClientSettings
+    admin: AdminSettings
+    journal: JournalSettings
     model_sizes: dict[str, float]  # [models] overrides, GiB
-    admin_networks: tuple[IPNetwork, ...]
-    trusted_proxies: tuple[IPNetwork, ...]
-    rate_windows: tuple[tuple[str, float, int], ...]  # (name, seconds, max_requests)
-    session_lifetime: float
-    retention: float
     classifier: Classifier
     windows: frozenset[float]  # every client window any policy or rate limit counts
     terms: dict[str, tuple[DecodedTerm, ...]]  # per policy, the decoded terms (for `show`)
@@ -188,6 +220,7 @@ def compile_file(
     rate_windows = tuple(
         (name, parse_duration(r.window), r.max_requests) for name, r in file.limits.rate.items()
     )
+    c, a = file.clients, file.admin
     windows = frozenset(w for p in policies.values() for w in p.windows) | {
         w for _, w, _ in rate_windows
     }
@@ -198,12 +231,27 @@ def compile_file(
         policies=policies,
         active=policies[file.active],
         backend=backend,
+        limits=LimitSettings(
+            max_queue=file.limits.max_queue,
+            max_queued_per_client=file.limits.max_queued_per_client,
+            max_body=file.limits.max_body,
+            rate_windows=rate_windows,
+        ),
+        clients=ClientSettings(
+            identify_by=tuple(c.identify_by), header=c.header, api_keys_env=c.api_keys_env,
+            trusted_proxies=_networks(c.trusted_proxies), class_header=c.class_header,
+            default_class=c.default_class,
+        ),
+        admin=AdminSettings(
+            networks=_networks(a.networks), key_env=a.key_env,
+            session_lifetime=parse_duration(a.session_lifetime),
+            auth_attempts_per_minute=a.auth_attempts_per_minute,
+        ),
+        journal=JournalSettings(
+            store_prompts=file.journal.store_prompts,
+            retention=parse_duration(file.journal.retention),
+        ),
         model_sizes={name: m.vram_gb for name, m in file.models.items()},
-        admin_networks=_networks(file.admin.networks),
-        trusted_proxies=_networks(file.clients.trusted_proxies),
-        rate_windows=rate_windows,
-        session_lifetime=parse_duration(file.admin.session_lifetime),
-        retention=parse_duration(file.journal.retention),
         classifier=Classifier.from_settings(file.clients),
         windows=windows,
         terms={name: tuple(table) for name, table in terms.items()},

@@ -84,8 +84,11 @@ class Admin(Strict):
     auth_attempts_per_minute: PositiveInt = 10
 
 
+StorePrompts = Literal["full", "hash", "none"]
+
+
 class Journal(Strict):
-    store_prompts: Literal["full", "hash", "none"] = "hash"
+    store_prompts: StorePrompts = "hash"
     retention: Duration = "30d"
 
 

@@ -4,9 +4,7 @@ starts and stops the sidecar's background parts."""
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -14,72 +12,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from policy.load import CompiledFile
-from server import routes_admin, routes_proxy
-from server.dialects import error_response
-from server.logs import journal_id_var, request_id_var
-from server.queue_ids import QueueIds
-from server.sidecar import Journal, Settings, Sidecar
+from server.admin import routes as admin_routes
+from server.http.dialects import error_response
+from server.http.request_ids import RequestIdMiddleware
+from server.journal.protocol import Journal
+from server.proxy import routes as proxy_routes
+from server.proxy.queue_ids import QueueIds
+from server.settings import Settings
+from server.sidecar import Sidecar
 
 log = logging.getLogger("smart_proxy")
 
-# A client's own id is kept when it is this well-formed; anything else gets a fresh one.
-REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-
-
-class RequestIdMiddleware:
-    """Every response carries X-Request-Id; every log line about the request carries the id."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        offered = ""
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                offered = value.decode("latin-1")
-                break
-        own = uuid.uuid4().hex
-        rid = offered if REQUEST_ID.match(offered) else own
-        raw_id = rid.encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                if not any(k.lower() == b"x-request-id" for k, _ in headers):
-                    headers.append((b"x-request-id", raw_id))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        started = False
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send_with_id(message)
-
-        token, journal_token = request_id_var.set(rid), journal_id_var.set(own)
-        try:
-            await self.app(scope, receive, send_tracked)
-        except Exception as exc:
-            # Caught here, inside the request id's scope, rather than by Starlette's outermost
-            # error middleware: that one answers without X-Request-Id and re-raises, so Hypercorn
-            # logs the same traceback a second time. Logged once, with the id; never re-raised.
-            path = scope.get("path", "")
-            log.error("unhandled error on %s %s", scope.get("method", ""), path, exc_info=exc)
-            if not started:
-                response = error_response(path, 500, "internal error in the proxy; see its log")
-                await response(scope, receive, send_with_id)
-            # Else the answer has begun: returning unfinished makes the server cut the stream,
-            # so the client sees a broken response rather than a short one passed off as whole.
-        finally:
-            request_id_var.reset(token)
-            journal_id_var.reset(journal_token)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -114,14 +59,14 @@ def create_app(
             await sidecar.stop()
 
     app = Starlette(
-        routes=routes_proxy.routes() + routes_admin.routes(),
+        routes=proxy_routes.routes() + admin_routes.routes(),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
     )
     # Starlette would answer `/api/tags/` with a redirect built from the client's own Host header
     # (an open redirect); a path with a trailing slash is simply not a route here: a 404.
     app.router.redirect_slashes = False
-    # Who may ask `GET /proxy/queue/{id}` about which ticket (server/queue_ids.py).
+    # Who may ask `GET /proxy/queue/{id}` about which ticket (server/proxy/queue_ids.py).
     app.state.queue_ids = QueueIds()
     app.state.sidecar = sidecar
     app.add_middleware(RequestIdMiddleware)

@@ -2,18 +2,18 @@
 
 Owns the policy holder, the scheduler and its dispatcher, the one shared httpx client, the
 upstream poller, the policy watcher, admin auth, metrics and the journal hand-off. The routes
-reach it through `request.app.state.sidecar`.
+reach it through `sidecar_of(request)`; a request's trip gets only `Parts`, and reads the policy
+once (`Caller.compiled`), so a reload never splits one request between two files.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 from starlette.requests import Request
@@ -21,20 +21,51 @@ from starlette.requests import Request
 from engine.scheduler import Scheduler
 from policy.holder import PolicyHolder
 from policy.load import CompiledFile
-from schemas.journal import JournalRecord
-from server.auth import AdminAuth
-from server.consistency import PolicyConsistency
-from server.dispatcher import Dispatcher
-from server.holds import CUT_WAIT_S, Holds
-from server.identity import ApiKeysError, IPAddress, client_address, parse_api_keys
-from server.journal import StoreUnavailable
-from server.metrics import Metrics
-from server.reload import Reloader
-from server.upstream import UpstreamPoller
+from server.http.auth import AdminAuth
+from server.http.identity import (
+    ApiKeysError,
+    Identity,
+    IPAddress,
+    client_address,
+    identify,
+    parse_api_keys,
+)
+from server.journal.protocol import Journal, NullJournal
+from server.runtime.consistency import KINDS as MISMATCH_KINDS
+from server.runtime.consistency import PolicyConsistency
+from server.runtime.dispatcher import Dispatcher
+from server.runtime.holds import CUT_WAIT_S, Holds
+from server.runtime.reload import Reloader
+from server.runtime.upstream import UpstreamPoller
+from server.settings import Settings
+from server.telemetry.metrics import Metrics
 
 log = logging.getLogger("smart_proxy")
 
-DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request, worked out once, under the one policy snapshot it is served by."""
+
+    compiled: CompiledFile
+    address: IPAddress | None  # None: the forwarded address did not parse (never an admin)
+
+    @property
+    def ip(self) -> str | None:
+        return str(self.address) if self.address is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What one request's trip uses of the long-lived parts (server/proxy/exchange.py)."""
+
+    client: httpx.AsyncClient
+    dispatcher: Dispatcher
+    journal: Journal
+    holds: Holds
+    metrics: Metrics
+    poll_soon: Callable[[], None]  # an upstream error: learn about the outage now
 
 
 class _NoCookies(DefaultCookiePolicy):
@@ -43,59 +74,6 @@ class _NoCookies(DefaultCookiePolicy):
 
     def return_ok(self, cookie: Cookie, request: Any) -> bool:
         return False
-
-
-class Journal(Protocol):
-    """What the sidecar needs of a journal (server.journal.Journal fits; so does NullJournal)."""
-
-    def submit(self, record: JournalRecord) -> None: ...
-
-    def admit(self, record: JournalRecord) -> None:
-        """A request was accepted: `record` is what a crash before its end would leave."""
-        ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def health(self) -> dict[str, Any]: ...
-
-    async def analytics(self, hours: Any, group_by: Any, limit: Any) -> dict[str, Any]:
-        """server.journal's report; AnalyticsError (400) or StoreUnavailable (503)."""
-        ...
-
-
-class NullJournal:
-    """No journal configured: records are dropped."""
-
-    def submit(self, record: JournalRecord) -> None:
-        return None
-
-    def admit(self, record: JournalRecord) -> None:
-        return None
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    def health(self) -> dict[str, Any]:
-        return {"backend": "none"}
-
-    async def analytics(self, hours: Any, group_by: Any, limit: Any) -> dict[str, Any]:
-        raise StoreUnavailable("no journal is configured")
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Connection settings and secrets: from the command line and the environment, not the file."""
-
-    policy: Path
-    upstream: str | None = None  # overrides the policy's backend.url when set
-    env: Mapping[str, str] = field(default_factory=dict)  # where key_env / api_keys_env are read
-    shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
-    watch_interval: float = 1.0  # policy file content-hash check
 
 
 class Sidecar:
@@ -109,10 +87,10 @@ class Sidecar:
         self.settings = settings
         self.clock = clock
         self.holder = PolicyHolder(settings.policy)  # a bad file at start-up raises PolicyError
-        self.scheduler = Scheduler(
-            settings=self.holder.current, policy=lambda: self.holder.current.active, clock=clock
-        )
-        self.metrics = Metrics(lambda: self.scheduler)
+        # The scheduler reads its settings and its policy from one CompiledFile reference, which
+        # a reload replaces in the same step as the holder's (`_swap`).
+        self.scheduler = Scheduler(settings=self.holder.current, clock=clock)
+        self.metrics = Metrics(lambda: self.scheduler, mismatch_kinds=MISMATCH_KINDS)
         self.dispatcher = Dispatcher(self.scheduler, on_grant=self.metrics.granted)
         self.holds = Holds()  # every request in progress (an Exchange), for the shutdown
         self.auth = AdminAuth(settings.env, clock)
@@ -140,11 +118,14 @@ class Sidecar:
         )
         self.reloader = Reloader(
             self.holder,
-            on_swap=self._policy_swapped,
+            on_swap=self._swap,
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
             interval=settings.watch_interval,
         )
-        self.stopping = False
+        self.parts = Parts(
+            client=self.client, dispatcher=self.dispatcher, journal=self.journal,
+            holds=self.holds, metrics=self.metrics, poll_soon=self.poller.poll_soon,
+        )
         self._keys_source: tuple[str, str] | None = None
         self.api_keys_problem: str | None = None  # why the API keys variable was refused
         self._keys: dict[str, str] = {}
@@ -161,9 +142,12 @@ class Sidecar:
             self.holder.current.active.name,
         )
 
+    @property
+    def stopping(self) -> bool:
+        return self.dispatcher.closed
+
     def begin_shutdown(self) -> int:
         """Stop admitting; answer every queued request with 503. In-flight ones carry on."""
-        self.stopping = True
         rejected = self.dispatcher.close()
         log.info("shutting down: %d queued requests answered 503, %d in flight",
                  rejected, self.dispatcher.in_flight)
@@ -183,6 +167,10 @@ class Sidecar:
             log.warning("%d requests did not end within %gs of the cut; closing their connections",
                         len(self.holds), CUT_WAIT_S)
 
+    def reload_soon(self) -> None:
+        """SIGHUP: reload the policy file without blocking the signal handler."""
+        self.reloader.reload_soon()
+
     async def stop(self) -> None:
         if not self.stopping:
             self.begin_shutdown()
@@ -194,27 +182,37 @@ class Sidecar:
     # -- what routes ask --------------------------------------------------------------------
 
     @property
-    def policy(self) -> CompiledFile:
+    def compiled(self) -> CompiledFile:
+        """The policy file in force now. A request reads it once, through `caller()`."""
         return self.holder.current
 
-    def upstream_url(self) -> str:
-        return (self.settings.upstream or self.holder.current.backend.url).rstrip("/")
+    def upstream_url(self, compiled: CompiledFile | None = None) -> str:
+        backend = (compiled or self.holder.current).backend
+        return (self.settings.upstream or backend.url).rstrip("/")
 
-    def address(self, request: Request) -> IPAddress | None:
-        peer = request.client.host if request.client else None
-        return client_address(peer, request.headers, self.holder.current.trusted_proxies)
-
-    def is_admin(self, request: Request) -> bool:
+    def caller(self, request: Request) -> Caller:
         compiled = self.holder.current
+        peer = request.client.host if request.client else None
+        address = client_address(peer, request.headers, compiled.clients.trusted_proxies)
+        return Caller(compiled, address)
+
+    def is_admin(self, request: Request, caller: Caller) -> bool:
+        admin = caller.compiled.admin
         return self.auth.is_admin(
-            address=self.address(request),
-            networks=compiled.admin_networks,
-            headers=request.headers,
-            key_env=compiled.raw.admin.key_env,
+            address=caller.address, networks=admin.networks, headers=request.headers,
+            key_env=admin.key_env,
         )
 
-    def api_keys(self) -> dict[str, str]:
-        name = self.holder.current.raw.clients.api_keys_env
+    def identify(self, request: Request, caller: Caller) -> Identity:
+        """The client identity the policy's `clients` rules give this request."""
+        clients = caller.compiled.clients
+        return identify(
+            headers=request.headers, address=caller.address, identify_by=clients.identify_by,
+            header=clients.header, api_keys=self.api_keys(caller.compiled),
+        )
+
+    def api_keys(self, compiled: CompiledFile | None = None) -> dict[str, str]:
+        name = (compiled or self.holder.current).clients.api_keys_env
         text = self.settings.env.get(name, "")
         if self._keys_source != (name, text):
             self._keys_source = (name, text)
@@ -239,7 +237,15 @@ class Sidecar:
         self.metrics.learn_models(ps)
         self.dispatcher.pump()
 
-    def _policy_swapped(self, compiled: CompiledFile) -> None:
+    def _swap(self, compiled: CompiledFile) -> None:
+        """A reload, applied in one step on the event loop: nothing awaits between the holder's
+        swap and these, so no request or dispatch sees half of the new file."""
         self.scheduler.apply_settings(compiled)
+        self.journal.configure(compiled.journal)
         self.consistency.check(self.poller.last_ps)  # a fixed vram_gb clears health at once
         self.dispatcher.pump()
+
+
+def sidecar_of(request: Request) -> Sidecar:
+    sc: Sidecar = request.app.state.sidecar
+    return sc

@@ -1,7 +1,7 @@
 """Argument types and error reporting shared by every `smart-proxy` verb.
 
 They live here, below `server/` in the layer table, because the emulator's own verb (`sim`) needs
-them as well and `sim/` may not import `server/`; `server/cli_args.py` adds the journal's.
+them as well and `sim/` may not import `server/`; `server/cli/args.py` adds the journal's.
 
 Every value from outside — an option, or an environment variable standing in for one — is checked
 here while the command line is parsed, so a bad one is a single line on stderr and exit status 2:

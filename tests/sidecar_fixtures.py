@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from policy.load import CompiledFile
     from schemas.journal import JournalRecord
-    from server.runner import Server
+    from server.runtime.serving import Server
     from server.sidecar import Sidecar
 
 # server is imported inside the functions: this plugin loads before typeguard instruments our
@@ -88,6 +88,7 @@ class RecordingJournal:
     def __init__(self) -> None:
         self.records: list[JournalRecord] = []
         self.admitted: list[JournalRecord] = []  # the crash records, kept apart from the real ones
+        self.settings: list[Any] = []  # every [journal] section a reload handed over
 
     def submit(self, record: JournalRecord) -> None:
         self.records.append(record)
@@ -103,6 +104,9 @@ class RecordingJournal:
 
     def health(self) -> dict[str, Any]:
         return {"backend": "memory", "records": len(self.records)}
+
+    def configure(self, settings: Any) -> None:
+        self.settings.append(settings)
 
     async def analytics(self, hours: Any, group_by: Any, limit: Any) -> dict[str, Any]:
         from server.journal import StoreUnavailable
@@ -183,8 +187,8 @@ def running_sidecar(
 ) -> Iterator[RunningSidecar]:
     """`journal`: a factory for a real journal; by default a RecordingJournal is used."""
     from server.app import create_app
-    from server.runner import Server, listen, url_of
-    from server.sidecar import Settings
+    from server.runtime.serving import Server, listen, url_of
+    from server.settings import Settings
 
     settings = Settings(
         policy=policy_path, upstream=upstream, env=dict(env or {}),

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sidecar_fixtures import BASE_POLICY, SidecarFactory, cli_process
 
-from server.identity import ApiKeysError, parse_api_keys
+from server.http.identity import ApiKeysError, parse_api_keys
 
 EXAMPLE = str(Path(__file__).resolve().parent.parent / "policies.example.toml")
 SECRET = "sk-very-secret"

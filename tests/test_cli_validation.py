@@ -17,8 +17,8 @@ from sidecar_fixtures import cli_process
 
 from policy.load import load_policy_file
 from schemas.journal import JournalRecord
-from server.cli import build_parser, main
-from server.cli_args import CliError
+from server.cli.main import build_parser, main
+from server.cli.args import CliError
 from server.journal.fallback import FallbackSpool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,8 +122,8 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     def refuse(*_: Any, **__: Any) -> Any:
         raise AssertionError("the command got as far as serving")
 
-    monkeypatch.setattr("server.cli_serve.listen", refuse)
-    monkeypatch.setattr("server.cli_serve.configure", lambda *_: None)  # global logging
+    monkeypatch.setattr("server.cli.serve.listen", refuse)
+    monkeypatch.setattr("server.cli.serve.configure", lambda *_: None)  # global logging
     monkeypatch.setattr("sim.cli.serve_emulator", refuse)
     yield tmp_path
 
@@ -306,7 +306,7 @@ def test_serve_puts_the_fallback_where_status_looks(
         captured["journal"] = journal
         raise CliError("stopped before serving")
 
-    monkeypatch.setattr("server.cli_serve.create_app", fake_app)
+    monkeypatch.setattr("server.cli.serve.create_app", fake_app)
     monkeypatch.setenv("SMART_PROXY_JOURNAL_FALLBACK", str(cli / "outage"))
     assert main([*SERVE, "--db", str(cli / "j.db")]) == 2
     capsys.readouterr()

@@ -21,8 +21,8 @@ from sidecar_fixtures import wait_upstream_up
 
 from policy.errors import PolicyError
 from policy.load import load_policy_file
-from server.demo import example_policy
-from server.demo_setup import GIB, backend_for, derive_policy
+from server.cli.demo import example_policy
+from server.cli.demo_setup import GIB, backend_for, derive_policy
 from sim.presets import PRESETS
 from sim.serve import preset_settings
 

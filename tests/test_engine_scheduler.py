@@ -1,12 +1,13 @@
 """The scheduler: slots, cancellation, pause, max_wait, and swaps that would undo themselves."""
 
+import dataclasses
 from pathlib import Path
 
 from engine.clock import ManualClock
 from engine.ledger import ClientLedger
 from engine.residency import GIB
 from engine.scheduler import Scheduler
-from policy.load import load_policy_file
+from policy.load import CompiledFile, load_policy_file
 
 EXAMPLE = load_policy_file(Path(__file__).resolve().parent.parent / "policies.example.toml")
 
@@ -141,11 +142,16 @@ def test_position_tells_a_waiting_client_where_it_stands():
     assert s.position("c") is None
 
 
+def one_slot(settings: CompiledFile, active: str | None = None) -> CompiledFile:
+    """The file with one slot (and another active policy): what a reload would hand over."""
+    settings = settings.with_active(active) if active else settings
+    return dataclasses.replace(settings, backend=dataclasses.replace(settings.backend, max_parallel=1))
+
+
 def test_a_reload_takes_effect_at_the_next_decision():
     """The policy is read once per dispatch(): switching it reorders what still waits."""
-    current = {"p": EXAMPLE.policies["fifo"]}
     clock = ManualClock(0.0)
-    s = Scheduler(EXAMPLE, policy=lambda: current["p"], clock=clock)
+    s = Scheduler(one_slot(EXAMPLE, "fifo"), clock=clock)
     s.reconcile({"models": [{"name": "llama3.1:8b", "size": 6 * GIB}]})
     s.residency_model.learn_sizes({"qwq:32b": 23.0})
     s.pause()
@@ -153,9 +159,8 @@ def test_a_reload_takes_effect_at_the_next_decision():
     clock.advance(1)
     enqueue(s, "loaded")
     s.resume()
-    s.max_parallel = 1
     assert s.position("swap").position == 1
-    current["p"] = EXAMPLE.policies["throughput"]
+    s.apply_settings(one_slot(EXAMPLE, "throughput"))
     assert [g.ticket.id for g in s.dispatch()] == ["loaded"]
 
 
@@ -184,7 +189,7 @@ def test_requests_for_the_loaded_runner_go_before_a_reload():
     """Same model, other num_ctx: the request for the runner Ollama holds goes first, then the
     reload, then the request that can reuse the reloaded runner."""
     s, _ = make()
-    s.max_parallel = 1
+    s.apply_settings(one_slot(s.settings))
     s.pause()
     s.enqueue(
         request_id="ctx-a",

@@ -11,7 +11,7 @@ import ipaddress
 import pytest
 from starlette.datastructures import Headers
 
-from server.identity import client_address, parse_hop
+from server.http.identity import client_address, parse_hop
 
 TRUSTED = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8")]
 PROXY = "127.0.0.1"

@@ -116,8 +116,8 @@ def test_a_crash_is_a_500_with_the_request_id(
 async def test_upstream_errors_without_a_message_are_named(
     error: httpx.HTTPError, status: int, expected: str
 ) -> None:
-    from server.dialects import ProxyError
-    from server.forward import open_upstream
+    from server.http.dialects import ProxyError
+    from server.http.forward import open_upstream
 
     def fail(request: httpx.Request) -> httpx.Response:
         raise error
@@ -133,7 +133,7 @@ async def test_upstream_errors_without_a_message_are_named(
 
 @pytest.mark.anyio
 async def test_a_poll_error_without_a_message_is_named() -> None:
-    from server.upstream import UpstreamPoller
+    from server.runtime.upstream import UpstreamPoller
 
     def fail(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("")
@@ -227,7 +227,7 @@ def proxy_routes() -> list[tuple[str, str]]:
     """(method, path) of every /proxy route the app serves, so a new route joins the table."""
     from starlette.routing import Route
 
-    from server import routes_admin
+    from server.admin import routes as routes_admin
 
     routes = [r for r in routes_admin.routes() if isinstance(r, Route) and r.path.startswith("/proxy/")]
     return [

@@ -12,8 +12,8 @@ import pytest
 
 from schemas.journal import JournalRecord
 from schemas.trace import TraceRecord
+from server.cli.db import register
 from server.journal import open_journal
-from server.journal.cli import register
 from server.journal.fallback import FallbackSpool
 
 
@@ -129,7 +129,7 @@ def test_backfill_recovers_the_admission_log_of_a_sidecar_that_never_came_back(
     """A killed sidecar's unfinished requests become `interrupted` records by hand too."""
     from test_kill_durability import leave_admission_log
 
-    from server.record import RequestFacts
+    from server.proxy.facts import RequestFacts
 
     journal_dsn = existing(journal_dsn)
     fallback = tmp_path / "fallback"

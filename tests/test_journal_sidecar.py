@@ -23,7 +23,7 @@ def real_journal(dsn: str, fallback: Path):
     def make(compiled: Any):
         return open_journal(
             dsn,
-            store_prompts=compiled.raw.journal.store_prompts,
+            store_prompts=compiled.journal.store_prompts,
             fallback_dir=fallback,
             store_timeout=1.0,
             retry_initial=0.1,

@@ -29,7 +29,7 @@ from sidecar_fixtures import cli_process, make_policy, wait_until, wait_upstream
 from schemas.journal import JournalRecord
 from server.journal import open_journal
 from server.journal.admissions import PREFIX, AdmissionLog, recover
-from server.record import INTERRUPTED, RequestFacts
+from server.proxy.facts import INTERRUPTED, RequestFacts
 
 # time_scale 0.3: slow:700b generates a few tokens a second, so its answers outlast the kill.
 EMULATOR = """

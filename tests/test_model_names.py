@@ -18,7 +18,7 @@ from engine.scheduler import Scheduler
 from policy.errors import PolicyError
 from policy.load import load_policy_file, load_policy_text
 from schemas.model_name import canonical_model, canonical_pattern
-from server.metrics import Metrics
+from server.telemetry.metrics import Metrics
 
 EXAMPLE = load_policy_file(Path(__file__).resolve().parent.parent / "policies.example.toml")
 

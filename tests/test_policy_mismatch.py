@@ -15,7 +15,7 @@ from sidecar_fixtures import RunningSidecar, SidecarFactory, make_policy
 from test_sidecar_admin import metric
 
 from policy.load import load_policy_text
-from server.consistency import GIB, PolicyConsistency, contradictions, observe
+from server.runtime.consistency import GIB, PolicyConsistency, contradictions, observe
 
 BIG, BIGGER = "gemma3:27b", "qwq:32b"  # 20.4 GB + 24 GB resident in the emulator: 41.4 GiB
 

@@ -5,6 +5,7 @@ so an idle slot beside a waiting queue is explained."""
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,12 @@ def _scheduler() -> tuple[Scheduler, ManualClock]:
     return s, clock
 
 
+def _set_backend(s: Scheduler, **changes: Any) -> None:
+    """A reload that changes only [backend] keys, the way the sidecar applies one."""
+    settings = s.settings
+    s.apply_settings(dataclasses.replace(settings, backend=dataclasses.replace(settings.backend, **changes)))
+
+
 def _view(s: Scheduler) -> dict[str, tuple[bool, str | None]]:
     return {r.ticket.id: (r.eligible, r.reason) for r in s.waiting()}
 
@@ -123,15 +130,14 @@ def test_scheduler_reasons() -> None:
         "q": (False, held),
     }
     s.finish("l1")
-    s.residency_model.num_parallel = 2
-    s.max_parallel = 1
+    _set_backend(s, num_parallel=2, max_parallel=1)
     assert [g.ticket.id for g in s.dispatch()] == ["l2"]
     s.pause()
     assert _view(s) == {
         "q": (True, "dispatching is paused; max_parallel reached (1 of 1 slots busy)"),
     }
     s.resume()
-    s.max_parallel = 2
+    _set_backend(s, num_parallel=2, max_parallel=2)
     assert [(g.ticket.id, g.action) for g in s.dispatch()] == [("q", "swap")]
     s.enqueue(request_id="l3", model="llama3.1:8b", client="alice", cls="interactive")
     s.enqueue(request_id="q2", model="qwq:32b", client="bob", cls="interactive")

@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from server import logs
+from server.http import request_ids
+from server.telemetry import logs
 
 
 @pytest.fixture
@@ -20,11 +21,11 @@ def restore_logging():
 def test_json_lines_carry_the_request_id_and_extras(capsys, restore_logging):
     """A line logged while a request is handled names it; extras become fields."""
     logs.configure("json", "INFO")
-    token = logs.request_id_var.set("req-123")
+    token = request_ids.request_id_var.set("req-123")
     try:
         restore_logging.info("granted %s", "llama3", extra={"queue_wait_ms": 12})
     finally:
-        logs.request_id_var.reset(token)
+        request_ids.request_id_var.reset(token)
     restore_logging.info("poll ok")
     logs._stop_listener()  # the writer thread flushes what is queued
     first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.record import StreamTap
+from server.proxy.facts import StreamTap
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,7 @@ def test_bad_limit_options_are_usage_errors(
     verb: str, argv: list[str], env: dict[str, str], message: str,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from server.cli import build_parser
+    from server.cli.main import build_parser
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -116,7 +116,7 @@ def test_bad_limit_options_are_usage_errors(
 
 
 def test_limit_options_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    from server.cli import build_parser
+    from server.cli.main import build_parser
 
     monkeypatch.setenv("SMART_PROXY_MAX_CONNECTIONS", "7")
     args = build_parser().parse_args(["serve", "--header-timeout", "2.5", "--body-timeout", "4"])

@@ -267,7 +267,7 @@ def test_sigterm_to_serve_cuts_what_the_grace_did_not_finish(tmp_path: Path, slo
 
 @pytest.mark.anyio
 async def test_a_cut_interrupts_only_armed_regions_and_only_its_own_cancellation() -> None:
-    from server.holds import Cut, Holds
+    from server.runtime.holds import Cut, Holds
 
     holds = Holds()
     parked = asyncio.Event()

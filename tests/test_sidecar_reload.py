@@ -236,7 +236,7 @@ async def test_a_sighup_reload_in_progress_is_stopped_with_the_reloader(tmp_path
     import asyncio
 
     from policy.holder import PolicyHolder
-    from server.reload import Reloader
+    from server.runtime.reload import Reloader
 
     path = tmp_path / "policy.toml"
     path.write_text(BATCH_FIRST, encoding="utf-8")

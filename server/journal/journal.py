@@ -56,6 +56,7 @@ class Journal:
         self._wake = asyncio.Event()  # writer: records are waiting
         self._retry_wake = asyncio.Event()  # retry loop: something went to the fallback file
         self._stop_event = asyncio.Event()
+        self._purge_soon = asyncio.Event()  # a reload changed the retention
         self._replay_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._spill: SpillWriter | None = None
@@ -106,6 +107,22 @@ class Journal:
                 self._spool.append([prepared])
         except Exception:  # the request path must not fail because of its journal record
             log.exception("journal: could not take record %r", getattr(record, "request_id", None))
+
+    def configure(self, settings: JournalSettings) -> None:
+        """A reload's [journal] settings: `store_prompts` applies to every record handed over from
+        now on (a stricter setting also to records still waiting for the writer); a changed
+        `retention` is purged within moments, not at the next hourly pass."""
+        self._stamper.store_prompts = settings.store_prompts
+        if settings.store_prompts != "full":
+            # Waiting records were prepared under the old setting: prepare them again, so a
+            # privacy setting applies to everything not yet on disk. Preparing is idempotent.
+            again = [self._stamper.prepare(r) for r in self._pending]
+            self._pending.clear()
+            self._pending.extend(again)
+        retention = settings.retention or None
+        if retention != self._retention:
+            self._retention = retention
+            self._purge_soon.set()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -256,10 +273,16 @@ class Journal:
         self._last_error = str(exc)
         self._retry_wake.set()
 
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep unless stopping; True if stop() was called."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_event.wait(), seconds)
+    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
+        """Sleep unless stopping (or `wake` is set); True if stop() was called."""
+        events = [self._stop_event, *([wake] if wake is not None else [])]
+        waiters = [asyncio.create_task(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
         return self._stop_event.is_set()
 
     async def _retry_loop(self) -> None:
@@ -291,8 +314,9 @@ class Journal:
 
     async def _purge_loop(self) -> None:
         delay = min(60.0, self._purge_interval)  # first purge soon after start-up
-        while not await self._sleep(delay):
+        while not await self._sleep(delay, wake=self._purge_soon):
             delay = self._purge_interval
+            self._purge_soon.clear()
             if self._retention is None or not self._connected:
                 continue
             try:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from schemas.journal import JournalRecord
-
-StorePrompts = Literal["full", "hash", "none"]
+from schemas.policy_file import StorePrompts
 
 # Column kinds; each backend maps them to its own SQL types (see migrations.py).
 _KIND_BY_FIELD: dict[str, str] = {

@@ -15,6 +15,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # A client id from a header is shown in logs, metrics and the queue view: keep it printable.
+ADMIN_KEY_HEADER = "x-admin-key"
+ADMIN_TOKEN_HEADER = "x-admin-token"
+# Headers that carry admin credentials: stripped from everything forwarded to Ollama.
+ADMIN_HEADERS = frozenset({ADMIN_KEY_HEADER, ADMIN_TOKEN_HEADER})
+
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _PORT = re.compile(r"^:[0-9]{1,5}$")
 

@@ -2,7 +2,7 @@
 
 It runs on a copy of policies.example.toml (or --policy FILE) whose [backend] describes the
 emulator it started, and keeps its own journal unless --db or SMART_PROXY_DB names one; both live in
-a temporary directory removed on exit (server/demo_setup.py).
+a temporary directory removed on exit (server/cli/demo_setup.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from server.demo_setup import DemoSetup, demo_directory, describe
+from server.cli.demo_setup import DemoSetup, demo_directory, describe
 from sim.presets import PRESETS
 from sim.serve import preset_settings, serve_emulator
 
@@ -22,7 +22,7 @@ EXAMPLE = "policies.example.toml"
 
 
 def example_policy() -> Path:
-    for candidate in (Path(EXAMPLE), Path(__file__).resolve().parent.parent / EXAMPLE):
+    for candidate in (Path(EXAMPLE), Path(__file__).resolve().parents[2] / EXAMPLE):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"{EXAMPLE} not found here or beside the installed packages; pass --policy FILE")
@@ -47,7 +47,7 @@ def banner(proxy: str, ollama: str, setup: DemoSetup, preset: str) -> str:
 
 
 async def run_demo(args: argparse.Namespace) -> None:
-    from server.cli_serve import serve_sidecar
+    from server.cli.serve import serve_sidecar
 
     if args.preset not in PRESETS:
         raise KeyError(f"unknown preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}")

@@ -13,16 +13,26 @@ import logging
 import signal
 import socket
 from collections.abc import Sequence
+from typing import Protocol
 
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
 from hypercorn.utils import wrap_app
 from starlette.applications import Starlette
 
-from server.connlimits import BodyGuard, CappedSocket, ServingLimits, quiet_accept_errors
-from server.sidecar import Sidecar
+from server.runtime.connlimits import BodyGuard, CappedSocket, ServingLimits, quiet_accept_errors
 
 log = logging.getLogger("smart_proxy")
+
+
+class Stoppable(Protocol):
+    """What serving needs of the app's owner (server.sidecar.Sidecar), found on `app.state`."""
+
+    def begin_shutdown(self) -> int: ...
+
+    async def drain(self, within: float) -> None: ...
+
+    def reload_soon(self) -> None: ...
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -59,8 +69,8 @@ class Server:
         self._stop = asyncio.Event()
 
     @property
-    def sidecar(self) -> Sidecar:
-        sc: Sidecar = self.app.state.sidecar
+    def sidecar(self) -> Stoppable:
+        sc: Stoppable = self.app.state.sidecar
         return sc
 
     def stop(self) -> None:
@@ -98,7 +108,7 @@ class Server:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
                 installed.append(sig)
-            loop.add_signal_handler(signal.SIGHUP, self.sidecar.reloader.reload_soon)
+            loop.add_signal_handler(signal.SIGHUP, self.sidecar.reload_soon)
             installed.append(signal.SIGHUP)
         try:
             await worker_serve(app, config, sockets=sockets, shutdown_trigger=self._shutdown_trigger)

@@ -33,12 +33,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.dialects import error_body
+from server.http.dialects import error_body
+from server.settings import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT
 
 log = logging.getLogger("smart_proxy")
 
-DEFAULT_HEADER_TIMEOUT = 30.0
-DEFAULT_BODY_TIMEOUT = 60.0
 # Descriptors kept back from the connection cap: the journal, log files, the upstream pool, and
 # the over-cap connections being answered 503.
 RESERVED_FDS = 128

@@ -2,8 +2,9 @@
 
 The engine is synchronous bookkeeping; this class calls `dispatch()` after every event (arrival,
 finish, cancel, first byte, poll, reload, resume) and resolves the futures of the tickets it
-granted — event-driven, no polling loop. It also guarantees that every granted ticket is
-finished exactly once, whichever way its request ends, so in-flight always returns to zero.
+granted — event-driven, no polling loop. Every request ends in `release`, whichever way it
+ends, so every granted ticket is finished exactly once and in-flight always returns to zero.
+The scheduler keeps the counts (waiting, in flight); this class keeps only the futures.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ class Dispatcher:
         self.scheduler = scheduler
         self._on_grant = on_grant
         self._futures: dict[str, asyncio.Future[Grant]] = {}
-        self._granted: set[str] = set()  # granted and not yet finished
-        self.closed = False
+        self.closed = False  # the sidecar is stopping: no new tickets
 
     def submit(
         self, *, request_id: str, model: str, client: str, cls: str, endpoint: str, variant: str = ""
@@ -52,10 +52,9 @@ class Dispatcher:
         """Grant what the policy chooses now. Call after every event."""
         for grant in self.scheduler.dispatch():
             rid = grant.ticket.id
-            self._granted.add(rid)
             fut = self._futures.pop(rid, None)
             if fut is None or fut.done():
-                # Cannot happen while abandon() cancels before dropping the future; if it ever
+                # Cannot happen while release() cancels before dropping the future; if it ever
                 # does, free the slot rather than leak it.
                 log.error("granted with nobody waiting; releasing its slot", extra={"request_id": rid})
                 self.finish(rid)
@@ -63,8 +62,9 @@ class Dispatcher:
             self._on_grant(grant)
             fut.set_result(grant)
 
-    def abandon(self, request_id: str) -> None:
-        """The waiter is gone (disconnect, queue timeout, admin cancel): drop or finish its ticket."""
+    def release(self, request_id: str) -> None:
+        """The request has ended, however it ended (answered, failed, timed out in the queue,
+        client gone, removed by an admin): drop its waiting ticket or free its slot."""
         fut = self._futures.pop(request_id, None)
         if self.scheduler.cancel(request_id):
             if fut is not None and not fut.done():
@@ -75,7 +75,7 @@ class Dispatcher:
 
     def known(self, request_id: str) -> bool:
         """Whether a request with this id is waiting or in flight."""
-        return request_id in self._futures or request_id in self._granted
+        return request_id in self._futures or self.scheduler.holds_slot(request_id)
 
     def remove(self, request_id: str) -> bool:
         """Admin cancel: fail a waiting ticket's future so its request answers at once."""
@@ -94,9 +94,7 @@ class Dispatcher:
 
     def finish(self, request_id: str) -> None:
         """Free the slot of a granted ticket; a second call for the same id does nothing."""
-        if request_id in self._granted:
-            self._granted.discard(request_id)
-            self.scheduler.finish(request_id)
+        if self.scheduler.finish(request_id):
             self.pump()
 
     def pause(self) -> None:
@@ -119,4 +117,4 @@ class Dispatcher:
 
     @property
     def in_flight(self) -> int:
-        return len(self._granted)
+        return self.scheduler.in_flight_count

@@ -15,7 +15,6 @@ from prometheus_client.registry import Collector
 
 from engine.scheduler import Grant, Scheduler
 from schemas.model_name import canonical_model
-from server.consistency import KINDS as MISMATCH_KINDS
 
 _WAIT_BUCKETS = (0.005, 0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _DURATION_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -61,7 +60,9 @@ class _QueueCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, scheduler: Callable[[], Scheduler]) -> None:
+    def __init__(
+        self, scheduler: Callable[[], Scheduler], *, mismatch_kinds: Iterable[str] = ()
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.known_models: set[str] = set()
         r = self.registry
@@ -98,7 +99,7 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        for kind in MISMATCH_KINDS:  # both series exist from the start, so an alert sees the 0
+        for kind in mismatch_kinds:  # both series exist from the start, so an alert sees the 0
             self.policy_mismatch.labels(kind).set(0)
         r.register(_QueueCollector(scheduler, self.model_label))
 

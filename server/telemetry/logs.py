@@ -8,7 +8,6 @@ or blocked stderr (a full pipe, a stalled terminal) never stalls a request.
 from __future__ import annotations
 
 import atexit
-import contextvars
 import copy
 import logging
 import queue
@@ -19,16 +18,9 @@ from typing import Literal
 
 import msgspec
 
-LogFormat = Literal["json", "human"]
+from server.http.request_ids import request_id_var
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "request_id", default=None
-)
-# The journal's key for the same request: the request id when the sidecar chose it, a fresh one
-# when the client sent its own (clients reuse ids; records must never overwrite each other).
-journal_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "journal_id", default=None
-)
+LogFormat = Literal["json", "human"]
 
 # LogRecord attributes that are not "extra" fields a caller added.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {

@@ -11,15 +11,15 @@ import importlib
 import os
 import sys
 
-from server.cli_args import CliError, OneLineParser, fail
+from server.cli.args import CliError, OneLineParser, fail
 
 # Modules that contribute verbs, in the order `--help` lists them. A module that is absent (a
 # feature not built yet) is skipped rather than breaking every other verb.
 VERB_MODULES = (
-    "server.cli_serve",
-    "server.cli_policy",
+    "server.cli.serve",
+    "server.cli.policy",
     "sim.cli",
-    "server.journal.cli",
+    "server.cli.db",
 )
 
 

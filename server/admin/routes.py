@@ -32,14 +32,14 @@ from schemas.proxy_api import (
     UpstreamHealth,
     VramView,
 )
-from server.auth import SESSION_COOKIE
-from server.dialects import ProxyError, error_response
+from server.http.auth import SESSION_COOKIE
+from server.http.bodies import read_body
+from server.http.dialects import ProxyError, error_response
+from server.http.query_params import Param, number, one_of, takes, whole
 from server.journal import AnalyticsError, StoreUnavailable
 from server.journal.analytics import GROUP_BY, MAX_HOURS, MAX_LIMIT
-from server.query_params import Param, number, one_of, takes, whole
-from server.queue_ids import QueueIds
-from server.routes_proxy import identify_request, read_body, sidecar_of
-from server.sidecar import Sidecar
+from server.proxy.queue_ids import QueueIds
+from server.sidecar import Sidecar, sidecar_of
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -56,7 +56,8 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 def admin_only(endpoint: Endpoint) -> Endpoint:
     async def guarded(request: Request) -> Response:
-        if not sidecar_of(request).is_admin(request):
+        sc = sidecar_of(request)
+        if not sc.is_admin(request, sc.caller(request)):
             return error_response(
                 request.url.path, 403,
                 "admin only: connect from an admin network, or send X-Admin-Key or a session token",
@@ -68,8 +69,9 @@ def admin_only(endpoint: Endpoint) -> Endpoint:
 
 
 def _policy_info(sc: Sidecar) -> PolicyInfo:
+    compiled = sc.compiled
     return PolicyInfo(
-        name=sc.policy.active.name, version=sc.policy.version, last_reload_error=sc.holder.last_error
+        name=compiled.active.name, version=compiled.version, last_reload_error=sc.holder.last_error
     )
 
 
@@ -88,7 +90,7 @@ async def health(request: Request) -> Response:
     reasons += sc.consistency.reasons
     sc.api_keys()  # re-read if a reload named another variable
     if sc.api_keys_problem:  # public: say where to look, not what the entries hold
-        reasons.append(f"{sc.policy.raw.clients.api_keys_env} was refused, so no API key identifies a "
+        reasons.append(f"{sc.compiled.clients.api_keys_env} was refused, so no API key identifies a "
                        "client (see the log)")
     body = Health(
         status="stopping" if sc.stopping else "degraded" if reasons else "ok",
@@ -148,14 +150,15 @@ def _visible_request_id(request: Request, sc: Sidecar, asked: str) -> str | None
     held = ids.by_queue_id(asked)
     if held is not None:
         return held.request_id
-    if sc.is_admin(request):
+    caller = sc.caller(request)
+    if sc.is_admin(request, caller):
         return asked
     ticket = ids.by_request_id(asked)
     if ticket is None:
         return None
-    caller = identify_request(request, sc).client
+    client = sc.identify(request, caller).client
     # "unknown" names no one in particular: two unidentifiable callers are not the same client.
-    return asked if caller == ticket.client and caller != "unknown" else None
+    return asked if client == ticket.client and client != "unknown" else None
 
 
 @takes()
@@ -215,7 +218,7 @@ async def vram(request: Request) -> Response:
 @takes()
 async def policy(request: Request) -> Response:
     sc = sidecar_of(request)
-    compiled = sc.policy
+    compiled = sc.compiled
     return _json(
         PolicyView(
             path=compiled.path, version=compiled.version, active=compiled.active.name,
@@ -252,8 +255,8 @@ async def resume(request: Request) -> Response:
 @takes()
 async def auth(request: Request) -> Response:
     sc = sidecar_of(request)
-    compiled = sc.policy
-    address = sc.address(request)
+    caller = sc.caller(request)
+    admin = caller.compiled.admin
     try:
         body = msgspec.json.decode(await read_body(request, 4096), type=AuthRequest)
     except ProxyError as exc:
@@ -264,17 +267,17 @@ async def auth(request: Request) -> Response:
         return error_response(request.url.path, 400, 'expected {"key": "..."}: nested too deeply')
     try:
         token = sc.auth.login(
-            address=str(address) if address is not None else "unknown",
+            address=caller.ip or "unknown",
             offered=body.key,
-            key_env=compiled.raw.admin.key_env,
-            lifetime=compiled.session_lifetime,
-            per_minute=compiled.raw.admin.auth_attempts_per_minute,
+            key_env=admin.key_env,
+            lifetime=admin.session_lifetime,
+            per_minute=admin.auth_attempts_per_minute,
         )
     except ProxyError as exc:
         return error_response(request.url.path, exc.status, exc.message, retry_after=exc.retry_after)
-    response = _json(AuthToken(token=token, expires_in_s=compiled.session_lifetime))
+    response = _json(AuthToken(token=token, expires_in_s=admin.session_lifetime))
     response.set_cookie(
-        SESSION_COOKIE, token, max_age=max(1, int(compiled.session_lifetime)),
+        SESSION_COOKIE, token, max_age=max(1, int(admin.session_lifetime)),
         httponly=True, samesite="strict", secure=request.url.scheme == "https",
     )
     return response

@@ -14,36 +14,26 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
 from engine.scheduler import Grant
 from schemas.journal import Status
-from server.dialects import ProxyError, error_body, error_response, is_openai
-from server.dispatcher import RemovedByAdmin, ShuttingDown
-from server.forward import describe, open_upstream, relay
-from server.holds import Cut, Hold
-from server.record import RequestFacts, StreamTap
-from server.watch import ClientGone, DisconnectWatch
-
-if TYPE_CHECKING:
-    from server.sidecar import Sidecar
+from server.http.dialects import ProxyError, error_body, error_response, is_openai
+from server.http.forward import describe, open_upstream, relay
+from server.proxy.disconnect import ClientGone, DisconnectWatch
+from server.proxy.facts import StreamTap
+from server.proxy.intake import Admission
+from server.runtime.dispatcher import RemovedByAdmin, ShuttingDown
+from server.runtime.holds import Cut, Hold
+from server.sidecar import Parts
 
 log = logging.getLogger("smart_proxy.request")
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away"; journal and logs only
 SHUTDOWN_CUT = "sidecar shut down before the request finished"
 RETRY_AFTER_S = 5  # what a request refused or cut by a shutdown is told
-
-
-@dataclass(frozen=True, slots=True)
-class Scheduling:
-    model: str
-    client: str
-    cls: str
-    variant: str = ""  # options that force Ollama to reload the model (engine.residency)
 
 
 @dataclass(slots=True)
@@ -56,24 +46,23 @@ class _Outcome:
 class Exchange:
     def __init__(
         self,
-        sidecar: Sidecar,
+        parts: Parts,
+        admission: Admission,
         *,
         method: str,
-        target: str,  # path and query, sent to the upstream as they came
+        url: str,  # the upstream's, with the path and query as they came
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes],
-        facts: RequestFacts,
-        scheduling: Scheduling | None,
-        keep_text: bool,
     ) -> None:
-        self.sidecar = sidecar
+        self.parts = parts
+        self.backend = admission.compiled.backend  # timeouts: the request's own policy snapshot
         self.method = method
-        self.target = target
+        self.url = url
         self.headers = headers
         self.body = body
-        self.facts = facts
-        self.scheduling = scheduling
-        self.tap = StreamTap(keep_text=keep_text)
+        self.facts = admission.facts
+        self.scheduling = admission.scheduling
+        self.tap = StreamTap(keep_text=admission.keep_text)
         self._ends_line = True
         self._send: Send | None = None
         self._started = False  # the response's status line has gone to the client
@@ -92,8 +81,8 @@ class Exchange:
 
         self._send = tracked
         # Accepted from here: a crash from now on leaves an `interrupted` record, not none.
-        self.sidecar.journal.admit(self.facts.admission())
-        with self.sidecar.holds.hold() as hold:
+        self.parts.journal.admit(self.facts.admission())
+        with self.parts.holds.hold() as hold:
             self._hold = hold
             await self._serve(receive)
 
@@ -119,12 +108,12 @@ class Exchange:
                 # Every path ends here, so the slot (or the waiting ticket) is always released —
                 # after the record, so "nothing in flight" also means "every record handed over".
                 if self._submitted:
-                    self.sidecar.dispatcher.abandon(self.facts.request_id)
+                    self.parts.dispatcher.release(self.facts.request_id)
 
     # -- the trip ---------------------------------------------------------------------------
 
     async def _run(self, watch: DisconnectWatch | None, outcome: _Outcome) -> None:
-        sc, facts = self.sidecar, self.facts
+        parts, facts = self.parts, self.facts
         extra = [(b"x-request-id", facts.request_id.encode())]
         if self.scheduling is not None:
             assert watch is not None
@@ -141,7 +130,9 @@ class Exchange:
                 outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
                 outcome.error = "client disconnected while queued"
                 return
+            # One clock for the wait: the scheduler's, which ordered the queue.
             wait_ms = max(0.0, (grant.granted_at - grant.ticket.arrival) * 1000)
+            facts.queue_wait_ms = wait_ms
             facts.dispatched_at = facts.received_at + wait_ms / 1000
             facts.policy_name, facts.policy_version = grant.policy_name, grant.policy_version
             facts.score, facts.score_terms = grant.score.total, grant.score.breakdown()
@@ -151,20 +142,20 @@ class Exchange:
                 (b"x-dispatch-score", f"{grant.score.total:g}".encode()),
                 (b"x-dispatch-policy", f"{grant.policy_name}@{grant.policy_version}".encode()),
             ]
-        timeout = sc.policy.backend.request_timeout
+        timeout = self.backend.request_timeout
         deadline = time.monotonic() + timeout
         try:
             with self._guard(watch), self._armed():
                 upstream = await open_upstream(
-                    sc.client,
+                    parts.client,
                     method=self.method,
-                    url=sc.upstream_url() + self.target,
+                    url=self.url,
                     headers=self.headers,
                     content=self.body,
                     upstream_timeout=timeout,
                 )
         except ProxyError as exc:
-            sc.poller.poll_soon()  # learn about the outage now, not at the next tick
+            parts.poll_soon()  # learn about the outage now, not at the next tick
             return await self._fail(outcome, exc)
         except ClientGone:
             outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
@@ -176,7 +167,7 @@ class Exchange:
             facts.first_byte_at = time.time()
             outcome.http_status = upstream.status_code
             if self.scheduling is not None and upstream.status_code < 400:
-                sc.dispatcher.started(facts.request_id)
+                parts.dispatcher.started(facts.request_id)
             limit = max(0.0, deadline - time.monotonic()) if self.scheduling else None
             try:
                 with self._guard(watch), self._armed():
@@ -193,7 +184,7 @@ class Exchange:
                 return await self._abort(outcome.error)
             except httpx.HTTPError as exc:
                 outcome.error = f"Ollama broke off the answer: {describe(exc)}"
-                sc.poller.poll_soon()
+                parts.poll_soon()
                 return await self._abort(outcome.error)
             if upstream.status_code < 400:
                 outcome.status = "completed"
@@ -203,13 +194,13 @@ class Exchange:
             await upstream.aclose()
 
     async def _wait_grant(self, watch: DisconnectWatch) -> Grant:
-        sc, s, rid = self.sidecar, self.scheduling, self.facts.request_id
+        dispatcher, s, rid = self.parts.dispatcher, self.scheduling, self.facts.request_id
         assert s is not None
-        queue_timeout = sc.policy.backend.queue_timeout
-        if sc.dispatcher.known(rid):
+        queue_timeout = self.backend.queue_timeout
+        if dispatcher.known(rid):
             raise ProxyError(400, f"X-Request-Id {rid!r} is already used by a request in progress")
         try:
-            _, fut = sc.dispatcher.submit(
+            _, fut = dispatcher.submit(
                 request_id=rid, model=s.model, client=s.client, cls=s.cls,
                 endpoint=self.facts.endpoint, variant=s.variant,
             )
@@ -283,14 +274,14 @@ class Exchange:
         await self._send({"type": "http.response.body", "body": line, "more_body": False})
 
     def _record(self, outcome: _Outcome) -> None:
-        facts, sc = self.facts, self.sidecar
+        facts, parts = self.facts, self.parts
         if outcome.status == "completed" or outcome.http_status is not None:
             facts.counters = self.tap.counters()
             facts.response = self.tap.text()
         record = facts.finish(outcome.status, outcome.http_status, outcome.error)
-        sc.journal.submit(record)
+        parts.journal.submit(record)
         seconds = (record.duration_ms or 0.0) / 1000
-        sc.metrics.finished(facts.endpoint, facts.model, outcome.status, seconds)
+        parts.metrics.finished(facts.endpoint, facts.model, outcome.status, seconds)
         log.info(
             "%s %s %s %s",
             self.method, facts.endpoint, outcome.http_status or "-", outcome.status,

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.dialects import ProxyError, error_response
+from server.http.dialects import ProxyError, error_response
 
 _DECIMAL = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9})?$")  # no sign, exponent, inf, nan or `_`
 _WHOLE = re.compile(r"^[0-9]{1,9}$")

@@ -14,8 +14,8 @@ import httpx
 from starlette.datastructures import Headers
 from starlette.types import Send
 
-from server.auth import ADMIN_HEADERS
-from server.dialects import ProxyError
+from server.http.dialects import ProxyError
+from server.http.identity import ADMIN_HEADERS
 
 # RFC 9110 §7.6.1 plus the ones every proxy drops; `host` and `content-length` are recomputed.
 _HOP_BY_HOP = frozenset(

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from server.cli_args import (
+from server.cli.args import (
     FALLBACK_ENV,
     CliError,
     database_problem,

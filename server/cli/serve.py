@@ -16,7 +16,7 @@ from pathlib import Path
 from policy.errors import PolicyError
 from policy.load import CompiledFile
 from server.app import create_app
-from server.cli_args import (
+from server.cli.args import (
     CliError,
     choice,
     duration,
@@ -33,31 +33,14 @@ from server.cli_args import (
     positive_seconds,
     scale,
 )
-from server.connlimits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, ServingLimits
-from server.identity import ApiKeysError, parse_api_keys
+from server.http.identity import ApiKeysError, parse_api_keys
 from server.journal import JournalConfigError, open_journal, resolve
-from server.logs import LogFormat, configure
-from server.runner import Server, listen, url_of
-from server.sidecar import DEFAULT_UPSTREAM, Journal, Settings
+from server.journal.protocol import Journal
+from server.runtime.connlimits import ServingLimits
+from server.runtime.serving import Server, listen, url_of
+from server.settings import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, ENV_VARS, Settings
+from server.telemetry.logs import LogFormat, configure
 from sim.presets import PRESETS
-
-# Every environment variable the sidecar reads (the policy can rename the two secret ones).
-ENV_VARS: dict[str, str] = {
-    "SMART_PROXY_POLICY": "policy file (default ./policies.example.toml)",
-    "SMART_PROXY_UPSTREAM": f"Ollama URL; overrides the policy's backend.url (default {DEFAULT_UPSTREAM})",
-    "SMART_PROXY_DB": "journal database: a path, sqlite:///path or postgresql://… (default ./db/requests.db)",
-    "SMART_PROXY_JOURNAL_FALLBACK": "directory for the journal's outage file (default beside the database)",
-    "PROXY_ADMIN_KEY": "the admin key (the policy's admin.key_env names this variable); unset: admin networks only",
-    "SMART_PROXY_API_KEYS": "client API keys, \"key=name,key=name\" (the policy's clients.api_keys_env)",
-    "SMART_PROXY_HOST": "address to listen on (default 0.0.0.0)",
-    "SMART_PROXY_PORT": "port to listen on (default 8003)",
-    "SMART_PROXY_LOG_FORMAT": "json or human (default human on a terminal, json otherwise)",
-    "SMART_PROXY_LOG_LEVEL": "debug, info, warning or error (default info)",
-    "SMART_PROXY_SHUTDOWN_GRACE": "seconds in-flight requests get to finish on SIGTERM (default 30)",
-    "SMART_PROXY_HEADER_TIMEOUT": f"seconds a connection may take to send a request head, and stay idle between requests (default {DEFAULT_HEADER_TIMEOUT:g})",
-    "SMART_PROXY_BODY_TIMEOUT": f"seconds a request body may go without a byte before a 408 (default {DEFAULT_BODY_TIMEOUT:g})",
-    "SMART_PROXY_MAX_CONNECTIONS": "open client connections before new ones get 503 (default: from the descriptor limit)",
-}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # not subscriptable at run time
@@ -125,8 +108,8 @@ def journal_factory(dsn: str | None, fallback: str | Path | None) -> Callable[[C
     def make(compiled: CompiledFile) -> Journal:
         return open_journal(
             dsn,
-            store_prompts=compiled.raw.journal.store_prompts,
-            retention_seconds=compiled.retention,
+            store_prompts=compiled.journal.store_prompts,
+            retention_seconds=compiled.journal.retention,
             fallback_dir=fallback,
         )
 
@@ -148,7 +131,7 @@ async def serve_sidecar(
                         shutdown_grace=args.shutdown_grace)
     fallback = journal_fallback_dir(resolve(args.db).default_fallback_dir())
     app = create_app(settings, journal=journal_factory(args.db, fallback))
-    keys_env = app.state.sidecar.policy.raw.clients.api_keys_env
+    keys_env = app.state.sidecar.compiled.clients.api_keys_env
     try:  # a typo must not quietly make a named client anonymous
         parse_api_keys(settings.env.get(keys_env, ""))
     except ApiKeysError as exc:
@@ -179,7 +162,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from server.demo import run_demo as demo  # imports the emulator only when asked for
+    from server.cli.demo import run_demo as demo  # imports the emulator only when asked for
 
     configure(_log_format(args.log_format), args.log_level)
     try:

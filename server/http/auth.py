@@ -15,14 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 
 from starlette.datastructures import Headers
 
-from server.dialects import ProxyError
-from server.identity import IPAddress, IPNetwork, in_networks
+from server.http.dialects import ProxyError
+from server.http.identity import (
+    ADMIN_KEY_HEADER,
+    ADMIN_TOKEN_HEADER,
+    IPAddress,
+    IPNetwork,
+    in_networks,
+)
 
-ADMIN_KEY_HEADER = "x-admin-key"
-ADMIN_TOKEN_HEADER = "x-admin-token"
 SESSION_COOKIE = "smart_proxy_session"
-# Headers that carry admin credentials: stripped from everything forwarded to Ollama.
-ADMIN_HEADERS = frozenset({ADMIN_KEY_HEADER, ADMIN_TOKEN_HEADER})
 
 _ATTEMPT_WINDOW = 60.0
 _SWEEP_AT = 10_000  # tracked addresses before stale ones are swept

@@ -24,7 +24,7 @@ from engine.scenario import dispatch_sequence, load_scenario, ranking, scenario_
 from policy.errors import PolicyError
 from policy.load import CompiledFile, load_policy_file
 from policy.show import resolved_toml
-from server.cli_args import CliError, existing_dir, existing_file, one_line
+from server.cli.args import CliError, existing_dir, existing_file, one_line
 
 SNAPSHOT_FORMAT = 1
 

@@ -1,6 +1,8 @@
 """Hot reload: the file watcher (content hash about once a second), SIGHUP and the admin endpoint all
-end in `Reloader.reload`, which compiles aside (in a thread: it reads a file), swaps on success
-and tells the scheduler; on error the old policy stays and the error is logged and counted."""
+end in `Reloader.reload`. A worker thread only reads and compiles; back on the event loop, one
+synchronous step swaps the holder's reference and hands the new file to `on_swap` (scheduler,
+journal, consistency check), so nothing runs between the two. Reloads take turns; one cancelled
+by `stop()` never swaps. On error the old policy stays and the error is logged and counted."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from policy.holder import PolicyHolder, ReloadResult
+from policy.holder import Candidate, PolicyHolder, ReloadResult
 from policy.load import CompiledFile
 
 log = logging.getLogger("smart_proxy.reload")
@@ -31,12 +33,25 @@ class Reloader:
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
         self._signalled: set[asyncio.Task[ReloadResult]] = set()  # SIGHUP reloads under way
+        self._turn = asyncio.Lock()  # one reload at a time: swaps happen in the order prepared
+        self._stopped = False
 
     async def reload(self, *, only_if_changed: bool = False) -> ReloadResult:
-        result = await asyncio.to_thread(self._holder.reload, only_if_changed=only_if_changed)
+        async with self._turn:
+            prepared = await asyncio.to_thread(self._holder.prepare, only_if_changed=only_if_changed)
+            if self._stopped:  # stop() came while the thread compiled: the old file stays
+                return ReloadResult(
+                    ok=False, changed=False, version=self._holder.current.version,
+                    error="the sidecar is stopping; the reload was not applied",
+                )
+            if isinstance(prepared, Candidate):
+                # One synchronous step on the loop: the holder and everything that follows it.
+                result = self._holder.commit(prepared)
+                self._on_swap(prepared.compiled)
+            else:
+                result = prepared
         if result.changed:
             current = self._holder.current
-            self._on_swap(current)
             self._on_result("ok")
             log.info(
                 "policy reloaded: %s version %s (active %s)",
@@ -58,6 +73,7 @@ class Reloader:
         task.add_done_callback(_report)
 
     async def stop(self) -> None:
+        self._stopped = True
         tasks = [*self._signalled, *([self._task] if self._task is not None else [])]
         for task in tasks:
             task.cancel()

@@ -4,7 +4,7 @@ Every `Exchange` (scheduled or passed through) holds one `Hold` for its whole tr
 runner waits, up to the grace, for the holds to empty; when the grace runs out, `cut_all()` marks
 each hold cut and cancels its request's task at the await it is parked on (waiting for Ollama's
 first byte, or streaming), where it surfaces as `Cut` — as a disconnect surfaces as ClientGone in
-server.watch. The exchange then answers its client in the dialect (a 503, or an error chunk
+server.proxy.disconnect. The exchange then answers its client in the dialect (a 503, or an error chunk
 mid-stream) instead of the ASGI server's own cancellation leaving an empty 500 or a cut stream.
 """
 

@@ -3,27 +3,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
-import msgspec
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from engine.residency import variant_of
 from schemas.model_name import canonical_model
-from server.dialects import ProxyError, error_response
-from server.exchange import Exchange, Scheduling
-from server.forward import request_headers
-from server.identity import Identity, identify
-from server.logs import journal_id_var, request_id_var
-from server.queue_ids import QueueIds
-from server.record import RequestFacts, prompt_text
-from server.sidecar import Sidecar
+from server.http.bodies import read_body
+from server.http.dialects import ProxyError, error_response
+from server.http.forward import request_headers
+from server.http.request_ids import journal_id_var, request_id_var
+from server.proxy.exchange import Exchange
+from server.proxy.facts import RequestFacts
+from server.proxy.intake import Admission, Scheduling, check_limits, parse_scheduled
+from server.proxy.queue_ids import QueueIds
+from server.sidecar import Caller, Sidecar, sidecar_of
 
 # Each can make Ollama load a model, so each waits for the scheduler's grant.
 SCHEDULED = (
@@ -37,99 +35,19 @@ SCHEDULED = (
 )
 
 
-class _Scheduled(msgspec.Struct):
-    """Only what scheduling needs; every other field stays in the raw bytes, forwarded as sent."""
-
-    model: str = ""
-    stream: bool | None = None
-    options: dict[str, Any] | None = None
-    keep_alive: float | str | None = None
-
-
-_decoder = msgspec.json.Decoder(_Scheduled)
-
-
-def sidecar_of(request: Request) -> Sidecar:
-    sc: Sidecar = request.app.state.sidecar
-    return sc
-
-
 def _target(request: Request) -> str:
     path = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string") or b""
     return (path + (b"?" + query if query else b"")).decode("latin-1")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing with 413 as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ProxyError(413, f"request body is larger than the limit of {limit} bytes")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ProxyError(413, f"request body is larger than the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ProxyError(400, "the client disconnected while sending the body") from None
-    return b"".join(chunks)
-
-
-def parse_scheduled(body: bytes) -> _Scheduled:
-    if not body.strip():
-        raise ProxyError(400, "missing request body")
-    try:
-        parsed = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise ProxyError(400, f"invalid request body: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ProxyError(400, f"invalid JSON in request body: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ProxyError(400, f"invalid request body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except RecursionError:  # msgspec's guard against a stack overflow: a client's input, not ours
-        raise ProxyError(400, "invalid JSON in request body: nested too deeply") from None
-    if not parsed.model.strip():
-        raise ProxyError(400, "model is required")
-    return parsed
-
-
-def admit(sc: Sidecar, client: str) -> None:
-    """The policy's limits: queue full -> 503; per-client cap and hard rate windows -> 429."""
-    if sc.stopping:
-        raise ProxyError(503, "the proxy is shutting down", retry_after=5)
-    compiled, scheduler = sc.policy, sc.scheduler
-    limits = compiled.raw.limits
-    if scheduler.depth >= limits.max_queue:
-        raise ProxyError(
-            503,
-            f"server busy, please try again. the proxy's queue is full ({scheduler.depth} waiting)",
-            retry_after=10,
-        )
-    if scheduler.queued(client) >= limits.max_queued_per_client:
-        raise ProxyError(
-            429,
-            f"too many queued requests from this client (limit {limits.max_queued_per_client})",
-            retry_after=10,
-        )
-    for name, window, max_requests in compiled.rate_windows:
-        if scheduler.recent(client, window) >= max_requests:
-            raise ProxyError(
-                429,
-                f"rate limit {name!r} exceeded: {max_requests} requests per {window:g}s",
-                retry_after=window,
-            )
-
-
-def _facts(request: Request, sc: Sidecar) -> RequestFacts:
-    address = sc.address(request)
+def _facts(request: Request, caller: Caller) -> RequestFacts:
     return RequestFacts(
         request_id=request_id_var.get() or "",
         journal_id=journal_id_var.get(),
         endpoint=request.url.path,
         received_at=time.time(),
-        ip=str(address) if address is not None else None,
+        ip=caller.ip,
     )
 
 
@@ -142,48 +60,47 @@ def refuse(sc: Sidecar, facts: RequestFacts, exc: ProxyError) -> Response:
 
 async def scheduled(request: Request) -> Response | _Ticketed:
     sc = sidecar_of(request)
-    compiled = sc.policy
-    facts = _facts(request, sc)
-    clients = compiled.raw.clients
+    caller = sc.caller(request)  # the one policy snapshot this request is served under
+    compiled = caller.compiled
+    facts = _facts(request, caller)
     try:
-        body = await read_body(request, compiled.raw.limits.max_body)
+        body = await read_body(request, compiled.limits.max_body)
         parsed = parse_scheduled(body)
         try:
             # Checked before the ticket exists: the scheduler compares these as runner keys.
             variant = variant_of(parsed.options)
         except ValueError as exc:
             raise ProxyError(400, str(exc)) from None
-        identity = identify_request(request, sc)
+        identity = sc.identify(request, caller)
         # One name per model from here on (queue, class rules, journal, metrics); the body
         # forwarded to Ollama keeps the client's spelling.
         model = canonical_model(parsed.model)
         facts.client, facts.model = identity.client, model
         facts.cls = compiled.classify(
-            identity.client, model, facts.endpoint, request.headers.get(clients.class_header)
+            identity.client, model, facts.endpoint, request.headers.get(compiled.clients.class_header)
         )
-        admit(sc, identity.client)
+        check_limits(compiled, sc.scheduler, identity.client, stopping=sc.stopping)
     except ProxyError as exc:
         return refuse(sc, facts, exc)
-    if compiled.raw.journal.store_prompts != "none":
-        # For the journal only: a body it cannot read (a number beyond float range, which the
-        # typed decode above skips) is still Ollama's to judge, not a 500.
-        with contextlib.suppress(msgspec.DecodeError, RecursionError):
-            facts.prompt = prompt_text(msgspec.json.decode(body))
+    keep_text = compiled.journal.store_prompts != "none"
+    if keep_text:
+        facts.prompt = parsed.prompt_text()
+    admission = Admission(
+        compiled=compiled, facts=facts, keep_text=keep_text,
+        scheduling=Scheduling(model=model, client=identity.client, cls=facts.cls, variant=variant),
+    )
     exchange = Exchange(
-        sc,
+        sc.parts, admission,
         method=request.method,
-        target=_target(request),
+        url=sc.upstream_url(compiled) + _target(request),
         headers=request_headers(request.headers),
         body=body,
-        facts=facts,
-        scheduling=Scheduling(model=model, client=identity.client, cls=facts.cls, variant=variant),
-        keep_text=compiled.raw.journal.store_prompts != "none",
     )
     return _Ticketed(exchange, request.app.state.queue_ids, facts.request_id, identity.client)
 
 
 class _Ticketed:
-    """Runs a scheduled exchange under a queue id of the sidecar's own (server/queue_ids.py),
+    """Runs a scheduled exchange under a queue id of the sidecar's own (server/proxy/queue_ids.py),
     sent as `X-Queue-Id` with whatever answer the exchange gives, and forgotten when it ends."""
 
     def __init__(self, exchange: Exchange, ids: QueueIds, request_id: str, client: str) -> None:
@@ -207,22 +124,11 @@ class _Ticketed:
             self.ids.release(ticket)
 
 
-def identify_request(request: Request, sc: Sidecar) -> Identity:
-    """The client identity the policy's `clients` rules give this request."""
-    clients = sc.policy.raw.clients
-    return identify(
-        headers=request.headers,
-        address=sc.address(request),
-        identify_by=clients.identify_by,
-        header=clients.header,
-        api_keys=sc.api_keys(),
-    )
-
-
 async def _passthrough(request: Request, *, admin: bool) -> Response | Exchange:
     sc = sidecar_of(request)
-    facts = _facts(request, sc)
-    if admin and not sc.is_admin(request):
+    caller = sc.caller(request)
+    facts = _facts(request, caller)
+    if admin and not sc.is_admin(request, caller):
         return refuse(sc, facts, ProxyError(403, "admin only: this endpoint changes Ollama's models"))
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     if any(segment in (b".", b"..") for segment in raw_path.split(b"/")):
@@ -234,18 +140,16 @@ async def _passthrough(request: Request, *, admin: bool) -> Response | Exchange:
         upload: bytes | AsyncIterator[bytes] = request.stream()  # model layers: never in memory
     else:
         try:
-            upload = await read_body(request, sc.policy.raw.limits.max_body)
+            upload = await read_body(request, caller.compiled.limits.max_body)
         except ProxyError as exc:
             return refuse(sc, facts, exc)
+    admission = Admission(compiled=caller.compiled, facts=facts, scheduling=None, keep_text=False)
     return Exchange(
-        sc,
+        sc.parts, admission,
         method=request.method,
-        target=_target(request),
+        url=sc.upstream_url(caller.compiled) + _target(request),
         headers=request_headers(request.headers, keep_length=streamed),
         body=upload,
-        facts=facts,
-        scheduling=None,
-        keep_text=False,
     )
 
 

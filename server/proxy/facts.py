@@ -39,6 +39,7 @@ class RequestFacts:
     policy_name: str | None = None
     policy_version: str | None = None
     dispatched_at: float | None = None
+    queue_wait_ms: float | None = None  # measured once, on the scheduler's clock
     first_byte_at: float | None = None
     score: float | None = None
     score_terms: dict[str, float] = field(default_factory=dict)
@@ -65,9 +66,6 @@ class RequestFacts:
 
     def finish(self, status: Status, http_status: int | None, error: str | None) -> JournalRecord:
         done = time.time()
-        wait_ms = None
-        if self.dispatched_at is not None:
-            wait_ms = max(0.0, (self.dispatched_at - self.received_at) * 1000)
         own = self.journal_id or self.request_id
         return JournalRecord(
             request_id=own,
@@ -84,7 +82,7 @@ class RequestFacts:
             dispatched_at=self.dispatched_at,
             first_byte_at=self.first_byte_at,
             completed_at=done,
-            queue_wait_ms=wait_ms,
+            queue_wait_ms=self.queue_wait_ms,
             duration_ms=max(0.0, (done - self.received_at) * 1000),
             http_status=http_status,
             error=error,

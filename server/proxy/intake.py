@@ -1,0 +1,110 @@
+"""Intake of a scheduled request: decode what scheduling needs, check the policy's limits, and
+hand the exchange one `Admission` — everything decided under a single policy snapshot.
+
+The body is read and decoded once. Fields the journal may store (the prompt) are kept as raw
+JSON and decoded only if the policy stores prompts at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from engine.scheduler import Scheduler
+from policy.load import CompiledFile
+from server.http.dialects import ProxyError
+from server.proxy.facts import RequestFacts, prompt_text
+
+_NOTHING = msgspec.Raw(b"")
+
+
+class ScheduledBody(msgspec.Struct):
+    """Only what scheduling needs; every other field stays in the raw bytes, forwarded as sent."""
+
+    model: str = ""
+    stream: bool | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    # For the journal, and only when it stores prompts: left undecoded until then.
+    prompt: msgspec.Raw = _NOTHING
+    input: msgspec.Raw = _NOTHING
+    messages: msgspec.Raw = _NOTHING
+
+    def prompt_text(self) -> str | None:
+        """The prompt as text for the journal. A part the sidecar cannot read (a number beyond
+        float range, nesting too deep) is Ollama's to judge, not a reason to refuse: None."""
+        parts: dict[str, Any] = {}
+        for name in ("prompt", "input", "messages"):
+            raw = getattr(self, name)
+            if len(raw):
+                with contextlib.suppress(msgspec.DecodeError, RecursionError):
+                    parts[name] = msgspec.json.decode(raw)
+        return prompt_text(parts)
+
+
+_decoder = msgspec.json.Decoder(ScheduledBody)
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduling:
+    model: str
+    client: str
+    cls: str
+    variant: str = ""  # options that force Ollama to reload the model (engine.residency)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request the sidecar has accepted, with the one policy snapshot it is served under."""
+
+    compiled: CompiledFile
+    facts: RequestFacts
+    scheduling: Scheduling | None  # None: a pass-through (no queue)
+    keep_text: bool  # the journal stores prompts and answers (hashed or whole)
+
+
+def parse_scheduled(body: bytes) -> ScheduledBody:
+    if not body.strip():
+        raise ProxyError(400, "missing request body")
+    try:
+        parsed = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ProxyError(400, f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProxyError(400, f"invalid JSON in request body: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ProxyError(400, f"invalid request body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:  # msgspec's guard against a stack overflow: a client's input, not ours
+        raise ProxyError(400, "invalid JSON in request body: nested too deeply") from None
+    if not parsed.model.strip():
+        raise ProxyError(400, "model is required")
+    return parsed
+
+
+def check_limits(compiled: CompiledFile, scheduler: Scheduler, client: str, *, stopping: bool) -> None:
+    """The policy's limits: queue full -> 503; per-client cap and hard rate windows -> 429."""
+    if stopping:
+        raise ProxyError(503, "the proxy is shutting down", retry_after=5)
+    limits = compiled.limits
+    if scheduler.depth >= limits.max_queue:
+        raise ProxyError(
+            503,
+            f"server busy, please try again. the proxy's queue is full ({scheduler.depth} waiting)",
+            retry_after=10,
+        )
+    if scheduler.queued(client) >= limits.max_queued_per_client:
+        raise ProxyError(
+            429,
+            f"too many queued requests from this client (limit {limits.max_queued_per_client})",
+            retry_after=10,
+        )
+    for name, window, max_requests in limits.rate_windows:
+        if scheduler.recent(client, window) >= max_requests:
+            raise ProxyError(
+                429,
+                f"rate limit {name!r} exceeded: {max_requests} requests per {window:g}s",
+                retry_after=window,
+            )

@@ -1,0 +1,1 @@
+"""What the sidecar tells its operators: Prometheus metrics and the log."""
