@@ -16,6 +16,7 @@ from typing import Any
 from engine.clock import Clock
 from engine.ledger import ClientLedger
 from engine.picker import Picker
+from engine.ranking import Ranking
 from engine.residency import Action, Plan, ResidencyModel
 from policy.compile import OrderKey, Policy
 from policy.load import CompiledFile
@@ -97,6 +98,7 @@ class Scheduler:
         self._waiting: dict[str, Ticket] = {}  # insertion order = arrival order
         self._in_flight: dict[str, InFlight] = {}
         self._picker = Picker()
+        self._ranking = Ranking()  # positions for the public queue route, rebuilt when stale
         self._settings = settings
         b = settings.backend
         self._ledger = ClientLedger(settings.windows)
@@ -129,6 +131,7 @@ class Scheduler:
         r.overrides = {canonical_model(k): v for k, v in settings.model_sizes.items()}
         r.resident_factor = b.resident_factor
         r._changed()
+        self._ranking.invalidate()
         self._ledger.set_windows(settings.windows)
 
     # -- events ----------------------------------------------------------------------------
@@ -176,6 +179,7 @@ class Scheduler:
         if ticket is None:
             return False
         self._picker.remove(ticket)
+        self._ranking.left(request_id)
         self._ledger.leave(ticket.client)
         return True
 
@@ -234,6 +238,7 @@ class Scheduler:
         depth = len(self._waiting)
         del self._waiting[ticket.id]
         self._picker.remove(ticket)
+        self._ranking.left(ticket.id)
         self._ledger.leave(ticket.client)
         plan = self.residency_model.plan(ticket.model, ticket.variant)
         self.residency_model.dispatched(ticket.model, plan, now, ticket.variant)
@@ -360,18 +365,22 @@ class Scheduler:
         )
 
     def position(self, request_id: str) -> RankedTicket | None:
+        """One waiting ticket's place, score and eligibility. Its score is exact (scored now);
+        its place comes from a ranking at most `engine.ranking.MAX_AGE` old (see there), so a
+        crowd of polling clients costs one whole-queue scoring per MAX_AGE, not one per poll."""
         ticket = self._waiting.get(request_id)
         if ticket is None:
             return None
         policy, now = self._policy_source(), self._clock()
         mine = policy.order_key(ticket, score := policy.score(ticket, self.state, now))
-        ahead = sum(
-            1
-            for other in self._waiting.values()
-            if policy.order_key(other, policy.score(other, self.state, now)) < mine
-        )
+
+        def rank_all() -> Iterator[tuple[OrderKey, str]]:
+            for t in self._waiting.values():
+                yield policy.order_key(t, policy.score(t, self.state, now)), t.id
+
+        place = self._ranking.position(request_id, mine, len(self._waiting), now, rank_all)
         eligible = self.residency_model.eligible(ticket.model, ticket.variant)
-        return RankedTicket(ahead + 1, ticket, score, eligible)
+        return RankedTicket(place, ticket, score, eligible)
 
     def in_flight(self) -> list[InFlight]:
         return list(self._in_flight.values())

@@ -15,7 +15,8 @@ from starlette.responses import Response
 
 from policy.load import CompiledFile
 from server.admin import routes as admin_routes
-from server.http.dialects import error_response
+from server.http.dialects import ProxyError, error_response
+from server.http.rate import TokenBuckets
 from server.http.request_ids import RequestIdMiddleware
 from server.journal.protocol import Journal
 from server.proxy import routes as proxy_routes
@@ -24,6 +25,9 @@ from server.settings import Settings
 from server.sidecar import Sidecar
 
 log = logging.getLogger("smart_proxy")
+
+POSITION_POLLS_PER_S = 5.0  # GET /proxy/queue/{id} per client, admins exempt
+POSITION_POLL_BURST = 10
 
 
 
@@ -36,6 +40,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         message = str(exc.detail)
     return error_response(request.url.path, exc.status_code, message, headers=exc.headers)
+
+
+async def _proxy_error(request: Request, exc: Exception) -> Response:
+    """A ProxyError a route did not catch: the client's dialect and status, never a 500."""
+    assert isinstance(exc, ProxyError)
+    return error_response(request.url.path, exc.status, exc.message, retry_after=exc.retry_after)
 
 
 def create_app(
@@ -61,13 +71,15 @@ def create_app(
     app = Starlette(
         routes=proxy_routes.routes() + admin_routes.routes(),
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, ProxyError: _proxy_error},
     )
     # Starlette would answer `/api/tags/` with a redirect built from the client's own Host header
     # (an open redirect); a path with a trailing slash is simply not a route here: a 404.
     app.router.redirect_slashes = False
     # Who may ask `GET /proxy/queue/{id}` about which ticket (server/proxy/queue_ids.py).
     app.state.queue_ids = QueueIds()
+    # Public position polls, per client: a crowd of pollers cannot starve the streams.
+    app.state.position_polls = TokenBuckets(POSITION_POLLS_PER_S, POSITION_POLL_BURST, sidecar.clock)
     app.state.sidecar = sidecar
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -14,7 +14,13 @@ from pg_fixtures import PgServer
 
 from schemas.journal import JournalRecord
 from server.journal import AnalyticsError, open_journal
-from server.journal.analytics import AnalyticsQuery, bucket_seconds, percentile, run_lengths
+from server.journal.analytics import (
+    AnalyticsQuery,
+    bucket_seconds,
+    compute,
+    percentile,
+    run_lengths,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -73,11 +79,31 @@ async def seeded_report(dsn: str, tmp_path: Path, **params: Any) -> dict[str, An
         await journal.stop()
 
 
+async def test_a_window_beyond_the_row_cap_reports_on_its_newest_rows(
+    journal_dsn: str, tmp_path: Path
+) -> None:
+    """More rows than a report may read: the newest ones, and the report says it was cut."""
+    journal = open_journal(journal_dsn, fallback_dir=tmp_path / "fallback")
+    await journal.start()
+    for record in SEED:
+        journal.submit(record)
+    await journal.flush()
+    try:
+        query = AnalyticsQuery.parse(hours=1, group_by="model", limit=10)
+        r = await compute(journal._store, query, NOW, max_rows=3)
+    finally:
+        await journal.stop()
+    assert r["window"]["truncated"] is True and r["window"]["rows"] == 3
+    # The three newest arrivals in the window: h (3500 s), f (3000 s), e (50 s).
+    assert r["by_model"] == [{"key": "A", "requests": 2}, {"key": "C", "requests": 1}]
+
+
 async def test_known_answers(journal_dsn: str, tmp_path: Path) -> None:
     """Every figure of the report, field by field, on each database."""
     r = await seeded_report(journal_dsn, tmp_path, hours=1, group_by="model", limit=10)
 
-    assert r["window"] == {"hours": 1.0, "since": T0, "until": NOW, "group_by": "model", "limit": 10}
+    assert r["window"] == {"hours": 1.0, "since": T0, "until": NOW, "group_by": "model", "limit": 10,
+                           "truncated": False, "rows": 7}
     assert r["totals"] == {"requests": 7, "completed": 3, "failed": 2, "cancelled": 1, "rejected": 1,
                            "interrupted": 0}
     # -- who asked

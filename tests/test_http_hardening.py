@@ -273,8 +273,9 @@ def test_analytics_parameters_given_twice_and_good_ones(proxy: RunningSidecar) -
     good = httpx.get(proxy.url + "/proxy/analytics", params={"hours": "0.5", "group_by": "client",
                                                             "limit": "1000"}, headers=ADMIN, timeout=10)
     assert good.status_code == 200, good.text
-    assert good.json()["window"] | {"since": 0, "until": 0} == {
+    assert good.json()["window"] | {"since": 0, "until": 0, "rows": 0} == {
         "hours": 0.5, "group_by": "client", "limit": 1000, "since": 0, "until": 0,
+        "truncated": False, "rows": 0,
     }
 
 

@@ -97,8 +97,10 @@ class Flaky:
     async def ping(self) -> None:
         await self.inner.ping()
 
-    async def fetch(self, columns: Sequence[str], since: float, until: float) -> list[tuple[Any, ...]]:
-        return await self.inner.fetch(columns, since, until)
+    async def fetch(
+        self, columns: Sequence[str], since: float, until: float, limit: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        return await self.inner.fetch(columns, since, until, limit)
 
     async def purge(self, before: float) -> int:
         return await self.inner.purge(before)

@@ -36,6 +36,7 @@ from server.http.auth import SESSION_COOKIE
 from server.http.bodies import read_body
 from server.http.dialects import ProxyError, error_response
 from server.http.query_params import Param, number, one_of, takes, whole
+from server.http.rate import TokenBuckets
 from server.journal import AnalyticsError, StoreUnavailable
 from server.journal.analytics import GROUP_BY, MAX_HOURS, MAX_LIMIT
 from server.proxy.queue_ids import QueueIds
@@ -142,7 +143,7 @@ async def queue(request: Request) -> Response:
     )
 
 
-def _visible_request_id(request: Request, sc: Sidecar, asked: str) -> str | None:
+def _visible_request_id(request: Request, asked: str, *, admin: bool, client: str) -> str | None:
     """The request id of the ticket `asked` names, when this caller may see it: anyone holding
     its X-Queue-Id; by X-Request-Id (which a client may choose, so others can guess it) only an
     admin or the client identity that owns the ticket. None: answer as if there were none."""
@@ -150,22 +151,34 @@ def _visible_request_id(request: Request, sc: Sidecar, asked: str) -> str | None
     held = ids.by_queue_id(asked)
     if held is not None:
         return held.request_id
-    caller = sc.caller(request)
-    if sc.is_admin(request, caller):
+    if admin:
         return asked
     ticket = ids.by_request_id(asked)
     if ticket is None:
         return None
-    client = sc.identify(request, caller).client
     # "unknown" names no one in particular: two unidentifiable callers are not the same client.
     return asked if client == ticket.client and client != "unknown" else None
 
 
 @takes()
 async def position(request: Request) -> Response:
+    """Public and polled: rate-limited per client (admins exempt), answered without scoring the
+    whole queue (engine/ranking.py)."""
     sc = sidecar_of(request)
+    caller = sc.caller(request)
+    admin = sc.is_admin(request, caller)
+    client = "" if admin else sc.identify(request, caller).client
+    if not admin:
+        polls: TokenBuckets = request.app.state.position_polls
+        wait = polls.take(client)
+        if wait is not None:
+            return error_response(
+                request.url.path, 429,
+                f"too many position queries from this client (at most {polls.rate:g} a second)",
+                retry_after=wait,
+            )
     asked = request.path_params["request_id"]
-    rid = _visible_request_id(request, sc, asked)
+    rid = _visible_request_id(request, asked, admin=admin, client=client)
     if rid is None:
         return error_response(request.url.path, 404, f"no waiting or running request {asked!r}")
     now = sc.clock()

@@ -103,11 +103,15 @@ def origin(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
 
 
+RELAY_BUFFER = 256 * 1024  # bytes read ahead of a slow client, per stream
+
+
 async def relay(
     upstream: httpx.Response,
     send: Send,
     extra_headers: list[tuple[bytes, bytes]],
     tap: Callable[[bytes], None] | None = None,
+    buffer: int = RELAY_BUFFER,
 ) -> None:
     """Stream Ollama's answer to the client as it arrives. Raises httpx errors mid-stream.
 
@@ -115,6 +119,10 @@ async def relay(
     write sends everything that arrived meanwhile, joined. A chunk is never held back waiting for
     another, so latency is unchanged; under load, the per-write cost is paid per batch instead
     of per token. The bytes are exactly Ollama's; only the transfer framing differs.
+
+    The reader holds at most `buffer` bytes the client has not taken: a client reading slower
+    than Ollama writes stops the reading of its own upstream connection (TCP then slows Ollama's
+    writes for that request), and the sidecar's memory stays bounded.
     """
     await send(
         {
@@ -131,15 +139,22 @@ async def relay(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
     arrived: list[bytes] = []
-    ready = asyncio.Event()
+    held = 0  # bytes in `arrived`
+    ready = asyncio.Event()  # something arrived (or the stream ended)
+    room = asyncio.Event()  # the writer took what was held
+    room.set()
     ended = False
 
     async def read() -> None:
-        nonlocal ended
+        nonlocal ended, held
         try:
             async for chunk in upstream.aiter_raw():
                 arrived.append(chunk)
+                held += len(chunk)
                 ready.set()
+                if held >= buffer:
+                    room.clear()
+                    await room.wait()
         finally:
             ended = True
             ready.set()
@@ -152,6 +167,8 @@ async def relay(
             if arrived:
                 data = arrived[0] if len(arrived) == 1 else b"".join(arrived)
                 arrived.clear()
+                held = 0
+                room.set()
                 if tap is not None:
                     tap(data)
                 await send({"type": "http.response.body", "body": data, "more_body": True})

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from typing import Any, Literal
 
+from policy.load import JournalSettings
 from schemas.journal import JournalRecord
 from server.journal.admissions import AdmissionLog, recover
 from server.journal.analytics import AnalyticsQuery, compute

@@ -130,8 +130,13 @@ class SqliteStore:
 
         await self._call(write)
 
-    async def fetch(self, columns: Sequence[str], since: float, until: float) -> list[tuple[Any, ...]]:
-        sql = f"SELECT {', '.join(columns)} FROM requests WHERE received_at >= ? AND received_at < ?"
+    async def fetch(
+        self, columns: Sequence[str], since: float, until: float, limit: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        sql = (
+            f"SELECT {', '.join(columns)} FROM requests WHERE received_at >= ? AND received_at < ?"
+            + (f" ORDER BY received_at DESC LIMIT {int(limit)}" if limit is not None else "")
+        )
         return await self._call(lambda db: [tuple(r) for r in db.execute(sql, [since, until])])
 
     async def purge(self, before: float) -> int:

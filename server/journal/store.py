@@ -56,8 +56,11 @@ class Store(Protocol):
         """Write records in one transaction; a row is replaced only by a higher-or-equal revision."""
         ...
 
-    async def fetch(self, columns: Sequence[str], since: float, until: float) -> list[tuple[Any, ...]]:
-        """Rows with since <= received_at < until, in no particular order."""
+    async def fetch(
+        self, columns: Sequence[str], since: float, until: float, limit: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows with since <= received_at < until, in no particular order; the newest `limit` of
+        them when there are more (None: all). Never converts many rows on the event loop in one go."""
         ...
 
     async def purge(self, before: float) -> int:
