@@ -17,8 +17,8 @@ from sidecar_fixtures import cli_process
 
 from policy.load import load_policy_file
 from schemas.journal import JournalRecord
-from server.cli.main import build_parser, main
 from server.cli.args import CliError
+from server.cli.main import build_parser, main
 from server.journal.fallback import FallbackSpool
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sidecar_fixtures import SidecarFactory, make_policy
+from sidecar_fixtures import SidecarFactory, make_policy, wait_until
 
 from engine.clock import ManualClock
 from engine.residency import GIB, ResidencyModel
@@ -165,11 +165,10 @@ family = "llama"
 
 
 def _wait_queue(proxy: Any, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while not predicate(view := proxy.queue()):
-        assert time.monotonic() < deadline, f"queue never got there: {view}"
-        time.sleep(0.02)
-    return view
+    seen: list[dict[str, Any]] = []
+    wait_until(lambda: predicate(seen.append(proxy.queue()) or seen[-1]), within=10,
+               what="the queue view reaching the expected state")
+    return seen[-1]
 
 
 def test_queue_view_explains_an_idle_slot(sidecar_factory: SidecarFactory) -> None:

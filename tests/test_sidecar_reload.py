@@ -9,7 +9,6 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,11 @@ from sidecar_fixtures import (
     SidecarFactory,
     cli_process,
     make_policy,
+    wait_until,
     wait_upstream_up,
 )
+
+from policy.holder import PolicyHolder
 
 MODEL = "llama3.2:1b"
 
@@ -141,7 +143,7 @@ def test_edits_racing_with_dispatch_lose_no_request(
             edit(proxy, versions[count % len(versions)])
             count += 1
             proxy.admin("POST", "/proxy/policy/reload")
-            time.sleep(0.005)
+            stop.wait(0.005)  # pace the edits; ends at once when the requests are done
         return count
 
     body = {"model": MODEL, "prompt": "hi", "stream": False}
@@ -183,10 +185,8 @@ def test_cli_serve_reloads_on_sighup_and_exits_cleanly_on_sigterm(
         version = httpx.get(url + "/proxy/health").json()["policy"]["version"]
         policy.write_text(INTERACTIVE_FIRST, encoding="utf-8")
         process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while httpx.get(url + "/proxy/health").json()["policy"]["version"] == version:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: httpx.get(url + "/proxy/health").json()["policy"]["version"] != version,
+                   within=5, what="the SIGHUP reload")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         rest = process.stderr.read()
@@ -229,25 +229,62 @@ def test_an_unusable_upstream_override_is_a_502_and_the_poller_survives_it(
     proxy.wait_for(lambda h: h["in_flight"] == 0)
 
 
-@pytest.mark.anyio
-async def test_a_sighup_reload_in_progress_is_stopped_with_the_reloader(tmp_path: Path) -> None:
-    """The task SIGHUP starts has an owner: stopping the reloader stops it too, so it can never
-    swap a policy into a sidecar that has already shut down."""
+class GatedHolder(PolicyHolder):
+    """A PolicyHolder whose read-and-compile step waits for the test: `entered` is set once a
+    reload is inside it; it goes on only after `release`, and sets `left` when done."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.entered, self.release, self.left = threading.Event(), threading.Event(), threading.Event()
+
+    def prepare(self, *, only_if_changed: bool = False) -> Any:
+        self.entered.set()
+        assert self.release.wait(10), "the test never released the reload"
+        try:
+            return super().prepare(only_if_changed=only_if_changed)
+        finally:
+            self.left.set()
+
+
+async def _in_thread(event: threading.Event) -> None:
     import asyncio
 
-    from policy.holder import PolicyHolder
+    assert await asyncio.to_thread(event.wait, 10)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["sighup", "admin endpoint"])
+async def test_a_reload_in_progress_when_the_sidecar_stops_never_swaps(how: str, tmp_path: Path) -> None:
+    """stop() while a reload compiles: the task SIGHUP started is stopped with the reloader, a
+    reload someone else awaits (the admin endpoint's) answers that it was not applied — and in
+    neither case does the holder, or anything told by `on_swap`, ever see the new file."""
+    import asyncio
+
     from server.runtime.reload import Reloader
 
     path = tmp_path / "policy.toml"
     path.write_text(BATCH_FIRST, encoding="utf-8")
+    holder = GatedHolder(path)
+    before = holder.current.version
     swapped: list[object] = []
-    reloader = Reloader(PolicyHolder(path), on_swap=swapped.append, on_result=lambda _: None,
-                        interval=3600)
+    reloader = Reloader(holder, on_swap=swapped.append, on_result=lambda _: None, interval=3600)
     reloader.start()
     path.write_text(INTERACTIVE_FIRST, encoding="utf-8")
-    reloader.reload_soon()
-    await reloader.stop()
+    awaited = None
+    if how == "sighup":
+        reloader.reload_soon()
+    else:
+        awaited = asyncio.create_task(reloader.reload())
+    await _in_thread(holder.entered)
+    stopping = asyncio.create_task(reloader.stop())
+    await asyncio.sleep(0)  # stop() has begun: it marks the reloader stopped first
+    holder.release.set()
+    await stopping
+    await _in_thread(holder.left)  # the compile finished: had it swapped, it would have by now
+    if awaited is not None:
+        result = await awaited
+        assert not result.ok and not result.changed and "not applied" in (result.error or "")
     reloads = [t for t in asyncio.all_tasks() if "Reloader" in t.get_coro().__qualname__]
     assert reloads == []
-    await asyncio.sleep(0.2)  # the file read would have finished by now
+    assert holder.current.version == before
     assert swapped == []
