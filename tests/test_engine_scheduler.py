@@ -7,7 +7,7 @@ from engine.clock import ManualClock
 from engine.ledger import ClientLedger
 from engine.residency import GIB
 from engine.scheduler import Scheduler
-from policy.load import CompiledFile, load_policy_file
+from policy.load import CompiledFile, load_policy_file, load_policy_text
 
 EXAMPLE = load_policy_file(Path(__file__).resolve().parent.parent / "policies.example.toml")
 
@@ -214,3 +214,49 @@ def test_requests_for_the_loaded_runner_go_before_a_reload():
             s.first_byte(g.ticket.id)
             s.finish(g.ticket.id)
     assert order == [("default", "attach"), ("ctx-a", "reload"), ("ctx-c", "attach")]
+
+
+def test_clamp_shortcut_does_not_take_a_score_just_above_the_clamp():
+    """Only a ticket whose total IS the clamp ties at it: one scoring 5e-8 above must not beat
+    a younger ticket clamped to exactly 0."""
+    settings = load_policy_text(
+        b"""
+active = "p"
+[policies.p]
+clamp_min = 0
+[policies.p.terms.class_offset]
+offsets = { interactive = 10.00000005, batch = 5 }
+[policies.p.terms.aging]
+per_second = 1
+""",
+        "clamp.toml",
+    )
+    clock = ManualClock(0.0)
+    s = Scheduler(settings, clock=clock)
+    s.enqueue(request_id="x", model="m", client="a", cls="interactive")
+    clock.set(1.0)
+    s.enqueue(request_id="y", model="m", client="b", cls="batch")
+    clock.set(10.0)
+    policy = settings.active
+    totals = {t.id: policy.score(t, s.state, 10.0).total for t in s._waiting.values()}
+    assert totals["y"] == 0 and 0 < totals["x"] < 1e-7
+    assert [g.ticket.id for g in s.dispatch()] == ["y"]
+
+
+def test_ledger_stays_bounded_while_no_slot_is_free():
+    """Windows only advanced inside dispatch() with a free slot: while paused (or with every slot
+    held by long streams) each arrival, even one cancelled at once, stayed in the ledger."""
+    from policy.load import load_policy_file
+
+    settings = load_policy_file(Path(__file__).resolve().parent.parent / "policies.example.toml")
+    clock = ManualClock(0.0)
+    s = Scheduler(settings, clock=clock)
+    s.pause()
+    longest = max(settings.windows)
+    for i in range(3000):
+        s.enqueue(request_id=f"r{i}", model="m", client=f"client-{i}", cls="interactive")
+        s.cancel(f"r{i}")
+        s.dispatch()
+        clock.advance(1.0)
+    assert len(s._ledger._log) <= longest + 2
+    assert s._ledger.clients() <= longest + 2

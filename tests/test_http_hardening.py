@@ -99,6 +99,28 @@ def test_a_crash_is_a_500_with_the_request_id(
     assert len(logged) == 1 and "Boom" not in response.text
 
 
+@pytest.mark.parametrize("path", ["/v1/uncaught-refusal", "/api/uncaught-refusal"])
+def test_a_proxy_error_a_route_forgot_to_catch_is_answered_in_the_dialect(
+    sidecar_factory: SidecarFactory, shared_ollama_emulator: Any, path: str
+) -> None:
+    """ProxyError has a handler of the app's own: a route that lets one escape answers with its
+    status, message and Retry-After in the path's dialect, not a 500."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from server.http.dialects import ProxyError
+
+    async def refuses(request: Request) -> Response:
+        raise ProxyError(429, "slow down", retry_after=7)
+
+    running = sidecar_factory(upstream=shared_ollama_emulator.url)
+    running.app.router.routes.append(Route(path, refuses, methods=["GET"]))
+    response = httpx.get(running.url + path, timeout=10)
+    assert response.status_code == 429 and response.headers["retry-after"] == "7"
+    assert shape_ok(path, response) == "slow down"
+
+
 # -- 3. an upstream error whose message is empty still says what happened -------------------
 
 @pytest.mark.parametrize(
@@ -331,6 +353,28 @@ def test_queue_position_needs_the_queue_id_or_the_owner(
     assert answer.status_code == 200 and answer.headers["x-queue-id"] == queue_id
     assert answer.headers["x-request-id"] == "order-1"
     assert ask(queue_id).status_code == 404  # finished: the id leads nowhere any more
+
+
+def test_position_polls_are_rate_limited_per_client(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any, request: pytest.FixtureRequest
+) -> None:
+    """GET /proxy/queue/{id} is public and polled: each client gets a burst of 10 and 5 a second
+    after it; one client's 429 leaves another's answers alone; admins are not counted."""
+    running = sidecar_factory(upstream=ollama_emulator.url, policy=POLICY, env=ENV)
+    http = httpx.Client(timeout=10)  # one kept-alive connection: 30 polls in well under a second
+    request.addfinalizer(http.close)
+
+    def ask(client: str, **headers: str) -> int:
+        return http.get(f"{running.url}/proxy/queue/nothing-{client}",
+                        headers={"x-client-id": client, **headers}).status_code
+
+    codes = [ask("poller") for _ in range(30)]
+    assert codes[:10] == [404] * 10 and 429 in codes[10:]  # 404: no such ticket, but answered
+    limited = httpx.get(f"{running.url}/proxy/queue/x", headers={"x-client-id": "poller"}, timeout=10)
+    assert limited.status_code == 429 and float(limited.headers["retry-after"]) > 0
+    assert "position queries" in limited.json()["error"]
+    assert ask("someone-else") == 404
+    assert {ask("poller", **ADMIN) for _ in range(20)} == {404}
 
 
 def test_streamed_and_removed_answers_carry_their_queue_id(

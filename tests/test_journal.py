@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
+from journal_fixtures import T0, Flaky, ids, rec, until
 
 from schemas.journal import JournalRecord
-from server.journal import open_journal, open_store, resolve
-from server.journal.migrations import LATEST
+from server.journal import migrations, open_journal, open_store, resolve
+from server.journal.fallback import FallbackSpool
+from server.journal.migrations import LATEST, Migration
 from server.journal.records import COLUMN_NAMES, record_from_row
 
 pytestmark = pytest.mark.anyio
 
-T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
-
-def rec(request_id: str, **fields: Any) -> JournalRecord:
-    base: dict[str, Any] = {
-        "request_id": request_id, "client": "alice", "endpoint": "/api/chat",
-        "received_at": T0, "status": "completed",
-    }
-    return JournalRecord(**(base | fields))
 
 
 async def read_all(dsn: str) -> dict[str, JournalRecord]:
@@ -162,3 +160,85 @@ def test_bad_dsn_is_a_clear_error() -> None:
     """An unknown scheme names the DSN and what to write instead."""
     with pytest.raises(ValueError, match=r"unknown scheme 'mysql'.*postgresql://"):
         open_journal("mysql://localhost/db")
+
+
+async def test_migration_3_over_a_v2_database_applies_once(journal_dsn: str) -> None:
+    """A database created at v2 (before client_request_id) migrates to the latest, and again is a no-op."""
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        with mock.patch.object(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2]):
+            assert await store.migrate() == [1, 2]
+        assert await store.migrate() == [3]
+        assert await store.migrate() == []
+        await store.upsert([rec(1, client_request_id="mine")])
+        assert await store.fetch(("client_request_id",), 0.0, 1e12) == [("mine",)]
+    finally:
+        await store.close()
+
+
+async def test_a_migration_interrupted_midway_is_rolled_back_whole(journal_dsn: str) -> None:
+    """A migration that fails after its ALTER TABLE (a crash, a lock, a full disk) leaves nothing
+    behind, so the next start applies it cleanly instead of failing on 'duplicate column' forever."""
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        with mock.patch.object(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2]):
+            await store.migrate()
+        v3 = migrations.MIGRATIONS[2]
+        broken = (*migrations.MIGRATIONS[:2],
+                  Migration(3, v3.name, (*v3.statements, "CREATE INDEX ix_broken ON no_such_table (x)")))
+        with mock.patch.object(migrations, "MIGRATIONS", broken), pytest.raises(Exception):  # noqa: B017
+            await store.migrate()
+        assert [m.version for m in await store.applied()] == [1, 2]
+        assert await store.migrate() == [3]
+        assert [m.version for m in await store.applied()] == list(range(1, LATEST + 1))
+    finally:
+        await store.close()
+
+
+class HeldUpserts(Flaky):
+    """A real store whose upserts wait for the test (a busy database): `entered` once one is
+    waiting, and all of them go on once `release` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+    async def upsert(self, records: Sequence[JournalRecord]) -> None:
+        self.entered.set()
+        await self.release.wait()
+        await self.inner.upsert(records)
+
+
+async def test_records_submitted_while_stopping_never_touch_the_disk_on_the_loop(
+    journal_dsn: str, tmp_path: Path
+) -> None:
+    """In-flight requests finish while stop() drains the writer: their records must not be
+    written (and fsynced) to the fallback file on the event loop, and all reach the database."""
+    from server.journal.journal import Journal
+
+    store = HeldUpserts(open_store(resolve(journal_dsn)))
+    spool = FallbackSpool(tmp_path / "fb")
+    loop_thread = threading.get_ident()
+    on_loop: list[int] = []
+    original = spool.append
+
+    def append(records: Sequence[JournalRecord]) -> None:
+        if threading.get_ident() == loop_thread:
+            on_loop.append(len(records))
+        original(records)
+
+    spool.append = append  # type: ignore[method-assign]
+    journal = Journal(store, spool)
+    await journal.start()
+    journal.submit(rec(0))
+    await store.entered.wait()  # the writer is inside its upsert
+    stopping = asyncio.create_task(journal.stop())
+    await until(lambda: journal.health()["state"] == "stopping", what="stop() begun")
+    for i in range(1, 6):
+        journal.submit(rec(i))
+    store.release.set()
+    await stopping
+    assert on_loop == []
+    assert await ids(journal_dsn) == [f"r{i}" for i in range(6)]

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
+from journal_fixtures import run_db as run
 
 from schemas.journal import JournalRecord
 from schemas.trace import TraceRecord
-from server.cli.db import register
 from server.journal import open_journal
 from server.journal.fallback import FallbackSpool
-
-
-def run(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="smart-proxy")
-    register(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(argv)
-    return int(args.run(args))
 
 
 def existing(dsn: str) -> str:
@@ -139,3 +131,21 @@ def test_backfill_recovers_the_admission_log_of_a_sidecar_that_never_came_back(
     out = capsys.readouterr().out
     assert "recovered 1 admission(s) from 1 log(s)" in out and "replayed 1 record(s)" in out
     assert list(fallback.iterdir()) == []
+
+
+def test_backfill_with_an_unreadable_file_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "fb" / "journal-0.jsonl").mkdir(parents=True)
+    code = run("db", "backfill", "--db", f"sqlite:///{tmp_path / 'd.db'}", "--fallback-dir", str(tmp_path / "fb"))
+    err = capsys.readouterr().err
+    assert code == 1 and "journal-0.jsonl" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1"])
+def test_cli_timeout_must_be_a_positive_number(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--timeout inf waited forever for an unreachable PostgreSQL; nan/0/-1 made no sense either."""
+    with pytest.raises(SystemExit) as info:
+        run("db", "status", "--db", "postgresql://nobody@127.0.0.1:1/x", "--timeout", value)
+    assert info.value.code == 2
+    assert "--timeout" in capsys.readouterr().err

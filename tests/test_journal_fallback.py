@@ -5,26 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
+from journal_fixtures import Flaky, ids, rec, until
 
 from schemas.journal import JournalRecord
 from server.journal import open_journal, open_store, resolve
 from server.journal.fallback import FallbackSpool
 from server.journal.replay import replay_all
-from server.journal.store import AppliedMigration, Store, StoreRejected, StoreUnavailable
+from server.journal.store import Store, StoreUnavailable
 
 pytestmark = pytest.mark.anyio
 
-T0 = 1_767_225_600.0
 
-
-def rec(i: int, **fields: Any) -> JournalRecord:
-    base: dict[str, Any] = {"request_id": f"r{i}", "client": "c", "endpoint": "/api/generate",
-                            "received_at": T0 + i, "status": "completed", "revision": 100 + i}
-    return JournalRecord(**(base | fields))
 
 
 def write_spool(directory: Path, records: Sequence[JournalRecord]) -> Path:
@@ -54,10 +49,7 @@ async def test_crash_cut_file_replays_whole_lines_and_reports_the_partial_one(
 
     journal = open_journal(journal_dsn, fallback_dir=fallback, retry_initial=0.05)
     await journal.start()
-    for _ in range(400):
-        if journal.health()["fallback_lines"] == 0:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: journal.health()["fallback_lines"] == 0, what="the fallback replayed")
     health = journal.health()
     found = await statuses(journal._store)
     await journal.stop()
@@ -72,49 +64,6 @@ async def test_crash_cut_file_replays_whole_lines_and_reports_the_partial_one(
     assert bad[1]["reason"].startswith("truncated line (no newline at end of file)")
     assert (health["replayed"], health["quarantined_lines"]) == (5, 2)
     assert health["bad_files"] == [bad_path.name]
-
-
-class Flaky:
-    """A real store that fails on demand: unreachable after N upserts, or refusing one id."""
-
-    def __init__(self, inner: Store, *, fail_after: int | None = None, refuse: str | None = None) -> None:
-        self.inner, self.fail_after, self.refuse = inner, fail_after, refuse
-        self.dialect, self.target = inner.dialect, inner.target
-        self.upserts = 0
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def migrate(self) -> list[int]:
-        return await self.inner.migrate()
-
-    async def applied(self) -> list[AppliedMigration]:
-        return await self.inner.applied()
-
-    async def ping(self) -> None:
-        await self.inner.ping()
-
-    async def fetch(
-        self, columns: Sequence[str], since: float, until: float, limit: int | None = None
-    ) -> list[tuple[Any, ...]]:
-        return await self.inner.fetch(columns, since, until, limit)
-
-    async def purge(self, before: float) -> int:
-        return await self.inner.purge(before)
-
-    async def count(self) -> int:
-        return await self.inner.count()
-
-    async def upsert(self, records: Sequence[JournalRecord]) -> None:
-        if self.refuse and any(r.request_id == self.refuse for r in records):
-            raise StoreRejected("value out of range")
-        if self.fail_after is not None and self.upserts >= self.fail_after:
-            raise StoreUnavailable("connection refused")
-        self.upserts += 1
-        await self.inner.upsert(records)
 
 
 async def migrated(dsn: str) -> Store:
@@ -184,3 +133,94 @@ async def test_replaying_the_same_file_twice_changes_nothing(journal_dsn: str, t
                                          "r2": ("completed", 102)}
     finally:
         await store.close()
+
+
+async def test_counter_too_big_for_bigint_is_moved_aside_not_a_dead_writer(journal_dsn: str, tmp_path: Path) -> None:
+    """Ollama's counters are unbounded in the schema; one beyond BIGINT is refused by both databases
+    alike (moved to .bad) and the writer carries on with every other record."""
+    fallback = tmp_path / "fb"
+    journal = open_journal(journal_dsn, fallback_dir=fallback, retry_initial=0.02)
+    await journal.start()
+    journal.submit(rec(0))
+    journal.submit(rec(1, eval_count=2**63))
+    journal.submit(rec(2))
+    await asyncio.wait_for(journal.flush(), 5)
+    journal.submit(rec(3))
+    await asyncio.wait_for(journal.flush(), 5)
+    await until(lambda: journal.health()["fallback_lines"] == 0, what="the refused line moved aside")
+    health = journal.health()
+    await journal.stop()
+    assert await ids(journal_dsn) == ["r0", "r2", "r3"]
+    assert health["quarantined_lines"] == 1 and len(health["bad_files"]) == 1
+
+
+async def test_an_unreadable_fallback_file_does_not_block_the_others(journal_dsn: str, tmp_path: Path) -> None:
+    """A fallback entry that cannot be read (permissions, a directory by that name) is reported and
+    left; the files after it still replay."""
+    from server.journal.replay import replay_all
+
+    spool = FallbackSpool(tmp_path)
+    spool.append([rec(1), rec(2)])
+    spool.close()
+    (tmp_path / "journal-0-unreadable.jsonl").mkdir()  # sorts first
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        await store.migrate()
+        report = await replay_all(store, FallbackSpool(tmp_path))
+        assert (report.files, report.records) == (1, 2)
+        assert any("journal-0-unreadable.jsonl" in p for p in report.problems)
+    finally:
+        await store.close()
+    assert await ids(journal_dsn) == ["r1", "r2"]
+
+
+async def test_a_new_fallback_file_never_appends_to_a_crashed_ones_cut_line(journal_dsn: str, tmp_path: Path) -> None:
+    """A restarted process can get the same pid within the same second (pid 1 in a container):
+    its new file must not continue the old file's truncated last line, or the first new record is lost."""
+    import itertools
+    import os
+
+    from server.journal import fallback
+
+    stale = tmp_path / f"journal-20260101T000000-{os.getpid()}-0000.jsonl"
+    stale.write_bytes(b'{"request_id": "cut-by-kill-9", "cli')
+    with mock.patch.object(fallback, "_serial", itertools.count()), \
+            mock.patch.object(fallback.time, "strftime", return_value="20260101T000000"):
+        spool = FallbackSpool(tmp_path)
+        spool.append([rec(1), rec(2)])
+        spool.close()
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        await store.migrate()
+        from server.journal.replay import replay_all
+
+        report = await replay_all(store, FallbackSpool(tmp_path))
+    finally:
+        await store.close()
+    assert await ids(journal_dsn) == ["r1", "r2"]
+    assert report.bad_lines == 1
+
+
+async def test_a_long_outage_spools_into_bounded_files(journal_dsn: str, tmp_path: Path) -> None:
+    """Replay reads a fallback file whole, so one file per outage would make recovery memory grow
+    with the outage's length; files are rotated by size and all of them replay."""
+    from server.journal.replay import replay_all
+
+    spool = FallbackSpool(tmp_path, max_bytes=4000)
+    for start in range(0, 100, 5):
+        spool.append([rec(i) for i in range(start, start + 5)])
+    spool.close()
+    sizes = [p.stat().st_size for p in spool.files()]
+    one_batch = sum(len(msgspec.json.encode(rec(i))) + 1 for i in range(95, 100))
+    assert len(sizes) > 1 and max(sizes) < 4000 + one_batch
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        await store.migrate()
+        report = await replay_all(store, FallbackSpool(tmp_path))
+        assert (report.files, report.records) == (len(sizes), 100)
+    finally:
+        await store.close()
+    assert len(await ids(journal_dsn)) == 100

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from journal_fixtures import T0, ids, rec, until
 from pg_fixtures import PgServer
 
 from schemas.journal import JournalRecord
@@ -22,8 +23,6 @@ from server.journal.fallback import FallbackSpool
 from server.journal.sqlite_store import SqliteStore
 
 pytestmark = pytest.mark.anyio
-
-T0 = 1_767_225_600.0
 
 
 def interim(i: int) -> JournalRecord:
@@ -182,3 +181,60 @@ async def test_overflow_spills_to_disk_and_comes_back(tmp_path: Path) -> None:
     await wait_drained(journal)
     await check_exactly_once(journal, 2000, fallback)
     await journal.stop()
+
+
+@pytest.mark.postgres
+async def test_a_postgres_write_blocked_on_a_lock_goes_to_the_fallback_within_store_timeout(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    """store_timeout bounds a write, not only the pool checkout: a table lock held elsewhere (an
+    operator's transaction, a VACUUM FULL) must not hang the writer — and with it flush() and stop()."""
+    import psycopg
+
+    dsn = pg_server.new_database()
+    journal = open_journal(dsn, fallback_dir=tmp_path / "fb", store_timeout=0.5, retry_initial=0.05)
+    await journal.start()
+    blocker = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        await blocker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        journal.submit(rec(1))
+        await asyncio.wait_for(journal.flush(), 3.0)
+        assert journal.health()["fallback_lines"] >= 1
+    finally:
+        await blocker.rollback()
+        await blocker.close()
+    await until(lambda: journal.health()["connected"] and journal.health()["fallback_lines"] == 0,
+                what="the fallback replayed once the lock was gone")
+    await asyncio.wait_for(journal.stop(), 5.0)
+    assert await ids(dsn) == ["r1"]
+
+
+@pytest.mark.postgres
+async def test_stop_does_not_wait_for_a_retention_purge_stuck_on_a_lock(pg_server: Any, tmp_path: Path) -> None:
+    """The purge deletes nothing anyone waits for: stop() ends it rather than hanging behind it."""
+    import psycopg
+
+    dsn = pg_server.new_database()
+    journal = open_journal(dsn, fallback_dir=tmp_path / "fb", retention_seconds=60, purge_interval=0.05)
+    await journal.start()
+    blocker = await psycopg.AsyncConnection.connect(dsn)
+    observer = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+
+    async def purge_waits_on_the_lock() -> bool:
+        cursor = await observer.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM requests%'"
+        )
+        row = await cursor.fetchone()
+        return row is not None and row[0] > 0
+
+    try:
+        await blocker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        # Not "a moment later": until PostgreSQL itself shows the purge's DELETE stuck on the lock.
+        await until(purge_waits_on_the_lock, what="the purge blocked on the lock")
+        await asyncio.wait_for(journal.stop(), 3.0)
+        assert not await purge_waits_on_the_lock()  # stop() ended it, it did not just return
+    finally:
+        await blocker.rollback()
+        await blocker.close()
+        await observer.close()

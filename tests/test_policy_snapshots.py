@@ -8,6 +8,7 @@ import pytest
 from syrupy.extensions.json import JSONSnapshotExtension
 
 from engine.scenario import dispatch_sequence, load_scenario, scenario_files
+from policy.errors import PolicyError
 from policy.load import load_policy_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,3 +57,47 @@ def test_fifo_is_arrival_order():
         expected = [t.id for t in sorted(scenario.tickets, key=lambda t: t.arrival)]
         got = [s["ticket"] for s in dispatch_sequence(EXAMPLE, scenario, "fifo")]
         assert got == expected, path.stem
+
+
+SCENARIO_HEAD = 'description = "review"\nnow = 100.0\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(
+            '[[tickets]]\nid = "a"\nmodel = "m"\nclient = "c"\narrival = 200.0\n',
+            ["s.toml: tickets[0].arrival: 200.0 is after now (100.0); tickets arrive by now"],
+            id="ticket-after-now",
+        ),
+        pytest.param(
+            '[[history]]\nclient = "c"\nat = [50.0, 300.0]\n',
+            ["s.toml: history[0].at[1]: 300.0 is after now (100.0); history lies in the past"],
+            id="history-after-now",
+        ),
+        pytest.param(
+            '[[tickets]]\nid = "a"\nmodel = "m"\nclient = "c"\narrival = 1.0\n'
+            '[[tickets]]\nid = "a"\nmodel = "n"\nclient = "c"\narrival = 2.0\n',
+            ['s.toml: tickets[1].id: "a" is already the id of tickets[0]; ids must be unique'],
+            id="duplicate-id",
+        ),
+        pytest.param(
+            'loaded = [{ model = "m", size_gb = 1e300 }]\n',
+            ["s.toml: loaded[0].size_gb: 1e+300 is out of range: must be <= 1000000.0"],
+            id="size-overflows",
+        ),
+        pytest.param(
+            'step = 1e308\n[[tickets]]\nid = "a"\nmodel = "m"\nclient = "c"\narrival = 1.0\n',
+            ["s.toml: step: 1e+308 is out of range: must be <= 1000000000000.0"],
+            id="clock-overflows",  # now + step = inf; the seed's whole-seconds aging then crashed
+        ),
+    ],
+)
+def test_bad_scenario_is_an_error_not_a_traceback(tmp_path, monkeypatch, body, expected):
+    """Scenarios that replaying would crash on (a clock going backwards, an id scheduled twice,
+    a size that overflows) are reported like every other scenario problem."""
+    monkeypatch.chdir(tmp_path)
+    Path("s.toml").write_text(SCENARIO_HEAD + body, encoding="utf-8")
+    with pytest.raises(PolicyError) as caught:
+        load_scenario("s.toml")
+    assert caught.value.lines == expected

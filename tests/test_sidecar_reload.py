@@ -288,3 +288,28 @@ async def test_a_reload_in_progress_when_the_sidecar_stops_never_swaps(how: str,
     assert reloads == []
     assert holder.current.version == before
     assert swapped == []
+
+
+def test_holder_start_up_does_not_miss_an_edit_made_while_it_compiled(tmp_path, monkeypatch):
+    """The holder compiled the file, then read it a second time for its digest: an edit between
+    the two reads was taken as already active, so the watcher never loaded it."""
+    import policy.holder
+    import policy.load
+
+    path = tmp_path / "p.toml"
+    path.write_text('active = "a"\n[policies.a]\n')
+    real = policy.load.load_policy_text
+
+    def compile_then_edit(data: bytes, file: str):
+        compiled = real(data, file)
+        path.write_text('active = "b"\n[policies.b]\n')  # the operator saves again meanwhile
+        return compiled
+
+    monkeypatch.setattr(policy.load, "load_policy_text", compile_then_edit)
+    monkeypatch.setattr(policy.holder, "load_policy_text", compile_then_edit)
+    holder = policy.holder.PolicyHolder(path)
+    assert holder.current.active.name == "a"
+    monkeypatch.setattr(policy.load, "load_policy_text", real)
+    monkeypatch.setattr(policy.holder, "load_policy_text", real)
+    result = holder.check_changed()
+    assert result.changed and holder.current.active.name == "b"
