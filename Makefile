@@ -27,6 +27,8 @@ install: $(VENV)/.installed-dev
 # Installs everything the tests need, then runs the whole suite.
 test: install
 	@$(BIN)/ruff check --quiet .
+	@$(BIN)/lint-imports > $(VENV)/lint-imports.log || { cat $(VENV)/lint-imports.log; exit 1; }
+	@$(BIN)/mypy
 	$(BIN)/pytest -q
 
 # Installs the sidecar and starts it in demo mode, backed by the built-in Ollama emulator.
@@ -35,3 +37,5 @@ demo: $(VENV)/.installed
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy

@@ -41,7 +41,7 @@ def load_scenario(path: str | Path) -> Scenario:
 
 def _replay_problems(scenario: Scenario) -> list[Problem]:
     """What replaying would trip over: the clock runs forwards to `now`, ids are unique."""
-    problems = []
+    problems: list[Problem] = []
     after = f"is after now ({scenario.now!r});"
     for i, h in enumerate(scenario.history):
         problems.extend(

@@ -93,13 +93,13 @@ class Scheduler:
         clock: Clock | None = None,
     ) -> None:
         self._clock: Clock = clock or time.monotonic
+        self._settings: CompiledFile = settings
         self._policy_source = policy or (lambda: self._settings.active)
         self._seq = itertools.count(1)
         self._waiting: dict[str, Ticket] = {}  # insertion order = arrival order
         self._in_flight: dict[str, InFlight] = {}
         self._picker = Picker()
         self._ranking = Ranking()  # positions for the public queue route, rebuilt when stale
-        self._settings = settings
         b = settings.backend
         self._ledger = ClientLedger(settings.windows)
         self.residency_model = ResidencyModel(

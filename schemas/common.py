@@ -14,7 +14,10 @@ from msgspec import Meta
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Base for every file-facing struct: a misspelt key is an error, never silently ignored."""
+    """Base for every file-facing struct: a misspelt key is an error, never silently ignored.
+
+    Subclasses inherit `frozen`; they repeat `frozen=True` because type checkers (which see
+    msgspec structs as dataclasses) do not infer it."""
 
 
 # A duration: a number of seconds, or a string with units such as "500ms", "30s", "5m", "1h30m",

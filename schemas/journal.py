@@ -26,7 +26,7 @@ Millis = Annotated[float, Meta(ge=0)]
 Count = Annotated[int, Meta(ge=0)]
 
 
-class JournalRecord(Strict):
+class JournalRecord(Strict, frozen=True):
     """Everything the sidecar knows about one request. Optional fields are None when not reached."""
 
     # The journal's key: unique per request, chosen by the sidecar. A client may send its own

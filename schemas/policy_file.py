@@ -19,7 +19,7 @@ from schemas.common import (
 )
 
 
-class Backend(Strict):
+class Backend(Strict, frozen=True):
     url: HttpUrl = "http://127.0.0.1:11434"
     max_parallel: PositiveInt = 2  # requests in flight to Ollama at once, all models together
     num_parallel: PositiveInt = 1  # Ollama's OLLAMA_NUM_PARALLEL: requests one model serves at once
@@ -32,11 +32,11 @@ class Backend(Strict):
     resident_factor: PositiveFloat = 1.2
 
 
-class ModelInfo(Strict):
+class ModelInfo(Strict, frozen=True):
     vram_gb: PositiveFloat  # resident size in GiB, used until Ollama reports the real one
 
 
-class ClassRule(Strict):
+class ClassRule(Strict, frozen=True):
     description: str = ""
     # A request is in this class if it matches every list that is not empty (globs allowed).
     clients: list[str] = msgspec.field(default_factory=list)
@@ -48,7 +48,7 @@ class ClassRule(Strict):
 IdentifyBy = Literal["api_key", "header", "ip"]
 
 
-class Clients(Strict):
+class Clients(Strict, frozen=True):
     identify_by: list[IdentifyBy] = msgspec.field(
         default_factory=lambda: ["api_key", "header", "ip"]
     )
@@ -65,19 +65,19 @@ class Clients(Strict):
     )
 
 
-class RateWindow(Strict):
+class RateWindow(Strict, frozen=True):
     window: Duration
     max_requests: PositiveInt  # arrivals of one client within the window; more get a 429
 
 
-class Limits(Strict):
+class Limits(Strict, frozen=True):
     max_queue: PositiveInt = 1000
     max_queued_per_client: PositiveInt = 100
     max_body: PositiveInt = 16 * 1024 * 1024  # bytes
     rate: dict[str, RateWindow] = msgspec.field(default_factory=dict)
 
 
-class Admin(Strict):
+class Admin(Strict, frozen=True):
     networks: list[Cidr] = msgspec.field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
     key_env: EnvName = "PROXY_ADMIN_KEY"
     session_lifetime: Duration = "24h"
@@ -87,12 +87,12 @@ class Admin(Strict):
 StorePrompts = Literal["full", "hash", "none"]
 
 
-class Journal(Strict):
+class Journal(Strict, frozen=True):
     store_prompts: StorePrompts = "hash"
     retention: Duration = "30d"
 
 
-class PolicySpec(Strict):
+class PolicySpec(Strict, frozen=True):
     description: str = ""
     # Scores below this are raised to it (the seed clamped at 0); ties then fall to arrival order.
     clamp_min: float | None = None
@@ -100,7 +100,7 @@ class PolicySpec(Strict):
     terms: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
 
-class PolicyFile(Strict):
+class PolicyFile(Strict, frozen=True):
     active: str
     backend: Backend = msgspec.field(default_factory=Backend)
     models: dict[str, ModelInfo] = msgspec.field(default_factory=dict)

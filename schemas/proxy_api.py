@@ -136,7 +136,7 @@ class Cancelled(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: bool
 
 
-class AuthRequest(Strict):
+class AuthRequest(Strict, frozen=True):
     """`POST /proxy/auth` body."""
 
     key: str

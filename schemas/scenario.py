@@ -17,25 +17,25 @@ from schemas.common import PositiveFloat, PositiveInt, Strict
 Seconds = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
 
 
-class ScenarioBackend(Strict):
+class ScenarioBackend(Strict, frozen=True):
     # Overrides of the policy file's [backend]; omitted keys keep the file's values.
     vram_gb: PositiveFloat | None = None
     max_loaded_models: PositiveInt | None = None
     num_parallel: PositiveInt | None = None
 
 
-class LoadedModel(Strict):
+class LoadedModel(Strict, frozen=True):
     model: str
     # Resident size as /api/ps would report it (in bytes, an integer: so bounded).
     size_gb: Annotated[float, msgspec.Meta(gt=0, le=1e6)]
 
 
-class History(Strict):
+class History(Strict, frozen=True):
     client: str
     at: list[Seconds]  # past arrival times (seconds on the scenario clock) that count as recent
 
 
-class ScenarioTicket(Strict):
+class ScenarioTicket(Strict, frozen=True):
     id: str
     model: str
     client: str
@@ -43,7 +43,7 @@ class ScenarioTicket(Strict):
     cls: str | None = msgspec.field(default=None, name="class")  # default: the file's default
 
 
-class Scenario(Strict):
+class Scenario(Strict, frozen=True):
     description: str
     now: Seconds  # the clock when the queue is released
     step: Annotated[float, msgspec.Meta(ge=0, le=1e12)] = 5.0  # seconds each dispatched request runs before its slot frees

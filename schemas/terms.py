@@ -19,12 +19,12 @@ from schemas.common import (
 )
 
 
-class SwapTier(Strict):
+class SwapTier(Strict, frozen=True):
     up_to_gb: PositiveFloat  # models up to this resident size (GiB) cost `points` to swap in
     points: Points
 
 
-class VramParams(Strict):
+class VramParams(Strict, frozen=True):
     loaded: Points = 0  # the model is loaded or loading: the request runs without a swap
     fits: Points = 100  # not loaded, but fits beside the loaded models: a load, no eviction
     # The seed only gave the `fits` tier when some other model was already loaded.
@@ -44,25 +44,25 @@ class VramParams(Strict):
     swap_above: Points = 800  # models larger than every tier
 
 
-class FairnessParams(Strict):
+class FairnessParams(Strict, frozen=True):
     per_queued: Points = 5  # per waiting request of the same client, this one included
     per_recent: Points = 5  # per arrival of the same client within `window`, this one included
     window: Duration = "10m"
     cap: NonNegativePoints = 100
 
 
-class AgingParams(Strict):
+class AgingParams(Strict, frozen=True):
     per_second: NonNegativePoints = 1.0  # points taken off per second waited
     whole_seconds: bool = False  # count only whole seconds, as the seed did
     # After this wait the ticket goes before every ticket that has not waited as long.
     max_wait: Duration | None = None
 
 
-class ClassOffsetParams(Strict):
+class ClassOffsetParams(Strict, frozen=True):
     offsets: dict[str, Points] = msgspec.field(default_factory=dict)  # class name -> points
 
 
-class RatePenaltyParams(Strict):
+class RatePenaltyParams(Strict, frozen=True):
     window: Duration = "1m"
     threshold: NonNegativeInt = 10  # arrivals within the window before the penalty starts
     per_request: Points = 20  # points per arrival beyond the threshold

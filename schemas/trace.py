@@ -25,7 +25,7 @@ from schemas.common import Strict
 from schemas.journal import Status
 
 
-class TraceRecord(Strict):
+class TraceRecord(Strict, frozen=True):
     """One arrival in a replayable trace."""
 
     arrival: Annotated[float, Meta(ge=0)]

@@ -20,7 +20,7 @@ from server.http.rate import TokenBuckets
 from server.http.request_ids import RequestIdMiddleware
 from server.journal.protocol import Journal
 from server.proxy import routes as proxy_routes
-from server.proxy.queue_ids import QueueIds
+from server.runtime.queue_ids import QueueIds
 from server.settings import Settings
 from server.sidecar import Sidecar
 
@@ -76,7 +76,7 @@ def create_app(
     # Starlette would answer `/api/tags/` with a redirect built from the client's own Host header
     # (an open redirect); a path with a trailing slash is simply not a route here: a 404.
     app.router.redirect_slashes = False
-    # Who may ask `GET /proxy/queue/{id}` about which ticket (server/proxy/queue_ids.py).
+    # Who may ask `GET /proxy/queue/{id}` about which ticket (server/runtime/queue_ids.py).
     app.state.queue_ids = QueueIds()
     # Public position polls, per client: a crowd of pollers cannot starve the streams.
     app.state.position_polls = TokenBuckets(POSITION_POLLS_PER_S, POSITION_POLL_BURST, sidecar.clock)

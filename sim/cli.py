@@ -15,7 +15,7 @@ from sim.presets import DEFAULT_PRESET, PRESETS
 from sim.serve import serve_emulator
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sim",
         help="run the Ollama emulator",

@@ -21,7 +21,7 @@ from sim.gotime import keep_alive_seconds
 from sim.library import LIBRARY
 
 
-class NodeConfig(Strict):
+class NodeConfig(Strict, frozen=True):
     """The GPU node and Ollama's scheduler environment variables."""
 
     vram_gb: PositiveFloat = 24.0
@@ -33,7 +33,7 @@ class NodeConfig(Strict):
     time_scale: NonNegativeFloat = 1.0
 
 
-class ModelConfig(Strict):
+class ModelConfig(Strict, frozen=True):
     """One installed model; fields left out come from the built-in library (sim/library.py)."""
 
     name: str
@@ -47,7 +47,7 @@ class ModelConfig(Strict):
     resident_factor: Annotated[float, Meta(ge=1.0, le=3.0)] = 1.2
 
 
-class SimFile(Strict):
+class SimFile(Strict, frozen=True):
     node: NodeConfig = NodeConfig()
     models: list[ModelConfig] = msgspec.field(default_factory=list)
 

@@ -128,7 +128,7 @@ class LazyResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         watcher = asyncio.create_task(_watch_disconnect(receive, gone))
-        stream = self._produce(gone)
+        stream = self._produce(gone)  # an async generator: closed below, whatever happens
         head: Head | None = None
         started = False
         try:
@@ -149,7 +149,7 @@ class LazyResponse:
                 await send(_start(head))
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await stream.aclose()
+            await stream.aclose()  # type: ignore[attr-defined]
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

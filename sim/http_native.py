@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sim.backend import Job
+from sim.backend import Job, JobKind
 from sim.driver import Emulator
 from sim.gotime import rfc3339
 from sim.http_common import (
@@ -156,7 +156,7 @@ async def chat(request: Request) -> Response | LazyResponse:
 
 def embed_job(emu: Emulator, name: str, inputs: list[str], options: Options | None, keep_alive: float) -> Job:
     spec = find_model(emu, name, embed=True)
-    kind = "embed" if inputs else "load"
+    kind: JobKind = "embed" if inputs else "load"
     prompt_tokens = sum(count_tokens(text) for text in inputs) or 1
     return submit(emu, spec, kind, prompt_tokens=prompt_tokens, options=options, keep_alive=keep_alive)
 

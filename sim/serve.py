@@ -11,6 +11,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
@@ -60,7 +61,7 @@ async def serve_app(
     host: str = "127.0.0.1",
     port: int = 11434,
     *,
-    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[str], None] | None = None,
     quiet: bool = True,
 ) -> None:
@@ -73,7 +74,9 @@ async def serve_app(
     if on_ready is not None:
         on_ready(url)
     try:
-        await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger or forever.wait)
+        asgi: Any = app  # Hypercorn types ASGI callables more narrowly than Starlette does
+        trigger: Any = shutdown_trigger or forever.wait
+        await hypercorn_serve(asgi, config, shutdown_trigger=trigger)
     finally:
         emulator.close()
 
@@ -83,7 +86,7 @@ async def serve_emulator(
     host: str = "127.0.0.1",
     port: int = 11434,
     *,
-    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[str], None] | None = None,
     quiet: bool = True,
 ) -> None:

@@ -7,7 +7,7 @@ class, or how long it has waited. The engine relies on that to avoid rescoring t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -79,7 +79,7 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._types)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[TermType]:
         return iter(self._types.values())
 
 

@@ -39,7 +39,7 @@ from server.http.query_params import Param, number, one_of, takes, whole
 from server.http.rate import TokenBuckets
 from server.journal import AnalyticsError, StoreUnavailable
 from server.journal.analytics import GROUP_BY, MAX_HOURS, MAX_LIMIT
-from server.proxy.queue_ids import QueueIds
+from server.runtime.queue_ids import QueueIds
 from server.sidecar import Sidecar, sidecar_of
 
 Endpoint = Callable[[Request], Awaitable[Response]]

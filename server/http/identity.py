@@ -82,7 +82,7 @@ def _walk(hops: Sequence[str | None], peer: IPAddress, trusted: Sequence[IPNetwo
     address, which would hand whoever wrote the garbage the proxy's privileges (admin, when the
     proxy sits inside `admin.networks`).
     """
-    addr = peer
+    addr: IPAddress | None = peer
     for hop in reversed(hops):
         addr = parse_hop(hop) if hop is not None else None
         if addr is None or not in_networks(addr, trusted):

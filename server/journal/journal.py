@@ -152,7 +152,10 @@ class Journal:
         await asyncio.to_thread(self._admissions.start)
         await asyncio.to_thread(self._spool.rescan)
         self._bad_files = {p.name for p in await asyncio.to_thread(self._spool.bad_files)}
-        self._spill = SpillWriter(self._spool, lambda: loop.call_soon_threadsafe(self._retry_wake.set))
+        def wake_retry() -> None:  # called from the spill thread
+            loop.call_soon_threadsafe(self._retry_wake.set)
+
+        self._spill = SpillWriter(self._spool, wake_retry)
         self._spill.start()
         self._state = "running"
         self._tasks = [

@@ -1,3 +1,3 @@
 """The Ollama-facing request path, in the order a request meets it: `routes` (read, identify,
 admit: `intake`), `exchange` (wait for a grant, forward, relay, journal), with `facts` (what the
-journal learns), `disconnect` (a client going away) and `queue_ids` (the X-Queue-Id)."""
+journal learns) and `disconnect` (a client going away)."""

@@ -20,7 +20,7 @@ from server.http.request_ids import journal_id_var, request_id_var
 from server.proxy.exchange import Exchange
 from server.proxy.facts import RequestFacts
 from server.proxy.intake import Admission, Scheduling, check_limits, parse_scheduled
-from server.proxy.queue_ids import QueueIds
+from server.runtime.queue_ids import QueueIds
 from server.sidecar import Caller, Sidecar, sidecar_of
 
 # Each can make Ollama load a model, so each waits for the scheduler's grant.
@@ -100,7 +100,7 @@ async def scheduled(request: Request) -> Response | _Ticketed:
 
 
 class _Ticketed:
-    """Runs a scheduled exchange under a queue id of the sidecar's own (server/proxy/queue_ids.py),
+    """Runs a scheduled exchange under a queue id of the sidecar's own (server/runtime/queue_ids.py),
     sent as `X-Queue-Id` with whatever answer the exchange gives, and forgotten when it ends."""
 
     def __init__(self, exchange: Exchange, ids: QueueIds, request_id: str, client: str) -> None:

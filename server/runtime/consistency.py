@@ -45,7 +45,7 @@ def observe(ps: Mapping[str, Any]) -> Observed | None:
     models = ps.get("models")
     if not isinstance(models, list):
         return None
-    used = 0
+    used = 0.0
     count = 0
     for entry in models:
         if not isinstance(entry, dict):

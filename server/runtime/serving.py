@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
@@ -100,14 +100,16 @@ class Server:
         cap = self.limits.connection_cap()
         listening = [CappedSocket.wrap(s, cap) for s in self.sockets]
         sockets = Sockets(secure_sockets=[], insecure_sockets=list(listening), quic_sockets=[])
-        app = wrap_app(BodyGuard(self.app, self.limits.body_timeout), config.wsgi_max_body_size, "asgi")
+        # Hypercorn types its ASGI callables more narrowly than Starlette's protocol does.
+        guarded: Any = BodyGuard(self.app, self.limits.body_timeout)
+        app = wrap_app(guarded, config.wsgi_max_body_size, "asgi")
         loop = asyncio.get_running_loop()
         restore_handler = quiet_accept_errors(loop)
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
-                installed.append(sig)
+            for stopping in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(stopping, self.stop)
+                installed.append(stopping)
             loop.add_signal_handler(signal.SIGHUP, self.sidecar.reload_soon)
             installed.append(signal.SIGHUP)
         try:

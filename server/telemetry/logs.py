@@ -50,8 +50,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if getattr(record, "request_id", None):
-            out["request_id"] = record.request_id
+        request_id = getattr(record, "request_id", None)  # set by _RequestIdFilter
+        if request_id:
+            out["request_id"] = request_id
         out.update(_extras(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
