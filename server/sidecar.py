@@ -38,6 +38,7 @@ from server.runtime.holds import CUT_WAIT_S, Holds
 from server.runtime.reload import Reloader
 from server.runtime.upstream import UpstreamPoller
 from server.settings import Settings
+from server.telemetry.loop_lag import LoopLagProbe
 from server.telemetry.metrics import Metrics
 
 log = logging.getLogger("smart_proxy")
@@ -122,6 +123,7 @@ class Sidecar:
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
             interval=settings.watch_interval,
         )
+        self.lag_probe = LoopLagProbe(self.metrics.loop_lag.observe)
         self.parts = Parts(
             client=self.client, dispatcher=self.dispatcher, journal=self.journal,
             holds=self.holds, metrics=self.metrics, poll_soon=self.poller.poll_soon,
@@ -136,6 +138,7 @@ class Sidecar:
         await self.journal.start()
         self.poller.start()
         self.reloader.start()
+        self.lag_probe.start()
         log.info(
             "sidecar ready: upstream %s, policy %s version %s (active %s)",
             self.upstream_url(), self.holder.path, self.holder.current.version,
@@ -175,6 +178,7 @@ class Sidecar:
         if not self.stopping:
             self.begin_shutdown()
         await self.reloader.stop()
+        await self.lag_probe.stop()
         await self.poller.stop()
         await self.client.aclose()
         await self.journal.stop()

@@ -13,7 +13,7 @@ import pytest
 from pg_fixtures import PgServer
 
 from schemas.journal import JournalRecord
-from server.journal import AnalyticsError, open_journal
+from server.journal import AnalyticsError, analytics, open_journal
 from server.journal.analytics import (
     AnalyticsQuery,
     bucket_seconds,
@@ -79,18 +79,24 @@ async def seeded_report(dsn: str, tmp_path: Path, **params: Any) -> dict[str, An
         await journal.stop()
 
 
+@pytest.mark.parametrize("where", ["worker process", "thread"])
 async def test_a_window_beyond_the_row_cap_reports_on_its_newest_rows(
-    journal_dsn: str, tmp_path: Path
+    journal_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """More rows than a report may read: the newest ones, and the report says it was cut."""
+    """More rows than a report may read: the newest ones, and the report says it was cut — from
+    the journal's worker process (what the sidecar uses) and from a thread (a store made by hand)."""
     journal = open_journal(journal_dsn, fallback_dir=tmp_path / "fallback")
     await journal.start()
     for record in SEED:
         journal.submit(record)
     await journal.flush()
     try:
-        query = AnalyticsQuery.parse(hours=1, group_by="model", limit=10)
-        r = await compute(journal._store, query, NOW, max_rows=3)
+        if where == "thread":
+            query = AnalyticsQuery.parse(hours=1, group_by="model", limit=10)
+            r = await compute(journal._store, query, NOW, max_rows=3)
+        else:
+            monkeypatch.setattr(analytics, "MAX_ROWS", 3)
+            r = await journal.analytics(hours=1, group_by="model", limit=10, now=NOW)
     finally:
         await journal.stop()
     assert r["window"]["truncated"] is True and r["window"]["rows"] == 3
@@ -223,3 +229,20 @@ def test_run_lengths() -> None:
 def test_bucket_size_keeps_the_timeline_short(hours: float, size: int) -> None:
     """At most 48 buckets (a year falls back to weeks)."""
     assert bucket_seconds(hours) == size
+
+
+async def test_a_database_the_worker_cannot_read_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    """The worker process opens the database itself; when it cannot, the caller gets
+    StoreUnavailable (the route's 503) and the next report starts over."""
+    from server.journal import StoreUnavailable
+
+    db = tmp_path / "journal.db"
+    journal = open_journal(f"sqlite:///{db}", fallback_dir=tmp_path / "fallback")
+    await journal.start()
+    try:
+        for name in ("journal.db", "journal.db-wal", "journal.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        with pytest.raises(StoreUnavailable, match="sqlite"):
+            await journal.analytics(hours=1, now=NOW)
+    finally:
+        await journal.stop()

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import httpx
-from sidecar_fixtures import SidecarFactory, cli_process, make_policy, wait_upstream_up
+from sidecar_fixtures import SidecarFactory, cli_process, make_policy, wait_until, wait_upstream_up
 
 MODEL = "llama3.2:1b"
 
@@ -192,3 +192,20 @@ def test_client_identity_and_class(sidecar_factory: SidecarFactory, ollama_emula
         proxy.admin("POST", "/proxy/resume")
         assert [f.result().status_code for f in futures] == [200] * len(IDENTITIES)
     assert seen == {rid: (client, cls) for rid, _, client, cls in IDENTITIES}
+
+
+def test_the_event_loop_lag_is_sampled_and_exported(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    """smart_proxy_event_loop_lag_seconds: a histogram the probe feeds 20 times a second."""
+    proxy = sidecar_factory(upstream=ollama_emulator.url)
+
+    def samples() -> float:
+        text = httpx.get(proxy.url + "/metrics", timeout=10).text
+        return metric(text, "smart_proxy_event_loop_lag_seconds_count")
+
+    wait_until(lambda: samples() >= 3, within=10, what="three lag samples")
+    text = httpx.get(proxy.url + "/metrics", timeout=10).text
+    count = metric(text, "smart_proxy_event_loop_lag_seconds_count")
+    assert metric(text, "smart_proxy_event_loop_lag_seconds_bucket", le="+Inf") == count
+    assert 0 <= metric(text, "smart_proxy_event_loop_lag_seconds_bucket", le="0.005") <= count

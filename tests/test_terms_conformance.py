@@ -323,3 +323,31 @@ def test_registered_type_is_well_formed(name: str) -> None:
     assert callable(build(term_type.params()))
     if term_type.depends_on != "wait":
         assert term_type.wait_slope(term_type.params()) == 0.0
+
+
+# rate_penalty by hand: points = min((arrivals in the window − threshold) × per_request, cap), and
+# 0 at or below the threshold. Arrivals count if now − window < t ≤ now.
+RATE_PENALTY_ROWS = [
+    # (params, arrival ages in seconds, expected points, the arithmetic)
+    ({"window": "1m", "threshold": 10, "per_request": 20, "cap": 500}, [1.0] * 10, 0.0,
+     "10 arrivals, threshold 10: none beyond it"),
+    ({"window": "1m", "threshold": 10, "per_request": 20, "cap": 500}, [1.0] * 13, 60.0,
+     "13 − 10 = 3 beyond; 3 × 20 = 60"),
+    ({"window": "1m", "threshold": 2, "per_request": 7.5, "cap": 500}, [5.0, 30.0, 59.0, 60.0, 61.0], 7.5,
+     "ages 5, 30, 59 are inside a 60 s window, 60 and 61 are not: 3 − 2 = 1; 1 × 7.5 = 7.5"),
+    ({"window": "10s", "threshold": 0, "per_request": 40, "cap": 100}, [1.0, 2.0, 3.0, 4.0], 100.0,
+     "4 − 0 = 4 beyond; 4 × 40 = 160, capped at 100"),
+    ({"window": "1m", "threshold": 3, "per_request": 20, "cap": 500}, [], 0.0,
+     "no arrivals at all: 0 − 3 < 0, so 0 (never a negative penalty)"),
+]
+
+
+@pytest.mark.parametrize(("params", "ages", "expected", "why"), RATE_PENALTY_ROWS,
+                         ids=[row[3] for row in RATE_PENALTY_ROWS])
+def test_rate_penalty_worked_by_hand(params: dict[str, Any], ages: list[float], expected: float,
+                                     why: str) -> None:
+    term_type = REGISTRY.get("rate_penalty")
+    fn = term_type.build(msgspec.convert(params, term_type.params))
+    state = StubState(arrivals_by_client={"alice": tuple(NOW - a for a in ages)})
+    ticket = Ticket(id="t", seq=1, model="m", client="alice", cls="interactive", arrival=NOW)
+    assert fn(ticket, state, NOW) == expected

@@ -21,17 +21,14 @@ from schemas.proxy_api import (
     AuthToken,
     Cancelled,
     Health,
-    InFlightEntry,
     PauseState,
     PolicyInfo,
     PolicyView,
-    Position,
-    QueueEntry,
-    QueueView,
     ReloadOutcome,
     UpstreamHealth,
     VramView,
 )
+from server.admin import views
 from server.http.auth import SESSION_COOKIE
 from server.http.bodies import read_body
 from server.http.dialects import ProxyError, error_response
@@ -70,29 +67,19 @@ def admin_only(endpoint: Endpoint) -> Endpoint:
 
 
 def _policy_info(sc: Sidecar) -> PolicyInfo:
-    compiled = sc.compiled
-    return PolicyInfo(
-        name=compiled.active.name, version=compiled.version, last_reload_error=sc.holder.last_error
-    )
+    return views.policy_info(sc.compiled, sc.holder.last_error)
 
 
 @takes()
 async def health(request: Request) -> Response:
     sc = sidecar_of(request)
     poller = sc.poller
-    reasons: list[str] = []
-    if not poller.up:
-        reasons.append(
-            "Ollama did not answer the last poll (see upstream.last_error)" if poller.last_error
-            else "no poll of Ollama has succeeded yet"
-        )
-    if sc.holder.last_error is not None:
-        reasons.append("the last policy edit was refused (see policy.last_reload_error)")
-    reasons += sc.consistency.reasons
     sc.api_keys()  # re-read if a reload named another variable
-    if sc.api_keys_problem:  # public: say where to look, not what the entries hold
-        reasons.append(f"{sc.compiled.clients.api_keys_env} was refused, so no API key identifies a "
-                       "client (see the log)")
+    reasons = views.health_reasons(
+        upstream_up=poller.up, upstream_error=poller.last_error,
+        reload_error=sc.holder.last_error, mismatches=sc.consistency.reasons,
+        api_keys_env=sc.compiled.clients.api_keys_env if sc.api_keys_problem else None,
+    )
     body = Health(
         status="stopping" if sc.stopping else "degraded" if reasons else "ok",
         queue_depth=sc.scheduler.depth,
@@ -113,34 +100,8 @@ async def health(request: Request) -> Response:
 @takes()
 async def queue(request: Request) -> Response:
     sc = sidecar_of(request)
-    now = sc.clock()
     ids: QueueIds = request.app.state.queue_ids
-    waiting = [
-        QueueEntry(
-            request_id=r.ticket.id, queue_id=ids.queue_id_of(r.ticket.id),
-            position=r.position, model=r.ticket.model,
-            client=r.ticket.client, request_class=r.ticket.cls, endpoint=r.ticket.endpoint,
-            waited_s=round(now - r.ticket.arrival, 3), score=r.score.total,
-            terms=r.score.breakdown(), overdue=r.score.overdue, eligible=r.eligible,
-            reason=r.reason,
-        )
-        for r in sc.scheduler.waiting()
-    ]
-    flying = [
-        InFlightEntry(
-            request_id=f.ticket.id, queue_id=ids.queue_id_of(f.ticket.id), model=f.ticket.model, client=f.ticket.client,
-            request_class=f.ticket.cls, endpoint=f.ticket.endpoint,
-            elapsed_s=round(now - f.granted_at, 3),
-        )
-        for f in sc.scheduler.in_flight()
-    ]
-    return _json(
-        QueueView(
-            paused=sc.scheduler.paused, depth=sc.scheduler.depth,
-            max_parallel=sc.scheduler.max_parallel, policy=_policy_info(sc),
-            waiting=waiting, in_flight=flying,
-        )
-    )
+    return _json(views.queue_view(sc.scheduler, ids, _policy_info(sc), sc.clock()))
 
 
 def _visible_request_id(request: Request, asked: str, *, admin: bool, client: str) -> str | None:
@@ -181,26 +142,10 @@ async def position(request: Request) -> Response:
     rid = _visible_request_id(request, asked, admin=admin, client=client)
     if rid is None:
         return error_response(request.url.path, 404, f"no waiting or running request {asked!r}")
-    now = sc.clock()
-    ranked = sc.scheduler.position(rid)
-    if ranked is not None:
-        t, s = ranked.ticket, ranked.score
-        body = Position(
-            request_id=rid, state="waiting", position=ranked.position, depth=sc.scheduler.depth,
-            model=t.model, request_class=t.cls, waited_s=round(now - t.arrival, 3),
-            score=s.total, terms=s.breakdown(), overdue=s.overdue, policy=_policy_info(sc),
-        )
-        return _json(body)
-    for f in sc.scheduler.in_flight():
-        if f.ticket.id == rid:
-            body = Position(
-                request_id=rid, state="in_flight", position=None, depth=sc.scheduler.depth,
-                model=f.ticket.model, request_class=f.ticket.cls,
-                waited_s=round(f.granted_at - f.ticket.arrival, 3), score=None, terms={},
-                overdue=False, policy=_policy_info(sc),
-            )
-            return _json(body)
-    return error_response(request.url.path, 404, f"no waiting or running request {asked!r}")
+    body = views.position_view(sc.scheduler, rid, _policy_info(sc), sc.clock())
+    if body is None:
+        return error_response(request.url.path, 404, f"no waiting or running request {asked!r}")
+    return _json(body)
 
 
 @admin_only

@@ -62,6 +62,7 @@ def open_journal(
         FallbackSpool(directory),
         store_prompts=store_prompts,
         retention_seconds=retention_seconds,
+        target=target,
         **tuning,
     )
 

@@ -3,8 +3,8 @@
 SQL does only the portable part (a time window on an indexed column, at most `MAX_ROWS` of the
 newest rows); grouping, percentiles and run lengths happen here, over rows sorted by
 (received_at, request_id) in Python, so neither a dialect's percentile functions nor its text
-collation can make SQLite and PostgreSQL differ. The computation runs in a worker thread, never
-on the event loop: 200,000 rows take seconds of CPU.
+collation can make SQLite and PostgreSQL differ. The sidecar runs it in a worker process
+(analytics_worker.py), never on the event loop: 200,000 rows take seconds of CPU.
 
 Definitions: an *error* is a request that failed or was rejected (a client cancelling is counted
 apart); percentiles are nearest-rank; a *model load* is a dispatch whose model was not resident;
@@ -32,7 +32,7 @@ MAX_ROWS = 500_000  # rows one report reads; beyond it the report covers the new
 _BUCKETS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
 _MAX_BUCKETS = 48
 _HISTOGRAM_BINS = 10
-_COLUMNS = (
+COLUMNS = (
     "request_id", "client", "ip", "model", "endpoint", "request_class", "status", "error",
     "received_at", "dispatched_at", "queue_wait_ms", "duration_ms", "score", "resident",
 )
@@ -288,21 +288,30 @@ def report(
     }
 
 
+def window_sql(placeholder: str, limit: int | None) -> str:
+    """The one query analytics make: the window's rows, the newest `limit` of them."""
+    sql = (
+        f"SELECT {', '.join(COLUMNS)} FROM requests"
+        f" WHERE received_at >= {placeholder} AND received_at < {placeholder}"
+    )
+    return sql + (f" ORDER BY received_at DESC LIMIT {int(limit)}" if limit is not None else "")
+
+
 async def compute(
     store: Store, query: AnalyticsQuery, now: float, *, max_rows: int = MAX_ROWS
 ) -> dict[str, Any]:
     since = now - query.hours * 3600
-    raw = await store.fetch(_COLUMNS, since, now, max_rows + 1)
+    raw = await store.fetch(COLUMNS, since, now, max_rows + 1)
     truncated = len(raw) > max_rows
 
     def build() -> dict[str, Any]:
-        rows = [from_row(_COLUMNS, r) for r in raw[:max_rows]]  # fetched newest first
+        rows = [from_row(COLUMNS, r) for r in raw[:max_rows]]  # fetched newest first
         return report(rows, query, since, now, truncated=truncated)
 
     return await asyncio.to_thread(build)
 
 
 __all__ = [
-    "GROUP_BY", "MAX_ROWS", "AnalyticsError", "AnalyticsQuery", "bucket_seconds", "compute", "percentile",
-    "report", "run_lengths", "stats",
+    "COLUMNS", "GROUP_BY", "MAX_ROWS", "AnalyticsError", "AnalyticsQuery", "bucket_seconds", "compute", "percentile",
+    "report", "run_lengths", "stats", "window_sql",
 ]
