@@ -246,16 +246,17 @@ def test_stalled_connections_past_the_descriptor_limit(
 async def _over_http2(url: str) -> list[httpx.Response]:
     async with httpx.AsyncClient(http1=False, http2=True, timeout=20) as client:
         replies: list[httpx.Response] = []
-        # Rounds of four concurrent streams on one connection. Each round's bodies stay inside
-        # HTTP/2's initial 64 KiB flow-control window: past it, Hypercorn's h2 and httpx's client
-        # can deadlock under CPU load even when the app reads every body (docs/sidecar.md).
+        # Rounds of four concurrent streams on one connection. Each round's bodies (40 KB, two
+        # DATA frames each) stay well inside HTTP/2's initial 64 KiB flow-control window: near or
+        # past it, Hypercorn's h2 and httpx's client can deadlock under CPU load even when the app
+        # reads every body (docs/sidecar.md; 2 × 30 KB still hung once in CI under load).
         for _ in range(3):
             replies += await asyncio.gather(
                 client.get(url + "/api/tags"),
                 # Routes that answer without reading the body (Hypercorn used to drop the whole
                 # connection when the rest of such a body arrived).
-                client.post(url + "/nope", content=b"x" * 30_000),
-                client.post(url + "/v1/nope", content=b"y" * 30_000),
+                client.post(url + "/nope", content=b"x" * 20_000),
+                client.post(url + "/v1/nope", content=b"y" * 20_000),
                 client.get(url + "/v1/models"),
             )
         return replies
