@@ -4,4 +4,5 @@ import sys
 
 from server.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # never when a spawned worker process (analytics) imports this
+    sys.exit(main())
