@@ -121,7 +121,7 @@ class Metrics:
                 if isinstance(m, dict):
                     for key in ("name", "model"):
                         if isinstance(m.get(key), str):
-                            # Requests carry canonical names (routes_proxy), so must the labels.
+                            # Requests carry canonical names (server/proxy/routes.py), so must the labels.
                             self.known_models.add(canonical_model(str(m[key])))
 
     def granted(self, grant: Grant) -> None:
