@@ -248,11 +248,14 @@ SidecarFactory = Callable[..., RunningSidecar]
 
 
 @contextmanager
-def cli_process(args: Sequence[str], env: Mapping[str, str]) -> Iterator[subprocess.Popen[str]]:
-    """`smart-proxy ARGS` in a process of its own with stderr piped (its log); killed and closed
-    however the test ends."""
+def cli_process(
+    args: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """`smart-proxy ARGS` in a process of its own (run from `cwd`) with stderr piped (its log);
+    killed and closed however the test ends."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", *args], env=dict(env), stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "server.cli", *args], cwd=cwd, env=dict(env), stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         yield process
@@ -329,3 +332,20 @@ def sidecar_factory(tmp_path: Path) -> Iterator[SidecarFactory]:
 
         yield start
 
+
+# An emulated node whose slow:700b loads in under a second and then generates a few tokens a
+# second (time scale 0.3; 700B-class speed), so its answers outlast a kill or a shutdown grace.
+# Two slots per model. Tests append the other models they need.
+SLOW_NODE = """
+[node]
+vram_gb = 96
+max_loaded_models = 4
+num_parallel = 2
+time_scale = 0.3
+[[models]]
+name = "slow:700b"
+size_gb = 0.5
+parameter_size = "700B"
+quantization = "Q4_K_M"
+family = "llama"
+"""

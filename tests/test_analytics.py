@@ -6,6 +6,8 @@ dispatch runs are longer than the arrival runs, which is exactly what the groupi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from pg_fixtures import PgServer
 
 from schemas.journal import JournalRecord
-from server.journal import AnalyticsError, analytics, open_journal
+from server.journal import AnalyticsError, Journal, analytics, open_journal
 from server.journal.analytics import (
     AnalyticsQuery,
     bucket_seconds,
@@ -67,16 +69,23 @@ C_ROW = {"key": "C", "requests": 1, "errors": 1, "error_rate": 1.0,
          "wait_ms": stat(1, 50.0, 50.0, 50.0, 50.0), "duration_ms": stat(1, 100.0, 100.0, 100.0, 100.0)}
 
 
-async def seeded_report(dsn: str, tmp_path: Path, **params: Any) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def seeded_journal(dsn: str, tmp_path: Path) -> AsyncIterator[Journal]:
+    """A started journal holding SEED, stopped however the block ends."""
     journal = open_journal(dsn, fallback_dir=tmp_path / "fallback")
     await journal.start()
     for record in SEED:
         journal.submit(record)
     await journal.flush()
     try:
-        return await journal.analytics(now=NOW, **params)
+        yield journal
     finally:
         await journal.stop()
+
+
+async def seeded_report(dsn: str, tmp_path: Path, **params: Any) -> dict[str, Any]:
+    async with seeded_journal(dsn, tmp_path) as journal:
+        return await journal.analytics(now=NOW, **params)
 
 
 @pytest.mark.parametrize("where", ["worker process", "thread"])
@@ -85,20 +94,13 @@ async def test_a_window_beyond_the_row_cap_reports_on_its_newest_rows(
 ) -> None:
     """More rows than a report may read: the newest ones, and the report says it was cut — from
     the journal's worker process (what the sidecar uses) and from a thread (a store made by hand)."""
-    journal = open_journal(journal_dsn, fallback_dir=tmp_path / "fallback")
-    await journal.start()
-    for record in SEED:
-        journal.submit(record)
-    await journal.flush()
-    try:
+    async with seeded_journal(journal_dsn, tmp_path) as journal:
         if where == "thread":
             query = AnalyticsQuery.parse(hours=1, group_by="model", limit=10)
             r = await compute(journal._store, query, NOW, max_rows=3)
         else:
             monkeypatch.setattr(analytics, "MAX_ROWS", 3)
             r = await journal.analytics(hours=1, group_by="model", limit=10, now=NOW)
-    finally:
-        await journal.stop()
     assert r["window"]["truncated"] is True and r["window"]["rows"] == 3
     # The three newest arrivals in the window: h (3500 s), f (3000 s), e (50 s).
     assert r["by_model"] == [{"key": "A", "requests": 2}, {"key": "C", "requests": 1}]

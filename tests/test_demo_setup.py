@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from sidecar_fixtures import wait_upstream_up
+from sidecar_fixtures import cli_process, wait_upstream_up
 
 from policy.errors import PolicyError
 from policy.load import load_policy_file
@@ -77,11 +76,7 @@ def demo_process(args: list[str], cwd: Path) -> Iterator[tuple[subprocess.Popen[
     yields the process and its banner, once printed. Killed however the test ends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMART_PROXY_")}
     env["SMART_PROXY_LOG_FORMAT"] = "human"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "demo", *args], cwd=cwd, env=env,
-        stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with cli_process(["demo", *args], env, cwd) as process:
         assert process.stderr is not None
         banner: list[str] = []
         for line in process.stderr:
@@ -90,12 +85,6 @@ def demo_process(args: list[str], cwd: Path) -> Iterator[tuple[subprocess.Popen[
                 break
         assert banner and "Ctrl-C stops both" in banner[-1], "".join(banner)
         yield process, banner
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 def banner_value(banner: list[str], label: str) -> str:

@@ -24,27 +24,14 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from sidecar_fixtures import cli_process, make_policy, wait_until, wait_upstream_up
+from sidecar_fixtures import SLOW_NODE, cli_process, make_policy, wait_until, wait_upstream_up
 
 from schemas.journal import JournalRecord
 from server.journal import open_journal
 from server.journal.admissions import PREFIX, AdmissionLog, recover
 from server.proxy.facts import INTERRUPTED, RequestFacts
 
-# time_scale 0.3: slow:700b generates a few tokens a second, so its answers outlast the kill.
-EMULATOR = """
-[node]
-vram_gb = 96
-max_loaded_models = 4
-num_parallel = 2
-time_scale = 0.3
-[[models]]
-name = "slow:700b"
-size_gb = 0.5
-parameter_size = "700B"
-quantization = "Q4_K_M"
-family = "llama"
-[[models]]
+EMULATOR = SLOW_NODE + """[[models]]
 name = "llama3.2:1b"
 """
 QUEUED = 5  # beyond max_parallel: they wait in the sidecar's queue when the process dies
@@ -108,6 +95,9 @@ def test_kill_9_with_requests_queued_waiting_and_streaming(tmp_path: Path, slow_
         threads[-1].start()
         if rid == "streaming":
             assert started.wait(20)
+        elif rid == "whole":  # in the second slot before any queued one can take it
+            wait_until(lambda: httpx.get(url + "/proxy/health", timeout=5).json()["in_flight"] == 2,
+                       within=10, what="the whole answer holding the second slot")
     wait_until(lambda: httpx.get(url + "/proxy/health", timeout=5).json()["queue_depth"] == QUEUED,
                within=10, what="the queue holding the last requests")
     os.kill(process.pid, signal.SIGKILL)

@@ -17,26 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sidecar_fixtures import make_policy, running_sidecar, wait_async
+from sidecar_fixtures import SLOW_NODE, make_policy, running_sidecar, wait_async
 
 GRACE = 0.5
 CUT = "sidecar shut down before the request finished"
-# time_scale 0.3: slow:700b loads in under a second and then generates at a few tokens a second
-# (700B-class speed), so its answers outlast the grace; huge:70b takes ~10 s to load. Two slots per
+# slow:700b's answers outlast the grace (SLOW_NODE); huge:70b takes ~10 s to load. Two slots per
 # model, so the whole answer joins the streaming one's model and the huge load is not held back.
-EMULATOR = """
-[node]
-vram_gb = 96
-max_loaded_models = 4
-num_parallel = 2
-time_scale = 0.3
-[[models]]
-name = "slow:700b"
-size_gb = 0.5
-parameter_size = "700B"
-quantization = "Q4_K_M"
-family = "llama"
-[[models]]
+EMULATOR = SLOW_NODE + """[[models]]
 name = "huge:70b"
 size_gb = 60
 parameter_size = "70B"
