@@ -82,6 +82,14 @@ class PolicyHolder:
             self.reloads_ok += 1
             return ReloadResult(ok=True, changed=True, version=candidate.compiled.version)
 
+    def applied_partly(self, error: str) -> ReloadResult:
+        """The file is in force but what follows it (the scheduler, the journal) failed to take
+        it: forget its digest so the watcher tries the whole step again, and report the error."""
+        with self._lock:
+            self._digest = ""
+            self.reloads_ok -= 1
+            return self._failed(error)
+
     def reload(self, *, only_if_changed: bool = False) -> ReloadResult:
         """`prepare` and `commit` in one call, for callers with no event loop to swap on."""
         prepared = self.prepare(only_if_changed=only_if_changed)

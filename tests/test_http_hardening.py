@@ -355,25 +355,29 @@ def test_queue_position_needs_the_queue_id_or_the_owner(
     assert ask(queue_id).status_code == 404  # finished: the id leads nowhere any more
 
 
-def test_position_polls_are_rate_limited_per_client(
+def test_position_polls_are_rate_limited_per_address(
     sidecar_factory: SidecarFactory, ollama_emulator: Any, request: pytest.FixtureRequest
 ) -> None:
-    """GET /proxy/queue/{id} is public and polled: each client gets a burst of 10 and 5 a second
-    after it; one client's 429 leaves another's answers alone; admins are not counted."""
+    """GET /proxy/queue/{id} is public and polled: each client address gets a burst of 10 and 5 a
+    second after it — a new X-Client-Id per poll does not escape it; another address's answers
+    are left alone; admins are not counted."""
     running = sidecar_factory(upstream=ollama_emulator.url, policy=POLICY, env=ENV)
     http = httpx.Client(timeout=10)  # one kept-alive connection: 30 polls in well under a second
+    # Another machine, as far as the sidecar can tell: all of 127/8 is loopback on Linux.
+    other = httpx.Client(timeout=10, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
     request.addfinalizer(http.close)
+    request.addfinalizer(other.close)
 
-    def ask(client: str, **headers: str) -> int:
-        return http.get(f"{running.url}/proxy/queue/nothing-{client}",
-                        headers={"x-client-id": client, **headers}).status_code
+    def ask(client: str, via: httpx.Client = http, **headers: str) -> int:
+        return via.get(f"{running.url}/proxy/queue/nothing-{client}",
+                       headers={"x-client-id": client, **headers}).status_code
 
-    codes = [ask("poller") for _ in range(30)]
+    codes = [ask(f"rotating-{i}") for i in range(30)]
     assert codes[:10] == [404] * 10 and 429 in codes[10:]  # 404: no such ticket, but answered
-    limited = httpx.get(f"{running.url}/proxy/queue/x", headers={"x-client-id": "poller"}, timeout=10)
+    limited = httpx.get(f"{running.url}/proxy/queue/x", headers={"x-client-id": "fresh"}, timeout=10)
     assert limited.status_code == 429 and float(limited.headers["retry-after"]) > 0
     assert "position queries" in limited.json()["error"]
-    assert ask("someone-else") == 404
+    assert ask("someone-else", via=other) == 404
     assert {ask("poller", **ADMIN) for _ in range(20)} == {404}
 
 

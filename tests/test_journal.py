@@ -242,3 +242,24 @@ async def test_records_submitted_while_stopping_never_touch_the_disk_on_the_loop
     await stopping
     assert on_loop == []
     assert await ids(journal_dsn) == [f"r{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize(("first", "then", "expected"), [("full", "none", None), ("hash", "full", "sha256:")])
+async def test_store_prompts_reload_reaches_waiting_records(
+    journal_dsn: str, tmp_path: Path, first: Any, then: Any, expected: str | None
+) -> None:
+    """A record waiting for the writer when a reload changes `store_prompts` is written under the
+    stricter of the two settings — applied as the writer takes it, not by re-stamping the queue."""
+    from policy.load import JournalSettings
+
+    journal = open_journal(journal_dsn, store_prompts=first, fallback_dir=tmp_path / "fb")
+    journal.submit(rec("w1", prompt="secret", response="answer"))  # waits: no writer yet
+    journal.configure(JournalSettings(store_prompts=then, retention=0))
+    await journal.start()
+    await journal.stop()
+    found = (await read_all(journal_dsn))["w1"]
+    if expected is None:
+        assert (found.prompt, found.response) == (None, None)
+    else:
+        assert found.prompt is not None and found.prompt.startswith(expected)
+        assert "secret" not in found.prompt

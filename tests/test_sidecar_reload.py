@@ -313,3 +313,32 @@ def test_holder_start_up_does_not_miss_an_edit_made_while_it_compiled(tmp_path, 
     monkeypatch.setattr(policy.holder, "load_policy_text", real)
     result = holder.check_changed()
     assert result.changed and holder.current.active.name == "b"
+
+
+@pytest.mark.anyio
+async def test_a_failing_swap_is_reported_and_retried(tmp_path: Path) -> None:
+    """If what follows the holder (scheduler, journal) raises while taking a new file, the reload
+    answers an error, is counted as one, and the watcher tries the whole step again at its next
+    look — instead of the file passing for applied."""
+    from server.runtime.reload import Reloader
+
+    path = tmp_path / "policy.toml"
+    path.write_text(BATCH_FIRST, encoding="utf-8")
+    holder = PolicyHolder(path)
+    outcomes: list[str] = []
+    applied: list[object] = []
+    failures = [RuntimeError("scheduler refused")]
+
+    def on_swap(compiled: object) -> None:
+        if failures:
+            raise failures.pop()
+        applied.append(compiled)
+
+    reloader = Reloader(holder, on_swap=on_swap, on_result=outcomes.append, interval=3600)
+    path.write_text(INTERACTIVE_FIRST, encoding="utf-8")
+    first = await reloader.reload(only_if_changed=True)
+    assert not first.ok and "scheduler refused" in (first.error or "")
+    assert outcomes == ["error"] and holder.last_error is not None
+    second = await reloader.reload(only_if_changed=True)  # what the watcher does next
+    assert second.ok and second.changed and len(applied) == 1
+    assert outcomes == ["error", "ok"] and holder.last_error is None

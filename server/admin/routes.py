@@ -34,7 +34,7 @@ from server.http.bodies import read_body
 from server.http.dialects import ProxyError, error_response
 from server.http.query_params import Param, number, one_of, takes, whole
 from server.http.rate import TokenBuckets
-from server.journal import AnalyticsError, StoreUnavailable
+from server.journal import AnalyticsBusy, AnalyticsError, StoreUnavailable
 from server.journal.analytics import GROUP_BY, MAX_HOURS, MAX_LIMIT
 from server.runtime.queue_ids import QueueIds
 from server.sidecar import Sidecar, sidecar_of
@@ -123,19 +123,20 @@ def _visible_request_id(request: Request, asked: str, *, admin: bool, client: st
 
 @takes()
 async def position(request: Request) -> Response:
-    """Public and polled: rate-limited per client (admins exempt), answered without scoring the
-    whole queue (engine/ranking.py)."""
+    """Public and polled: rate-limited per client address (admins exempt), answered without
+    scoring the whole queue (engine/ranking.py). The address, not the client identity: an
+    identity header costs nothing to rotate, an address does."""
     sc = sidecar_of(request)
     caller = sc.caller(request)
     admin = sc.is_admin(request, caller)
     client = "" if admin else sc.identify(request, caller).client
     if not admin:
         polls: TokenBuckets = request.app.state.position_polls
-        wait = polls.take(client)
+        wait = polls.take(caller.ip or "unknown")
         if wait is not None:
             return error_response(
                 request.url.path, 429,
-                f"too many position queries from this client (at most {polls.rate:g} a second)",
+                f"too many position queries from this address (at most {polls.rate:g} a second)",
                 retry_after=wait,
             )
     asked = request.path_params["request_id"]
@@ -252,6 +253,8 @@ async def analytics(request: Request) -> Response:
         )
     except AnalyticsError as exc:
         return error_response(request.url.path, 400, str(exc))
+    except AnalyticsBusy as exc:
+        return error_response(request.url.path, 503, str(exc), retry_after=2)
     except StoreUnavailable as exc:
         return error_response(request.url.path, 503, f"the journal database is unavailable: {exc}",
                               retry_after=10)

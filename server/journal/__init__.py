@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from server.journal.analytics import GROUP_BY, AnalyticsError
+from server.journal.analytics_worker import AnalyticsBusy
 from server.journal.dsn import ENV_VAR, JournalConfigError, Target, resolve
 from server.journal.fallback import FallbackSpool
 from server.journal.journal import Journal
@@ -70,6 +71,7 @@ def open_journal(
 __all__ = [
     "ENV_VAR",
     "GROUP_BY",
+    "AnalyticsBusy",
     "AnalyticsError",
     "Journal",
     "JournalConfigError",

@@ -101,7 +101,7 @@ class Journal:
             if self._state == "running" and len(self._pending) >= self._max_pending:
                 # The writer is behind (a slow or hanging database): the disk takes the overflow.
                 assert self._spill is not None
-                self._spill.put(prepared)
+                self._spill.put(self._stamper.redact([prepared])[0])
                 self._spilled += 1
             elif self._state in ("new", "running", "stopping"):
                 # Before start() the records simply wait; start() begins with writing them. While
@@ -112,21 +112,15 @@ class Journal:
             else:
                 # After stop() there is no writer left; a direct append is the last resort and
                 # only happens on shutdown, when blocking for one line no longer delays anyone.
-                self._spool.append([prepared])
+                self._spool.append(self._stamper.redact([prepared]))
         except Exception:  # the request path must not fail because of its journal record
             log.exception("journal: could not take record %r", getattr(record, "request_id", None))
 
     def configure(self, settings: JournalSettings) -> None:
-        """A reload's [journal] settings: `store_prompts` applies to every record handed over from
-        now on (a stricter setting also to records still waiting for the writer); a changed
-        `retention` is purged within moments, not at the next hourly pass."""
+        """A reload's [journal] settings: `store_prompts` applies to every record not yet written
+        (it is applied as a record leaves memory: the writer's batch, the spill, the shutdown
+        path); a changed `retention` is purged within moments, not at the next hourly pass."""
         self._stamper.store_prompts = settings.store_prompts
-        if settings.store_prompts != "full":
-            # Waiting records were prepared under the old setting: prepare them again, so a
-            # privacy setting applies to everything not yet on disk. Preparing is idempotent.
-            again = [self._stamper.prepare(r) for r in self._pending]
-            self._pending.clear()
-            self._pending.extend(again)
         retention = settings.retention or None
         if retention != self._retention:
             self._retention = retention
@@ -185,8 +179,6 @@ class Journal:
         self._stop_event.set()
         self._wake.set()
         self._retry_wake.set()
-        if self._analytics is not None:
-            await self._analytics.stop()
         for task in self._tasks:
             if task.get_name() == "journal-purge":
                 # Nothing waits on a purge; one stuck on a lock must not hold up shutdown.
@@ -194,11 +186,15 @@ class Journal:
         # The writer returns only once `pending` is empty; a crashed task was already logged.
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        # After the drain: the records matter more than a report nobody will read now, and a
+        # worker busy with a slow query is ended after a short grace, never waited for.
+        if self._analytics is not None:
+            await self._analytics.stop()
         if self._spill is not None:
             await asyncio.to_thread(self._spill.stop)
         # Whatever the writer did not take (handed over after it returned, or left by a crash).
         while self._pending:
-            leftover = list(self._pending)
+            leftover = self._stamper.redact(list(self._pending))
             self._pending.clear()
             try:
                 await asyncio.to_thread(self._spool.append, leftover)
@@ -240,7 +236,7 @@ class Journal:
                 continue
             count = min(self._batch_size, len(self._pending))
             batch = [self._pending.popleft() for _ in range(count)]
-            await self._write(batch)
+            await self._write(self._stamper.redact(batch))
 
     async def _write(self, batch: list[JournalRecord]) -> None:
         if self._connected:

@@ -131,21 +131,37 @@ class Stamper:
         return self._last
 
     def prepare(self, record: JournalRecord) -> JournalRecord:
+        """On hand-off: the revision, the derived timings and the prompt policy in force. `redact`
+        applies the policy again when the record leaves memory, so a record gets the stricter of
+        the setting at hand-off and the setting at writing (a reload reaches waiting records)."""
+        record = self._redact_one(record)
         changes: dict[str, Any] = {"revision": self.next_revision()}
-        if self.store_prompts == "none":
-            changes["prompt"] = None
-            changes["response"] = None
-        elif self.store_prompts == "hash":
-            # A value already hashed (a record handed over twice) is not hashed again.
-            for name in ("prompt", "response"):
-                value = getattr(record, name)
-                if value is not None and not value.startswith("sha256:"):
-                    changes[name] = _digest(value)
         if record.queue_wait_ms is None and record.dispatched_at is not None:
             changes["queue_wait_ms"] = max(0.0, (record.dispatched_at - record.received_at) * 1000)
         if record.duration_ms is None and record.completed_at is not None:
             changes["duration_ms"] = max(0.0, (record.completed_at - record.received_at) * 1000)
         return msgspec.structs.replace(record, **changes)
+
+    def redact(self, records: list[JournalRecord]) -> list[JournalRecord]:
+        """The prompt policy in force now, applied to records about to be written anywhere."""
+        if self.store_prompts == "full":
+            return records
+        return [self._redact_one(r) for r in records]
+
+    def _redact_one(self, record: JournalRecord) -> JournalRecord:
+        changes: dict[str, Any] = {}
+        if self.store_prompts == "full":
+            return record
+        if self.store_prompts == "none":
+            if record.prompt is not None or record.response is not None:
+                changes = {"prompt": None, "response": None}
+        else:
+            # A value already hashed (a record handed over twice) is not hashed again.
+            for name in ("prompt", "response"):
+                value = getattr(record, name)
+                if value is not None and not value.startswith("sha256:"):
+                    changes[name] = _digest(value)
+        return msgspec.structs.replace(record, **changes) if changes else record
 
 
 __all__ = [

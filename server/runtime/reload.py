@@ -47,7 +47,15 @@ class Reloader:
             if isinstance(prepared, Candidate):
                 # One synchronous step on the loop: the holder and everything that follows it.
                 result = self._holder.commit(prepared)
-                self._on_swap(prepared.compiled)
+                try:
+                    self._on_swap(prepared.compiled)
+                except Exception as exc:  # a bug, not a bad file: keep serving, try again
+                    log.exception("policy reload: applying version %s failed",
+                                  prepared.compiled.version)
+                    result = self._holder.applied_partly(
+                        f"applying the new policy failed ({type(exc).__name__}: {exc}); "
+                        "retrying at the next check"
+                    )
             else:
                 result = prepared
         if result.changed:
