@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from journal_fixtures import T0, rec
 
 from server.journal import open_journal, open_store, resolve
 from server.journal.analytics import AnalyticsQuery
 from server.journal.analytics_worker import STOP_GRACE_S, AnalyticsBusy, AnalyticsWorker
 from server.journal.store import StoreUnavailable
-from journal_fixtures import T0, rec
 
 pytestmark = pytest.mark.anyio
 
