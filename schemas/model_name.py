@@ -13,11 +13,15 @@ a request's body is still forwarded to Ollama exactly as the client sent it.
 
 from __future__ import annotations
 
+import functools
+
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 
 
+# Bounded: names come from clients. Hot in the scheduler and in trace replay (a name per event).
+@functools.lru_cache(maxsize=2048)
 def canonical_model(name: str) -> str:
     """The canonical form of a model name (see the module docstring); never raises.
 

@@ -30,6 +30,18 @@ MISSING = "/nonexistent-dir-of-smart-proxy-tests"
 SERVE = ("serve", "--policy", EXAMPLE)
 EXPLAIN = ("policy", "explain", EXAMPLE, "--scenario", SCENARIO)
 SNAPSHOT = ("policy", "snapshot", EXAMPLE, "--scenarios", SCENARIOS)
+TRACE = str(ROOT / "tests" / "traces" / "small.jsonl")
+SIMULATE = ("simulate", "--trace", TRACE, "--policy", EXAMPLE)
+TUNE = ("policy", "tune", "--trace", TRACE, "--policy", EXAMPLE, "--minimize", "loads")
+# Options `simulate` and `policy tune` share, each with a bad value.
+SETUP_CASES: list[tuple[tuple[str, ...], str]] = [
+    (("--sim", "nope"), "--sim"),
+    (("--sim-config", f"{MISSING}/sim.toml"), "--sim-config"),
+    *[(("--vram-gb", v), "--vram-gb") for v in ("0", "-1", "abc", "inf")],
+    (("--num-parallel", "0"), "--num-parallel"),
+    (("--max-loaded", "x"), "--max-loaded"),
+    (("--max-parallel", "-2"), "--max-parallel"),
+]
 
 # (argv, the option the message must name). `{tmp}` is the test's directory.
 CASES: list[tuple[tuple[str, ...], str]] = [
@@ -72,6 +84,30 @@ CASES: list[tuple[tuple[str, ...], str]] = [
     (("policy", "snapshot", EXAMPLE, "--scenarios", EXAMPLE), "--scenarios"),
     ((*SNAPSHOT, "--check", f"{MISSING}/golden.json"), "--check"),
     ((*SNAPSHOT, "-o", f"{MISSING}/o.json"), "--output"),
+    (("policy", "scale", f"{MISSING}/p.toml", "--by", "0.01"), "FILE"),
+    *[(("policy", "scale", EXAMPLE, "--by", v), "--by") for v in ("0", "-1", "abc", "inf", "nan")],
+    (("policy", "scale", EXAMPLE, "--by", "0.01", "-o", f"{MISSING}/o.toml"), "--output"),
+    (("simulate", "--trace", f"{MISSING}/t.jsonl", "--policy", EXAMPLE), "--trace"),
+    (("simulate", "--trace", TRACE, "--policy", f"{MISSING}/p.toml"), "--policy"),
+    *[((*SIMULATE, *extra), option) for extra, option in SETUP_CASES],
+    ((*SIMULATE, "--policies", "nope"), "--policies"),
+    ((*SIMULATE, "--json", f"{MISSING}/o.json"), "--json"),
+    ((*SIMULATE, "--check", f"{MISSING}/base.json"), "--check"),
+    *[((*SIMULATE, "--tolerance", v), "--tolerance") for v in ("150%", "abc", "-1")],
+    (("trace", "synth", "--preset", "nope"), "--preset"),
+    (("trace", "synth", "--preset", "flood", "--requests", "0"), "--requests"),
+    (("trace", "synth", "--preset", "flood", "--seed", "x"), "--seed"),
+    (("trace", "synth", "--preset", "flood", "-o", f"{MISSING}/t.jsonl"), "--output"),
+    (("policy", "tune", "--trace", f"{MISSING}/t.jsonl", "--minimize", "loads"), "--trace"),
+    (("policy", "tune", "--trace", TRACE, "--policy", f"{MISSING}/p.toml", "--minimize", "loads"), "--policy"),
+    *[((*TUNE, *extra), option) for extra, option in SETUP_CASES],
+    ((*TUNE, "--base", "nope"), "--base"),
+    (("policy", "tune", "--trace", TRACE, "--policy", EXAMPLE, "--minimize", "speed"), "--minimize"),
+    (("policy", "tune", "--trace", TRACE, "--policy", EXAMPLE, "--maximize", "joy"), "--maximize"),
+    *[((*TUNE, "--subject-to", v), "--subject-to") for v in ("p95<=60s", "loads==3", "jain>=x")],
+    ((*TUNE, "--budget", "0"), "--budget"),
+    ((*TUNE, "--seed", "1.5"), "--seed"),
+    ((*TUNE, "-o", f"{MISSING}/t.toml"), "--output"),
     (("db", "migrate", "--db", f"{MISSING}/x.db"), "--db"),
     (("db", "migrate", "--db", "mysql://x/y"), "--db"),
     (("db", "migrate", "--timeout", "nan"), "--timeout"),
@@ -101,6 +137,8 @@ ENV_CASES: list[tuple[tuple[str, ...], str, str, str | None]] = [
     (SERVE, "SMART_PROXY_BODY_TIMEOUT", "0", "--body-timeout"),
     (SERVE, "SMART_PROXY_MAX_CONNECTIONS", "many", "--max-connections"),
     (("demo",), "SMART_PROXY_PORT", "-5", "--port"),
+    (("simulate", "--trace", TRACE), "SMART_PROXY_POLICY", f"{MISSING}/p.toml", "--policy"),
+    (("policy", "tune", "--trace", TRACE, "--minimize", "loads"), "SMART_PROXY_POLICY", "{tmp}", "--policy"),
     (SERVE, "SMART_PROXY_JOURNAL_FALLBACK", EXAMPLE, None),
     (SERVE, "SMART_PROXY_API_KEYS", "sk-1=alice,sk-2", None),
     (("db", "status"), "SMART_PROXY_DB", "ftp://x", None),
@@ -204,7 +242,8 @@ def test_the_table_covers_every_option_of_every_verb() -> None:
     assert missing == []
     assert {" ".join(v) for v, _ in _verbs(build_parser())} >= {
         "serve", "demo", "sim", "policy check", "policy show", "policy explain",
-        "policy snapshot", "db migrate", "db status", "db backfill", "trace export"}
+        "policy snapshot", "policy scale", "policy tune", "simulate", "trace synth", "db migrate",
+        "db status", "db backfill", "trace export"}
 
 
 # ---- values that must work ----------------------------------------------------------------

@@ -36,6 +36,7 @@ from server.journal.migrations import LATEST, MIGRATIONS
 from server.journal.replay import replay_all
 from server.journal.store import Store, StoreError
 from server.journal.trace import trace_lines
+from sim.replay.cli import register_synth
 
 
 def _target(args: argparse.Namespace, *, read_only: bool) -> Target:
@@ -183,13 +184,14 @@ def register(subparsers: Any) -> None:
     _fallback_option(backfill)
     backfill.set_defaults(run=cmd_backfill)
 
-    trace = subparsers.add_parser("trace", help="export the journal as a replayable trace")
+    trace = subparsers.add_parser("trace", help="export the journal as a replayable trace, or synthesize one")
     trace_verbs = trace.add_subparsers(dest="trace_verb", metavar="ACTION", required=True)
     export = trace_verbs.add_parser("export", help="write JSON lines (schemas/trace.py) to stdout")
     _common(export)
     export.add_argument("--since", type=duration, default=86400.0, metavar="DURATION",
                         help='how far back: seconds, or e.g. "90m", "24h", "7d" (default 24h)')
     export.set_defaults(run=cmd_trace_export)
+    register_synth(trace_verbs)
 
 
 __all__ = ["register"]

@@ -19,6 +19,7 @@ VERB_MODULES = (
     "server.cli.serve",
     "server.cli.policy",
     "sim.cli",
+    "sim.replay.cli",
     "server.cli.db",
 )
 

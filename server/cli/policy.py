@@ -1,8 +1,9 @@
-"""`smart-proxy policy …`: check, show, explain and snapshot a policy file.
+"""`smart-proxy policy …`: check, show, explain, snapshot and scale a policy file.
 
 `snapshot` is the workflow for operators' own CI: write the orderings a policy file gives on a
 directory of scenarios, commit that file, and let `--check` fail (with what moved) when an edit
-changes the order.
+changes the order. `scale` rewrites a file for replays against the emulator at a compressed
+time scale (docs/policy.md).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,14 +25,16 @@ from rich.table import Table
 from engine.scenario import dispatch_sequence, load_scenario, ranking, scenario_files
 from policy.errors import PolicyError
 from policy.load import CompiledFile, load_policy_file
+from policy.scale import scale_policy_text
 from policy.show import resolved_toml
-from server.cli.args import CliError, existing_dir, existing_file, one_line
+from server.cli.args import CliError, existing_dir, existing_file, one_line, output_file
+from sim.replay.tune_cli import register_tune
 
 SNAPSHOT_FORMAT = 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    policy = sub.add_parser("policy", help="check, show, explain or snapshot a policy file")
+    policy = sub.add_parser("policy", help="check, show, explain, snapshot, scale or tune a policy file")
     verbs = policy.add_subparsers(dest="policy_verb", metavar="VERB", required=True)
 
     check = verbs.add_parser("check", help='print "ok" or every error in the file')
@@ -61,6 +65,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="write here instead of standard output")
     snap.set_defaults(run=_snapshot, cli_prog=snap.prog)
 
+    scale = verbs.add_parser(
+        "scale", help="multiply every scheduling duration by FACTOR (divide per-second rates)"
+    )
+    scale.add_argument("file", type=existing_file, metavar="FILE")
+    scale.add_argument("--by", type=positive_factor, required=True, metavar="FACTOR",
+                       help="e.g. 0.01 for a replay against `smart-proxy sim --time-scale 0.01`")
+    scale.add_argument("-o", "--output", type=output_file, metavar="FILE",
+                       help="write here instead of standard output")
+    scale.set_defaults(run=_scale, cli_prog=scale.prog)
+
+    register_tune(verbs)  # sim/replay/tune_cli.py: it replays traces, so it lives with the simulator
+
 
 def _load(path: str) -> CompiledFile | None:
     try:
@@ -87,6 +103,40 @@ def _show(args: argparse.Namespace) -> int:
     if compiled is None:
         return 1
     sys.stdout.write(resolved_toml(compiled))
+    return 0
+
+
+def positive_factor(text: str) -> float:
+    """`--by`: a multiplier above zero, finite (0 would make every duration zero)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above zero, and finite")
+    return value
+
+
+def _scale(args: argparse.Namespace) -> int:
+    if _load(args.file) is None:  # every problem of the file, as `check` reports them
+        return 1
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+        scaled = scale_policy_text(text, args.file, args.by)
+    except (OSError, UnicodeError) as exc:  # it loaded a moment ago: changed or gone since
+        raise CliError(f"{args.file}: cannot read the policy file: {exc}") from None
+    except PolicyError as exc:  # aging.whole_seconds, or a value scaled out of its range
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 1
+    if not args.output:
+        sys.stdout.write(scaled)
+        return 0
+    try:
+        Path(args.output).write_text(scaled, encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CliError(f"argument -o/--output: {args.output}: cannot write: {reason}") from None
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from engine.admission import refusal
 from engine.scheduler import Scheduler
 from policy.load import CompiledFile
 from server.http.dialects import ProxyError
@@ -85,26 +86,10 @@ def parse_scheduled(body: bytes) -> ScheduledBody:
 
 
 def check_limits(compiled: CompiledFile, scheduler: Scheduler, client: str, *, stopping: bool) -> None:
-    """The policy's limits: queue full -> 503; per-client cap and hard rate windows -> 429."""
+    """The policy's limits (engine/admission.py): queue full -> 503; per-client cap and hard rate
+    windows -> 429."""
     if stopping:
         raise ProxyError(503, "the proxy is shutting down", retry_after=5)
-    limits = compiled.limits
-    if scheduler.depth >= limits.max_queue:
-        raise ProxyError(
-            503,
-            f"server busy, please try again. the proxy's queue is full ({scheduler.depth} waiting)",
-            retry_after=10,
-        )
-    if scheduler.queued(client) >= limits.max_queued_per_client:
-        raise ProxyError(
-            429,
-            f"too many queued requests from this client (limit {limits.max_queued_per_client})",
-            retry_after=10,
-        )
-    for name, window, max_requests in limits.rate_windows:
-        if scheduler.recent(client, window) >= max_requests:
-            raise ProxyError(
-                429,
-                f"rate limit {name!r} exceeded: {max_requests} requests per {window:g}s",
-                retry_after=window,
-            )
+    refused = refusal(compiled, scheduler, client)
+    if refused is not None:
+        raise ProxyError(refused.status, refused.message, retry_after=refused.retry_after)

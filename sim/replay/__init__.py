@@ -1,0 +1,1 @@
+"""Offline replay of request traces under policies: the simulator behind `smart-proxy simulate`."""

@@ -1,0 +1,235 @@
+"""One replay: a workload through the real `engine.Scheduler` under one policy (or through plain
+Ollama), in front of the emulator's backend model (sim/backend.py), on a virtual clock.
+
+The loop is a discrete-event simulation: it jumps to the earliest of the next arrival, the
+backend's next event (a load, a finish, an expiry), the next queue timeout and the next poll, and
+after every event does what the live sidecar does after one — admission limits
+(engine/admission.py), `enqueue`, `dispatch`, `first_byte`, `finish`, and every `poll_interval`
+a reconcile with what the backend lists, as the poller does with /api/ps. Nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.admission import refusal
+from engine.clock import ManualClock
+from engine.residency import GIB
+from engine.scheduler import Scheduler
+from policy.load import CompiledFile
+from sim.backend import Backend, Job, QueueFull
+from sim.catalog import ModelSpec
+from sim.config import Settings
+from sim.replay.measure import Collector
+from sim.replay.workload import Request, Workload
+
+PLAIN = "plain-ollama"  # the row without a sidecar: Ollama's own first-come, first-served queue
+INF = float("inf")
+
+Progress = Callable[[int], None]  # called with the number of arrivals replayed so far
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    policy: str
+    label: str
+    figures: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"policy": self.policy, "label": self.label, **self.figures}
+
+
+def on_gpu(compiled: CompiledFile, gpu: Settings) -> CompiledFile:
+    """The policy file describing the simulated GPU: every policy is compared on the same card."""
+    backend = dataclasses.replace(
+        compiled.backend,
+        vram_gb=gpu.vram / GIB,
+        num_parallel=gpu.num_parallel,
+        max_loaded_models=gpu.max_loaded_models,
+    )
+    return dataclasses.replace(compiled, backend=backend)
+
+
+def _backend_figures(backend: Backend) -> dict[str, Any]:
+    stats = backend.stats
+    return {
+        "loads": stats.loads,
+        "evictions": stats.evictions,
+        "reloads": stats.reloads,
+        "gpu_load_s": round(stats.load_seconds, 3),
+        "gpu_generate_s": round(sum(m.busy_seconds for m in stats.per_model.values()), 3),
+    }
+
+
+def _tags(specs: dict[str, ModelSpec]) -> dict[str, Any]:
+    return {"models": [{"name": s.name, "size": s.size} for s in specs.values()]}
+
+
+def _ps(backend: Backend) -> dict[str, Any]:
+    return {"models": [{"name": r.spec.name, "size": r.vram} for r in backend.resident()]}
+
+
+def _submit(backend: Backend, now: float, spec: ModelSpec, request: Request) -> Job:
+    return backend.submit(
+        now, spec, kind="embed" if request.embed else "generate",
+        prompt_tokens=request.prompt_tokens, output_tokens=request.output_tokens,
+    )
+
+
+def replay_policy(
+    workload: Workload, gpu: Settings, compiled: CompiledFile, name: str,
+    progress: Progress | None = None,
+) -> Row:
+    settings = on_gpu(compiled, gpu).with_active(name)
+    policy = settings.policies[name]
+    clock = ManualClock(0.0)
+    scheduler = Scheduler(settings, clock=clock)
+    specs = {s.name: s for s in gpu.models}
+    scheduler.learn_tags(_tags(specs))
+    backend = Backend(gpu)
+    out = Collector(policy.max_wait)
+    queue_timeout = settings.backend.queue_timeout
+    poll = settings.backend.poll_interval
+    requests = workload.requests
+    by_id: dict[str, tuple[Request, str]] = {}  # waiting or in flight: (request, class)
+    deadlines: deque[tuple[float, str]] = deque()  # queue timeouts, in arrival order
+    in_backend: dict[int, tuple[str, Job]] = {}  # job id → (request id, job), until done
+    running: list[tuple[float, int, str]] = []  # heap of started jobs: (done_at, job id, request id)
+    next_poll = poll
+    i, n = 0, len(requests)
+
+    def collect(now: float) -> None:
+        """What the backend did up to `now`: jobs that got a slot (the first byte is near), jobs
+        that finished (the slot is free)."""
+        for job in backend.take_started():
+            entry = in_backend.get(job.id)
+            if entry is not None and job.state in ("running", "done"):
+                rid = entry[0]
+                assert job.done_at is not None
+                heapq.heappush(running, (job.done_at, job.id, rid))
+                scheduler.first_byte(rid)
+                request, cls = by_id[rid]
+                out.started(request, cls, now)
+        while running and running[0][0] <= now:
+            _, job_id, rid = heapq.heappop(running)
+            del in_backend[job_id]
+            request, _ = by_id.pop(rid)
+            scheduler.finish(rid)
+            out.finished(request, now)
+
+    waiting: set[str] = set()
+    # Polls on a fixed grid, as the poller's timer; a poll when nothing happened since the last
+    # one would change nothing, so the loop only wakes for one after some event ("dirty").
+    dirty = False
+    while True:
+        while deadlines and deadlines[0][1] not in waiting:
+            deadlines.popleft()  # dispatched before its timeout: nothing to wake up for
+        t_arrival = requests[i].arrival if i < n else INF
+        t_backend = backend.next_event_time()
+        t_event = min(t_arrival, INF if t_backend is None else t_backend,
+                      deadlines[0][0] if deadlines else INF)
+        now = min(t_event, next_poll if dirty else INF)
+        if now == INF:
+            break
+        if not dirty and next_poll <= now:  # the polls in between found nothing new
+            next_poll += (math.floor((now - next_poll) / poll) + 1) * poll
+        clock.set(max(now, clock.now))
+        now = clock.now
+        backend.advance(now)
+        collect(now)
+        if now >= next_poll:
+            scheduler.reconcile(_ps(backend))
+            next_poll += poll
+            dirty = False
+        dirty = dirty or t_event <= now
+        while deadlines and deadlines[0][0] <= now:
+            _, rid = deadlines.popleft()
+            if rid in waiting and scheduler.cancel(rid):
+                waiting.discard(rid)
+                request, cls = by_id.pop(rid)
+                out.dropped(request, cls, now)
+        while i < n and requests[i].arrival <= now:
+            request = requests[i]
+            i += 1
+            refused = refusal(settings, scheduler, request.client)
+            if refused is not None:
+                out.refused_at_arrival(request, refused.reason, now)
+                continue
+            cls = request.cls or settings.clients.default_class  # classified by `classify`
+            rid = str(request.index)
+            scheduler.enqueue(request_id=rid, model=request.model, client=request.client, cls=cls,
+                              endpoint=request.endpoint)
+            by_id[rid] = (request, cls)
+            waiting.add(rid)
+            deadlines.append((now + queue_timeout, rid))
+            out.admitted(request, now)
+            if progress is not None and i % 1000 == 0:
+                progress(i)
+        for grant in scheduler.dispatch():
+            rid = grant.ticket.id
+            waiting.discard(rid)
+            request, _ = by_id[rid]
+            job = _submit(backend, now, specs[request.model], request)
+            in_backend[job.id] = (rid, job)
+            dirty = True
+        collect(now)  # a request dispatched to a loaded model with a free slot starts now
+    if progress is not None:
+        progress(n)
+    return Row(name, name, {**_backend_figures(backend), **out.figures()})
+
+
+def replay_plain(
+    workload: Workload, gpu: Settings, max_wait: float | None, progress: Progress | None = None,
+) -> Row:
+    """Every request straight into the backend model's own FIFO queue (Ollama without a
+    sidecar); more than OLLAMA_MAX_QUEUE pending are refused with 503, as Ollama does."""
+    specs = {s.name: s for s in gpu.models}
+    backend = Backend(gpu)
+    out = Collector(max_wait)
+    requests = workload.requests
+    running: dict[int, tuple[Request, Job]] = {}
+    submitted: dict[int, Request] = {}
+    i, n = 0, len(requests)
+
+    def collect(now: float) -> None:
+        for job in backend.take_started():
+            request = submitted.get(job.id)
+            if request is not None and job.state in ("running", "done"):
+                running[job.id] = (request, job)
+                out.started(request, request.cls or "", now)  # classified by `classify`
+        for job_id in [j for j, (_, job) in running.items() if job.state == "done"]:
+            request, _ = running.pop(job_id)
+            del submitted[job_id]
+            out.finished(request, now)
+
+    while True:
+        t_arrival = requests[i].arrival if i < n else INF
+        t_backend = backend.next_event_time()
+        now = min(t_arrival, INF if t_backend is None else t_backend)
+        if now == INF:
+            break
+        now = max(now, backend.now)
+        backend.advance(now)
+        collect(now)
+        while i < n and requests[i].arrival <= now:
+            request = requests[i]
+            i += 1
+            try:
+                job = _submit(backend, now, specs[request.model], request)
+            except QueueFull:
+                out.refused_at_arrival(request, "ollama_queue_full", now)
+                continue
+            submitted[job.id] = request
+            out.admitted(request, now)
+            if progress is not None and i % 1000 == 0:
+                progress(i)
+        collect(now)
+    if progress is not None:
+        progress(n)
+    return Row(PLAIN, "plain Ollama (no sidecar)", {**_backend_figures(backend), **out.figures()})
