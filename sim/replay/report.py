@@ -60,6 +60,13 @@ def render(report: dict[str, Any], console: Console) -> None:
         f"GPU {g['source']}: {g['vram_gb']:g} GB, num_parallel {g['num_parallel']}, "
         f"max_loaded_models {g['max_loaded_models']} · sidecar max_parallel {report['max_parallel']}"
     )
+    slots = g["num_parallel"] * g["max_loaded_models"]
+    if report["max_parallel"] < slots:
+        console.print(
+            f"[yellow]note:[/] the policy's max_parallel ({report['max_parallel']}) is below the GPU's "
+            f"{slots} slots (num_parallel × max_loaded_models): the sidecar holds back requests the "
+            "GPU could run beside each other; try --max-parallel"
+        )
     # Figures down, policies across: side by side, and narrow enough for a terminal.
     rows = report["rows"]
     table = Table(header_style="bold")

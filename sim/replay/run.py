@@ -84,8 +84,9 @@ def _submit(backend: Backend, now: float, spec: ModelSpec, request: Request) -> 
 
 def replay_policy(
     workload: Workload, gpu: Settings, compiled: CompiledFile, name: str,
-    progress: Progress | None = None,
+    progress: Progress | None = None, on_grant: Callable[[Request, float], None] | None = None,
 ) -> Row:
+    """`on_grant`: told of every dispatch, in order, with its (virtual) time."""
     settings = on_gpu(compiled, gpu).with_active(name)
     policy = settings.policies[name]
     clock = ManualClock(0.0)
@@ -175,6 +176,8 @@ def replay_policy(
             rid = grant.ticket.id
             waiting.discard(rid)
             request, _ = by_id[rid]
+            if on_grant is not None:
+                on_grant(request, now)
             job = _submit(backend, now, specs[request.model], request)
             in_backend[job.id] = (rid, job)
             dirty = True

@@ -134,16 +134,16 @@ def _many_models(rng: random.Random) -> Iterator[Arrival]:
 
 def _classes(rng: random.Random) -> Iterator[Arrival]:
     """People (interactive, short answers) next to batch jobs (long generations on a bigger
-    model, in bursts of 20 every five minutes): the case request classes exist for."""
+    model, in bursts of 15 every five minutes): the case request classes exist for."""
     people = [f"user-{i}" for i in range(1, 9)]
     events: list[Arrival] = []
     horizon, t = 0.0, 0.0
     while True:
         horizon += 300.0
         start = horizon - 300.0 + rng.uniform(0, 60)
-        for k in range(20):
+        for k in range(15):
             events.append((start + k * 0.5, f"ci-job-{int(horizon // 300) % 3}", "batch",
-                           "gemma3:12b", GENERATE, _tokens(rng, 1200), _tokens(rng, 900)))
+                           "gemma3:12b", GENERATE, _tokens(rng, 1200), _tokens(rng, 600)))
         while t < horizon:
             t += rng.expovariate(1 / 8.0)
             model = "llama3.1:8b" if rng.random() < 0.8 else "llama3.2:3b"
@@ -168,7 +168,7 @@ TRACE_PRESETS: dict[str, TracePreset] = {
         "40 users over 9 models on a 24 GB card that holds three: the working set never fits",
         "workstation-24gb", _many_models),
     "classes": TracePreset(
-        "interactive people next to bursts of long batch generations on a bigger model (24 GB)",
+        "interactive people next to bursts of long batch generations on a 12B model (24 GB)",
         "workstation-24gb", _classes),
 }
 
