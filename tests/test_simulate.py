@@ -213,13 +213,28 @@ def test_the_gate_passes_a_policy_against_itself_and_fails_a_worse_one(
     assert "worse than the baseline" in text and "wait p95 s" in text
 
 
-def test_the_gate_refuses_a_file_that_is_not_a_report(many_models: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"rows": []}', "not a simulation report"),
+        ("[1, 2]", "not a simulation report"),
+        ("not json", "Expecting value"),
+        ('{"format": 1, "rows": [3]}', "rows[0] is not a report row"),
+        ('{"format": 1, "rows": [{"policy": "balanced", "loads": "x"}]}', "no numeric 'loads'"),
+        ('{"format": 1, "rows": [{"policy": "balanced", "loads": 3, "wait_s": []}]}', "no numeric 'wait p95 s'"),
+    ],
+)
+def test_the_gate_refuses_a_file_that_is_not_a_report(
+    content: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before the replay: one line, exit 2, no table printed first."""
     bad = tmp_path / "bad.json"
-    bad.write_text('{"rows": []}')
-    assert main(["simulate", "--trace", str(many_models), "--policy", EXAMPLE, "--check", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a simulation report" in err
+    bad.write_text(content)
+    trace = str(ROOT / "tests" / "traces" / "small.jsonl")
+    assert main(["simulate", "--trace", trace, "--policy", EXAMPLE, "--check", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and message in captured.err, captured.err
 
 
 @pytest.mark.parametrize(

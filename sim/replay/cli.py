@@ -38,6 +38,7 @@ from sim.presets import PRESETS
 from sim.replay.gpu import Gpu, choose
 from sim.replay.report import (
     BaselineError,
+    check_baseline,
     compare,
     render,
     render_regressions,
@@ -168,8 +169,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.check is not None:
         try:
             baseline = json.loads(args.check.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise CliError(f"{args.check}: not a readable JSON report: {exc}") from None
+            check_baseline(baseline)
+        except (OSError, ValueError) as exc:  # BaselineError is a ValueError
+            raise CliError(f"{args.check}: {exc}") from None
     with progress_bar(len(setup.workload.requests), 1 + len(names)) as factory:
         rows = run_all(setup.workload, setup.gpu, setup.compiled, names, factory)
     report = report_json(rows, setup.workload, setup.gpu, str(args.trace), str(args.policy),

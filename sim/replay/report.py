@@ -131,13 +131,29 @@ class BaselineError(ValueError):
     """The baseline file cannot be compared with this run (the message says why)."""
 
 
+def check_baseline(baseline: Any) -> None:
+    """BaselineError unless `baseline` is a report whose policy rows carry every gated figure
+    (checked before the replay, so a bad file fails at once, not after minutes)."""
+    if not isinstance(baseline, dict) or baseline.get("format") != FORMAT or not isinstance(baseline.get("rows"), list):
+        raise BaselineError(f"not a simulation report of format {FORMAT} (write one with simulate --json)")
+    for i, row in enumerate(baseline["rows"]):
+        if not isinstance(row, dict) or not isinstance(row.get("policy"), str):
+            raise BaselineError(f"rows[{i}] is not a report row with a policy name")
+        for figure, read, _ in GATED:
+            try:
+                value = read(row)
+            except (KeyError, TypeError, IndexError):
+                value = None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise BaselineError(f"the baseline's row {row['policy']!r} has no numeric {figure!r}")
+
+
 def compare(report: dict[str, Any], baseline: dict[str, Any], tolerance: float) -> list[Regression]:
     """Every gated figure of every policy row that is worse than the baseline's beyond the
     tolerance. A row is matched by policy name, or — when both sides have one policy row — to
     the baseline's only one (so a renamed policy can be gated against the old name)."""
-    if not isinstance(baseline, dict) or baseline.get("format") != FORMAT or not isinstance(baseline.get("rows"), list):
-        raise BaselineError(f"not a simulation report of format {FORMAT} (write one with simulate --json)")
-    base_rows = {r.get("policy"): r for r in baseline["rows"] if isinstance(r, dict) and r.get("policy") != PLAIN}
+    check_baseline(baseline)
+    base_rows = {r["policy"]: r for r in baseline["rows"] if r["policy"] != PLAIN}
     rows = [r for r in report["rows"] if r["policy"] != PLAIN]
     found: list[Regression] = []
     for row in rows:
@@ -148,11 +164,7 @@ def compare(report: dict[str, Any], baseline: dict[str, Any], tolerance: float) 
             raise BaselineError(f"the baseline has no row for policy {row['policy']!r} "
                                 f"(it has: {', '.join(map(str, base_rows)) or 'none'})")
         for figure, read, lower_better in GATED:
-            try:
-                old = float(read(base))
-            except (KeyError, TypeError, ValueError):
-                raise BaselineError(f"the baseline's row {base.get('policy')!r} has no {figure!r}") from None
-            new = float(read(row))
+            old, new = float(read(base)), float(read(row))
             limit = old * (1 + tolerance) if lower_better else old * (1 - tolerance)
             if (new > limit) if lower_better else (new < limit):
                 found.append(Regression(row["policy"], figure, old, new, limit))
