@@ -108,6 +108,8 @@ CASES: list[tuple[tuple[str, ...], str]] = [
     ((*TUNE, "--budget", "0"), "--budget"),
     ((*TUNE, "--seed", "1.5"), "--seed"),
     ((*TUNE, "-o", f"{MISSING}/t.toml"), "--output"),
+    (("policy", "from-env", f"{MISSING}/.env"), "ENV_FILE"),
+    (("policy", "from-env", str(ROOT / "tests" / "migration" / "seed-example.env"), "-o", f"{MISSING}/p.toml"), "--output"),
     (("db", "migrate", "--db", f"{MISSING}/x.db"), "--db"),
     (("db", "migrate", "--db", "mysql://x/y"), "--db"),
     (("db", "migrate", "--timeout", "nan"), "--timeout"),

@@ -263,3 +263,14 @@ async def test_store_prompts_reload_reaches_waiting_records(
     else:
         assert found.prompt is not None and found.prompt.startswith(expected)
         assert "secret" not in found.prompt
+
+
+def test_a_prompt_that_only_looks_hashed_is_still_hashed() -> None:
+    from server.journal.records import Stamper
+
+    stamper = Stamper("hash")
+    text = "sha256: my password is hunter2"
+    digest = "sha256:" + hashlib.sha256(b"x").hexdigest()
+    stamped = stamper.prepare(rec("h1", prompt=text, response=digest))
+    assert stamped.prompt is not None and "hunter2" not in stamped.prompt
+    assert stamped.response == digest  # a real digest is not hashed twice

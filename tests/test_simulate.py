@@ -213,6 +213,18 @@ def test_the_gate_passes_a_policy_against_itself_and_fails_a_worse_one(
     assert "worse than the baseline" in text and "wait p95 s" in text
 
 
+def test_the_gate_counts_refusals(many_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refusing clients shortens every wait and leaves the refused out of the fairness index; the
+    gate must see it anyway."""
+    baseline = tmp_path / "baseline.json"
+    run = ["simulate", "--trace", str(many_models), "--policies", "balanced"]
+    assert main([*run, "--policy", EXAMPLE, "--json", str(baseline)]) == 0
+    strict = tmp_path / "strict.toml"
+    strict.write_text(Path(EXAMPLE).read_text().replace("max_queued_per_client = 100", "max_queued_per_client = 2"))
+    assert main([*run, "--policy", str(strict), "--check", str(baseline)]) == 1
+    assert "refused or timed out" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -220,8 +232,10 @@ def test_the_gate_passes_a_policy_against_itself_and_fails_a_worse_one(
         ("[1, 2]", "not a simulation report"),
         ("not json", "Expecting value"),
         ('{"format": 1, "rows": [3]}', "rows[0] is not a report row"),
-        ('{"format": 1, "rows": [{"policy": "balanced", "loads": "x"}]}', "no numeric 'loads'"),
-        ('{"format": 1, "rows": [{"policy": "balanced", "loads": 3, "wait_s": []}]}', "no numeric 'wait p95 s'"),
+        ('{"format": 1, "rows": [{"policy": "balanced", "loads": "x"}]}', "no finite number for 'loads'"),
+        ('{"format": 1, "rows": [{"policy": "balanced", "loads": 3, "wait_s": []}]}', "for 'wait p95 s'"),
+        ('{"format": 1, "rows": [{"policy": "balanced", "loads": NaN}]}', "no finite number for 'loads'"),
+        ("[" * 100000 + "]" * 100000, "nested too deeply"),
     ],
 )
 def test_the_gate_refuses_a_file_that_is_not_a_report(
@@ -280,3 +294,83 @@ def test_tune_says_so_when_nothing_meets_the_constraints(tmp_path: Path, capsys:
     assert code == 1
     assert "no candidate meets" in capsys.readouterr().out
     assert not (tmp_path / "o.toml").exists()
+
+
+def test_json_on_stdout_is_one_document(many_models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--trace", str(many_models), "--policy", EXAMPLE, "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["format"] == 1
+    assert "model loads" in captured.err  # the table went to stderr
+
+
+def test_a_poll_interval_of_zero_polls_at_every_event(tmp_path: Path) -> None:
+    text = Path(EXAMPLE).read_text().replace('poll_interval = "5s"', "poll_interval = 0")
+    compiled = load_policy_file(write_policy(tmp_path, text))
+    workload = classify(prepare(synthesize("many-models", 150, seed=1)), compiled)
+    gpu = choose(workload.models(), preset=None, config=None).settings
+    assert replay_policy(workload, gpu, compiled, "balanced").figures["completed"] == 150
+
+
+def write_policy(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    return path
+
+
+def test_ollama_refusing_a_dispatched_request_ends_it_once(tmp_path: Path) -> None:
+    """A GPU whose Ollama queue holds one request, behind a sidecar that sends eight at once:
+    Ollama's 503s are counted as refusals and their slots freed, nothing is lost."""
+    sim = tmp_path / "sim.toml"
+    sim.write_text('[node]\nvram_gb = 24\nnum_parallel = 4\nmax_loaded_models = 1\nmax_queue = 1\n'
+                   + "".join(f'[[models]]\nname = "{m}"\n' for m in ("llama3.1:8b", "mistral:7b", "gemma3:12b")))
+    records = [TraceRecord(arrival=i * 0.01, at=0.0, client="c", model=("llama3.1:8b", "mistral:7b", "gemma3:12b")[i % 3],
+                           endpoint="/api/chat", prompt_tokens=50, output_tokens=50) for i in range(60)]
+    import dataclasses
+    compiled = dataclasses.replace(COMPILED, backend=dataclasses.replace(COMPILED.backend, max_parallel=8))
+    workload = classify(prepare(records), compiled)
+    gpu = choose(workload.models(), preset=None, config=sim).settings
+    f = replay_policy(workload, gpu, compiled, "fifo").figures
+    assert f["refused"].get("ollama_queue_full", 0) > 0
+    assert f["completed"] + f["timed_out"] + sum(f["refused"].values()) == 60
+
+
+def test_model_names_are_canonical_as_the_sidecar_writes_them() -> None:
+    records = [TraceRecord(arrival=float(i), at=0.0, client="c", model=name, endpoint="/api/chat",
+                           prompt_tokens=10, output_tokens=10)
+               for i, name in enumerate(["library/mistral:7b", "registry.ollama.ai/library/mistral:7b",
+                                         "Mistral:7B", "nomic-embed-text"])]
+    workload = prepare(records)
+    assert workload.models() == {"mistral:7b", "nomic-embed-text:latest"}
+    gpu = choose(workload.models(), preset=None, config=None)
+    assert gpu.name == "workstation-24gb"
+
+
+def test_a_sim_config_that_is_not_text_is_one_line(many_models: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "sim.toml"
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    assert main(["simulate", "--trace", str(many_models), "--policy", EXAMPLE, "--sim-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not UTF-8" in err
+
+
+def test_tune_explores_negative_weights_and_keeps_tier_order() -> None:
+    import random
+
+    from sim.replay.space import Dimension, keep_tier_order
+
+    negative = Dimension("class_offset", ("offsets", "interactive"), -50.0, -1e9, 1e9, False)
+    drawn = {negative.draw(random.Random(i)) for i in range(20)}
+    assert len(drawn) > 10 and all(-200 <= v <= -12.5 for v in drawn)
+    tiers = [Dimension("vram", ("swap", 0, "points"), 120, -1e9, 1e9, False),
+             Dimension("vram", ("swap", 1, "points"), 180, -1e9, 1e9, False),
+             Dimension("vram", ("swap_above",), 240, -1e9, 1e9, False)]
+    assert keep_tier_order(tiers, [478.0, 373.0, 325.0]) == [325.0, 373.0, 478.0]
+
+
+def test_tune_refuses_to_overwrite_its_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = write_policy(tmp_path, Path(EXAMPLE).read_text())
+    trace = str(ROOT / "tests" / "traces" / "small.jsonl")
+    assert main(["policy", "tune", "--trace", trace, "--policy", str(policy), "--minimize", "loads",
+                 "-o", str(policy)]) == 2
+    assert "is the --policy file itself" in capsys.readouterr().err

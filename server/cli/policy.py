@@ -28,6 +28,7 @@ from policy.load import CompiledFile, load_policy_file
 from policy.scale import scale_policy_text
 from policy.show import resolved_toml
 from server.cli.args import CliError, existing_dir, existing_file, one_line, output_file
+from server.cli.policy_from_env import register_from_env
 from sim.replay.tune_cli import register_tune
 
 SNAPSHOT_FORMAT = 1
@@ -76,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     scale.set_defaults(run=_scale, cli_prog=scale.prog)
 
     register_tune(verbs)  # sim/replay/tune_cli.py: it replays traces, so it lives with the simulator
+    register_from_env(verbs)
 
 
 def _load(path: str) -> CompiledFile | None:

@@ -7,6 +7,7 @@ the fallback file can never disagree about which fields exist.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -115,6 +116,9 @@ def _digest(text: str | None) -> str | None:
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+_HASHED = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 class Stamper:
     """Prepares a record on hand-off: prompt policy, derived timings and a strictly rising revision.
 
@@ -156,10 +160,11 @@ class Stamper:
             if record.prompt is not None or record.response is not None:
                 changes = {"prompt": None, "response": None}
         else:
-            # A value already hashed (a record handed over twice) is not hashed again.
+            # A value already hashed (a record handed over twice) is not hashed again — only a
+            # digest exactly: a prompt that merely starts with "sha256:" is still text.
             for name in ("prompt", "response"):
                 value = getattr(record, name)
-                if value is not None and not value.startswith("sha256:"):
+                if value is not None and not _HASHED.fullmatch(value):
                     changes[name] = _digest(value)
         return msgspec.structs.replace(record, **changes) if changes else record
 

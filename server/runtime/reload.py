@@ -35,6 +35,7 @@ class Reloader:
         self._signalled: set[asyncio.Task[ReloadResult]] = set()  # SIGHUP reloads under way
         self._turn = asyncio.Lock()  # one reload at a time: swaps happen in the order prepared
         self._stopped = False
+        self._failed_swap: str | None = None  # the version whose hand-over last raised
 
     async def reload(self, *, only_if_changed: bool = False) -> ReloadResult:
         async with self._turn:
@@ -50,12 +51,18 @@ class Reloader:
                 try:
                     self._on_swap(prepared.compiled)
                 except Exception as exc:  # a bug, not a bad file: keep serving, try again
-                    log.exception("policy reload: applying version %s failed",
-                                  prepared.compiled.version)
+                    version = prepared.compiled.version
+                    if version != self._failed_swap:  # the traceback once, not every second
+                        self._failed_swap = version
+                        log.exception("policy reload: version %s is in force, but applying it "
+                                      "failed; retrying at every check", version)
                     result = self._holder.applied_partly(
                         f"applying the new policy failed ({type(exc).__name__}: {exc}); "
                         "retrying at the next check"
                     )
+                    self._on_result("error")
+                    return result
+                self._failed_swap = None
             else:
                 result = prepared
         if result.changed:

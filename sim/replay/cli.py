@@ -29,7 +29,6 @@ from sim.cli_args import (
     env_default,
     existing_file,
     existing_file_path,
-    names_env,
     output_file,
     positive_count,
 )
@@ -76,7 +75,7 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `simulate` and `policy tune` share: trace, policy file, GPU and overrides."""
     parser.add_argument("--trace", type=existing_file_path, required=True, metavar="FILE",
                         help="a trace (JSON lines, from `trace export` or `trace synth`)")
-    parser.add_argument("--policy", type=names_env(existing_file), metavar="FILE",
+    parser.add_argument("--policy", type=existing_file, metavar="FILE",
                         default=env_default(os.environ, "SMART_PROXY_POLICY", "policies.example.toml"),
                         help="the policy file (default $SMART_PROXY_POLICY or policies.example.toml)")
     gpu = parser.add_mutually_exclusive_group()
@@ -106,8 +105,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
     """Trace, policy file and GPU, checked; CliError with one line on any problem."""
     try:
         compiled = load_policy_file(args.policy)
-    except PolicyError as exc:
-        raise CliError(f"{args.policy}: " + "; ".join(str(exc).splitlines()[1:] or [str(exc)])) from None
+    except PolicyError as exc:  # every line already names the file
+        raise CliError("; ".join(exc.lines)) from None
     if args.max_parallel is not None:
         backend = dataclasses.replace(compiled.backend, max_parallel=args.max_parallel)
         compiled = dataclasses.replace(compiled, backend=backend)
@@ -170,13 +169,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         try:
             baseline = json.loads(args.check.read_bytes())
             check_baseline(baseline)
+        except RecursionError:
+            raise CliError(f"{args.check}: nested too deeply to be a simulation report") from None
         except (OSError, ValueError) as exc:  # BaselineError is a ValueError
             raise CliError(f"{args.check}: {exc}") from None
     with progress_bar(len(setup.workload.requests), 1 + len(names)) as factory:
         rows = run_all(setup.workload, setup.gpu, setup.compiled, names, factory)
     report = report_json(rows, setup.workload, setup.gpu, str(args.trace), str(args.policy),
                          setup.compiled.backend.max_parallel)
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    # With the JSON on stdout, the table goes to stderr: stdout stays one JSON document.
+    to_stderr = args.json == "-"
+    stream = sys.stderr if to_stderr else sys.stdout
+    console = Console(file=stream, width=None if stream.isatty() else 120)
     render(report, console)
     if args.json is not None:
         data = json.dumps(report, indent=2, sort_keys=False) + "\n"
@@ -195,13 +199,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if found:
             render_regressions(found, args.tolerance, console)
             return 1
-        console.print(f"no gated figure (loads, wait p95, wait max, Jain) worse than {args.check} "
-                      f"beyond {args.tolerance:.0%}")
+        console.print(f"no gated figure (loads, wait p95, wait max, refused or timed out, Jain) "
+                      f"worse than {args.check} beyond {args.tolerance:.0%}")
     return 0
+
+
+MAX_SYNTH = 1_000_000  # ~850 MB while generating: the trace is built and sorted in memory
+
+
+def _synth_count(text: str) -> int:
+    value = positive_count(text)
+    if value > MAX_SYNTH:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_SYNTH:,} requests")
+    return value
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     records = synthesize(args.preset, args.requests, args.seed)
+    gpu = TRACE_PRESETS[args.preset].gpu
+    print(f"{len(records):,} requests; designed for the {gpu} GPU: replay with "
+          f"`smart-proxy simulate --trace FILE --sim {gpu}`", file=sys.stderr)
     encoder = msgspec.json.Encoder()
     data = b"".join(encoder.encode(r) + b"\n" for r in records)
     if args.output in (None, "-"):
@@ -229,8 +246,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--json", type=output_file, metavar="OUT",
                           help="also write the report as JSON (the stable format; - for stdout)")
     simulate.add_argument("--check", type=existing_file_path, metavar="BASELINE",
-                          help="exit 1 if loads, wait p95, wait max or Jain are worse than this "
-                          "earlier --json report beyond the tolerance")
+                          help="exit 1 if loads, wait p95, wait max, refused or timed-out requests "
+                          "or Jain are worse than this earlier --json report beyond the tolerance")
     simulate.add_argument("--tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="PCT",
                           help="how much worse a figure may get under --check (default 5%%)")
     simulate.set_defaults(run=cmd_simulate, cli_prog=simulate.prog)
@@ -246,8 +263,8 @@ def register_synth(trace_verbs: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--preset", type=choice("a trace preset", list(TRACE_PRESETS)), required=True,
                        metavar="NAME", help=", ".join(TRACE_PRESETS))
-    synth.add_argument("--requests", type=positive_count, default=2000, metavar="N",
-                       help="how many requests (default 2000)")
+    synth.add_argument("--requests", type=_synth_count, default=2000, metavar="N",
+                       help=f"how many requests (default 2000, at most {MAX_SYNTH:,})")
     synth.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
     synth.add_argument("-o", "--output", type=output_file, metavar="FILE",
                        help="write here instead of stdout")

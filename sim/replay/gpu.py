@@ -8,6 +8,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from schemas.model_name import canonical_model
 from sim.catalog import GB
 from sim.config import Settings, SimConfigError, load_text
 from sim.presets import PRESETS
@@ -27,6 +28,11 @@ class Gpu:
         }
 
 
+def missing_models(models: set[str], settings: Settings) -> list[str]:
+    """The trace's models (canonical, as the sidecar names them) this GPU does not have."""
+    return sorted(models - {canonical_model(m.name) for m in settings.models})
+
+
 def _preset(name: str) -> Settings:
     return load_text(PRESETS[name], f"preset {name}", 0.0)
 
@@ -41,12 +47,14 @@ def choose(
             text = config.read_text(encoding="utf-8")
         except OSError as exc:
             raise SimConfigError([f"{config}: cannot read: {exc.strerror}"]) from None
+        except UnicodeDecodeError as exc:
+            raise SimConfigError([f"{config}: not UTF-8 text ({exc.reason})"]) from None
         name, settings = str(config), load_text(text, str(config), time.time())
     elif preset is not None:
         name, settings = preset, _preset(preset)
     else:
         presets = {n: _preset(n) for n in sorted(PRESETS)}
-        fitting = [(s.vram, n) for n, s in presets.items() if models <= {m.name for m in s.models}]
+        fitting = [(s.vram, n) for n, s in presets.items() if not missing_models(models, s)]
         if not fitting:
             raise SimConfigError([
                 "no built-in GPU preset has every model of the trace (" + ", ".join(sorted(models))
@@ -54,7 +62,7 @@ def choose(
             ])
         name = min(fitting)[1]
         settings = _preset(name)
-    missing = sorted(models - {m.name for m in settings.models})
+    missing = missing_models(models, settings)
     if missing:
         raise SimConfigError([f"{name}: the trace asks for models this GPU does not have: "
                               + ", ".join(missing) + " (add them under [[models]] in a --sim-config file)"])

@@ -116,6 +116,13 @@ class Collector:
         self.timed_out += 1
         self.last_done = max(self.last_done, now)
 
+    def failed(self, request: Request, reason: str, now: float) -> None:
+        """Admitted, then refused by Ollama itself (its queue was full): counted as refused."""
+        self.advance(now)
+        self._backlog[request.client] -= 1
+        self.refused[reason] += 1
+        self.last_done = max(self.last_done, now)
+
     def _shares(self) -> dict[str, float]:
         """Max-min fair split of the running slots among backlogged clients (water filling)."""
         caps = sorted((n, c) for c, n in self._backlog.items() if n > 0)

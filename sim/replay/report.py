@@ -3,6 +3,7 @@ stable format, docs/simulator.md), and the comparison behind `simulate --check`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,12 +110,15 @@ def render(report: dict[str, Any], console: Console) -> None:
 
 # -- the CI gate ---------------------------------------------------------------------------------
 
-# (figure, how to read it from a row, True if lower is better)
-GATED: tuple[tuple[str, Callable[[dict[str, Any]], float], bool], ...] = (
-    ("loads", lambda r: r["loads"], True),
-    ("wait p95 s", lambda r: r["wait_s"]["p95"], True),
-    ("wait max s", lambda r: r["wait_s"]["max"], True),
-    ("Jain", lambda r: r["jain"], False),
+# (figure, how to read it from a row, True if lower is better, absolute slack). The slack keeps a
+# baseline of 0 (no wait at p95, no refusal) from failing on the smallest change; requests that
+# ended without service are gated too, or refusing clients would improve every other figure.
+GATED: tuple[tuple[str, Callable[[dict[str, Any]], float], bool, float], ...] = (
+    ("loads", lambda r: r["loads"], True, 1.0),
+    ("wait p95 s", lambda r: r["wait_s"]["p95"], True, 0.5),
+    ("wait max s", lambda r: r["wait_s"]["max"], True, 0.5),
+    ("refused or timed out", lambda r: r["timed_out"] + sum(r["refused"].values()), True, 0.0),
+    ("Jain", lambda r: r["jain"], False, 0.0),
 )
 
 
@@ -139,13 +143,13 @@ def check_baseline(baseline: Any) -> None:
     for i, row in enumerate(baseline["rows"]):
         if not isinstance(row, dict) or not isinstance(row.get("policy"), str):
             raise BaselineError(f"rows[{i}] is not a report row with a policy name")
-        for figure, read, _ in GATED:
+        for figure, read, _, _ in GATED:
             try:
                 value = read(row)
-            except (KeyError, TypeError, IndexError):
+            except (KeyError, TypeError, IndexError, AttributeError):
                 value = None
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise BaselineError(f"the baseline's row {row['policy']!r} has no numeric {figure!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise BaselineError(f"the baseline's row {row['policy']!r} has no finite number for {figure!r}")
 
 
 def compare(report: dict[str, Any], baseline: dict[str, Any], tolerance: float) -> list[Regression]:
@@ -163,9 +167,9 @@ def compare(report: dict[str, Any], baseline: dict[str, Any], tolerance: float) 
         if base is None:
             raise BaselineError(f"the baseline has no row for policy {row['policy']!r} "
                                 f"(it has: {', '.join(map(str, base_rows)) or 'none'})")
-        for figure, read, lower_better in GATED:
+        for figure, read, lower_better, slack in GATED:
             old, new = float(read(base)), float(read(row))
-            limit = old * (1 + tolerance) if lower_better else old * (1 - tolerance)
+            limit = old * (1 + tolerance) + slack if lower_better else old * (1 - tolerance) - slack
             if (new > limit) if lower_better else (new < limit):
                 found.append(Regression(row["policy"], figure, old, new, limit))
     return found

@@ -23,6 +23,7 @@ from engine.clock import ManualClock
 from engine.residency import GIB
 from engine.scheduler import Scheduler
 from policy.load import CompiledFile
+from schemas.model_name import canonical_model
 from sim.backend import Backend, Job, QueueFull
 from sim.catalog import ModelSpec
 from sim.config import Settings
@@ -91,12 +92,13 @@ def replay_policy(
     policy = settings.policies[name]
     clock = ManualClock(0.0)
     scheduler = Scheduler(settings, clock=clock)
-    specs = {s.name: s for s in gpu.models}
+    specs = {canonical_model(s.name): s for s in gpu.models}
     scheduler.learn_tags(_tags(specs))
     backend = Backend(gpu)
     out = Collector(policy.max_wait)
     queue_timeout = settings.backend.queue_timeout
-    poll = settings.backend.poll_interval
+    # A poll interval of 0 (allowed: "as often as possible") polls at every event instead.
+    poll = settings.backend.poll_interval or 0.0
     requests = workload.requests
     by_id: dict[str, tuple[Request, str]] = {}  # waiting or in flight: (request, class)
     deadlines: deque[tuple[float, str]] = deque()  # queue timeouts, in arrival order
@@ -135,10 +137,12 @@ def replay_policy(
         t_backend = backend.next_event_time()
         t_event = min(t_arrival, INF if t_backend is None else t_backend,
                       deadlines[0][0] if deadlines else INF)
-        now = min(t_event, next_poll if dirty else INF)
+        now = min(t_event, next_poll if dirty and poll > 0 else INF)
         if now == INF:
             break
-        if not dirty and next_poll <= now:  # the polls in between found nothing new
+        if poll <= 0:
+            next_poll = now
+        elif not dirty and next_poll <= now:  # the polls in between found nothing new
             next_poll += (math.floor((now - next_poll) / poll) + 1) * poll
         clock.set(max(now, clock.now))
         now = clock.now
@@ -172,16 +176,30 @@ def replay_policy(
             out.admitted(request, now)
             if progress is not None and i % 1000 == 0:
                 progress(i)
-        for grant in scheduler.dispatch():
-            rid = grant.ticket.id
-            waiting.discard(rid)
-            request, _ = by_id[rid]
-            if on_grant is not None:
-                on_grant(request, now)
-            job = _submit(backend, now, specs[request.model], request)
-            in_backend[job.id] = (rid, job)
-            dirty = True
-        collect(now)  # a request dispatched to a loaded model with a free slot starts now
+        # As the dispatcher does: fill free slots, and again after every start or refusal
+        # (a first byte or a freed slot can let the next ticket go at the same instant).
+        granted = True
+        while granted:
+            granted = False
+            for grant in scheduler.dispatch():
+                granted = dirty = True
+                rid = grant.ticket.id
+                waiting.discard(rid)
+                request, _ = by_id[rid]
+                if on_grant is not None:
+                    on_grant(request, now)
+                try:
+                    job = _submit(backend, now, specs[request.model], request)
+                except QueueFull:  # Ollama's 503: the client gets an error, the slot is free
+                    by_id.pop(rid)
+                    scheduler.finish(rid)
+                    out.failed(request, "ollama_queue_full", now)
+                    continue
+                in_backend[job.id] = (rid, job)
+            collect(now)  # a request dispatched to a loaded model with a free slot starts now
+        # Time alone can free a ticket (it becomes overdue, a window expires): while work
+        # waits beside a free slot, keep polling as the live poller does, each poll a dispatch.
+        dirty = dirty or bool(scheduler.depth and scheduler.in_flight_count < scheduler.max_parallel)
     if progress is not None:
         progress(n)
     return Row(name, name, {**_backend_figures(backend), **out.figures()})
@@ -192,7 +210,7 @@ def replay_plain(
 ) -> Row:
     """Every request straight into the backend model's own FIFO queue (Ollama without a
     sidecar); more than OLLAMA_MAX_QUEUE pending are refused with 503, as Ollama does."""
-    specs = {s.name: s for s in gpu.models}
+    specs = {canonical_model(s.name): s for s in gpu.models}
     backend = Backend(gpu)
     out = Collector(max_wait)
     requests = workload.requests

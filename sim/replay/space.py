@@ -42,11 +42,11 @@ class Dimension:
         return ".".join([self.term, *(str(p) for p in self.path)])
 
     def draw(self, rng: random.Random) -> float:
-        lo, hi = max(self.low, self.base / SPREAD), min(self.high, self.base * SPREAD)
-        if lo <= 0 or hi <= lo:
-            value = rng.uniform(lo, hi) if hi > lo else self.base
-        else:
-            value = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        """Log-uniform within base/SPREAD … base×SPREAD (by magnitude: a negative base stays
+        negative), clamped to the schema's bounds."""
+        sign, size = (1.0, self.base) if self.base > 0 else (-1.0, -self.base)
+        value = sign * math.exp(rng.uniform(math.log(size / SPREAD), math.log(size * SPREAD)))
+        value = min(self.high, max(self.low, value))
         return float(round(value)) if self.integer else float(f"{value:.4g}")
 
 
@@ -104,6 +104,23 @@ def dimensions(compiled: CompiledFile, policy: str) -> list[Dimension]:
                 continue
             found.append(Dimension(term.name, (field.name,), number, *bounds))
     return found
+
+
+def keep_tier_order(dims: list[Dimension], values: list[float]) -> list[float]:
+    """Where the base charges more for swapping in bigger models (its tier points and
+    `swap_above` do not decrease), a candidate does too: the drawn points are sorted into the
+    tiers. Otherwise a candidate could prefer loading a 70B model over a 14B one."""
+    out = list(values)
+    by_term: dict[str, list[int]] = {}
+    for i, dim in enumerate(dims):
+        if dim.path[0] == "swap" or dim.path == ("swap_above",):
+            by_term.setdefault(dim.term, []).append(i)  # tiers in order, swap_above last
+    for indices in by_term.values():
+        bases = [dims[i].base for i in indices]
+        if bases == sorted(bases):
+            for i, v in zip(indices, sorted(out[i] for i in indices), strict=True):
+                out[i] = v
+    return out
 
 
 def apply(raw: dict[str, Any], policy: str, name: str, dims: list[Dimension],

@@ -4,7 +4,8 @@ Successive halving over random candidates: every candidate (the base policy is a
 is replayed on the first quarter of the trace; the best third of them — constraints met first,
 then by the objective — are replayed on the whole trace, and the best of those wins. Random draws
 come from one seeded generator, so a seed gives the same candidates and the same winner. The
-replays run in worker processes (one per core), each holding the trace and the GPU once.
+replays run in worker processes (one per core, at most four), each holding the trace and the GPU
+once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import math
 import multiprocessing
 import operator
+import os
 import random
 import re
 import tomllib
@@ -23,7 +25,7 @@ from typing import Any
 from policy.load import CompiledFile, load_policy_text
 from sim.config import Settings
 from sim.replay.run import replay_policy
-from sim.replay.space import Dimension, apply, dimensions
+from sim.replay.space import Dimension, apply, dimensions, keep_tier_order
 from sim.replay.workload import Workload
 
 # Figures a constraint or the objective may name, read from a report row; lower is better except
@@ -163,7 +165,7 @@ def draw(dims: list[Dimension], budget: int, seed: int) -> list[Candidate]:
     out = [Candidate(0, tuple(d.base for d in dims))]
     seen = {out[0].values}
     while len(out) < budget:
-        values = tuple(d.draw(rng) for d in dims)
+        values = tuple(keep_tier_order(dims, [d.draw(rng) for d in dims]))
         if values not in seen:  # integer-only spaces can repeat; a repeat teaches nothing
             seen.add(values)
             out.append(Candidate(len(out), values))
@@ -189,16 +191,20 @@ def search(
     total = len(candidates) + keep
     done = 0
     context = multiprocessing.get_context("spawn")  # the caller may run threads (a progress bar)
-    with ProcessPoolExecutor(workers or min(2, multiprocessing.cpu_count()), mp_context=context,
-                             initializer=_init,
-                             initargs=(raw, base, workload, gpu, max_parallel, dims)) as pool:
+    pool = ProcessPoolExecutor(workers or max(1, min(4, os.cpu_count() or 1)), mp_context=context,
+                               initializer=_init, initargs=(raw, base, workload, gpu, max_parallel, dims))
+    try:
 
         def run(batch: list[Candidate], requests: int) -> list[Result]:
             nonlocal done
             results = []
             futures = [pool.submit(_evaluate, c.values, requests) for c in batch]
             for c, future in zip(batch, futures, strict=True):
-                results.append(Result(c, future.result()))
+                try:
+                    results.append(Result(c, future.result()))
+                except Exception as exc:  # a worker that died, or a candidate that did not compile
+                    raise TuneError(f"candidate {c.number} could not be replayed: "
+                                    f"{type(exc).__name__}: {exc}") from None
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -210,6 +216,9 @@ def search(
         if all(c.number != 0 for c in finalists):
             finalists.append(candidates[0])
         final = run(finalists, n)
+    finally:
+        # On an error or Ctrl-C, pending candidates are dropped rather than waited for.
+        pool.shutdown(wait=True, cancel_futures=True)
     final.sort(key=lambda r: (goal.key(r.row), r.candidate.number))
     return dims, final
 

@@ -57,6 +57,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if base not in setup.compiled.policies:
         raise CliError(f"--base: {base!r} is not a policy of {args.policy} "
                        f"(it has: {', '.join(setup.compiled.policies)})")
+    if args.output is not None and Path(args.output).resolve() == Path(args.policy).resolve():
+        raise CliError(f"-o: {args.output} is the --policy file itself; write the tuned file "
+                       "elsewhere (it is re-serialised, so the original's comments would be lost)")
     objective = args.minimize or args.maximize
     goal = Goal(objective, args.maximize is not None, tuple(args.subject_to or ()))
     try:

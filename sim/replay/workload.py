@@ -17,8 +17,8 @@ from pathlib import Path
 import msgspec
 
 from policy.load import CompiledFile
+from schemas.model_name import canonical_model as canonical
 from schemas.trace import TraceRecord
-from sim.catalog import ModelSpec, canonical
 
 DEFAULT_PROMPT_TOKENS = 200
 DEFAULT_OUTPUT_TOKENS = 250
@@ -34,7 +34,7 @@ class Request:
     arrival: float
     client: str
     cls: str | None  # as the trace recorded it; None: the policy's rules classify it
-    model: str  # canonical
+    model: str  # canonical, as the sidecar names it (schemas/model_name.py)
     endpoint: str
     embed: bool
     prompt_tokens: int
@@ -118,8 +118,3 @@ def classify(workload: Workload, compiled: CompiledFile) -> Workload:
         for r in workload.requests
     )
     return dataclasses.replace(workload, requests=requests)
-
-
-def missing_models(workload: Workload, specs: Iterable[ModelSpec]) -> list[str]:
-    names = {s.name for s in specs}
-    return sorted(workload.models() - names)
