@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-# The seed's tiers: a model above this many GiB counts as a large swap.
-LARGE_SWAP_GB = 40
+# The earlier proxy's defaults (its README's example values), used for what a .env leaves out, so
+# the converted file behaves as the earlier proxy did with the same .env.
+LARGE_SWAP_GB = 40  # a model above this many GiB counts as a large swap
+DEFAULTS = {"OLLAMA_API_BASE": "http://localhost:11434", "TOTAL_VRAM_MB": "80000",
+            "OLLAMA_MAX_PARALLEL": "3", "VRAM_POLL_INTERVAL": "5"}
+LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "warn": "warning",
+              "error": "error", "critical": "error", "fatal": "error"}
 
 
 class EnvFileError(ValueError):
@@ -43,6 +48,7 @@ def parse_env(text: str, file: str) -> dict[str, str]:
     unquoted value), blank lines, an optional `export `, single or double quotes."""
     values: dict[str, str] = {}
     problems: list[str] = []
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -59,6 +65,10 @@ def parse_env(text: str, file: str) -> dict[str, str]:
             end = value.find(quote_char, 1)
             if end < 0:
                 problems.append(f"{file}:{number}: {key}: the quote is not closed")
+                continue
+            rest = value[end + 1:].strip()
+            if rest and not rest.startswith("#"):
+                problems.append(f"{file}:{number}: {key}: text after the closing quote: {rest[:30]!r}")
                 continue
             value = value[1:end]
         else:
@@ -104,6 +114,7 @@ KNOWN = {
     "LOG_LEVEL", "PROXY_HOST", "PROXY_PORT",
     "PRIORITY_BASE_LOADED", "PRIORITY_BASE_PARALLEL", "PRIORITY_BASE_SMALL_SWAP",
     "PRIORITY_BASE_LARGE_SWAP", "PRIORITY_WAIT_TIME_MULTIPLIER", "PRIORITY_RATE_LIMIT_MULTIPLIER",
+    "PRIORITY_BASE_LARGE_SWAP_THRESHOLD_GB", "OLLAMA_HOST",
 }
 
 
@@ -114,12 +125,16 @@ def migrate(env: dict[str, str], file: str) -> Migration:
     def num(key: str, **kw: Any) -> float | None:
         return _number(env, key, problems, **kw)
 
+    given = env
+    env = {**DEFAULTS, **env}
+    if "OLLAMA_API_BASE" not in given and "OLLAMA_HOST" in given:  # the earlier proxy's fallback
+        host = given["OLLAMA_HOST"].strip()
+        env["OLLAMA_API_BASE"] = host if "://" in host else f"http://{host}"
     backend: dict[str, Any] = {}
-    if "OLLAMA_API_BASE" in env:
-        url = env["OLLAMA_API_BASE"].rstrip("/")
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
-            problems.append(f"OLLAMA_API_BASE: {env['OLLAMA_API_BASE']!r} is not an http(s) URL")
-        backend["url"] = url
+    url = env["OLLAMA_API_BASE"].rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        problems.append(f"OLLAMA_API_BASE: {env['OLLAMA_API_BASE']!r} is not an http(s) URL")
+    backend["url"] = url
     if (mb := num("TOTAL_VRAM_MB", minimum=1)) is not None:
         backend["vram_gb"] = round(mb / 1024, 3)  # MiB, as nvidia-smi prints them, to GiB
     if (parallel := num("OLLAMA_MAX_PARALLEL", integer=True, minimum=1)) is not None:
@@ -136,6 +151,7 @@ def migrate(env: dict[str, str], file: str) -> Migration:
     wait = num("PRIORITY_WAIT_TIME_MULTIPLIER")
     rate = num("PRIORITY_RATE_LIMIT_MULTIPLIER", minimum=0)
     window = num("RATE_LIMIT_WINDOW", minimum=1)
+    threshold = num("PRIORITY_BASE_LARGE_SWAP_THRESHOLD_GB", minimum=0.001)
     if wait is not None and wait > 0:
         problems.append(f"PRIORITY_WAIT_TIME_MULTIPLIER: {env['PRIORITY_WAIT_TIME_MULTIPLIER']!r} "
                         "must be zero or negative (waiting lowers the score)")
@@ -147,7 +163,8 @@ def migrate(env: dict[str, str], file: str) -> Migration:
             "fits_when_empty": False,  # the seed gave the parallel tier only beside a loaded model
             "fits_check": "vram_only",
             "unknown_size": small_points,  # the seed's bug, kept: unknown counted as a small swap
-            "swap": [{"up_to_gb": LARGE_SWAP_GB, "points": small_points}],
+            "swap": [{"up_to_gb": LARGE_SWAP_GB if threshold is None else threshold,
+                      "points": small_points}],
             "swap_above": 800.0 if large is None else large,
         },
         "fairness": {
@@ -156,7 +173,7 @@ def migrate(env: dict[str, str], file: str) -> Migration:
             "window": 600.0 if window is None else window,
             "cap": 100.0,
         },
-        "aging": {"per_second": 1.0 if wait is None or wait > 0 else -wait, "whole_seconds": True},
+        "aging": {"per_second": 1.0 if wait is None or wait > 0 else abs(wait), "whole_seconds": True},
     }
     document: dict[str, Any] = {"active": "seed"}
     if backend:
@@ -173,8 +190,10 @@ def migrate(env: dict[str, str], file: str) -> Migration:
         "terms": terms,
     }}
     result = Migration(document)
-    _environment(env, result, problems)
-    result.unknown = sorted(k for k in env if k not in KNOWN)
+    for key in sorted(DEFAULTS.keys() - given.keys()):
+        result.notes.append(f"{key} was not set: the earlier proxy's default {DEFAULTS[key]} is used")
+    _environment(given, result, problems)
+    result.unknown = sorted(k for k in given if k not in KNOWN)
     if problems:
         raise EnvFileError([f"{file}: {p}" for p in problems])
     return result
@@ -188,11 +207,17 @@ def _environment(env: dict[str, str], out: Migration, problems: list[str]) -> No
     kind = env.get("DB_TYPE", "").strip().lower()
     if kind in ("postgres", "postgresql"):
         user = quote(env.get("DB_USER", ""), safe="")
-        host = env.get("DB_HOST", "localhost")
-        port = env.get("DB_PORT", "5432")
+        host = env.get("DB_HOST", "localhost").strip()
+        port = env.get("DB_PORT", "5432").strip()
         name = quote(env.get("DB_NAME", ""), safe="")
         who = f"{user}@" if user else ""
-        add(("SMART_PROXY_DB", f"postgresql://{who}{host}:{port}/{name}",
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append(f"DB_PORT: {port!r} is not a port number")
+        if host.startswith("/"):  # a Unix socket directory: libpq takes it as a parameter
+            dsn = f"postgresql://{who}/{name}?host={quote(host, safe='/')}&port={port}"
+        else:
+            dsn = f"postgresql://{who}{f'[{host}]' if ':' in host else host}:{port}/{name}"
+        add(("SMART_PROXY_DB", dsn,
              "the journal's database (add the password to this URL, or set PGPASSWORD)"))
         if "DB_PASSWORD" in env:
             out.notes.append("DB_PASSWORD was not copied anywhere: put it in SMART_PROXY_DB or PGPASSWORD")
@@ -209,10 +234,17 @@ def _environment(env: dict[str, str], out: Migration, problems: list[str]) -> No
             problems.append(f"LOG_FORMAT: {env['LOG_FORMAT']!r} is not json or human")
         add(("SMART_PROXY_LOG_FORMAT", "json" if fmt == "json" else "human", "log format"))
     if "LOG_LEVEL" in env:
-        add(("SMART_PROXY_LOG_LEVEL", env["LOG_LEVEL"].strip().lower(), "log level"))
+        level = LOG_LEVELS.get(env["LOG_LEVEL"].strip().lower())
+        if level is None:
+            problems.append(f"LOG_LEVEL: {env['LOG_LEVEL']!r} is not debug, info, warning or error")
+        else:
+            add(("SMART_PROXY_LOG_LEVEL", level, "log level"))
     if "PROXY_HOST" in env:
         add(("SMART_PROXY_HOST", env["PROXY_HOST"], "listening address"))
     if "PROXY_PORT" in env:
-        add(("SMART_PROXY_PORT", env["PROXY_PORT"], "listening port"))
+        port_text = env["PROXY_PORT"].strip()
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            problems.append(f"PROXY_PORT: {port_text!r} is not a port number")
+        add(("SMART_PROXY_PORT", port_text, "listening port"))
     if "OLLAMA_API_BASE" in env:
         out.notes.append("OLLAMA_API_BASE went to [backend] url; SMART_PROXY_UPSTREAM overrides it per deployment")

@@ -5,7 +5,8 @@
 #   /proxy/health answers · a chat goes through · a ConfigMap-style policy update (a symlink swap
 #   of the directory, as Kubernetes does it) is hot-reloaded · `podman healthcheck run` passes ·
 #   SIGTERM ends the sidecar with exit code 0 after its drain.
-# Everything it made is removed at the end, whatever happened. Needs root, podman, debootstrap and
+# Everything it made is removed at the end, whatever happened — except the Debian base image and
+# its tarball, kept on purpose so the next run skips the debootstrap. Needs root, podman, debootstrap and
 # runc (.ci/run installs them). docs/deployment.md says why each option is there.
 #
 #   scripts/container-smoke.sh            # SMOKE_CACHE=/var/cache/smart-proxy-smoke keeps the base
@@ -15,8 +16,8 @@ cd "$(dirname "$0")/.."
 CACHE=${SMOKE_CACHE:-/var/cache/smart-proxy-smoke}
 MIRROR=${SMOKE_MIRROR:-http://deb.debian.org/debian}
 BASE=localhost/debian-py:bookworm
-IMAGE=localhost/smart-proxy:smoke
 NAME=smart-proxy-smoke-$$
+IMAGE=localhost/smart-proxy:smoke-$$  # per run: concurrent runs on one storage never collide
 CA=/etc/ssl/certs/ca-certificates.crt
 # vfs: no overlay support needed; runc: crun fails on this kind of host's cgroups; explicit
 # ulimits: the defaults podman would copy are not valid here.
@@ -25,7 +26,16 @@ RUN=(--runtime=runc --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 --net
 
 started=$(date +%s)
 step() { printf '[%4ds] %s\n' "$(($(date +%s) - started))" "$*"; }
-fail() { echo "container smoke test FAILED: $*" >&2; exit 1; }
+fail() {
+    echo "container smoke test FAILED: $*" >&2
+    for c in "$NAME-ollama" "$NAME-proxy"; do  # their logs, before the cleanup removes them
+        if "${PODMAN[@]}" container exists "$c" 2> /dev/null; then
+            echo "--- podman logs $c (last 30 lines)" >&2
+            "${PODMAN[@]}" logs --tail 30 "$c" >&2 2>&1 || true
+        fi
+    done
+    exit 1
+}
 
 [ "$(id -u)" = 0 ] || fail "run it as root (rootful podman, debootstrap)"
 for tool in podman debootstrap runc python3; do
@@ -33,13 +43,12 @@ for tool in podman debootstrap runc python3; do
 done
 
 work=$(mktemp -d)
-dangling_before=$("${PODMAN[@]}" images --filter dangling=true --quiet | sort)
 cleanup() {
     "${PODMAN[@]}" rm -f -t 0 "$NAME-ollama" "$NAME-proxy" > /dev/null 2>&1 || true
-    "${PODMAN[@]}" rmi -f "$IMAGE" > /dev/null 2>&1 || true
-    # The build stage's image, untagged: only the ones this run left.
-    comm -13 <(echo "$dangling_before") <("${PODMAN[@]}" images --filter dangling=true --quiet | sort) \
-        | xargs -r "${PODMAN[@]}" rmi -f > /dev/null 2>&1 || true
+    "${PODMAN[@]}" rmi "$IMAGE" > /dev/null 2>&1 || true
+    # The build stage's image, untagged, labelled with this run's name (--label below).
+    "${PODMAN[@]}" images --quiet --filter "label=smart-proxy-smoke=$NAME" \
+        | xargs -r "${PODMAN[@]}" rmi > /dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -51,7 +60,8 @@ import sys, urllib.request
 method, url = sys.argv[1], sys.argv[2]
 data = sys.argv[3].encode() if len(sys.argv) > 3 else None
 request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-with urllib.request.urlopen(request, timeout=30) as answer:
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
+with opener.open(request, timeout=30) as answer:
     print(answer.read().decode())
 PY
 }
@@ -87,15 +97,20 @@ fi
 # HTTPS from the build, which may go through a proxy only the host trusts.
 step "building $IMAGE"
 "${PODMAN[@]}" build --format docker --isolation=chroot --build-arg "BASE=$BASE" \
-    --build-arg "PIP_CERT=$CA" -v "$CA:$CA:ro" -t "$IMAGE" -f Containerfile . > "$work/build.log" 2>&1 \
+    --build-arg "PIP_CERT=$CA" -v "$CA:$CA:ro" --label "smart-proxy-smoke=$NAME" \
+    -t "$IMAGE" -f Containerfile . > "$work/build.log" 2>&1 \
     || { tail -30 "$work/build.log"; fail "podman build"; }
 
 # -- 3. the emulator and the sidecar --------------------------------------------------------------
 ollama_port=$(free_port)
 proxy_port=$(free_port)
 step "emulator on :$ollama_port"
+# podman's own complaints about systemd health-check timers (none on this host) are noise here;
+# the health check is run by hand below.
 "${PODMAN[@]}" run -d --name "$NAME-ollama" "${RUN[@]}" "$IMAGE" \
-    sim --host 127.0.0.1 --port "$ollama_port" --preset tiny-8gb --time-scale 0.01 > /dev/null 2>&1
+    sim --host 127.0.0.1 --port "$ollama_port" --preset tiny-8gb --time-scale 0.01 > /dev/null \
+    2> >(grep -v "systemd" >&2) || fail "podman run (emulator)"
+wait_for 60 "the emulator" http GET "http://127.0.0.1:$ollama_port/api/tags"
 
 # The policy directory as Kubernetes lays out a mounted ConfigMap: the file is a symlink into
 # `..data`, itself a symlink to a timestamped directory; an update swaps `..data` in one rename.
@@ -111,13 +126,12 @@ step "sidecar on :$proxy_port"
     -v "$policy:/etc/smart-proxy:ro" -v "$work/state:/var/lib/smart-proxy" \
     -e SMART_PROXY_HOST=127.0.0.1 -e SMART_PROXY_PORT="$proxy_port" \
     -e SMART_PROXY_UPSTREAM="http://127.0.0.1:$ollama_port" \
-    "$IMAGE" > /dev/null 2>&1
+    "$IMAGE" > /dev/null 2> >(grep -v "systemd" >&2) || fail "podman run (sidecar)"
 proxy=http://127.0.0.1:$proxy_port
-wait_for 60 "the sidecar's health" http GET "$proxy/proxy/health"
-health=$(http GET "$proxy/proxy/health")
-echo "$health" | python3 -c 'import json, sys; h = json.load(sys.stdin); assert h["status"] == "ok" and h["upstream"]["up"], h' \
-    || fail "health is not ok: $health"
-step "health ok: $health"
+# "ok" needs the first poll of the emulator to have succeeded, not only the port to answer.
+healthy() { http GET "$proxy/proxy/health" | python3 -c 'import json, sys; h = json.load(sys.stdin); sys.exit(not (h["status"] == "ok" and h["upstream"]["up"]))'; }
+wait_for 60 "the sidecar's health (ok, upstream up)" healthy
+step "health ok: $(http GET "$proxy/proxy/health")"
 
 # -- 4. a chat through it ---------------------------------------------------------------------------
 answer=$(http POST "$proxy/api/chat" '{"model": "llama3.2:1b", "stream": false, "messages": [{"role": "user", "content": "hello"}]}')
@@ -139,11 +153,13 @@ step "policy reloaded after the symlink swap (active: fair)"
 step "podman healthcheck run: healthy"
 
 # -- 7. SIGTERM: drain and exit 0 ------------------------------------------------------------------
-"${PODMAN[@]}" stop --time 30 "$NAME-proxy" > /dev/null 2>&1
+"${PODMAN[@]}" stop --time 30 "$NAME-proxy" > /dev/null 2> >(grep -v "systemd" >&2)
 code=$("${PODMAN[@]}" inspect "$NAME-proxy" --format '{{.State.ExitCode}}')
 [ "$code" = 0 ] || { "${PODMAN[@]}" logs "$NAME-proxy" 2>&1 | tail -20; fail "exit code $code after SIGTERM"; }
-# The sidecar logs to stderr, which `podman logs` gives back on its own stderr.
-"${PODMAN[@]}" logs "$NAME-proxy" 2>&1 | grep -q "shutting down" || fail "no drain in the logs"
+# The sidecar logs to stderr, which `podman logs` gives back on its own stderr. Read them whole
+# first: `grep -q` leaving early would SIGPIPE podman under pipefail.
+logs=$("${PODMAN[@]}" logs "$NAME-proxy" 2>&1)
+grep -q "shutting down" <<< "$logs" || fail "no drain in the logs"
 step "SIGTERM: drained, exit code 0"
 
 step "container smoke test passed in $(($(date +%s) - started)) s"

@@ -55,8 +55,13 @@ def known_command(argv: list[str]) -> None:
             assert token.split("=", 1)[0] in flags, f"no flag {token!r} in {argv}"
 
 
+# Variables of the other containers: Ollama's (docs/ollama.md) and the postgres image's.
+OTHER_VARIABLES = {"OLLAMA_HOST", "OLLAMA_NUM_PARALLEL", "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_KEEP_ALIVE",
+                   "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"}
+
+
 def known_variable(name: str) -> bool:
-    return name in ENV_VARS or name.startswith(("OLLAMA_", "POSTGRES_"))
+    return name in ENV_VARS or name in OTHER_VARIABLES
 
 
 def test_the_image_defaults_are_real_settings() -> None:
@@ -68,8 +73,12 @@ def test_the_image_defaults_are_real_settings() -> None:
     assert "HEALTHCHECK" in CONTAINERFILE and "curl" not in CONTAINERFILE.split("HEALTHCHECK", 1)[1]
     assert "/proxy/health" in CONTAINERFILE
     ignore = (ROOT / ".containerignore").read_text()
-    assert ignore.splitlines()[1] == "*" or "\n*\n" in ignore  # nothing enters unless listed
-    assert "**/.env" in ignore
+    assert "\n*\n" in ignore and "**/.env" in ignore  # nothing enters the context unless listed
+    # And whatever ignore file a builder reads, only named paths are copied into a layer.
+    copied = re.findall(r"^COPY (?!--from)(.+)$", CONTAINERFILE, re.M)
+    sources = {src for line in copied for src in line.split()[:-1]}
+    assert sources == {"pyproject.toml", "README.md", "LICENSE", "schemas", "policy", "engine",
+                       "sim", "server", "policies.example.toml"}, sources
 
 
 def test_compose_file() -> None:
@@ -80,19 +89,20 @@ def test_compose_file() -> None:
     assert services["ollama"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "ports" not in services["ollama"]  # only the sidecar is published
     assert proxy["ports"] == [f"{PORT}:{PORT}"]
-    for name in proxy["environment"]:
-        assert known_variable(name), name
+    for service in services.values():
+        for name in service.get("environment", {}):
+            assert known_variable(name), name
+    assert int(proxy["stop_grace_period"].rstrip("s")) > 30  # above the drain
     assert proxy["environment"]["SMART_PROXY_POLICY"] == IMAGE_ENV["SMART_PROXY_POLICY"]
     mounts = {m.split(":")[1]: m for m in proxy["volumes"]}
     assert mounts[POLICY_DIR].endswith(":ro") and STATE_DIR in mounts
-    # Secrets come from an env file that is not in the repository; its example is.
-    for service in (proxy, postgres):
-        assert service["env_file"] == ["deploy/smart-proxy.env"]
-    assert "deploy/smart-proxy.env" in (ROOT / ".gitignore").read_text().splitlines()
-    example = (ROOT / "deploy" / "smart-proxy.env.example").read_text()
-    for line in example.splitlines():
-        if line and not line.startswith("#"):
-            assert known_variable(line.split("=", 1)[0]), line
+    # Secrets come from env files that are not in the repository, one per service; examples are.
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    for service, file in ((proxy, "deploy/smart-proxy.env"), (postgres, "deploy/postgres.env")):
+        assert service["env_file"] == [file] and file in ignored
+        for line in (ROOT / (file + ".example")).read_text().splitlines():
+            if line and not line.startswith("#"):
+                assert known_variable(line.split("=", 1)[0]), line
 
 
 def _pod() -> dict[str, Any]:
@@ -120,6 +130,13 @@ def test_kubernetes_pod_is_the_sidecar_pattern() -> None:
     assert ctx["runAsNonRoot"] and str(ctx["runAsUser"]) == UID and ctx["allowPrivilegeEscalation"] is False
     assert proxy["resources"]["requests"] and ollama["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"name": "OLLAMA_HOST", "value": "127.0.0.1:11434"} in ollama["env"]
+    for variable in ollama["env"]:
+        assert known_variable(variable["name"]), variable
+    # Ollama outlives the sidecar's drain: every container of a pod gets SIGTERM at once.
+    sleep = int(ollama["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert 30 < sleep < pod["terminationGracePeriodSeconds"]
+    assert ctx["readOnlyRootFilesystem"] is True and ctx["capabilities"] == {"drop": ["ALL"]}
+    assert proxy["imagePullPolicy"] == "IfNotPresent"
     mounts = {m["mountPath"]: m for m in proxy["volumeMounts"]}
     assert "subPath" not in mounts[POLICY_DIR] and mounts[POLICY_DIR]["readOnly"]
     assert STATE_DIR in mounts
