@@ -89,7 +89,8 @@ else
         rm -rf "$work/rootfs"
     fi
     step "importing the base as $BASE"
-    "${PODMAN[@]}" import "$CACHE/debian-py-bookworm.tar" "$BASE" > /dev/null
+    "${PODMAN[@]}" import "$CACHE/debian-py-bookworm.tar" "$BASE" > "$work/import.log" 2>&1 \
+        || { cat "$work/import.log"; fail "podman import"; }
 fi
 
 # -- 2. the image, from this checkout -----------------------------------------------------------
