@@ -258,6 +258,20 @@ def output_file(text: str) -> str:
     return text
 
 
+def write_output(target: str | None, data: str, option: str = "-o/--output") -> None:
+    """`data` to the file an output option named, or to stdout for none or "-"; CliError (one
+    line naming the option) when the file cannot be written."""
+    if target in (None, "", "-"):
+        sys.stdout.write(data)
+        sys.stdout.flush()
+        return
+    try:
+        Path(target).write_text(data, encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CliError(f"argument {option}: {target}: cannot write: {reason}") from None
+
+
 def choice(what: str, options: Iterable[str], *, fold_case: bool = False) -> Callable[[str], str]:
     """One of `options`; `what` ("a preset") names the kind in the message. argparse's own
     `choices` is not applied to defaults, so a value from an environment variable needs this."""

@@ -34,6 +34,7 @@ from sim.cli_args import (
     positive_count,
     positive_seconds,
     scale,
+    write_output,
 )
 
 FALLBACK_ENV = "SMART_PROXY_JOURNAL_FALLBACK"
@@ -114,4 +115,5 @@ __all__ = [
     "positive_count",
     "positive_seconds",
     "scale",
+    "write_output",
 ]

@@ -27,7 +27,14 @@ from policy.errors import PolicyError
 from policy.load import CompiledFile, load_policy_file
 from policy.scale import scale_policy_text
 from policy.show import resolved_toml
-from server.cli.args import CliError, existing_dir, existing_file, one_line, output_file
+from server.cli.args import (
+    CliError,
+    existing_dir,
+    existing_file,
+    one_line,
+    output_file,
+    write_output,
+)
 from server.cli.policy_from_env import register_from_env
 from sim.replay.tune_cli import register_tune
 
@@ -131,14 +138,7 @@ def _scale(args: argparse.Namespace) -> int:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return 1
-    if not args.output:
-        sys.stdout.write(scaled)
-        return 0
-    try:
-        Path(args.output).write_text(scaled, encoding="utf-8")
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise CliError(f"argument -o/--output: {args.output}: cannot write: {reason}") from None
+    write_output(args.output, scaled)
     return 0
 
 

@@ -13,7 +13,7 @@ import tomli_w
 from policy.errors import PolicyError
 from policy.from_env import EnvFileError, migrate, parse_env
 from policy.load import load_policy_text
-from server.cli.args import CliError, existing_file, output_file
+from server.cli.args import CliError, existing_file, output_file, write_output
 
 
 def _from_env(args: argparse.Namespace) -> int:
@@ -32,13 +32,7 @@ def _from_env(args: argparse.Namespace) -> int:
         load_policy_text(toml.encode(), args.output or "<from-env>")
     except PolicyError as exc:  # a value the old proxy accepted and the policy schema does not
         raise CliError("; ".join(exc.lines)) from None
-    if args.output:
-        try:
-            Path(args.output).write_text(toml, encoding="utf-8")
-        except OSError as exc:
-            raise CliError(f"argument -o/--output: {args.output}: cannot write: {exc.strerror}") from None
-    else:
-        sys.stdout.write(toml)
+    write_output(args.output, toml)
     err = sys.stderr
     if result.environment:
         print("Set in the sidecar's environment instead:", file=err)

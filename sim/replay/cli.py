@@ -14,7 +14,6 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,6 +30,7 @@ from sim.cli_args import (
     existing_file_path,
     output_file,
     positive_count,
+    write_output,
 )
 from sim.config import SimConfigError
 from sim.presets import PRESETS
@@ -184,13 +184,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     render(report, console)
     if args.json is not None:
         data = json.dumps(report, indent=2, sort_keys=False) + "\n"
-        if args.json == "-":
-            sys.stdout.write(data)
-        else:
-            try:
-                Path(args.json).write_text(data, encoding="utf-8")
-            except OSError as exc:
-                raise CliError(f"{args.json}: cannot write: {exc.strerror}") from None
+        write_output(args.json, data, "--json")
     if baseline is not None:
         try:
             found = compare(report, baseline, args.tolerance)
@@ -220,15 +214,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     print(f"{len(records):,} requests; designed for the {gpu} GPU: replay with "
           f"`smart-proxy simulate --trace FILE --sim {gpu}`", file=sys.stderr)
     encoder = msgspec.json.Encoder()
-    data = b"".join(encoder.encode(r) + b"\n" for r in records)
-    if args.output in (None, "-"):
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    else:
-        try:
-            Path(args.output).write_bytes(data)
-        except OSError as exc:
-            raise CliError(f"{args.output}: cannot write: {exc.strerror}") from None
+    write_output(args.output, "".join((encoder.encode(r) + b"\n").decode() for r in records))
     return 0
 
 

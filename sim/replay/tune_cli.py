@@ -17,7 +17,7 @@ from rich.table import Table
 
 from policy.errors import PolicyError
 from policy.load import load_policy_text
-from sim.cli_args import CliError, output_file, positive_count
+from sim.cli_args import CliError, output_file, positive_count, write_output
 from sim.replay.cli import add_setup_arguments, load_setup, progress_bar
 from sim.replay.tune import (
     HIGHER_BETTER,
@@ -103,10 +103,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             load_policy_text(text.encode(), args.output)  # what we write must pass `policy check`
         except PolicyError as exc:
             raise CliError(f"the tuned file would not compile: {exc}") from None
-        try:
-            Path(args.output).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise CliError(f"{args.output}: cannot write: {exc.strerror}") from None
+        write_output(args.output, text)
         console.print(f"wrote {args.output}: policy {name!r} beside the others "
                       f"(`active` unchanged: set active = \"{name}\" to use it)")
     return 0
