@@ -14,13 +14,14 @@ import json
 import os
 import platform
 import time
+import tomllib
 from pathlib import Path
 
 from policy.load import load_policy_file
 from sim.replay.gpu import choose
 from sim.replay.run import replay_plain, replay_policy
 from sim.replay.synth import TRACE_PRESETS, synthesize
-from sim.replay.tune import Goal, load_raw, parse_constraints, search
+from sim.replay.tune import Goal, parse_constraints, search
 from sim.replay.workload import classify, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def main() -> None:
     gpu = choose(workload.models(), preset=None, config=None).settings
     goal = Goal("loads", False, tuple(parse_constraints("p95_wait<=120s,max_wait<=300s,jain>=0.9")))
     began = time.perf_counter()
-    _, final = search(load_raw(POLICY.read_text()), compiled, "balanced", workload, gpu, goal,
+    _, final = search(tomllib.loads(POLICY.read_text()), compiled, "balanced", workload, gpu, goal,
                       budget=args.budget, seed=1)
     seconds = time.perf_counter() - began
     base = next(r for r in final if r.candidate.number == 0).row

@@ -258,15 +258,17 @@ def output_file(text: str) -> str:
     return text
 
 
-def write_output(target: str | None, data: str, option: str = "-o/--output") -> None:
-    """`data` to the file an output option named, or to stdout for none or "-"; CliError (one
-    line naming the option) when the file cannot be written."""
+def write_output(target: str | None, data: str | bytes, option: str = "-o/--output") -> None:
+    """`data` (text, or bytes already encoded) to the file an output option named, or to stdout
+    for none or "-"; CliError (one line naming the option) when the file cannot be written."""
+    raw = data.encode() if isinstance(data, str) else data
     if target in (None, "", "-"):
-        sys.stdout.write(data)
         sys.stdout.flush()
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
         return
     try:
-        Path(target).write_text(data, encoding="utf-8")
+        Path(target).write_bytes(raw)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise CliError(f"argument {option}: {target}: cannot write: {reason}") from None

@@ -4,6 +4,7 @@ through the command line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -325,7 +326,6 @@ def test_ollama_refusing_a_dispatched_request_ends_it_once(tmp_path: Path) -> No
                    + "".join(f'[[models]]\nname = "{m}"\n' for m in ("llama3.1:8b", "mistral:7b", "gemma3:12b")))
     records = [TraceRecord(arrival=i * 0.01, at=0.0, client="c", model=("llama3.1:8b", "mistral:7b", "gemma3:12b")[i % 3],
                            endpoint="/api/chat", prompt_tokens=50, output_tokens=50) for i in range(60)]
-    import dataclasses
     compiled = dataclasses.replace(COMPILED, backend=dataclasses.replace(COMPILED.backend, max_parallel=8))
     workload = classify(prepare(records), compiled)
     gpu = choose(workload.models(), preset=None, config=sim).settings

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.figures import percentile
 from schemas.journal import STATUSES
 from server.journal.records import from_row
 from server.journal.store import Store
@@ -85,14 +86,6 @@ def _number(value: Any, kind: Callable[[str], Any]) -> Any:
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile: the smallest value with at least q of the data at or below it."""
-    if not sorted_values:
-        return None
-    index = max(0, math.ceil(q * len(sorted_values)) - 1)
-    return sorted_values[min(index, len(sorted_values) - 1)]
 
 
 def stats(values: Iterable[float | None]) -> dict[str, Any]:

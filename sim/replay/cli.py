@@ -214,7 +214,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     print(f"{len(records):,} requests; designed for the {gpu} GPU: replay with "
           f"`smart-proxy simulate --trace FILE --sim {gpu}`", file=sys.stderr)
     encoder = msgspec.json.Encoder()
-    write_output(args.output, "".join((encoder.encode(r) + b"\n").decode() for r in records))
+    write_output(args.output, b"".join(encoder.encode(r) + b"\n" for r in records))
     return 0
 
 

@@ -16,20 +16,12 @@ share of every second it waited.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.figures import percentile
 from sim.replay.workload import Request
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest rank, as the journal's analytics compute it."""
-    if not ordered:
-        return 0.0
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def wait_figures(waits: list[float]) -> dict[str, float | int]:
@@ -37,9 +29,9 @@ def wait_figures(waits: list[float]) -> dict[str, float | int]:
     return {
         "count": len(ordered),
         "mean": _r(sum(ordered) / len(ordered)) if ordered else 0.0,
-        "p50": _r(percentile(ordered, 50)),
-        "p95": _r(percentile(ordered, 95)),
-        "p99": _r(percentile(ordered, 99)),
+        "p50": _r(percentile(ordered, 0.50) or 0.0),
+        "p95": _r(percentile(ordered, 0.95) or 0.0),
+        "p99": _r(percentile(ordered, 0.99) or 0.0),
         "max": _r(ordered[-1]) if ordered else 0.0,
     }
 

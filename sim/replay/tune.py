@@ -17,8 +17,7 @@ import operator
 import os
 import random
 import re
-import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -133,11 +132,6 @@ def _init(raw: dict[str, Any], base: str, workload: Workload, gpu: Settings, max
     _STATE.update(raw=raw, base=base, workload=workload, gpu=gpu, max_parallel=max_parallel, dims=dims)
 
 
-def candidate_file(raw: dict[str, Any], base: str, dims: list[Dimension], values: Iterable[float],
-                   name: str, description: str) -> dict[str, Any]:
-    return apply(raw, base, name, dims, list(values), description)
-
-
 def _compile(doc: dict[str, Any], max_parallel: int | None) -> CompiledFile:
     import tomli_w
 
@@ -150,7 +144,7 @@ def _compile(doc: dict[str, Any], max_parallel: int | None) -> CompiledFile:
 
 def _evaluate(values: tuple[float, ...], requests: int) -> dict[str, Any]:
     s = _STATE
-    doc = candidate_file(s["raw"], s["base"], s["dims"], values, "candidate", "tune candidate")
+    doc = apply(s["raw"], s["base"], "candidate", s["dims"], list(values), "tune candidate")
     compiled = _compile(doc, s["max_parallel"])
     workload: Workload = s["workload"]
     part = dataclasses.replace(workload, requests=workload.requests[:requests])
@@ -221,7 +215,3 @@ def search(
         pool.shutdown(wait=True, cancel_futures=True)
     final.sort(key=lambda r: (goal.key(r.row), r.candidate.number))
     return dims, final
-
-
-def load_raw(text: str) -> dict[str, Any]:
-    return tomllib.loads(text)

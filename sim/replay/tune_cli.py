@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,13 @@ from policy.errors import PolicyError
 from policy.load import load_policy_text
 from sim.cli_args import CliError, output_file, positive_count, write_output
 from sim.replay.cli import add_setup_arguments, load_setup, progress_bar
+from sim.replay.space import apply
 from sim.replay.tune import (
     HIGHER_BETTER,
     METRICS,
     Goal,
     Result,
     TuneError,
-    candidate_file,
-    load_raw,
     parse_constraints,
     search,
 )
@@ -63,7 +63,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     objective = args.minimize or args.maximize
     goal = Goal(objective, args.maximize is not None, tuple(args.subject_to or ()))
     try:
-        raw = load_raw(Path(args.policy).read_text(encoding="utf-8"))
+        raw = tomllib.loads(Path(args.policy).read_text(encoding="utf-8"))
     except OSError as exc:
         raise CliError(f"{args.policy}: cannot read: {exc.strerror}") from None
     with progress_bar(args.budget + args.budget // 3 + 2, 1) as factory:
@@ -96,8 +96,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.output is not None:
         name = f"{base}-tuned"
         shown = ", ".join(f"{k} {_fmt(k, METRICS[k](winner.row))}" for k in SHOWN[:4])
-        doc = candidate_file(raw, base, dims, winner.candidate.values, name,
-                             f"{base}, tuned by `policy tune` for {objective} on {args.trace}: {shown}")
+        doc = apply(raw, base, name, dims, list(winner.candidate.values),
+                    f"{base}, tuned by `policy tune` for {objective} on {args.trace}: {shown}")
         text = tomli_w.dumps(doc)
         try:
             load_policy_text(text.encode(), args.output)  # what we write must pass `policy check`
