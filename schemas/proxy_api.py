@@ -136,6 +136,21 @@ class Cancelled(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: bool
 
 
+class CancelOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """POST /proxy/requests/{id}/cancel: which request, and where it was when it was stopped."""
+
+    request_id: str
+    cancelled: bool
+    state: Literal["waiting", "in_flight"]
+
+
+class QueueClearOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """DELETE /proxy/queue: how many waiting requests were answered 503; running ones go on."""
+
+    cleared: int
+    in_flight: int
+
+
 class AuthRequest(Strict, frozen=True):
     """`POST /proxy/auth` body."""
 

@@ -21,6 +21,7 @@ class Settings:
     env: Mapping[str, str] = field(default_factory=dict)  # where key_env / api_keys_env are read
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
     watch_interval: float = 1.0  # policy file content-hash check
+    heartbeat_interval: float = 5.0  # the event stream's heartbeat, and the charts' resolution
 
 
 # Every environment variable the sidecar reads (the policy can rename the two secret ones).

@@ -18,9 +18,11 @@ from typing import Any
 import httpx
 from starlette.requests import Request
 
-from engine.scheduler import Scheduler
-from policy.holder import PolicyHolder
+from engine.scheduler import Grant, Scheduler
+from policy.holder import PolicyHolder, ReloadResult
 from policy.load import CompiledFile
+from schemas.events import Dispatched, Enqueued, Heartbeat, LoadedModel, Reloaded, Residency
+from schemas.ticket import Ticket
 from server.http.auth import AdminAuth
 from server.http.identity import (
     ApiKeysError,
@@ -34,7 +36,9 @@ from server.journal.protocol import Journal, NullJournal
 from server.runtime.consistency import KINDS as MISMATCH_KINDS
 from server.runtime.consistency import PolicyConsistency
 from server.runtime.dispatcher import Dispatcher
+from server.runtime.events import EventBus
 from server.runtime.holds import CUT_WAIT_S, Holds
+from server.runtime.live_stats import LiveStats
 from server.runtime.reload import Reloader
 from server.runtime.upstream import UpstreamPoller
 from server.settings import Settings
@@ -66,6 +70,7 @@ class Parts:
     journal: Journal
     holds: Holds
     metrics: Metrics
+    events: EventBus
     poll_soon: Callable[[], None]  # an upstream error: learn about the outage now
 
 
@@ -92,7 +97,12 @@ class Sidecar:
         # a reload replaces in the same step as the holder's (`_swap`).
         self.scheduler = Scheduler(settings=self.holder.current, clock=clock)
         self.metrics = Metrics(lambda: self.scheduler, mismatch_kinds=MISMATCH_KINDS)
-        self.dispatcher = Dispatcher(self.scheduler, on_grant=self.metrics.granted)
+        # The live event stream (GET /proxy/events) and the dashboards' figures it feeds.
+        self.live = LiveStats()
+        self.events = EventBus(heartbeat=self._heartbeat, interval=settings.heartbeat_interval)
+        self.events.listen(self.live)
+        self._loaded: tuple[tuple[str, int], ...] | None = None  # /api/ps at the last poll
+        self.dispatcher = Dispatcher(self.scheduler, on_grant=self._granted, on_enqueue=self._enqueued)
         self.holds = Holds()  # every request in progress (an Exchange), for the shutdown
         self.auth = AdminAuth(settings.env, clock)
         # Made from the compiled file, so the journal follows its [journal] settings.
@@ -120,13 +130,14 @@ class Sidecar:
         self.reloader = Reloader(
             self.holder,
             on_swap=self._swap,
-            on_result=lambda result: self.metrics.reloads.labels(result).inc(),
+            on_result=self._reloaded,
             interval=settings.watch_interval,
         )
         self.lag_probe = LoopLagProbe(self.metrics.loop_lag.observe)
         self.parts = Parts(
             client=self.client, dispatcher=self.dispatcher, journal=self.journal,
-            holds=self.holds, metrics=self.metrics, poll_soon=self.poller.poll_soon,
+            holds=self.holds, metrics=self.metrics, events=self.events,
+            poll_soon=self.poller.poll_soon,
         )
         self._keys_source: tuple[str, str] | None = None
         self.api_keys_problem: str | None = None  # why the API keys variable was refused
@@ -139,6 +150,7 @@ class Sidecar:
         self.poller.start()
         self.reloader.start()
         self.lag_probe.start()
+        self.events.start()
         log.info(
             "sidecar ready: upstream %s, policy %s version %s (active %s)",
             self.upstream_url(), self.holder.path, self.holder.current.version,
@@ -152,6 +164,7 @@ class Sidecar:
     def begin_shutdown(self) -> int:
         """Stop admitting; answer every queued request with 503. In-flight ones carry on."""
         rejected = self.dispatcher.close()
+        self.events.close()
         log.info("shutting down: %d queued requests answered 503, %d in flight",
                  rejected, self.dispatcher.in_flight)
         return rejected
@@ -178,6 +191,7 @@ class Sidecar:
         if not self.stopping:
             self.begin_shutdown()
         await self.reloader.stop()
+        await self.events.stop()
         await self.lag_probe.stop()
         await self.poller.stop()
         await self.client.aclose()
@@ -239,7 +253,63 @@ class Sidecar:
             self.metrics.learn_models(tags)
         self.scheduler.reconcile(ps)
         self.metrics.learn_models(ps)
+        self._residency_changed(ps)
         self.dispatcher.pump()
+
+    def _residency_changed(self, ps: dict[str, Any]) -> None:
+        """A `residency` event when /api/ps lists other models (or sizes) than at the last poll."""
+        models = [m for m in ps.get("models") or () if isinstance(m, dict)]
+        listed = tuple(sorted(
+            (str(m.get("name") or m.get("model") or "?"), int(m.get("size_vram") or m.get("size") or 0))
+            for m in models
+        ))
+        before, self._loaded = self._loaded, listed
+        if (before is None and not listed) or before == listed:
+            return
+        names, was = {n for n, _ in listed}, {n for n, _ in before or ()}
+        gb = 1024**3
+        self.events.publish(Residency(
+            at=time.time(),
+            models=[
+                LoadedModel(
+                    name=str(m.get("name") or m.get("model") or "?"),
+                    size_gb=round(float(m.get("size") or 0) / gb, 3),
+                    vram_gb=round(float(m.get("size_vram") or 0) / gb, 3),
+                )
+                for m in models
+            ],
+            loaded=sorted(names - was), unloaded=sorted(was - names),
+        ))
+
+    def _enqueued(self, ticket: Ticket) -> None:
+        self.events.publish(Enqueued(
+            at=time.time(), request_id=ticket.id, client=ticket.client, model=ticket.model,
+            request_class=ticket.cls, endpoint=ticket.endpoint, depth=self.scheduler.depth,
+        ))
+
+    def _granted(self, grant: Grant) -> None:
+        self.metrics.granted(grant)
+        t = grant.ticket
+        self.events.publish(Dispatched(
+            at=time.time(), request_id=t.id, client=t.client, model=t.model, request_class=t.cls,
+            score=grant.score.total, terms=grant.score.breakdown(), resident=grant.resident,
+            action=grant.action, evicts=list(grant.evicts),
+            waited_s=round(max(0.0, grant.granted_at - t.arrival), 3), depth=grant.queue_depth,
+        ))
+
+    def _reloaded(self, result: ReloadResult) -> None:
+        self.metrics.reloads.labels("ok" if result.ok else "error").inc()
+        self.events.publish(Reloaded(
+            at=time.time(), ok=result.ok, changed=result.changed, version=result.version,
+            error=result.error,
+        ))
+
+    def _heartbeat(self) -> Heartbeat:
+        s = self.scheduler
+        return self.live.heartbeat(
+            at=time.time(), depth=s.depth, in_flight=s.in_flight_count,
+            max_parallel=s.max_parallel, paused=s.paused,
+        )
 
     def _swap(self, compiled: CompiledFile) -> None:
         """A reload, applied in one step on the event loop: nothing awaits between the holder's

@@ -113,6 +113,12 @@ class RecordingJournal:
 
         raise StoreUnavailable("the recording journal keeps no database")
 
+    async def lookup(self, request_id: str) -> JournalRecord | None:
+        for record in reversed(self.records):
+            if request_id in (record.request_id, record.client_request_id):
+                return record
+        return None
+
 
 @dataclass
 class RunningSidecar:
@@ -183,6 +189,7 @@ def running_sidecar(
     hosts: Sequence[str] = ("127.0.0.1",),
     grace: float = 5.0,
     watch_interval: float = 0.1,
+    heartbeat_interval: float = 5.0,
     journal: Callable[[CompiledFile], Any] | None = None,
 ) -> Iterator[RunningSidecar]:
     """`journal`: a factory for a real journal; by default a RecordingJournal is used."""
@@ -192,7 +199,7 @@ def running_sidecar(
 
     settings = Settings(
         policy=policy_path, upstream=upstream, env=dict(env or {}),
-        shutdown_grace=grace, watch_interval=watch_interval,
+        shutdown_grace=grace, watch_interval=watch_interval, heartbeat_interval=heartbeat_interval,
     )
     recording = RecordingJournal()
 

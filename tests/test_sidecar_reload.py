@@ -334,7 +334,10 @@ async def test_a_failing_swap_is_reported_and_retried(tmp_path: Path) -> None:
             raise failures.pop()
         applied.append(compiled)
 
-    reloader = Reloader(holder, on_swap=on_swap, on_result=outcomes.append, interval=3600)
+    reloader = Reloader(
+        holder, on_swap=on_swap, on_result=lambda r: outcomes.append("ok" if r.ok else "error"),
+        interval=3600,
+    )
     path.write_text(INTERACTIVE_FIRST, encoding="utf-8")
     first = await reloader.reload(only_if_changed=True)
     assert not first.ok and "scheduler refused" in (first.error or "")

@@ -8,27 +8,27 @@ Everything else needs admin (network, X-Admin-Key or session token).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+import time
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from schemas.events import Paused, Resumed
 from schemas.proxy_api import (
     AuthRequest,
     AuthToken,
     Cancelled,
-    Health,
     PauseState,
     PolicyInfo,
     PolicyView,
     ReloadOutcome,
-    UpstreamHealth,
     VramView,
 )
-from server.admin import views
+from server.admin import dashboard, live, views
+from server.admin.guard import admin_only, cross_site
+from server.admin.guard import json_response as _json
 from server.http.auth import SESSION_COOKIE
 from server.http.bodies import read_body
 from server.http.dialects import ProxyError, error_response
@@ -39,31 +39,11 @@ from server.journal.analytics import GROUP_BY, MAX_HOURS, MAX_LIMIT
 from server.runtime.queue_ids import QueueIds
 from server.sidecar import Sidecar, sidecar_of
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
 ANALYTICS_QUERY = {
     "hours": Param(number(above=0, at_most=MAX_HOURS, unit="hours"), 24.0),
     "group_by": Param(one_of(GROUP_BY), "model"),
     "limit": Param(whole(low=1, high=MAX_LIMIT), 10),
 }
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(payload), status, media_type="application/json")
-
-
-def admin_only(endpoint: Endpoint) -> Endpoint:
-    async def guarded(request: Request) -> Response:
-        sc = sidecar_of(request)
-        if not sc.is_admin(request, sc.caller(request)):
-            return error_response(
-                request.url.path, 403,
-                "admin only: connect from an admin network, or send X-Admin-Key or a session token",
-            )
-        return await endpoint(request)
-
-    guarded.__name__ = endpoint.__name__
-    return guarded
 
 
 def _policy_info(sc: Sidecar) -> PolicyInfo:
@@ -73,27 +53,7 @@ def _policy_info(sc: Sidecar) -> PolicyInfo:
 @takes()
 async def health(request: Request) -> Response:
     sc = sidecar_of(request)
-    poller = sc.poller
-    sc.api_keys()  # re-read if a reload named another variable
-    reasons = views.health_reasons(
-        upstream_up=poller.up, upstream_error=poller.last_error,
-        reload_error=sc.holder.last_error, mismatches=sc.consistency.reasons,
-        api_keys_env=sc.compiled.clients.api_keys_env if sc.api_keys_problem else None,
-    )
-    body = Health(
-        status="stopping" if sc.stopping else "degraded" if reasons else "ok",
-        queue_depth=sc.scheduler.depth,
-        in_flight=sc.dispatcher.in_flight,
-        max_parallel=sc.scheduler.max_parallel,
-        paused=sc.scheduler.paused,
-        upstream=UpstreamHealth(
-            up=poller.up, last_error=poller.last_error,
-            last_poll_age_s=poller.last_poll_age(),
-        ),
-        policy=_policy_info(sc),
-        reasons=reasons,
-    )
-    return _json(body, 503 if sc.stopping else 200)
+    return _json(live.health_of(sc), 503 if sc.stopping else 200)
 
 
 @admin_only
@@ -199,7 +159,9 @@ async def reload(request: Request) -> Response:
 @takes()
 async def pause(request: Request) -> Response:
     sc = sidecar_of(request)
-    sc.dispatcher.pause()
+    if not sc.scheduler.paused:
+        sc.dispatcher.pause()
+        sc.events.publish(Paused(at=time.time(), depth=sc.scheduler.depth))
     return _json(PauseState(paused=True, queue_depth=sc.scheduler.depth))
 
 
@@ -207,6 +169,8 @@ async def pause(request: Request) -> Response:
 @takes()
 async def resume(request: Request) -> Response:
     sc = sidecar_of(request)
+    if sc.scheduler.paused:
+        sc.events.publish(Resumed(at=time.time(), depth=sc.scheduler.depth))
     sc.dispatcher.resume()
     return _json(PauseState(paused=False, queue_depth=sc.scheduler.depth))
 
@@ -216,6 +180,8 @@ async def auth(request: Request) -> Response:
     sc = sidecar_of(request)
     caller = sc.caller(request)
     admin = caller.compiled.admin
+    if (why := cross_site(request)) is not None:  # no logging in from another site's page
+        return error_response(request.url.path, 403, why)
     try:
         body = msgspec.json.decode(await read_body(request, 4096), type=AuthRequest)
     except ProxyError as exc:
@@ -239,6 +205,17 @@ async def auth(request: Request) -> Response:
         SESSION_COOKIE, token, max_age=max(1, int(admin.session_lifetime)),
         httponly=True, samesite="strict", secure=request.url.scheme == "https",
     )
+    return response
+
+
+@takes()
+async def logout(request: Request) -> Response:
+    """Ends the session whose cookie (or X-Admin-Token) came with the request; always 200."""
+    if (why := cross_site(request)) is not None:
+        return error_response(request.url.path, 403, why)
+    sidecar_of(request).auth.logout(request.headers)
+    response = _json({"logged_out": True})
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
     return response
 
 
@@ -284,7 +261,10 @@ def routes() -> list[BaseRoute]:
         Route("/proxy/pause", pause, methods=["POST"]),
         Route("/proxy/resume", resume, methods=["POST"]),
         Route("/proxy/auth", auth, methods=["POST"]),
+        Route("/proxy/auth/logout", logout, methods=["POST"]),
         Route("/proxy/analytics", analytics, methods=["GET"]),
         Route("/proxy/journal", journal, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *live.routes(),
+        *dashboard.routes(),
     ]

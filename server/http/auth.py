@@ -71,6 +71,12 @@ class AdminAuth:
         token = headers.get(ADMIN_TOKEN_HEADER) or _cookie(headers, SESSION_COOKIE)
         return token is not None and self._valid_token(token)
 
+    def logout(self, headers: Headers) -> None:
+        """Forget the session the request names (X-Admin-Token or the cookie), if any."""
+        token = headers.get(ADMIN_TOKEN_HEADER) or _cookie(headers, SESSION_COOKIE)
+        if token is not None:
+            self._sessions.pop(_digest(token), None)
+
     def _valid_token(self, token: str) -> bool:
         digest = _digest(token)
         expiry = self._sessions.get(digest)

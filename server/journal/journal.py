@@ -353,6 +353,15 @@ class Journal:
     async def purge(self, before: float) -> int:
         return await self._store.purge(before)
 
+    async def lookup(self, request_id: str) -> JournalRecord | None:
+        """One request's latest record: still waiting to be written (newest hand-off wins), else
+        from the database. StoreUnavailable when the database does not answer. Records that sit
+        in the fallback file during an outage are found once they are replayed."""
+        for record in reversed(self._pending):
+            if request_id in (record.request_id, record.client_request_id):
+                return self._stamper.redact([record])[0]
+        return await self._store.get(request_id)
+
     async def analytics(
         self, hours: Any = 24, group_by: Any = "model", limit: Any = 10, *, now: float | None = None
     ) -> dict[str, Any]:

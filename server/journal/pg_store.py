@@ -19,10 +19,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from schemas.journal import JournalRecord
 from server.journal.migrations import MIGRATIONS_TABLE, Dialect, pending, render
-from server.journal.records import to_row, upsert_sql
+from server.journal.records import COLUMN_NAMES, lookup_sql, record_from_row, to_row, upsert_sql
 from server.journal.store import AppliedMigration, StoreRejected, StoreUnavailable
 
 _UPSERT = upsert_sql("%s")
+_LOOKUP = lookup_sql("%s")
 # Serialises migrations when several sidecars start at once against one database.
 _MIGRATION_LOCK_KEY = 0x534D5052  # "SMPR"
 
@@ -187,6 +188,12 @@ class PostgresStore:
         async with self._connection() as conn:
             cur = await conn.execute("DELETE FROM requests WHERE received_at < %s", [before])
             return cur.rowcount
+
+    async def get(self, request_id: str) -> JournalRecord | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(_LOOKUP, [request_id] * 3)
+            row = await cur.fetchone()
+        return None if row is None else record_from_row(COLUMN_NAMES, row)
 
     async def count(self) -> int:
         async with self._connection() as conn:

@@ -33,6 +33,11 @@ class Journal(Protocol):
         """server.journal's report; AnalyticsError (400) or StoreUnavailable (503)."""
         ...
 
+    async def lookup(self, request_id: str) -> JournalRecord | None:
+        """One request's latest record (by the journal's id or the client's); StoreUnavailable
+        when the database does not answer."""
+        ...
+
 
 class NullJournal:
     """No journal configured: records are dropped."""
@@ -57,3 +62,6 @@ class NullJournal:
 
     async def analytics(self, hours: Any, group_by: Any, limit: Any) -> dict[str, Any]:
         raise StoreUnavailable("no journal is configured")
+
+    async def lookup(self, request_id: str) -> JournalRecord | None:
+        return None

@@ -84,6 +84,16 @@ def record_from_row(names: Sequence[str], row: Sequence[Any]) -> JournalRecord:
     return msgspec.convert({_ENCODE_NAME[k]: v for k, v in values.items()}, JournalRecord)
 
 
+def lookup_sql(placeholder: str) -> str:
+    """One request's record: by the journal's id first, else the newest by the client's id."""
+    names = ", ".join(name for name, _ in COLUMNS)
+    return (
+        f"SELECT {names} FROM requests WHERE request_id = {placeholder}"
+        f" OR client_request_id = {placeholder}"
+        f" ORDER BY (request_id = {placeholder}) DESC, received_at DESC LIMIT 1"
+    )
+
+
 def upsert_sql(placeholder: str) -> str:
     """One portable statement for both dialects: insert, or replace a row with a LOWER revision.
 

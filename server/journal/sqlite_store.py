@@ -18,11 +18,12 @@ import sqlite_utils
 
 from schemas.journal import JournalRecord
 from server.journal.migrations import MIGRATIONS_TABLE, Dialect, pending, render
-from server.journal.records import to_row, upsert_sql
+from server.journal.records import COLUMN_NAMES, lookup_sql, record_from_row, to_row, upsert_sql
 from server.journal.store import AppliedMigration, StoreRejected, StoreUnavailable
 
 T = TypeVar("T")
 _UPSERT = upsert_sql("?")
+_LOOKUP = lookup_sql("?")
 
 
 class SqliteStore:
@@ -148,6 +149,13 @@ class SqliteStore:
 
     async def count(self) -> int:
         return await self._call(lambda db: db["requests"].count)
+
+    async def get(self, request_id: str) -> JournalRecord | None:
+        def read(db: sqlite_utils.Database) -> JournalRecord | None:
+            row = db.execute(_LOOKUP, [request_id] * 3).fetchone()
+            return None if row is None else record_from_row(COLUMN_NAMES, row)
+
+        return await self._call(read)
 
 
 __all__ = ["SqliteStore"]

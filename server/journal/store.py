@@ -67,6 +67,11 @@ class Store(Protocol):
         """Delete records received before `before`; how many went."""
         ...
 
+    async def get(self, request_id: str) -> JournalRecord | None:
+        """The record with this request id, or (when none has it) the newest whose client sent
+        this X-Request-Id; None when neither exists."""
+        ...
+
     async def count(self) -> int: ...
 
 

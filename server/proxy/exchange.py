@@ -19,6 +19,7 @@ import httpx
 from starlette.types import Message, Receive, Scope, Send
 
 from engine.scheduler import Grant
+from schemas.events import FirstByte
 from schemas.journal import Status
 from server.http.dialects import ProxyError, error_body, error_response, is_openai
 from server.http.forward import describe, open_upstream, relay
@@ -26,6 +27,7 @@ from server.proxy.disconnect import ClientGone, DisconnectWatch
 from server.proxy.facts import StreamTap
 from server.proxy.intake import Admission
 from server.runtime.dispatcher import RemovedByAdmin, ShuttingDown
+from server.runtime.events import ended
 from server.runtime.holds import Cut, Hold
 from server.sidecar import Parts
 
@@ -33,6 +35,7 @@ log = logging.getLogger("smart_proxy.request")
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away"; journal and logs only
 SHUTDOWN_CUT = "sidecar shut down before the request finished"
+ADMIN_CANCEL = "an administrator cancelled this request"
 RETRY_AFTER_S = 5  # what a request refused or cut by a shutdown is told
 
 
@@ -82,7 +85,9 @@ class Exchange:
         self._send = tracked
         # Accepted from here: a crash from now on leaves an `interrupted` record, not none.
         self.parts.journal.admit(self.facts.admission())
-        with self.parts.holds.hold() as hold:
+        # Scheduled requests may be cancelled by an administrator, by the id the queue shows.
+        cancellable = self.facts.request_id if self.scheduling is not None else None
+        with self.parts.holds.hold(cancellable) as hold:
             self._hold = hold
             await self._serve(receive)
 
@@ -168,6 +173,9 @@ class Exchange:
             outcome.http_status = upstream.status_code
             if self.scheduling is not None and upstream.status_code < 400:
                 parts.dispatcher.started(facts.request_id)
+                parts.events.publish(
+                    FirstByte(at=time.time(), request_id=facts.request_id, model=facts.model or "")
+                )
             limit = max(0.0, deadline - time.monotonic()) if self.scheduling else None
             try:
                 with self._guard(watch), self._armed():
@@ -242,18 +250,23 @@ class Exchange:
         await self._answer(exc)
 
     async def _cut(self, outcome: _Outcome) -> None:
-        """The shutdown grace ran out: a 503 if the answer had not begun, else an error chunk."""
+        """The shutdown grace ran out, or an administrator cancelled the request: a 503 if the
+        answer had not begun, else an error chunk. (The upstream request is closed by the caller's
+        `finally`, which frees Ollama's slot too.)"""
         if self._ended:  # the whole answer went out just before the cut
             if (outcome.http_status or 500) < 400:
                 outcome.status = "completed"
             else:
                 outcome.error = f"Ollama answered {outcome.http_status}"
             return
-        outcome.status, outcome.error = "failed", SHUTDOWN_CUT
+        assert self._hold is not None
+        by_admin = self._hold.by_admin
+        message = ADMIN_CANCEL if by_admin else SHUTDOWN_CUT
+        outcome.status, outcome.error = ("cancelled" if by_admin else "failed"), message
         if self._started:
-            return await self._abort(SHUTDOWN_CUT)
+            return await self._abort(message)
         outcome.http_status = 503
-        await self._answer(ProxyError(503, SHUTDOWN_CUT, retry_after=RETRY_AFTER_S))
+        await self._answer(ProxyError(503, message, retry_after=None if by_admin else RETRY_AFTER_S))
 
     async def _answer(self, exc: ProxyError) -> None:
         assert self._send is not None
@@ -280,6 +293,8 @@ class Exchange:
             facts.response = self.tap.text()
         record = facts.finish(outcome.status, outcome.http_status, outcome.error)
         parts.journal.submit(record)
+        if self.scheduling is not None:  # pass-through calls (/api/tags polls) are not events
+            parts.events.publish(ended(record))
         seconds = (record.duration_ms or 0.0) / 1000
         parts.metrics.finished(facts.endpoint, facts.model, outcome.status, seconds)
         log.info(

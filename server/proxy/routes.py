@@ -20,6 +20,7 @@ from server.http.request_ids import journal_id_var, request_id_var
 from server.proxy.exchange import Exchange
 from server.proxy.facts import RequestFacts
 from server.proxy.intake import Admission, Scheduling, check_limits, parse_scheduled
+from server.runtime.events import ended
 from server.runtime.queue_ids import QueueIds
 from server.sidecar import Caller, Sidecar, sidecar_of
 
@@ -51,10 +52,14 @@ def _facts(request: Request, caller: Caller) -> RequestFacts:
     )
 
 
-def refuse(sc: Sidecar, facts: RequestFacts, exc: ProxyError) -> Response:
-    """Turn a request away before it is forwarded or queued: journaled as rejected."""
-    sc.journal.submit(facts.finish("rejected", exc.status, exc.message))
+def refuse(sc: Sidecar, facts: RequestFacts, exc: ProxyError, *, scheduled: bool = False) -> Response:
+    """Turn a request away before it is forwarded or queued: journaled as rejected (and, for the
+    routes that queue, an event: the dashboards show who is being turned away, and why)."""
+    record = facts.finish("rejected", exc.status, exc.message)
+    sc.journal.submit(record)
     sc.metrics.finished(facts.endpoint, facts.model, "rejected", 0.0)
+    if scheduled:
+        sc.events.publish(ended(record))
     return error_response(facts.endpoint, exc.status, exc.message, retry_after=exc.retry_after)
 
 
@@ -81,7 +86,7 @@ async def scheduled(request: Request) -> Response | _Ticketed:
         )
         check_limits(compiled, sc.scheduler, identity.client, stopping=sc.stopping)
     except ProxyError as exc:
-        return refuse(sc, facts, exc)
+        return refuse(sc, facts, exc, scheduled=True)
     keep_text = compiled.journal.store_prompts != "none"
     if keep_text:
         facts.prompt = parsed.prompt_text()

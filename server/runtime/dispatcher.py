@@ -28,9 +28,15 @@ class RemovedByAdmin(Exception):
 
 
 class Dispatcher:
-    def __init__(self, scheduler: Scheduler, on_grant: Callable[[Grant], None]) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        on_grant: Callable[[Grant], None],
+        on_enqueue: Callable[[Ticket], None] = lambda ticket: None,
+    ) -> None:
         self.scheduler = scheduler
         self._on_grant = on_grant
+        self._on_enqueue = on_enqueue  # before the pump: an arrival is told before its grant
         self._futures: dict[str, asyncio.Future[Grant]] = {}
         self.closed = False  # the sidecar is stopping: no new tickets
 
@@ -45,6 +51,7 @@ class Dispatcher:
         )
         fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
         self._futures[request_id] = fut
+        self._on_enqueue(ticket)
         self.pump()
         return ticket, fut
 
@@ -86,6 +93,15 @@ class Dispatcher:
         fut.set_exception(RemovedByAdmin())
         self.pump()
         return True
+
+    def clear(self) -> int:
+        """Admin: remove every waiting ticket (each request answers 503); how many there were."""
+        removed = 0
+        for rid in [rid for rid, fut in self._futures.items() if not fut.done()]:
+            if self.scheduler.cancel(rid):
+                self._futures.pop(rid).set_exception(RemovedByAdmin())
+                removed += 1
+        return removed
 
     def started(self, request_id: str) -> None:
         """Ollama began answering: the model is resident, tickets held behind its load may go."""

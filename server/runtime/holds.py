@@ -20,17 +20,20 @@ CUT_WAIT_S = 2.0
 
 
 class Cut(Exception):
-    """The shutdown grace ran out while this request was in progress."""
+    """The shutdown grace ran out while this request was in progress, or an administrator
+    cancelled it (`Hold.by_admin`)."""
 
 
 class Hold:
     """One request in progress: the task serving it, and whether the shutdown cut it."""
 
-    def __init__(self, owner: asyncio.Task[object]) -> None:
+    def __init__(self, owner: asyncio.Task[object], request_id: str | None = None) -> None:
         self._owner = owner
+        self.request_id = request_id
         self._armed = False
         self._cancelled = False  # the cut cancelled the task (it was armed)
         self.cut = False
+        self.by_admin = False  # the cut was `POST /proxy/requests/{id}/cancel`, not a shutdown
         self.interrupted = False  # the cut reached the request (it raised Cut)
 
     @contextlib.contextmanager
@@ -65,6 +68,7 @@ class Hold:
 class Holds:
     def __init__(self) -> None:
         self._held: set[Hold] = set()
+        self._by_id: dict[str, Hold] = {}  # scheduled requests, for an admin's cancel
         self.empty = asyncio.Event()  # set while no request is held
         self.empty.set()
         self._cut: list[Hold] = []
@@ -73,19 +77,34 @@ class Holds:
         return len(self._held)
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[Hold]:
-        """Hold the current task's request for the duration of the block."""
+    def hold(self, request_id: str | None = None) -> Iterator[Hold]:
+        """Hold the current task's request for the duration of the block; with a `request_id`,
+        an administrator may cancel it by that id."""
         owner = asyncio.current_task()
         assert owner is not None, "a Hold belongs to the task serving the request"
-        held = Hold(owner)
+        held = Hold(owner, request_id)
         self._held.add(held)
+        if request_id is not None:
+            self._by_id.setdefault(request_id, held)
         self.empty.clear()
         try:
             yield held
         finally:
             self._held.discard(held)
+            if request_id is not None and self._by_id.get(request_id) is held:
+                del self._by_id[request_id]
             if not self._held:
                 self.empty.set()
+
+    def cancel(self, request_id: str) -> bool:
+        """An administrator stops this request where it is: it raises Cut at its next armed
+        await, closes its upstream request and answers its client. False: no such request."""
+        held = self._by_id.get(request_id)
+        if held is None or held.cut:
+            return False
+        held.by_admin = True
+        held._cut()
+        return True
 
     async def wait_empty(self, within: float) -> bool:
         """Wait up to `within` seconds for every held request to end; whether they all did."""

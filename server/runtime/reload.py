@@ -24,7 +24,7 @@ class Reloader:
         holder: PolicyHolder,
         *,
         on_swap: Callable[[CompiledFile], None],
-        on_result: Callable[[str], None],
+        on_result: Callable[[ReloadResult], None],  # every attempt that changed or failed
         interval: float = WATCH_INTERVAL,
     ) -> None:
         self._holder = holder
@@ -60,20 +60,20 @@ class Reloader:
                         f"applying the new policy failed ({type(exc).__name__}: {exc}); "
                         "retrying at the next check"
                     )
-                    self._on_result("error")
+                    self._on_result(result)
                     return result
                 self._failed_swap = None
             else:
                 result = prepared
         if result.changed:
             current = self._holder.current
-            self._on_result("ok")
+            self._on_result(result)
             log.info(
                 "policy reloaded: %s version %s (active %s)",
                 self._holder.path, result.version, current.active.name,
             )
         elif not result.ok:
-            self._on_result("error")
+            self._on_result(result)
             log.error("policy reload failed, keeping version %s:\n%s", result.version, result.error)
         return result
 

@@ -1,0 +1,230 @@
+"""The live event stream (GET /proxy/events) end to end: what a scripted run publishes and in what
+order, reconnecting with Last-Event-ID, a reset when the ring has moved on, cleanup on disconnect,
+and the ring and subscriber bounds that keep a slow dashboard from holding dispatch back."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from typing import Any
+
+import httpx
+import pytest
+from sidecar_fixtures import SidecarFactory, make_policy, wait_until
+from sse import EventReader
+
+from schemas.events import Enqueued, Heartbeat
+from server.runtime.events import EventBus, frame
+
+MODEL_A, MODEL_B = "llama3.2:1b", "llama3.2:3b"
+
+
+def _generate(proxy: Any, rid: str, client: str, model: str) -> httpx.Response:
+    return httpx.post(
+        proxy.url + "/api/generate", json={"model": model, "prompt": "hi", "stream": False},
+        headers={"x-request-id": rid, "x-client-id": client}, timeout=30,
+    )
+
+
+def test_a_scripted_run_publishes_every_step_in_order(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=make_policy(max_parallel=1))
+    stream = EventReader(proxy.url + "/proxy/events")
+    assert stream.status == 200 and stream.content_type.startswith("text/event-stream")
+    try:
+        proxy.admin("POST", "/proxy/pause")
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(_generate, proxy, "r1", "alice", MODEL_A)
+            proxy.wait_depth(1)
+            second = pool.submit(_generate, proxy, "r2", "bob", MODEL_B)
+            proxy.wait_depth(2)
+            proxy.admin("POST", "/proxy/resume")
+            assert first.result().status_code == 200 and second.result().status_code == 200
+        seen, _ = stream.until("complete", request_id="r2")
+        steps = [(e.type, e.data.get("request_id")) for e in seen if e.type != "residency"]
+        assert steps == [
+            ("pause", None), ("enqueue", "r1"), ("enqueue", "r2"), ("resume", None),
+            ("dispatch", "r1"), ("first_byte", "r1"), ("complete", "r1"),
+            ("dispatch", "r2"), ("first_byte", "r2"), ("complete", "r2"),
+        ]
+        ids = [e.id for e in seen]
+        assert all(isinstance(i, int) for i in ids) and ids == sorted(ids)
+        assert len(set(ids)) == len(ids)
+        by = {(e.type, e.data.get("request_id")): e.data for e in seen}
+        dispatch = by[("dispatch", "r1")]
+        assert dispatch["client"] == "alice" and dispatch["model"] == MODEL_A
+        assert set(dispatch["terms"]) == {"vram", "fairness"}
+        assert dispatch["score"] == pytest.approx(sum(dispatch["terms"].values()))
+        assert dispatch["action"] in ("load", "attach") and dispatch["depth"] == 2
+        done = by[("complete", "r1")]
+        assert done["status"] == "completed" and done["http_status"] == 200
+        assert done["eval_count"] > 0 and done["wait_ms"] >= 0
+        assert by[("enqueue", "r2")]["depth"] == 2
+        # The emulator's /api/ps now lists what was loaded: a residency event says so.
+        _, residency = stream.until("residency")
+        assert {m["name"] for m in residency.data["models"]} & {MODEL_A, MODEL_B}
+        # A refusal is an event too, with the reason.
+        refused = httpx.post(proxy.url + "/api/generate", content=b"{not json", timeout=10)
+        assert refused.status_code == 400
+        _, reject = stream.until("reject")
+        assert reject.data["http_status"] == 400 and reject.data["error"]
+    finally:
+        stream.close()
+
+
+def test_a_policy_reload_is_an_event_ok_or_not(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url)
+    stream = EventReader(proxy.url + "/proxy/events")
+    try:
+        proxy.policy_path.write_text(make_policy(max_parallel=3), encoding="utf-8")
+        assert proxy.admin("POST", "/proxy/policy/reload").status_code == 200
+        _, good = stream.until("reload")
+        assert good.data["ok"] is True and good.data["changed"] is True and good.data["error"] is None
+        proxy.policy_path.write_text("active = 'nope'\n[backend\n", encoding="utf-8")
+        assert proxy.admin("POST", "/proxy/policy/reload").status_code == 422
+        _, bad = stream.until("reload", ok=False)
+        assert "policy" in bad.data["error"] or "TOML" in bad.data["error"] or bad.data["error"]
+        assert bad.data["version"] == good.data["version"]  # the good file stays in force
+    finally:
+        stream.close()
+
+
+def test_reconnect_with_last_event_id_gets_what_it_missed(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url)
+    for n in range(3):
+        assert _generate(proxy, f"q{n}", "carol", MODEL_A).status_code == 200
+    overview = proxy.admin("GET", "/proxy/overview").json()
+    start = overview["last_event_id"]
+    wait_until(lambda: proxy.call(lambda: proxy.sidecar.events.last_id) >= start,
+               within=5, what="events")
+    # What happened after the snapshot is replayed, then the stream carries on live.
+    assert _generate(proxy, "after", "carol", MODEL_A).status_code == 200
+    stream = EventReader(proxy.url + "/proxy/events", headers={"last-event-id": str(start)})
+    try:
+        seen, _ = stream.until("complete", request_id="after")
+        assert seen[0].id == start + 1  # nothing between the snapshot and the stream is missed
+        steps = [(e.type, e.data["request_id"]) for e in seen if e.type != "residency"]
+        assert steps[0] == ("enqueue", "after")
+        assert _generate(proxy, "live", "carol", MODEL_A).status_code == 200
+        stream.until("complete", request_id="live")
+    finally:
+        stream.close()
+    # ?last_event_id= (where a web page starts) works the same; the header wins when both come.
+    by_query = EventReader(f"{proxy.url}/proxy/events?last_event_id={start}")
+    try:
+        assert by_query.next().id == start + 1  # type: ignore[union-attr]
+    finally:
+        by_query.close()
+
+
+def test_an_id_the_ring_no_longer_holds_gets_a_reset(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url)
+    for last in ("1", "99999999999999999", "not-a-number"):
+        stream = EventReader(proxy.url + "/proxy/events", headers={"last-event-id": last})
+        try:
+            event = stream.next()
+            assert event is not None and event.type == "reset" and event.id is None
+            assert event.data["reason"]
+        finally:
+            stream.close()
+    bad = httpx.get(proxy.url + "/proxy/events?last_event_id=x1", timeout=10)
+    assert bad.status_code == 400 and "last_event_id" in bad.json()["error"]
+
+
+def test_a_client_that_leaves_is_unsubscribed(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url)
+    streams = [EventReader(proxy.url + "/proxy/events") for _ in range(3)]
+    wait_until(lambda: proxy.call(lambda: proxy.sidecar.events.subscribers) == 3,
+               within=5, what="three subscribers")
+    for stream in streams:
+        stream.close()
+    # The next event (or the disconnect itself) ends each stream's task and removes it.
+    _generate(proxy, "poke", "dave", MODEL_A)
+    wait_until(lambda: proxy.call(lambda: proxy.sidecar.events.subscribers) == 0,
+               within=10, what="no subscriber left")
+    assert proxy.admin("GET", "/proxy/overview").json()["event_subscribers"] == 0
+
+
+def test_heartbeats_carry_the_charts_figures(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, heartbeat_interval=0.2)
+    stream = EventReader(proxy.url + "/proxy/events")
+    try:
+        deadline = time.monotonic() + 10
+        beat = stream.next(skip_heartbeats=False)
+        while beat is not None and beat.type != "heartbeat":
+            assert time.monotonic() < deadline
+            beat = stream.next(skip_heartbeats=False)
+        assert beat is not None and beat.id is None  # not numbered, not replayed
+        assert {"depth", "in_flight", "max_parallel", "paused", "loads", "wait_p50_s"} <= set(beat.data)
+    finally:
+        stream.close()
+    series = proxy.admin("GET", "/proxy/overview").json()["series"]
+    assert series and series[-1]["type"] == "heartbeat"
+
+
+# -- the bus's bounds, without HTTP ------------------------------------------------------------
+
+
+def _beat() -> Heartbeat:
+    return Heartbeat(at=0.0, depth=0, in_flight=0, max_parallel=1, paused=False)
+
+
+def _enqueued(n: int) -> Enqueued:
+    return Enqueued(at=float(n), request_id=f"r{n}", client="c", model="m", request_class="x",
+                    endpoint="/api/chat", depth=1)
+
+
+@pytest.mark.anyio
+async def test_a_subscriber_that_stops_reading_is_dropped_not_waited_for() -> None:
+    bus = EventBus(heartbeat=_beat, subscriber_limit=10)
+    stalled, _ = bus.subscribe(None)
+    reading, _ = bus.subscribe(None)
+    for n in range(25):  # publish never awaits: a stalled reader cannot slow it down
+        bus.publish(_enqueued(n))
+        if n % 5 == 0:
+            assert len(await reading.next()) >= 1
+    assert stalled.dropped and not reading.dropped and bus.dropped == 1
+    assert await stalled.next() == []  # what its stream sees: the end (after a `dropped` event)
+    assert b"event: dropped" in bus.dropped_frame(1.0)
+
+
+@pytest.mark.anyio
+async def test_the_ring_is_bounded_and_replays_only_what_it_holds() -> None:
+    bus = EventBus(heartbeat=_beat, ring_size=5)
+    for n in range(12):
+        bus.publish(_enqueued(n))
+    kept = list(bus.kept())
+    assert len(kept) == 5 and kept[-1].id == bus.last_id
+    _, backlog = bus.subscribe(str(bus.last_id - 2))
+    assert backlog == [frame(e) for e in kept[-2:]]
+    _, too_old = bus.subscribe(str(kept[0].id - 5))
+    assert len(too_old) == 1 and b"event: reset" in too_old[0]
+    _, current = bus.subscribe(str(bus.last_id))
+    assert current == []
+
+
+@pytest.mark.anyio
+async def test_stopping_ends_every_stream_and_refuses_new_ones() -> None:
+    bus = EventBus(heartbeat=_beat, interval=0.01)
+    bus.start()
+    sub, _ = bus.subscribe(None)
+    await asyncio.sleep(0.05)  # a few heartbeats went out
+    assert await sub.next()
+    await bus.stop()
+    assert bus.closed and await sub.next() == []
+    from server.runtime.events import StreamRefused
+
+    with pytest.raises(StreamRefused):
+        bus.subscribe(None)
