@@ -21,6 +21,8 @@ VERB_MODULES = (
     "sim.cli",
     "sim.replay.cli",
     "server.cli.db",
+    "server.cli.dashboard",
+    "server.cli.load",
 )
 
 

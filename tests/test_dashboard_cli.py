@@ -1,0 +1,140 @@
+"""`smart-proxy dashboard` against a live sidecar and emulator: `--once` prints the queue in
+dispatch order with each score term, and the residency; a wrong key, an unreachable sidecar, a
+narrow terminal and a pipe without --once each get one clear line and exit 2. `load` drives it.
+
+Set SMART_PROXY_SCREENSHOTS=DIR to also write the terminal view as an SVG there (the README's
+picture comes from this test); it always goes to tests/artifacts/."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import pty
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sidecar_fixtures import SidecarFactory, make_policy
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+MODELS = ("llama3.2:1b", "llama3.2:3b", "llama3.1:8b")
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PROXY_ADMIN_KEY": "", **(env or {})},
+    )
+
+
+def _screenshot(name: str, data: str) -> None:
+    targets = [ARTIFACTS] + ([Path(d)] if (d := os.environ.get("SMART_PROXY_SCREENSHOTS")) else [])
+    for directory in targets:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(data, encoding="utf-8")
+
+
+def test_once_shows_the_queue_in_order_with_terms_and_the_residency(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=make_policy(max_parallel=1))
+    body = {"model": MODELS[0], "prompt": "warm up", "stream": False}
+    assert httpx.post(proxy.url + "/api/generate", json=body, timeout=30).status_code == 200
+    proxy.wait_for(lambda h: h["upstream"]["up"])
+    proxy.admin("POST", "/proxy/pause")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        waiting = []
+        for n, (client, model) in enumerate(
+            [("alice", MODELS[1]), ("bob", MODELS[0]), ("alice", MODELS[2]), ("carol", MODELS[0])]
+        ):
+            waiting.append(pool.submit(
+                httpx.post, proxy.url + "/api/generate", timeout=30,
+                json={"model": model, "prompt": "hi", "stream": False},
+                headers={"x-client-id": client, "x-request-id": f"req-{n}"},
+            ))
+            proxy.wait_depth(n + 1)
+        order = [w["request_id"] for w in proxy.queue()["waiting"]]
+        shown = _cli("dashboard", "--url", proxy.url, "--once")
+        proxy.admin("POST", "/proxy/resume")
+        assert all(f.result().status_code == 200 for f in waiting)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "\x1b[" not in out  # plain text when not a terminal
+    lines = out.splitlines()
+    rows = [line for line in lines if any(f"| {rid} " in line for rid in order)]
+    assert [next(r for r in order if f"| {r} " in row) for row in rows] == order
+    for position, row in enumerate(rows, start=1):
+        assert row.startswith(f"|{position} ") and "vram" in row and "fairness" in row
+    assert "Queue: 4 waiting, in dispatch order" in out and "PAUSED" in out
+    resident = next(line for line in lines if line.startswith(f"|{MODELS[0]} "))
+    assert "loaded" in resident and "GB" in resident and "#" in resident
+    assert "Recent dispatches" in out and "load" in out
+
+    from rich.console import Console
+
+    from server.cli.dashboard_view import render
+
+    overview = proxy.admin("GET", "/proxy/overview").json()
+    console = Console(record=True, width=130, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(render(overview, source="live"))
+    console.file.close()
+    _screenshot("dashboard-terminal.svg", console.export_svg(title="smart-proxy dashboard"))
+
+
+def test_failures_are_one_clear_line(tmp_path: Path, sidecar_factory: SidecarFactory, ollama_emulator: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    unreachable = _cli("dashboard", "--url", dead, "--once")
+    assert unreachable.returncode == 2 and unreachable.stdout == ""
+    assert unreachable.stderr.count("\n") == 1 and f"cannot reach the sidecar at {dead}" in unreachable.stderr
+
+    guarded = sidecar_factory(
+        upstream=ollama_emulator.url, env={"PROXY_ADMIN_KEY": "right"},
+        policy=make_policy(extra='[admin]\nnetworks = ["10.9.9.9/32"]\n'),
+    )
+    wrong = _cli("dashboard", "--url", guarded.url, "--once", "--key", "wrong")
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1
+    assert "the admin key is wrong" in wrong.stderr
+    keyless = _cli("dashboard", "--url", guarded.url, "--once")
+    assert keyless.returncode == 2 and "admin only" in keyless.stderr
+    right = _cli("dashboard", "--url", guarded.url, "--once", env={"PROXY_ADMIN_KEY": "right"})
+    assert right.returncode == 0 and "Ollama Smart Proxy" in right.stdout
+
+    piped = _cli("dashboard", "--url", guarded.url, "--key", "right")
+    assert piped.returncode == 2 and "use --once" in piped.stderr
+    not_a_sidecar = _cli("dashboard", "--url", ollama_emulator.url, "--once")
+    assert not_a_sidecar.returncode == 2 and "not a smart-proxy sidecar" in not_a_sidecar.stderr
+
+
+def test_a_narrow_terminal_is_told_how_wide_it_must_be() -> None:
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "server.cli", "dashboard", "--url", "http://127.0.0.1:9", "--once"],
+            stdout=follower, stderr=subprocess.PIPE, text=True, timeout=60,
+            env={**os.environ, "COLUMNS": "60", "LINES": "40", "TERM": "xterm"},
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert process.returncode == 2
+    assert process.stderr.count("\n") == 1 and "60 columns wide" in process.stderr
+    assert "at least 80" in process.stderr
+
+
+def test_load_sends_requests_from_several_clients(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url)
+    done = _cli("load", "--url", proxy.url, "--duration", "1", "--rate", "20", "--clients", "3",
+                "--seed", "4")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("sent ") and "200: " in done.stdout and "from 3 clients" in done.stdout
+    clients = {r.client for r in proxy.journal.records if r.endpoint == "/api/generate"}
+    assert clients <= {"load-1", "load-2", "load-3"} and len(clients) >= 2
+    bad = _cli("load", "--url", proxy.url, "--models", " , ")
+    assert bad.returncode == 2 and "--models" in bad.stderr
