@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 QUIET_PIP = $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: test demo install lint
+.PHONY: test test-browser demo install lint
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@$(QUIET_PIP) -e . > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	@touch $@
 
+$(VENV)/.installed-browser: pyproject.toml | $(VENV)/.installed-dev
+	@echo "installing Playwright for the browser test into $(VENV) (log: $(VENV)/install.log)"
+	@$(QUIET_PIP) -e '.[dev,browser]' > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@touch $@
+
 install: $(VENV)/.installed-dev
 
 # Installs everything the tests need, then runs the whole suite.
@@ -30,6 +35,11 @@ test: install
 	@$(BIN)/lint-imports --no-cache > $(VENV)/lint-imports.log || { cat $(VENV)/lint-imports.log; exit 1; }
 	@$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# The web dashboard in a real headless Chromium: needs Debian's chromium package (apt-get install
+# chromium); Playwright drives it by its path and never downloads a browser.
+test-browser: install $(VENV)/.installed-browser
+	$(BIN)/pytest -q -m browser tests/browser
 
 # Installs the sidecar and starts it in demo mode, backed by the built-in Ollama emulator.
 demo: $(VENV)/.installed

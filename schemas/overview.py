@@ -22,7 +22,7 @@ class LiveFigures(msgspec.Struct, frozen=True, kw_only=True):
 
     requests: int
     since: float | None
-    errors: int  # failed, or answered 5xx
+    errors: int  # failed, or answered 5xx (refused and cancelled ones are counted apart)
     error_rate: float | None
     rejected: int
     cancelled: int
@@ -45,6 +45,7 @@ class Overview(msgspec.Struct, frozen=True, kw_only=True):
     figures: LiveFigures
     series: list[Heartbeat]  # oldest first, for the charts
     event_subscribers: int
+    event_subscribers_dropped: int  # streams ended for falling too far behind, since start
 
 
 class RequestDetail(msgspec.Struct, frozen=True, kw_only=True):

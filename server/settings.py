@@ -40,4 +40,5 @@ ENV_VARS: dict[str, str] = {
     "SMART_PROXY_HEADER_TIMEOUT": f"seconds a connection may take to send a request head, and stay idle between requests (default {DEFAULT_HEADER_TIMEOUT:g})",
     "SMART_PROXY_BODY_TIMEOUT": f"seconds a request body may go without a byte before a 408 (default {DEFAULT_BODY_TIMEOUT:g})",
     "SMART_PROXY_MAX_CONNECTIONS": "open client connections before new ones get 503 (default: from the descriptor limit)",
+    "SMART_PROXY_URL": "the sidecar `dashboard` and `load` talk to (default http://127.0.0.1:8003)",
 }

@@ -58,6 +58,7 @@ def test_once_shows_the_queue_in_order_with_terms_and_the_residency(
             proxy.wait_depth(n + 1)
         order = [w["request_id"] for w in proxy.queue()["waiting"]]
         shown = _cli("dashboard", "--url", proxy.url, "--once")
+        overview = proxy.admin("GET", "/proxy/overview").json()
         proxy.admin("POST", "/proxy/resume")
         assert all(f.result().status_code == 200 for f in waiting)
     assert shown.returncode == 0, shown.stderr
@@ -77,7 +78,6 @@ def test_once_shows_the_queue_in_order_with_terms_and_the_residency(
 
     from server.cli.dashboard_view import render
 
-    overview = proxy.admin("GET", "/proxy/overview").json()
     console = Console(record=True, width=130, file=open(os.devnull, "w"))  # noqa: SIM115
     console.print(render(overview, source="live"))
     console.file.close()

@@ -138,6 +138,7 @@ def overview_of(sc: Sidecar, ids: QueueIds) -> Overview:
         figures=sc.live.figures(),
         series=list(sc.live.series),
         event_subscribers=sc.events.subscribers,
+        event_subscribers_dropped=sc.events.dropped,
     )
 
 

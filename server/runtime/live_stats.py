@@ -29,9 +29,11 @@ class _Interval:
 
 
 def _is_error(event: _Ended) -> bool:
-    if isinstance(event, Completed) and event.status == "failed":
-        return True
-    return event.http_status is not None and event.http_status >= 500
+    """Failed, or Ollama (or the hop to it) answered 5xx. A refusal or a cancellation is counted
+    apart: a 503 for a request an administrator removed is not the service failing."""
+    if not isinstance(event, Completed):
+        return False
+    return event.status == "failed" or (event.http_status is not None and event.http_status >= 500)
 
 
 class LiveStats:

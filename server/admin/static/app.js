@@ -241,7 +241,7 @@ async function detail(id) {
     if (d.journal_error) rows.push(el("tr", {}, el("td", {}, "journal"), el("td", { class: "error" }, d.journal_error)));
     const fields = Object.entries({ ...(d.live || {}), ...(d.record || {}) });
     fields.forEach(([k, v]) => {
-      if (v === null || k === "policy") return;
+      if (v === null || ["policy", "state", "request_id"].includes(k)) return;
       const text = typeof v === "object" ? JSON.stringify(v) : String(v);
       rows.push(el("tr", {}, el("td", {}, k), el("td", {}, el("pre", {}, text))));
     });
