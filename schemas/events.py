@@ -49,7 +49,8 @@ class FirstByte(Event, frozen=True, kw_only=True, tag="first_byte"):
 
 
 class _Ended(Event, frozen=True, kw_only=True):
-    request_id: str
+    request_id: str  # the id the queue showed and the client knows (its X-Request-Id)
+    journal_id: str  # the journal record's own key: GET /proxy/requests/{journal_id} is exact
     client: str
     model: str | None
     endpoint: str

@@ -101,7 +101,7 @@ class Sidecar:
         self.live = LiveStats()
         self.events = EventBus(heartbeat=self._heartbeat, interval=settings.heartbeat_interval)
         self.events.listen(self.live)
-        self._loaded: tuple[tuple[str, int], ...] | None = None  # /api/ps at the last poll
+        self._loaded: tuple[tuple[str, float], ...] | None = None  # /api/ps at the last poll
         self.dispatcher = Dispatcher(self.scheduler, on_grant=self._granted, on_enqueue=self._enqueued)
         self.holds = Holds()  # every request in progress (an Exchange), for the shutdown
         self.auth = AdminAuth(settings.env, clock)
@@ -257,28 +257,25 @@ class Sidecar:
         self.dispatcher.pump()
 
     def _residency_changed(self, ps: dict[str, Any]) -> None:
-        """A `residency` event when /api/ps lists other models (or sizes) than at the last poll."""
-        models = [m for m in ps.get("models") or () if isinstance(m, dict)]
-        listed = tuple(sorted(
-            (str(m.get("name") or m.get("model") or "?"), int(m.get("size_vram") or m.get("size") or 0))
-            for m in models
-        ))
+        """A `residency` event when /api/ps lists other models (or sizes) than at the last poll.
+        Lenient like the reconcile before it: an odd entry is shown as best it can be, never
+        raised (the poller would log it every poll)."""
+        gb = 1024**3
+        models = [
+            LoadedModel(
+                name=str(m.get("name") or m.get("model") or "?"),
+                size_gb=round(_number(m.get("size")) / gb, 3),
+                vram_gb=round(_number(m.get("size_vram")) / gb, 3),
+            )
+            for m in ps.get("models") or () if isinstance(m, dict)
+        ] if isinstance(ps.get("models") or (), list) else []
+        listed = tuple(sorted((m.name, m.vram_gb) for m in models))
         before, self._loaded = self._loaded, listed
         if (before is None and not listed) or before == listed:
             return
         names, was = {n for n, _ in listed}, {n for n, _ in before or ()}
-        gb = 1024**3
         self.events.publish(Residency(
-            at=time.time(),
-            models=[
-                LoadedModel(
-                    name=str(m.get("name") or m.get("model") or "?"),
-                    size_gb=round(float(m.get("size") or 0) / gb, 3),
-                    vram_gb=round(float(m.get("size_vram") or 0) / gb, 3),
-                )
-                for m in models
-            ],
-            loaded=sorted(names - was), unloaded=sorted(was - names),
+            at=time.time(), models=models, loaded=sorted(names - was), unloaded=sorted(was - names),
         ))
 
     def _enqueued(self, ticket: Ticket) -> None:
@@ -318,6 +315,10 @@ class Sidecar:
         self.journal.configure(compiled.journal)
         self.consistency.check(self.poller.last_ps)  # a fixed vram_gb clears health at once
         self.dispatcher.pump()
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def sidecar_of(request: Request) -> Sidecar:

@@ -94,6 +94,9 @@ class Flaky:
     async def count(self) -> int:
         return await self.inner.count()
 
+    async def get(self, request_id: str) -> JournalRecord | None:
+        return await self.inner.get(request_id)
+
     async def upsert(self, records: Sequence[JournalRecord]) -> None:
         if self.refuse and any(r.request_id == self.refuse for r in records):
             raise StoreRejected("value out of range")

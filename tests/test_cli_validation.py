@@ -122,6 +122,16 @@ CASES: list[tuple[tuple[str, ...], str]] = [
     (("trace", "export", "--db", "{tmp}/typo.db"), "--db"),
     (("trace", "export", "--timeout", "inf"), "--timeout"),
     *[(("trace", "export", "--since", v), "--since") for v in ("-1", "3x", "nan", "3 fortnights")],
+    *[(("dashboard", "--url", v), "--url") for v in ("notaurl", "ftp://x", "http://h:99999")],
+    *[(("dashboard", "--once", "--refresh", v), "--refresh") for v in ("0", "-1", "nan", "soon")],
+    (("dashboard", "--once", "--key", ""), "--key"),
+    (("load", "--url", "notaurl"), "--url"),
+    *[(("load", "--clients", v), "--clients") for v in ("0", "x")],
+    (("load", "--models", ""), "--models"),
+    *[(("load", "--rate", v), "--rate") for v in ("0", "inf")],
+    (("load", "--duration", "-5"), "--duration"),
+    (("load", "--max-tokens", "0"), "--max-tokens"),
+    (("load", "--seed", "1.5"), "--seed"),
 ]
 
 # Environment variables the CLI reads, each set to a bad value: (argv, variable, option or None).
@@ -147,6 +157,8 @@ ENV_CASES: list[tuple[tuple[str, ...], str, str, str | None]] = [
     (("db", "migrate"), "SMART_PROXY_DB", f"{MISSING}/x.db", None),
     (("trace", "export"), "SMART_PROXY_DB", "{tmp}/typo.db", None),
     (("db", "status", "--db", "{tmp}/j.db"), "SMART_PROXY_JOURNAL_FALLBACK", EXAMPLE, None),
+    (("dashboard", "--once"), "SMART_PROXY_URL", "ftp://x", "--url"),
+    (("load",), "SMART_PROXY_URL", "notaurl", "--url"),
 ]
 
 

@@ -252,3 +252,55 @@ def test_the_page_is_static_offline_and_locked_down(guarded: Any) -> None:
     assert "http" not in page.text.replace("http-equiv", "")
     assert "<script>" not in page.text and " style=" not in page.text  # nothing inline
     assert httpx.get(guarded.url + "/proxy/dashboard/secret.py", timeout=10).status_code == 404
+
+
+def test_a_browser_reaching_the_sidecar_by_name_is_not_admin_by_network(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    """DNS rebinding: another site's page whose name now resolves to the sidecar. From loopback
+    (an admin network) a browser naming an address is admin; one naming a host is not; a tool
+    naming a host (no browser headers) still is."""
+    proxy = sidecar_factory(upstream=ollama_emulator.url)
+    port = proxy.url.rsplit(":", 1)[1]
+    browser = {"sec-fetch-site": "same-origin", "sec-fetch-mode": "cors"}
+    for host, headers, expected in [
+        (f"127.0.0.1:{port}", browser, 200),
+        (f"localhost:{port}", browser, 200),
+        (f"attacker.example:{port}", browser, 403),
+        (f"attacker.example:{port}", {"origin": f"http://attacker.example:{port}"}, 403),
+        (f"attacker.example:{port}", {}, 200),
+    ]:
+        answer = httpx.get(proxy.url + "/proxy/overview", headers={"host": host, **headers}, timeout=10)
+        assert answer.status_code == expected, (host, headers, answer.text)
+
+
+def test_model_management_refuses_another_site_s_form(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url)
+    forged = httpx.post(
+        proxy.url + "/api/pull", content=b'{"model": "llama3.2:1b"}', timeout=10,
+        headers={"content-type": "text/plain", "origin": "https://evil.example",
+                 "sec-fetch-site": "cross-site"},
+    )
+    assert forged.status_code == 403 and "cross-site" in forged.json()["error"]
+
+
+def test_a_removed_request_s_id_stays_taken_until_its_client_is_answered(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=make_policy(max_parallel=1))
+    proxy.admin("POST", "/proxy/pause")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(_post, proxy, "/api/generate",
+                              {"model": MODEL, "prompt": "hi", "stream": False}, "dup")
+        proxy.wait_depth(1)
+        dispatcher = proxy.sidecar.dispatcher
+        # In one step on the sidecar's loop: removed, and the id still known (the exchange has
+        # not answered its client yet), so a new request reusing it cannot slip in.
+        assert proxy.call(lambda: (dispatcher.remove("dup"), dispatcher.known("dup"))) == (True, True)
+        assert waiting.result().status_code == 503
+    wait_until(lambda: not proxy.call(lambda: dispatcher.known("dup")), within=5, what="id free")
+    proxy.admin("POST", "/proxy/resume")
+    assert _post(proxy, "/api/generate", {"model": MODEL, "prompt": "hi", "stream": False},
+                 "dup").status_code == 200

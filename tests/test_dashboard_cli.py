@@ -45,7 +45,7 @@ def test_once_shows_the_queue_in_order_with_terms_and_the_residency(
     assert httpx.post(proxy.url + "/api/generate", json=body, timeout=30).status_code == 200
     proxy.wait_for(lambda h: h["upstream"]["up"])
     proxy.admin("POST", "/proxy/pause")
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
         waiting = []
         for n, (client, model) in enumerate(
             [("alice", MODELS[1]), ("bob", MODELS[0]), ("alice", MODELS[2]), ("carol", MODELS[0])]
@@ -56,12 +56,21 @@ def test_once_shows_the_queue_in_order_with_terms_and_the_residency(
                 headers={"x-client-id": client, "x-request-id": f"req-{n}"},
             ))
             proxy.wait_depth(n + 1)
+        overview = proxy.admin("GET", "/proxy/overview").json()  # for the picture
+        # Names are the clients' own: rich must print them, not read them as markup.
+        odd = pool.submit(
+            httpx.post, proxy.url + "/api/generate", timeout=30,
+            json={"model": "evil[/]", "prompt": "hi", "stream": False},
+            headers={"x-client-id": "mallory", "x-request-id": "req-odd"},
+        )
+        proxy.wait_depth(5)
         order = [w["request_id"] for w in proxy.queue()["waiting"]]
         shown = _cli("dashboard", "--url", proxy.url, "--once")
-        overview = proxy.admin("GET", "/proxy/overview").json()
         proxy.admin("POST", "/proxy/resume")
         assert all(f.result().status_code == 200 for f in waiting)
+        assert odd.result().status_code == 404  # Ollama has no such model
     assert shown.returncode == 0, shown.stderr
+    assert "evil[/]:latest" in shown.stdout  # (the client header was not a usable id: the address)
     out = shown.stdout
     assert "\x1b[" not in out  # plain text when not a terminal
     lines = out.splitlines()
@@ -69,7 +78,7 @@ def test_once_shows_the_queue_in_order_with_terms_and_the_residency(
     assert [next(r for r in order if f"| {r} " in row) for row in rows] == order
     for position, row in enumerate(rows, start=1):
         assert row.startswith(f"|{position} ") and "vram" in row and "fairness" in row
-    assert "Queue: 4 waiting, in dispatch order" in out and "PAUSED" in out
+    assert "Queue: 5 waiting, in dispatch order" in out and "PAUSED" in out
     resident = next(line for line in lines if line.startswith(f"|{MODELS[0]} "))
     assert "loaded" in resident and "GB" in resident and "#" in resident
     assert "Recent dispatches" in out and "load" in out

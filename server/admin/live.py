@@ -45,6 +45,7 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = asyncio.create_task(_until_disconnect(receive))
+        batch: asyncio.Task[list[bytes]] | None = None
         try:
             await send({
                 "type": "http.response.start", "status": 200,
@@ -60,7 +61,6 @@ class EventStream(Response):
                 batch = asyncio.create_task(self.sub.next())
                 await asyncio.wait({batch, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if gone.done():
-                    batch.cancel()
                     return
                 frames = batch.result()
                 if not frames:  # dropped for falling behind, or the sidecar is stopping
@@ -70,9 +70,11 @@ class EventStream(Response):
                 await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
         finally:
             self.bus.unsubscribe(self.sub)
-            gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
+            for task in (gone, batch):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
 
 async def _until_disconnect(receive: Receive) -> None:

@@ -27,10 +27,11 @@ from schemas.proxy_api import (
     VramView,
 )
 from server.admin import dashboard, live, views
-from server.admin.guard import admin_only, cross_site
+from server.admin.guard import admin_only
 from server.admin.guard import json_response as _json
 from server.http.auth import SESSION_COOKIE
 from server.http.bodies import read_body
+from server.http.cross_site import cross_site
 from server.http.dialects import ProxyError, error_response
 from server.http.query_params import Param, number, one_of, takes, whole
 from server.http.rate import TokenBuckets

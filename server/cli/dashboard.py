@@ -20,7 +20,7 @@ import httpx
 from rich.console import Console
 from rich.live import Live
 
-from server.cli.args import CliError, env_default, http_url, positive_seconds
+from server.cli.args import CliError, env_default, http_url, names_env, positive_seconds
 from server.cli.dashboard_view import render
 from server.http.identity import ADMIN_KEY_HEADER
 
@@ -40,13 +40,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # not subscriptab
     verb.add_argument("--url", type=http_url, metavar="URL",
                       default=env_default(env, "SMART_PROXY_URL", DEFAULT_URL),
                       help=f"the sidecar (default $SMART_PROXY_URL or {DEFAULT_URL})")
-    verb.add_argument("--key", metavar="KEY", default=env_default(env, "PROXY_ADMIN_KEY", None),
+    verb.add_argument("--key", type=admin_key, metavar="KEY",
+                      default=env_default(env, "PROXY_ADMIN_KEY", None),
                       help="the admin key (default $PROXY_ADMIN_KEY)")
     verb.add_argument("--refresh", type=positive_seconds, default=2.0, metavar="S",
                       help="seconds between redraws when nothing happens (default 2)")
     verb.add_argument("--once", action="store_true",
                       help="print one snapshot and exit (plain text when not a terminal)")
     verb.set_defaults(run=run_dashboard, cli_prog=verb.prog)
+
+
+@names_env
+def admin_key(text: str) -> str:
+    if not text.strip() or any(c in text for c in "\r\n"):
+        raise argparse.ArgumentTypeError("the admin key must be a non-empty line of text")
+    return text
 
 
 class Sidecar:

@@ -32,6 +32,12 @@ def _table(title: str, plain: bool, *columns: str) -> Table:
     return table
 
 
+def _row(table: Table, *cells: str | Text) -> None:
+    """Cells as plain text: rich would read `[...]` in a model or client name as markup (a
+    crash on `[/]`, a restyled screen on `[bold]`), and those names come from clients."""
+    table.add_row(*(c if isinstance(c, Text) else Text(c) for c in cells))
+
+
 def _bar(part: float, whole: float) -> str:
     if whole <= 0:
         return ""
@@ -74,8 +80,8 @@ def residency(ov: dict[str, Any], plain: bool) -> Table:
     for m in res.get("models") or ():
         state = m["state"] + (f" (for {m['evicting_for']})" if m.get("evicting_for") else "")
         size = m.get("size_gb")
-        table.add_row(
-            m["model"], Text(state, style="" if plain else STATE_STYLE.get(m["state"], "")),
+        _row(
+            table, m["model"], Text(state, style="" if plain else STATE_STYLE.get(m["state"], "")),
             "?" if size is None else f"{size:.1f} GB", _bar(size or 0.0, total), str(m["in_flight"]),
         )
     return table
@@ -96,8 +102,8 @@ def queue(ov: dict[str, Any], plain: bool) -> RenderableType:
     table = _table(title, plain, "#", "request", "client", "class", "model", "waited", "score",
                    "terms", "why it waits")
     for w in waiting[:MAX_QUEUE_ROWS]:
-        table.add_row(
-            str(w["position"]), w["request_id"], w["client"], w["class"], w["model"],
+        _row(
+            table, str(w["position"]), w["request_id"], w["client"], w["class"], w["model"],
             f"{w['waited_s']:.1f}s", f"{w['score']:g}", _terms(w["terms"]), w.get("reason") or "",
         )
     return table
@@ -108,7 +114,7 @@ def in_flight(ov: dict[str, Any], plain: bool) -> RenderableType:
         return Text("In flight: nothing", style="bold")
     table = _table("In flight", plain, "request", "client", "model", "elapsed")
     for f in ov["queue"]["in_flight"]:
-        table.add_row(f["request_id"], f["client"], f["model"], f"{f['elapsed_s']:.1f}s")
+        _row(table, f["request_id"], f["client"], f["model"], f"{f['elapsed_s']:.1f}s")
     return table
 
 
@@ -119,8 +125,8 @@ def recent(ov: dict[str, Any], plain: bool, limit: int = 10) -> RenderableType:
     for d in reversed(ov["recent_dispatches"][-limit:]):
         kind = KIND.get(d["action"], d["action"])
         label = kind + (f" (evicts {', '.join(d['evicts'])})" if d["evicts"] else "")
-        table.add_row(
-            time.strftime("%H:%M:%S", time.localtime(d["at"])), d["model"], d["client"],
+        _row(
+            table, time.strftime("%H:%M:%S", time.localtime(d["at"])), d["model"], d["client"],
             Text(label, style="" if plain else KIND_STYLE.get(kind, "")), f"{d['waited_s']:.1f}s",
         )
     return table
@@ -141,7 +147,7 @@ def figures(ov: dict[str, Any], plain: bool) -> RenderableType:
     for i in range(max(len(clients), len(models))):
         c = clients[i] if i < len(clients) else None
         m = models[i] if i < len(models) else None
-        table.add_row(c["name"] if c else "", str(c["requests"]) if c else "",
+        _row(table, c["name"] if c else "", str(c["requests"]) if c else "",
                       m["name"] if m else "", str(m["requests"]) if m else "")
     return Group(line, table)
 

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # not subscriptab
                       help=f"the sidecar (default $SMART_PROXY_URL or {DEFAULT_URL})")
     verb.add_argument("--clients", type=positive_count, default=4, metavar="N",
                       help="distinct clients (X-Client-Id load-1 … load-N; default 4)")
-    verb.add_argument("--models", metavar="A,B,…", default=None,
+    verb.add_argument("--models", type=model_list, metavar="A,B,…", default=None,
                       help="models to ask for (default: up to 3 that the sidecar's /api/tags lists)")
     verb.add_argument("--rate", type=positive_seconds, default=2.0, metavar="R",
                       help="requests per second on average, all clients together (default 2)")
@@ -49,12 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # not subscriptab
     verb.set_defaults(run=run_load, cli_prog=verb.prog)
 
 
-async def _models(client: httpx.AsyncClient, asked: str | None) -> list[str]:
+def model_list(text: str) -> list[str]:
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    if not models:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one model name")
+    return models
+
+
+async def _models(client: httpx.AsyncClient, asked: list[str] | None) -> list[str]:
     if asked:
-        models = [m.strip() for m in asked.split(",") if m.strip()]
-        if not models:
-            raise CliError("--models: give at least one model name")
-        return models
+        return asked
     try:
         response = await client.get("/api/tags")
     except httpx.HTTPError as exc:

@@ -22,6 +22,7 @@ from server.http.identity import (
     IPAddress,
     IPNetwork,
     in_networks,
+    named_by_browser,
 )
 
 SESSION_COOKIE = "smart_proxy_session"
@@ -34,7 +35,7 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _cookie(headers: Headers, name: str) -> str | None:
+def cookie(headers: Headers, name: str) -> str | None:
     for value in headers.getlist("cookie"):
         for part in value.split(";"):
             key, sep, val = part.strip().partition("=")
@@ -62,18 +63,20 @@ class AdminAuth:
         headers: Headers,
         key_env: str,
     ) -> bool:
-        if in_networks(address, networks):
+        # A browser that named the sidecar by a host name may be another site's page after a DNS
+        # rebinding: for it the network is not enough (docs/dashboards.md, Security).
+        if in_networks(address, networks) and not named_by_browser(headers):
             return True
         key = self.configured_key(key_env)
         offered = headers.get(ADMIN_KEY_HEADER)
         if key is not None and offered is not None and _same(offered, key):
             return True
-        token = headers.get(ADMIN_TOKEN_HEADER) or _cookie(headers, SESSION_COOKIE)
+        token = headers.get(ADMIN_TOKEN_HEADER) or cookie(headers, SESSION_COOKIE)
         return token is not None and self._valid_token(token)
 
     def logout(self, headers: Headers) -> None:
         """Forget the session the request names (X-Admin-Token or the cookie), if any."""
-        token = headers.get(ADMIN_TOKEN_HEADER) or _cookie(headers, SESSION_COOKIE)
+        token = headers.get(ADMIN_TOKEN_HEADER) or cookie(headers, SESSION_COOKIE)
         if token is not None:
             self._sessions.pop(_digest(token), None)
 

@@ -198,3 +198,24 @@ def identify(
         elif rule == "ip" and ip:
             return Identity(ip, ip)
     return Identity(ip or "unknown", ip)
+
+
+_BROWSER_HEADERS = ("sec-fetch-site", "sec-fetch-mode", "origin")
+
+
+def named_by_browser(headers: Headers) -> bool:
+    """A browser's request that reached the sidecar by a host name (not an IP address, not
+    localhost): one a rebinding attack could have made, so the network alone must not make it
+    admin."""
+    if not any(h in headers for h in _BROWSER_HEADERS):
+        return False
+    host = headers.get("host", "")
+    name = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    name = name.rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return True
+    return False

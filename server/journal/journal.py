@@ -61,6 +61,7 @@ class Journal:
         self._retry_max = retry_max
         self._purge_interval = purge_interval
         self._pending: deque[JournalRecord] = deque()
+        self._writing: list[JournalRecord] = []  # the writer's batch in hand
         self._wake = asyncio.Event()  # writer: records are waiting
         self._retry_wake = asyncio.Event()  # retry loop: something went to the fallback file
         self._stop_event = asyncio.Event()
@@ -236,7 +237,11 @@ class Journal:
                 continue
             count = min(self._batch_size, len(self._pending))
             batch = [self._pending.popleft() for _ in range(count)]
-            await self._write(self._stamper.redact(batch))
+            self._writing = batch  # still found by lookup() until it is in the database
+            try:
+                await self._write(self._stamper.redact(batch))
+            finally:
+                self._writing = []
 
     async def _write(self, batch: list[JournalRecord]) -> None:
         if self._connected:
@@ -357,10 +362,20 @@ class Journal:
         """One request's latest record: still waiting to be written (newest hand-off wins), else
         from the database. StoreUnavailable when the database does not answer. Records that sit
         in the fallback file during an outage are found once they are replayed."""
-        for record in reversed(self._pending):
-            if request_id in (record.request_id, record.client_request_id):
-                return self._stamper.redact([record])[0]
-        return await self._store.get(request_id)
+        # As the database ranks them: the journal's own id first, else the newest by the
+        # client's id (clients reuse ids); of one record's hand-offs, the newest wins.
+        held = [*self._writing, *self._pending]
+        mine = [r for r in held if r.request_id == request_id]
+        if mine:
+            return self._stamper.redact([max(mine, key=lambda r: r.revision)])[0]
+        stored = await self._store.get(request_id)
+        if stored is not None and stored.request_id == request_id:
+            return stored
+        found = [r for r in held if r.client_request_id == request_id] + ([stored] if stored else [])
+        if not found:
+            return None
+        newest = max(found, key=lambda r: (r.received_at, r.revision))
+        return newest if newest is stored else self._stamper.redact([newest])[0]
 
     async def analytics(
         self, hours: Any = 24, group_by: Any = "model", limit: Any = 10, *, now: float | None = None

@@ -127,6 +127,7 @@ class Exchange:
             except ProxyError as exc:
                 return await self._fail(outcome, exc)
             except RemovedByAdmin:
+                self._settled()
                 message = "an administrator removed this request from the queue"
                 await self._fail(outcome, ProxyError(503, message))
                 outcome.status = "cancelled"
@@ -172,16 +173,18 @@ class Exchange:
             facts.first_byte_at = time.time()
             outcome.http_status = upstream.status_code
             if self.scheduling is not None and upstream.status_code < 400:
-                parts.dispatcher.started(facts.request_id)
+                # The event first: started() dispatches the tickets held behind this load.
                 parts.events.publish(
                     FirstByte(at=time.time(), request_id=facts.request_id, model=facts.model or "")
                 )
+                parts.dispatcher.started(facts.request_id)
             limit = max(0.0, deadline - time.monotonic()) if self.scheduling else None
             try:
                 with self._guard(watch), self._armed():
                     async with asyncio.timeout(limit):
                         assert self._send is not None
                         await relay(upstream, self._send, extra, self._seen)
+                self._settled()
             except ClientGone:
                 outcome.status, outcome.error = "cancelled", "client disconnected mid-answer"
                 return
@@ -243,8 +246,14 @@ class Exchange:
             self._ends_line = chunk.endswith(b"\n")
         self.tap(chunk)
 
+    def _settled(self) -> None:
+        """The request answers on its own from here: an admin's cancel can no longer stop it."""
+        if self._hold is not None:
+            self._hold.cancellable = False
+
     async def _fail(self, outcome: _Outcome, exc: ProxyError) -> None:
         # Refused before a slot (a duplicate id, a shutdown): rejected. Timeouts, Ollama: failed.
+        self._settled()
         outcome.status = "rejected" if exc.status in (400, 503) else "failed"
         outcome.http_status, outcome.error = exc.status, exc.message
         await self._answer(exc)
@@ -253,6 +262,7 @@ class Exchange:
         """The shutdown grace ran out, or an administrator cancelled the request: a 503 if the
         answer had not begun, else an error chunk. (The upstream request is closed by the caller's
         `finally`, which frees Ollama's slot too.)"""
+        self._settled()
         if self._ended:  # the whole answer went out just before the cut
             if (outcome.http_status or 500) < 400:
                 outcome.status = "completed"
@@ -279,6 +289,7 @@ class Exchange:
     async def _abort(self, message: str) -> None:
         """The answer broke after it began: end it with an error line in the stream's framing, as
         Ollama itself does, so a client sees an error rather than a silently short answer."""
+        self._settled()
         assert self._send is not None
         body = error_body(self.facts.endpoint, 500, message)
         line = (b"" if self._ends_line else b"\n") + (

@@ -14,6 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 from engine.residency import variant_of
 from schemas.model_name import canonical_model
 from server.http.bodies import read_body
+from server.http.cross_site import cross_site
 from server.http.dialects import ProxyError, error_response
 from server.http.forward import request_headers
 from server.http.request_ids import journal_id_var, request_id_var
@@ -135,6 +136,8 @@ async def _passthrough(request: Request, *, admin: bool) -> Response | Exchange:
     facts = _facts(request, caller)
     if admin and not sc.is_admin(request, caller):
         return refuse(sc, facts, ProxyError(403, "admin only: this endpoint changes Ollama's models"))
+    if admin and (why := cross_site(request)) is not None:  # a pull posted by another site's page
+        return refuse(sc, facts, ProxyError(403, why))
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     if any(segment in (b".", b"..") for segment in raw_path.split(b"/")):
         # httpx resolves them, so Ollama would get another endpoint than the one routed here

@@ -38,6 +38,9 @@ class Dispatcher:
         self._on_grant = on_grant
         self._on_enqueue = on_enqueue  # before the pump: an arrival is told before its grant
         self._futures: dict[str, asyncio.Future[Grant]] = {}
+        # Removed by an admin, still answering its client: the id stays in use until release(),
+        # so a new request reusing it is refused rather than cancelled by the old one's release.
+        self._removed: set[str] = set()
         self.closed = False  # the sidecar is stopping: no new tickets
 
     def submit(
@@ -72,6 +75,7 @@ class Dispatcher:
     def release(self, request_id: str) -> None:
         """The request has ended, however it ended (answered, failed, timed out in the queue,
         client gone, removed by an admin): drop its waiting ticket or free its slot."""
+        self._removed.discard(request_id)
         fut = self._futures.pop(request_id, None)
         if self.scheduler.cancel(request_id):
             if fut is not None and not fut.done():
@@ -82,7 +86,10 @@ class Dispatcher:
 
     def known(self, request_id: str) -> bool:
         """Whether a request with this id is waiting or in flight."""
-        return request_id in self._futures or self.scheduler.holds_slot(request_id)
+        return (
+            request_id in self._futures or request_id in self._removed
+            or self.scheduler.holds_slot(request_id)
+        )
 
     def remove(self, request_id: str) -> bool:
         """Admin cancel: fail a waiting ticket's future so its request answers at once."""
@@ -90,6 +97,7 @@ class Dispatcher:
         if fut is None or fut.done() or not self.scheduler.cancel(request_id):
             return False
         del self._futures[request_id]
+        self._removed.add(request_id)
         fut.set_exception(RemovedByAdmin())
         self.pump()
         return True
@@ -100,6 +108,7 @@ class Dispatcher:
         for rid in [rid for rid, fut in self._futures.items() if not fut.done()]:
             if self.scheduler.cancel(rid):
                 self._futures.pop(rid).set_exception(RemovedByAdmin())
+                self._removed.add(rid)
                 removed += 1
         return removed
 

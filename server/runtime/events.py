@@ -57,6 +57,7 @@ def ended(record: JournalRecord) -> Completed | Cancelled | Rejected:
     common: dict[str, Any] = {
         "at": record.completed_at or time.time(),
         "request_id": record.client_request_id or record.request_id,
+        "journal_id": record.request_id,
         "client": record.client, "model": record.model, "endpoint": record.endpoint,
         "http_status": record.http_status, "error": record.error,
         "wait_ms": record.queue_wait_ms, "duration_ms": record.duration_ms,

@@ -34,6 +34,9 @@ class Hold:
         self._cancelled = False  # the cut cancelled the task (it was armed)
         self.cut = False
         self.by_admin = False  # the cut was `POST /proxy/requests/{id}/cancel`, not a shutdown
+        # False once the request is answering on its own (its end, an error): past the last
+        # place a cut could reach, so an admin's cancel would change nothing and says so.
+        self.cancellable = True
         self.interrupted = False  # the cut reached the request (it raised Cut)
 
     @contextlib.contextmanager
@@ -100,7 +103,7 @@ class Holds:
         """An administrator stops this request where it is: it raises Cut at its next armed
         await, closes its upstream request and answers its client. False: no such request."""
         held = self._by_id.get(request_id)
-        if held is None or held.cut:
+        if held is None or held.cut or not held.cancellable:
             return False
         held.by_admin = True
         held._cut()
