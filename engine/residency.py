@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 # One rule for model names, shared with the server's intake and the policy (kept under its old name).
 from schemas.model_name import canonical_model as canonical
+from schemas.model_name import is_pattern
 from schemas.ticket import Residency
 
 GIB = 1024**3
@@ -78,6 +80,10 @@ class ResidencyModel:
     max_loaded: int
     num_parallel: int
     overrides: dict[str, float] = field(default_factory=dict)  # [models] sizes, GiB
+    # [models] num_parallel: (canonical name or glob, slots), the first match wins, else
+    # num_parallel (Ollama forces one slot on some architectures, whatever OLLAMA_NUM_PARALLEL).
+    parallel: tuple[tuple[str, int], ...] = ()
+    _slots: dict[str, int] = field(default_factory=dict)  # per model, from `parallel`
     resident_factor: float = 1.2
     models: dict[str, ModelState] = field(default_factory=dict)
     ps_sizes: dict[str, float] = field(default_factory=dict)  # reported by /api/ps
@@ -88,6 +94,23 @@ class ResidencyModel:
 
     def _changed(self) -> None:
         self._totals = None
+
+    def set_parallel(self, parallel: tuple[tuple[str, int], ...], default: int) -> None:
+        """A reload's [models] num_parallel entries and backend.num_parallel."""
+        self.parallel, self.num_parallel = parallel, default
+        self._slots.clear()
+
+    def slots(self, model: str) -> int:
+        """Requests Ollama serves at once for this model."""
+        found = self._slots.get(model)
+        if found is None:
+            found = next(
+                (n for pattern, n in self.parallel
+                 if pattern == model or (is_pattern(pattern) and fnmatchcase(model, pattern))),
+                self.num_parallel,
+            )
+            self._slots[model] = found
+        return found
 
     def _compute_totals(self) -> tuple[float, int, bool]:
         if self._totals is None:
@@ -154,7 +177,7 @@ class ResidencyModel:
             return not self.load_pending()  # a reload is a load: one at a time
         # An evicting model must not get new work (the swap would wait on it); a model at its
         # parallel limit would make the request wait inside Ollama while holding our slot.
-        return state.where != "evicting" and state.in_flight < self.num_parallel
+        return state.where != "evicting" and state.in_flight < self.slots(model)
 
     def blocked_reason(self, model: str, variant: str = "") -> str | None:
         """Why `eligible(model, variant)` is False, in words for the queue view; None when it is
@@ -170,11 +193,8 @@ class ResidencyModel:
             evictor = next((m.name for m in self.models.values() if model in m.victims), None)
             for_whom = f" to make room for {evictor}" if evictor else ""
             return f"model {model} is being evicted{for_whom}"
-        if state.in_flight >= self.num_parallel:
-            return (
-                f"model {model} at its num_parallel limit"
-                f" ({state.in_flight} of {self.num_parallel} running)"
-            )
+        if state.in_flight >= (slots := self.slots(model)):
+            return f"model {model} at its num_parallel limit ({state.in_flight} of {slots} running)"
         return None
 
     def _load_reason(self) -> str:

@@ -106,6 +106,7 @@ class Scheduler:
             vram_gb=b.vram_gb,
             max_loaded=b.max_loaded_models,
             num_parallel=b.num_parallel,
+            parallel=settings.model_parallel,
             overrides={canonical_model(k): v for k, v in settings.model_sizes.items()},
             resident_factor=b.resident_factor,
         )
@@ -127,7 +128,8 @@ class Scheduler:
         decision from now on; the residency model's limits follow in the same call."""
         self._settings = settings
         b, r = settings.backend, self.residency_model
-        r.vram_gb, r.max_loaded, r.num_parallel = b.vram_gb, b.max_loaded_models, b.num_parallel
+        r.vram_gb, r.max_loaded = b.vram_gb, b.max_loaded_models
+        r.set_parallel(settings.model_parallel, b.num_parallel)
         r.overrides = {canonical_model(k): v for k, v in settings.model_sizes.items()}
         r.resident_factor = b.resident_factor
         r._changed()

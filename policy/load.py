@@ -21,6 +21,7 @@ from policy.durations import parse_duration
 from policy.errors import MISSING, PolicyError, Problem, join_path
 from policy.terms import REGISTRY, UnknownTermType
 from policy.validate import validate
+from schemas.model_name import canonical_pattern
 from schemas.policy_file import IdentifyBy, PolicyFile, StorePrompts
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -90,6 +91,8 @@ class CompiledFile:
     classifier: Classifier
     windows: frozenset[float]  # every client window any policy or rate limit counts
     terms: dict[str, tuple[DecodedTerm, ...]]  # per policy, the decoded terms (for `show`)
+    # [models] num_parallel, in file order: (canonical name or glob, slots); engine/residency.py
+    model_parallel: tuple[tuple[str, int], ...] = ()
 
     def classify(self, client: str, model: str, endpoint: str, requested: str | None) -> str:
         return self.classifier.classify(client, model, endpoint, requested)
@@ -251,7 +254,11 @@ def compile_file(
             store_prompts=file.journal.store_prompts,
             retention=parse_duration(file.journal.retention),
         ),
-        model_sizes={name: m.vram_gb for name, m in file.models.items()},
+        model_sizes={n: m.vram_gb for n, m in file.models.items() if m.vram_gb is not None},
+        model_parallel=tuple(
+            (canonical_pattern(n), m.num_parallel) for n, m in file.models.items()
+            if m.num_parallel is not None
+        ),
         classifier=Classifier.from_settings(file.clients),
         windows=windows,
         terms={name: tuple(table) for name, table in terms.items()},

@@ -6,7 +6,7 @@ from typing import Any
 
 from policy.compile import DecodedTerm
 from policy.errors import MISSING, Problem, join_path, show_value
-from schemas.model_name import canonical_model
+from schemas.model_name import canonical_model, is_pattern
 
 
 def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> list[Problem]:
@@ -60,7 +60,18 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
         # Requests and /api/ps are matched by canonical name, so two spellings of one model
         # would give it two sizes and one would silently win.
         seen: dict[str, str] = {}
-        for written in models:
+        for written, info in models.items():
+            if info.vram_gb is None and info.num_parallel is None:
+                problems.append(Problem(
+                    join_path("models", written), {}, "sets nothing; give vram_gb, num_parallel or both",
+                ))
+            if is_pattern(written):
+                if info.vram_gb is not None:
+                    problems.append(Problem(
+                        join_path(join_path("models", written), "vram_gb"), info.vram_gb,
+                        "is a size for a glob; a size names one model (num_parallel may use a glob)",
+                    ))
+                continue
             name = canonical_model(written)
             if name in seen:
                 problems.append(

@@ -55,11 +55,16 @@ def canonical_model(name: str) -> str:
     return f"{prefix}{model}:{tag}{at}{digest}"
 
 
+def is_pattern(text: str) -> bool:
+    """A glob (`*`, `?` or `[`) rather than one model's name."""
+    return any(c in text for c in "*?[")
+
+
 def canonical_pattern(pattern: str) -> str:
     """A policy file's model glob, made to match canonical names: a plain name is made canonical
     (`llama3` matches `llama3:latest`); a glob is lower-cased and loses the default host and
     namespace (`library/llama3*` matches `llama3:8b`), but is otherwise left as written."""
-    if not any(c in pattern for c in "*?["):
+    if not is_pattern(pattern):
         return canonical_model(pattern)
     pattern = pattern.lower()
     for prefix in (f"{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/", f"{DEFAULT_HOST}/", f"{DEFAULT_NAMESPACE}/"):
@@ -68,4 +73,7 @@ def canonical_pattern(pattern: str) -> str:
     return pattern
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_NAMESPACE", "DEFAULT_TAG", "canonical_model", "canonical_pattern"]
+__all__ = [
+    "DEFAULT_HOST", "DEFAULT_NAMESPACE", "DEFAULT_TAG", "canonical_model", "canonical_pattern",
+    "is_pattern",
+]

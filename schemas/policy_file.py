@@ -33,7 +33,11 @@ class Backend(Strict, frozen=True):
 
 
 class ModelInfo(Strict, frozen=True):
-    vram_gb: PositiveFloat  # resident size in GiB, used until Ollama reports the real one
+    # Resident size in GiB, used until Ollama reports the real one. One model only (no glob).
+    vram_gb: PositiveFloat | None = None
+    # Requests this model serves at once, where Ollama gives it other than backend.num_parallel:
+    # it forces one slot on vision and hybrid architectures (docs/policy.md). Globs allowed.
+    num_parallel: PositiveInt | None = None
 
 
 class ClassRule(Strict, frozen=True):

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from sim import http_manage, http_native, http_openai
+from sim import http_compat, http_manage, http_native, http_openai
 from sim.config import Settings
 from sim.driver import Emulator
 from sim.hostcheck import HostCheck
@@ -67,6 +67,9 @@ def build_app(settings: Settings, emulator: Emulator | None = None) -> Starlette
         Route("/v1/chat/completions", http_openai.chat_completions, methods=["POST"]),
         Route("/v1/completions", http_openai.completions, methods=["POST"]),
         Route("/v1/embeddings", http_openai.embeddings, methods=["POST"]),
+        Route("/v1/responses", http_compat.responses, methods=["POST"]),
+        Route("/v1/messages", http_compat.messages, methods=["POST"]),
+        Route("/v1/audio/transcriptions", http_compat.transcriptions, methods=["POST"]),
         Route("/v1/models", http_openai.models, methods=["GET"]),
         Route("/v1/models/{model:path}", http_openai.model, methods=["GET"]),
         Route("/sim/stats", sim_stats, methods=["GET"]),

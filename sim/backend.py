@@ -282,7 +282,7 @@ class Backend:
         changed = False
         while runner.waiting:
             job = runner.waiting[0]
-            if job.kind != "load" and len(runner.running) >= self.settings.num_parallel:
+            if job.kind != "load" and len(runner.running) >= runner.spec.slots(self.settings.num_parallel):
                 break
             runner.waiting.popleft()
             self._start_job(runner, job, now)

@@ -9,6 +9,11 @@ from dataclasses import dataclass, replace
 GB = 1_000_000_000  # Ollama prints decimal gigabytes
 
 
+# Architectures Ollama serves one request at a time, whatever OLLAMA_NUM_PARALLEL says: vision
+# models with a separate projector and hybrid (recurrent-state) ones (docs/ollama.md).
+SINGLE_SLOT_FAMILIES = frozenset({"mllama", "qwen3vl", "qwen3vlmoe", "qwen3next", "lfm2", "nemotron_h"})
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One installed model. Sizes in bytes; `resident_factor` covers the KV cache at the default
@@ -25,6 +30,10 @@ class ModelSpec:
     embedding_length: int = 4096
     embedding: bool = False
     resident_factor: float = 1.2
+
+    def slots(self, num_parallel: int) -> int:
+        """Requests this model serves at once on a server with OLLAMA_NUM_PARALLEL = num_parallel."""
+        return 1 if self.family in SINGLE_SLOT_FAMILIES else num_parallel
 
     @property
     def params_billions(self) -> float:

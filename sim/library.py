@@ -24,6 +24,8 @@ LIBRARY: dict[str, LibraryEntry] = {
     "mistral:latest": LibraryEntry(4.1, "7.2B", "Q4_0", "llama", 4096),
     "llama3.1:8b": LibraryEntry(4.9, "8.0B", "Q4_K_M", "llama", 4096),
     "gemma3:12b": LibraryEntry(8.1, "12.2B", "Q4_K_M", "gemma3", 3840),
+    # A vision model: Ollama serves it one request at a time (sim/catalog.py).
+    "llama3.2-vision:11b": LibraryEntry(7.8, "10.7B", "Q4_K_M", "mllama", 4096),
     "phi4:14b": LibraryEntry(9.1, "14.7B", "Q4_K_M", "phi3", 5120),
     "gemma3:27b": LibraryEntry(17.0, "27.4B", "Q4_K_M", "gemma3", 5376),
     "qwq:32b": LibraryEntry(20.0, "32.8B", "Q4_K_M", "qwen2", 5120),

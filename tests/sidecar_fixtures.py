@@ -103,7 +103,7 @@ class RecordingJournal:
         return None
 
     def health(self) -> dict[str, Any]:
-        return {"backend": "memory", "records": len(self.records)}
+        return {"backend": "memory", "state": "running", "connected": True, "records": len(self.records)}
 
     def configure(self, settings: Any) -> None:
         self.settings.append(settings)

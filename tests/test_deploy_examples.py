@@ -71,7 +71,7 @@ def test_the_image_defaults_are_real_settings() -> None:
     parses(["serve"])
     assert f"USER {UID}:{UID}" in CONTAINERFILE and UID != "0"
     assert "HEALTHCHECK" in CONTAINERFILE and "curl" not in CONTAINERFILE.split("HEALTHCHECK", 1)[1]
-    assert "/proxy/health" in CONTAINERFILE
+    assert "/livez" in CONTAINERFILE
     ignore = (ROOT / ".containerignore").read_text()
     assert "\n*\n" in ignore and "**/.env" in ignore  # nothing enters the context unless listed
     # And whatever ignore file a builder reads, only named paths are copied into a layer.
@@ -123,8 +123,8 @@ def test_kubernetes_pod_is_the_sidecar_pattern() -> None:
     for secret in ("PROXY_ADMIN_KEY", "SMART_PROXY_DB"):
         assert "secretKeyRef" in env[secret]["valueFrom"]
     assert env["SMART_PROXY_POLICY"]["value"] == IMAGE_ENV["SMART_PROXY_POLICY"]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert proxy[probe]["httpGet"] == {"path": "/proxy/health", "port": "http"}
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert proxy["ports"] == [{"name": "http", "containerPort": int(PORT)}]
     ctx = proxy["securityContext"]
     assert ctx["runAsNonRoot"] and str(ctx["runAsUser"]) == UID and ctx["allowPrivilegeEscalation"] is False

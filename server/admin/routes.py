@@ -26,7 +26,7 @@ from schemas.proxy_api import (
     ReloadOutcome,
     VramView,
 )
-from server.admin import dashboard, live, views
+from server.admin import dashboard, live, probes, views
 from server.admin.guard import admin_only
 from server.admin.guard import json_response as _json
 from server.http.auth import SESSION_COOKIE
@@ -268,4 +268,5 @@ def routes() -> list[BaseRoute]:
         Route("/metrics", metrics, methods=["GET"]),
         *live.routes(),
         *dashboard.routes(),
+        *probes.routes(),
     ]

@@ -1,6 +1,7 @@
-"""Errors in the client's own dialect: an OpenAI error object on `/v1/*`, `{"error": "..."}` on the
-native API and on the sidecar's own endpoints — the shapes Ollama itself uses, so a client's error
-handling works the same whether the proxy or Ollama refused it."""
+"""Errors in the client's own dialect: Anthropic's `{"type": "error", "error": {...}}` on
+`/v1/messages`, an OpenAI error object on the rest of `/v1/*`, `{"error": "..."}` on the native API
+and on the sidecar's own endpoints — the shapes Ollama itself uses, so a client's error handling
+works the same whether the proxy or Ollama refused it."""
 
 from __future__ import annotations
 
@@ -19,11 +20,34 @@ _OPENAI_TYPES = {
 }
 
 
+# Anthropic's error "type" per status (its Messages API documents these).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+ANTHROPIC_PATHS = ("/v1/messages",)
+# Routes whose streams are Server-Sent Events with an `event:` line per event: a stream that
+# breaks ends with an `error` event rather than a bare `data:` frame.
+EVENT_STREAM_PATHS = ("/v1/messages", "/v1/responses")
+
+
+def is_anthropic(path: str) -> bool:
+    return path in ANTHROPIC_PATHS
+
+
 def is_openai(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+    return (path == "/v1" or path.startswith("/v1/")) and not is_anthropic(path)
 
 
 def error_body(path: str, status: int, message: str) -> bytes:
+    if is_anthropic(path):
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        return msgspec.json.encode({"type": "error", "error": {"type": kind, "message": message}})
     if is_openai(path):
         obj = {
             "error": {
@@ -55,6 +79,23 @@ def error_response(
         headers=out,
         media_type="application/json",
     )
+
+
+def stream_error(path: str, message: str, *, line_ended: bool = True) -> bytes:
+    """The last bytes of an answer that broke after it began, in its stream's framing, as Ollama
+    ends a broken stream: an error line (native NDJSON), a `data:` frame (OpenAI chat), or an
+    `error` event (the Messages and Responses APIs)."""
+    lead = b"" if line_ended else b"\n"
+    if path in EVENT_STREAM_PATHS:
+        if is_anthropic(path):
+            body = error_body(path, 500, message)
+        else:
+            body = msgspec.json.encode(
+                {"type": "error", "code": "server_error", "message": message, "param": None}
+            )
+        return lead + b"event: error\ndata: " + body + b"\n\n"
+    body = error_body(path, 500, message)
+    return lead + (b"data: " + body + b"\n\n" if is_openai(path) else body + b"\n")
 
 
 class ProxyError(Exception):

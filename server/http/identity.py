@@ -163,11 +163,13 @@ def parse_api_keys(text: str) -> dict[str, str]:
 
 
 def bearer(headers: Headers) -> str | None:
+    """The client's API key: `Authorization: Bearer KEY`, or Anthropic clients' `x-api-key`."""
     value = headers.get("authorization", "")
     scheme, _, token = value.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return None
+    key = headers.get("x-api-key", "").strip()
+    return key or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 from engine.scheduler import Grant
 from schemas.events import FirstByte
 from schemas.journal import Status
-from server.http.dialects import ProxyError, error_body, error_response, is_openai
+from server.http.dialects import ProxyError, error_response, stream_error
 from server.http.forward import describe, open_upstream, relay
 from server.proxy.disconnect import ClientGone, DisconnectWatch
 from server.proxy.facts import StreamTap
@@ -291,10 +291,7 @@ class Exchange:
         Ollama itself does, so a client sees an error rather than a silently short answer."""
         self._settled()
         assert self._send is not None
-        body = error_body(self.facts.endpoint, 500, message)
-        line = (b"" if self._ends_line else b"\n") + (
-            b"data: " + body + b"\n\n" if is_openai(self.facts.endpoint) else body + b"\n"
-        )
+        line = stream_error(self.facts.endpoint, message, line_ended=self._ends_line)
         await self._send({"type": "http.response.body", "body": line, "more_body": False})
 
     def _record(self, outcome: _Outcome) -> None:

@@ -139,21 +139,24 @@ class StreamTap:
                 yield obj
 
     def counters(self) -> dict[str, int]:
-        """Ollama's native counters, or the OpenAI usage block mapped onto them."""
+        """Ollama's native counters, or a usage block mapped onto them: OpenAI's
+        (`prompt_tokens`, `completion_tokens`), the Responses and Messages APIs'
+        (`input_tokens`, `output_tokens`, possibly inside `response` or `message`). Read from the
+        end; a stream that reports the two counts in different events (Anthropic's
+        `message_start` and `message_delta`) gives each from the latest event that has it."""
+        found: dict[str, int] = {}
         for obj in self._last_objects(b"".join(self._tail)):
-            found = {k: v for k in _COUNTERS if isinstance(v := obj.get(k), int) and v >= 0}
-            usage = obj.get("usage")
-            if isinstance(usage, dict):
-                for ours, theirs in (
-                    ("prompt_eval_count", "prompt_tokens"),
-                    ("eval_count", "completion_tokens"),
-                ):
-                    value = usage.get(theirs)
-                    if isinstance(value, int) and value >= 0:
-                        found[ours] = value
-            if found:
-                return found
-        return {}
+            native = {k: v for k in _COUNTERS if isinstance(v := obj.get(k), int) and v >= 0}
+            if native:
+                return native | found
+            for usage in _usages(obj):
+                for ours, names in _USAGE_NAMES:
+                    value = next((usage[n] for n in names if isinstance(usage.get(n), int)), None)
+                    if value is not None and value >= 0:
+                        found.setdefault(ours, value)
+            if len(found) == len(_USAGE_NAMES):
+                break
+        return found
 
     def text(self) -> str | None:
         """The generated text, joined from every chunk (native or OpenAI, streamed or not)."""
@@ -165,7 +168,39 @@ class StreamTap:
         return "".join(parts)
 
 
+_USAGE_NAMES = (
+    ("prompt_eval_count", ("prompt_tokens", "input_tokens")),
+    ("eval_count", ("completion_tokens", "output_tokens")),
+)
+
+
+def _usages(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for holder in (obj, obj.get("response"), obj.get("message")):
+        if isinstance(holder, dict) and isinstance(usage := holder.get("usage"), dict):
+            yield usage
+
+
+def _blocks(content: Any) -> str:
+    """Text of a list of content blocks (Anthropic's `text`, the Responses API's `output_text`)."""
+    if not isinstance(content, list):
+        return ""
+    return "".join(b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str))
+
+
 def _piece(obj: dict[str, Any]) -> str:
+    kind = obj.get("type")
+    if kind == "response.output_text.delta" and isinstance(obj.get("delta"), str):
+        return str(obj["delta"])  # the Responses API, streamed
+    if kind == "content_block_delta" and isinstance(delta := obj.get("delta"), dict):
+        return str(delta.get("text") or "")  # the Messages API, streamed
+    if isinstance(kind, str) and kind.startswith(("response.", "message_", "content_block_")):
+        return ""  # the other stream events repeat text already counted (or carry none)
+    if kind == "message" and isinstance(obj.get("content"), list):
+        return _blocks(obj["content"])  # the Messages API, whole
+    if obj.get("object") == "response" and isinstance(obj.get("output"), list):
+        return "".join(_blocks(item.get("content")) for item in obj["output"] if isinstance(item, dict))
+    if isinstance(obj.get("text"), str) and "choices" not in obj:
+        return str(obj["text"])  # an audio transcription
     if isinstance(obj.get("response"), str):
         return str(obj["response"])
     message = obj.get("message")

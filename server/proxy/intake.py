@@ -16,6 +16,7 @@ import msgspec
 from engine.admission import refusal
 from engine.scheduler import Scheduler
 from policy.load import CompiledFile
+from schemas.multipart import FormError, form_field
 from server.http.dialects import ProxyError
 from server.proxy.facts import RequestFacts, prompt_text
 
@@ -83,6 +84,18 @@ def parse_scheduled(body: bytes) -> ScheduledBody:
     if not parsed.model.strip():
         raise ProxyError(400, "model is required")
     return parsed
+
+
+def parse_form(body: bytes, content_type: str) -> ScheduledBody:
+    """A multipart form (an audio transcription): its `model` field is all scheduling needs; the
+    audio is forwarded as sent and never decoded (or journaled)."""
+    try:
+        model = form_field(body, content_type, "model")
+    except FormError as exc:
+        raise ProxyError(400, f"invalid request body: {exc}") from None
+    if not model or not model.strip():
+        raise ProxyError(400, "model is required (a form field)")
+    return ScheduledBody(model=model)
 
 
 def check_limits(compiled: CompiledFile, scheduler: Scheduler, client: str, *, stopping: bool) -> None:

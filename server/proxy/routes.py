@@ -20,7 +20,7 @@ from server.http.forward import request_headers
 from server.http.request_ids import journal_id_var, request_id_var
 from server.proxy.exchange import Exchange
 from server.proxy.facts import RequestFacts
-from server.proxy.intake import Admission, Scheduling, check_limits, parse_scheduled
+from server.proxy.intake import Admission, Scheduling, check_limits, parse_form, parse_scheduled
 from server.runtime.events import ended
 from server.runtime.queue_ids import QueueIds
 from server.sidecar import Caller, Sidecar, sidecar_of
@@ -34,7 +34,11 @@ SCHEDULED = (
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
+    "/v1/responses",  # OpenAI's Responses API (Ollama serves it statelessly)
+    "/v1/messages",  # Anthropic's Messages API
+    "/v1/audio/transcriptions",  # a multipart form: the model is a form field
 )
+FORM_ROUTES = frozenset({"/v1/audio/transcriptions"})
 
 
 def _target(request: Request) -> str:
@@ -71,7 +75,10 @@ async def scheduled(request: Request) -> Response | _Ticketed:
     facts = _facts(request, caller)
     try:
         body = await read_body(request, compiled.limits.max_body)
-        parsed = parse_scheduled(body)
+        if facts.endpoint in FORM_ROUTES:
+            parsed = parse_form(body, request.headers.get("content-type", ""))
+        else:
+            parsed = parse_scheduled(body)
         try:
             # Checked before the ticket exists: the scheduler compares these as runner keys.
             variant = variant_of(parsed.options)
@@ -185,5 +192,12 @@ def routes() -> list[BaseRoute]:
         Route("/api/copy", admin_passthrough, methods=["POST"]),
         Route("/api/delete", admin_passthrough, methods=["DELETE"]),
         Route("/api/blobs/{digest}", admin_passthrough, methods=["HEAD", "POST"]),
+        # Newer Ollama: server status is public; the account routes act on the server's cloud
+        # sign-in and the experimental ones may change anything, so both are admin only.
+        Route("/api/status", passthrough, methods=["GET", "HEAD"]),
+        Route("/api/me", admin_passthrough, methods=["GET", "POST"]),
+        Route("/api/signout", admin_passthrough, methods=["POST"]),
+        Route("/api/experimental/{rest:path}", admin_passthrough,
+              methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     return out
