@@ -67,8 +67,14 @@ def test_queue_position_cancel_and_metrics(
                   status="completed") == 2
     assert metric(text, "smart_proxy_requests_total", endpoint="/api/generate", model=MODEL,
                   status="cancelled") == 1
-    assert metric(text, "smart_proxy_queue_wait_seconds_count", model=MODEL) == 2
+    assert metric(text, "smart_proxy_queue_wait_seconds_count", **{"class": "interactive"}, model=MODEL) == 2
     assert metric(text, "smart_proxy_request_duration_seconds_count", model=MODEL) == 3
+    assert metric(text, "smart_proxy_time_to_first_byte_seconds_count", model=MODEL) == 2
+    completed = [r for r in proxy.journal.records if r.status == "completed"]
+    assert metric(text, "smart_proxy_output_tokens_total", model=MODEL) == sum(
+        r.eval_count or 0 for r in completed) > 0
+    assert metric(text, "smart_proxy_input_tokens_total", model=MODEL) == sum(
+        r.prompt_eval_count or 0 for r in completed) > 0
     assert metric(text, "smart_proxy_dispatches_total", action="load") == 1
     assert metric(text, "smart_proxy_dispatches_total", action="attach") == 1
     assert metric(text, "smart_proxy_in_flight") == 0

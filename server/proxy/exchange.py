@@ -177,6 +177,7 @@ class Exchange:
                 parts.events.publish(
                     FirstByte(at=time.time(), request_id=facts.request_id, model=facts.model or "")
                 )
+                parts.metrics.started(facts.model or "", facts.first_byte_at - facts.received_at)
                 parts.dispatcher.started(facts.request_id)
             limit = max(0.0, deadline - time.monotonic()) if self.scheduling else None
             try:
@@ -304,7 +305,7 @@ class Exchange:
         if self.scheduling is not None:  # pass-through calls (/api/tags polls) are not events
             parts.events.publish(ended(record))
         seconds = (record.duration_ms or 0.0) / 1000
-        parts.metrics.finished(facts.endpoint, facts.model, outcome.status, seconds)
+        parts.metrics.finished(facts.endpoint, facts.model, outcome.status, seconds, facts.counters)
         log.info(
             "%s %s %s %s",
             self.method, facts.endpoint, outcome.http_status or "-", outcome.status,

@@ -1,22 +1,44 @@
 """Prometheus metrics, one registry per app instance (so tests can run several sidecars).
 
-Model names come from clients, so a label only carries a model Ollama has reported (in /api/tags
-or /api/ps) and "other" otherwise: a client cannot blow up the series count with invented names.
+Named by Prometheus' guide: one `smart_proxy_` prefix, base units (`_seconds`, `_bytes`), `_total`
+on counters (prometheus_client adds it), a `smart_proxy_build_info` gauge. Every metric is listed,
+with its type and labels, in docs/sidecar.md (a test compares the two).
+
+Labels stay bounded. Model names come from clients, so a label carries a model only once Ollama
+has reported it (in /api/tags or /api/ps), and at most MAX_MODEL_LABELS of them: the rest, and
+every name Ollama never reported, count as "other". Classes come from the policy file; endpoints
+are the routes, with parameters folded into the route's template.
 """
 
 from __future__ import annotations
 
+import platform
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from engine.scheduler import Grant, Scheduler
 from schemas.model_name import canonical_model
 
+# The `_created` series prometheus_client adds beside every counter and histogram double the
+# series count and tell a scraper nothing it needs here.
+disable_created_metrics()
+
+MAX_MODEL_LABELS = 100  # distinct model labels; more models than this count as "other"
+GB = 1024**3
 _WAIT_BUCKETS = (0.005, 0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_FIRST_BYTE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _DURATION_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -57,6 +79,16 @@ class _QueueCollector(Collector):
         yield GaugeMetricFamily(
             "smart_proxy_paused", "1 while dispatching is paused", value=int(scheduler.paused)
         )
+        residency = scheduler.residency_model
+        yield GaugeMetricFamily(
+            "smart_proxy_vram_used_bytes",
+            "VRAM the residency model counts as taken by loaded and loading models",
+            value=residency.vram_used() * GB,
+        )
+        yield GaugeMetricFamily(
+            "smart_proxy_vram_total_bytes", "VRAM the policy's backend.vram_gb gives Ollama",
+            value=residency.vram_gb * GB,
+        )
 
 
 class Metrics:
@@ -73,9 +105,24 @@ class Metrics:
             registry=r,
         )
         self.queue_wait = Histogram(
-            "smart_proxy_queue_wait_seconds", "Time from arrival to dispatch", ["model"],
-            buckets=_WAIT_BUCKETS, registry=r,
+            "smart_proxy_queue_wait_seconds", "Time from arrival to dispatch, by model and class",
+            ["model", "class"], buckets=_WAIT_BUCKETS, registry=r,
         )
+        self.first_byte = Histogram(
+            "smart_proxy_time_to_first_byte_seconds",
+            "Time from arrival to Ollama's first byte (queue wait and any model load included)",
+            ["model"], buckets=_FIRST_BYTE_BUCKETS, registry=r,
+        )
+        self.input_tokens = Counter(
+            "smart_proxy_input_tokens", "Prompt tokens Ollama reported evaluating", ["model"], registry=r
+        )
+        self.output_tokens = Counter(
+            "smart_proxy_output_tokens", "Tokens Ollama reported generating", ["model"], registry=r
+        )
+        Gauge(
+            "smart_proxy_build_info", "Always 1; the labels say which sidecar is running",
+            ["version", "python"], registry=r,
+        ).labels(_version(), platform.python_version()).set(1)
         self.duration = Histogram(
             "smart_proxy_request_duration_seconds", "Time from arrival to the last byte", ["model"],
             buckets=_DURATION_BUCKETS, registry=r,
@@ -120,7 +167,7 @@ class Metrics:
             for m in models:
                 if isinstance(m, dict):
                     for key in ("name", "model"):
-                        if isinstance(m.get(key), str):
+                        if isinstance(m.get(key), str) and len(self.known_models) < MAX_MODEL_LABELS:
                             # Requests carry canonical names (server/proxy/routes.py), so must the labels.
                             self.known_models.add(canonical_model(str(m[key])))
 
@@ -128,15 +175,34 @@ class Metrics:
         self.dispatches.labels(grant.action).inc()
         if grant.evicts:
             self.evictions.inc(len(grant.evicts))
-        self.queue_wait.labels(self.model_label(grant.ticket.model)).observe(
+        self.queue_wait.labels(self.model_label(grant.ticket.model), grant.ticket.cls).observe(
             max(0.0, grant.granted_at - grant.ticket.arrival)
         )
 
-    def finished(self, path: str, model: str | None, status: str, seconds: float) -> None:
+    def started(self, model: str, seconds: float) -> None:
+        """Ollama's first byte of a scheduled request, `seconds` after it arrived."""
+        self.first_byte.labels(self.model_label(model)).observe(max(0.0, seconds))
+
+    def finished(
+        self, path: str, model: str | None, status: str, seconds: float,
+        counters: dict[str, int] | None = None,
+    ) -> None:
         label = self.model_label(model) if model else "none"
         self.requests.labels(endpoint_label(path), label, status).inc()
         if model:
             self.duration.labels(label).observe(seconds)
+            if counters:
+                if (prompt := counters.get("prompt_eval_count")) is not None:
+                    self.input_tokens.labels(label).inc(prompt)
+                if (output := counters.get("eval_count")) is not None:
+                    self.output_tokens.labels(label).inc(output)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ollama-smart-proxy")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
