@@ -7,6 +7,7 @@ is read once per `dispatch()` call, so a reload takes effect at the next decisio
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,11 @@ from engine.residency import Action, Plan, ResidencyModel
 from policy.compile import OrderKey, Policy
 from policy.load import CompiledFile
 from policy.state import SchedulingState
-from schemas.model_name import canonical_model
+from schemas.model_name import canonical_model, is_cloud
+
+# Cloud models run on Ollama's hosted service: no local VRAM, no local slot, no load. Asked per
+# group head on every pick, so cached (names come from clients: the cache is bounded).
+cloud = functools.lru_cache(maxsize=4096)(is_cloud)
 from schemas.ticket import Residency, Score, Ticket
 
 
@@ -56,6 +61,7 @@ class InFlight:
     granted_at: float
     plan: Plan
     started: bool = False
+    cloud: bool = False  # holds a cloud slot ([cloud] max_parallel), not a local one
 
 
 class _StateView(SchedulingState):
@@ -66,14 +72,15 @@ class _StateView(SchedulingState):
     def __init__(self, ledger: ClientLedger, residency: ResidencyModel) -> None:
         self._ledger, self._residency = ledger, residency
 
+    # A cloud model is always "loaded" to a policy: it never costs a load, a swap or VRAM.
     def residency(self, model: str, variant: str = "") -> Residency:
-        return self._residency.residency(model, variant)
+        return "loaded" if cloud(model) else self._residency.residency(model, variant)
 
     def size_gb(self, model: str) -> float | None:
-        return self._residency.size_gb(model)
+        return 0.0 if cloud(model) else self._residency.size_gb(model)
 
     def fits_beside(self, model: str, vram_only: bool) -> bool:
-        return self._residency.fits_beside(model, vram_only)
+        return cloud(model) or self._residency.fits_beside(model, vram_only)
 
     def loaded_count(self) -> int:
         return self._residency.loaded_count()
@@ -112,6 +119,7 @@ class Scheduler:
         )
         self.state = _StateView(self._ledger, self.residency_model)
         self.paused = False
+        self._cloud_in_flight = 0
 
     # -- settings ------------------------------------------------------------------------
 
@@ -122,6 +130,16 @@ class Scheduler:
     @property
     def max_parallel(self) -> int:
         return self._settings.backend.max_parallel
+
+    @property
+    def cloud_max_parallel(self) -> int:
+        return self._settings.cloud_max_parallel
+
+    def _local_free(self) -> bool:
+        return len(self._in_flight) - self._cloud_in_flight < self.max_parallel
+
+    def _cloud_free(self) -> bool:
+        return self._cloud_in_flight < self.cloud_max_parallel
 
     def apply_settings(self, settings: CompiledFile) -> None:
         """After a reload: the new file (its policy, slots, windows and size overrides) for every
@@ -191,7 +209,7 @@ class Scheduler:
         if self.paused:
             return grants
         policy = self._policy_source()
-        while len(self._in_flight) < self.max_parallel and self._waiting:
+        while self._waiting and (self._local_free() or self._cloud_free()):
             now = self._clock()
             self._picker.mark_dirty(self._ledger.expire(now))
             self._picker.refresh(policy, self.state, now)
@@ -208,15 +226,20 @@ class Scheduler:
         parallel limit), and evicting now would cost a second swap to bring it back."""
         held: set[tuple[str, str]] = set()
         residency = self.residency_model
+        local_free, cloud_free = self._local_free(), self._cloud_free()
 
         def eligible(model: str, variant: str) -> bool:
-            return (model, variant) not in held and residency.eligible(model, variant)
+            if cloud(model):
+                return cloud_free
+            return local_free and (model, variant) not in held and residency.eligible(model, variant)
 
         while True:
             choice = self._picker.best(policy, self.state, now, eligible, self._oldest)
             if choice is None or choice[1].overdue:  # overdue work goes, whatever it costs
                 return choice
             ticket, score = choice
+            if cloud(ticket.model):
+                return choice  # evicts nothing
             mine = policy.order_key(ticket, score)
             victims = residency.plan(ticket.model, ticket.variant).evicts
             if not any(self._ranks_ahead(v, mine, policy, now) for v in victims):
@@ -242,9 +265,14 @@ class Scheduler:
         self._picker.remove(ticket)
         self._ranking.left(ticket.id)
         self._ledger.leave(ticket.client)
-        plan = self.residency_model.plan(ticket.model, ticket.variant)
-        self.residency_model.dispatched(ticket.model, plan, now, ticket.variant)
-        self._in_flight[ticket.id] = InFlight(ticket, now, plan)
+        if cloud(ticket.model):
+            plan = Plan("attach")
+            self._cloud_in_flight += 1
+            self._in_flight[ticket.id] = InFlight(ticket, now, plan, cloud=True)
+        else:
+            plan = self.residency_model.plan(ticket.model, ticket.variant)
+            self.residency_model.dispatched(ticket.model, plan, now, ticket.variant)
+            self._in_flight[ticket.id] = InFlight(ticket, now, plan)
         return Grant(
             ticket=ticket,
             score=score,
@@ -262,14 +290,18 @@ class Scheduler:
         flight = self._in_flight.get(request_id)
         if flight is not None and not flight.started:
             flight.started = True
-            self.residency_model.first_byte(flight.ticket.model)
+            if not flight.cloud:
+                self.residency_model.first_byte(flight.ticket.model)
 
     def finish(self, request_id: str) -> bool:
         """The request is over, whatever the outcome: free its slot. False if it held none."""
         flight = self._in_flight.pop(request_id, None)
         if flight is None:
             return False
-        self.residency_model.finished(flight.ticket.model, self._clock())
+        if flight.cloud:
+            self._cloud_in_flight -= 1
+        else:
+            self.residency_model.finished(flight.ticket.model, self._clock())
         return True
 
     def reconcile(self, ps_payload: dict[str, Any]) -> None:
@@ -331,15 +363,24 @@ class Scheduler:
         common = []
         if self.paused:
             common.append("dispatching is paused")
-        busy = len(self._in_flight)
+        busy = len(self._in_flight) - self._cloud_in_flight
         full = (
             f"max_parallel reached ({busy} of {self.max_parallel} slots busy)"
             if busy >= self.max_parallel
             else None
         )
+        cloud_full = (
+            f"cloud max_parallel reached ({self._cloud_in_flight} of {self.cloud_max_parallel} busy)"
+            if not self._cloud_free()
+            else None
+        )
         blocked: dict[tuple[str, str], str | None] = {}  # per runner, decided at its best ticket
         out = []
         for i, (key, t, score) in enumerate(ranked, start=1):
+            if cloud(t.model):
+                reasons = [*common, *([cloud_full] if cloud_full else [])]
+                out.append(RankedTicket(i, t, score, True, "; ".join(reasons) or None))
+                continue
             runner = (t.model, t.variant)
             if runner not in blocked:
                 blocked[runner] = residency.blocked_reason(*runner)
@@ -381,7 +422,7 @@ class Scheduler:
                 yield policy.order_key(t, policy.score(t, self.state, now)), t.id
 
         place = self._ranking.position(request_id, mine, len(self._waiting), now, rank_all)
-        eligible = self.residency_model.eligible(ticket.model, ticket.variant)
+        eligible = cloud(ticket.model) or self.residency_model.eligible(ticket.model, ticket.variant)
         return RankedTicket(place, ticket, score, eligible)
 
     def in_flight(self) -> list[InFlight]:

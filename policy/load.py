@@ -93,6 +93,7 @@ class CompiledFile:
     terms: dict[str, tuple[DecodedTerm, ...]]  # per policy, the decoded terms (for `show`)
     # [models] num_parallel, in file order: (canonical name or glob, slots); engine/residency.py
     model_parallel: tuple[tuple[str, int], ...] = ()
+    cloud_max_parallel: int = 4  # [cloud] max_parallel: cloud requests in flight at once
 
     def classify(self, client: str, model: str, endpoint: str, requested: str | None) -> str:
         return self.classifier.classify(client, model, endpoint, requested)
@@ -255,6 +256,7 @@ def compile_file(
             retention=parse_duration(file.journal.retention),
         ),
         model_sizes={n: m.vram_gb for n, m in file.models.items() if m.vram_gb is not None},
+        cloud_max_parallel=file.cloud.max_parallel,
         model_parallel=tuple(
             (canonical_pattern(n), m.num_parallel) for n, m in file.models.items()
             if m.num_parallel is not None

@@ -55,6 +55,16 @@ def canonical_model(name: str) -> str:
     return f"{prefix}{model}:{tag}{at}{digest}"
 
 
+def is_cloud(model: str) -> bool:
+    """A cloud model (a canonical name): Ollama forwards it to its hosted service, so it takes no
+    local VRAM and no local slot. Named `NAME:cloud`, or with `-cloud` ending its name or tag
+    (`gpt-oss:120b-cloud`, `deepseek-v3.1:671b-cloud`)."""
+    name, _, tag = model.rpartition(":")
+    if not name:
+        name, tag = tag, ""
+    return tag == "cloud" or tag.endswith("-cloud") or name.endswith("-cloud")
+
+
 def is_pattern(text: str) -> bool:
     """A glob (`*`, `?` or `[`) rather than one model's name."""
     return any(c in text for c in "*?[")
@@ -75,5 +85,5 @@ def canonical_pattern(pattern: str) -> str:
 
 __all__ = [
     "DEFAULT_HOST", "DEFAULT_NAMESPACE", "DEFAULT_TAG", "canonical_model", "canonical_pattern",
-    "is_pattern",
+    "is_cloud", "is_pattern",
 ]

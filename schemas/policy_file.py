@@ -96,6 +96,12 @@ class Journal(Strict, frozen=True):
     retention: Duration = "30d"
 
 
+class Cloud(Strict, frozen=True):
+    # Cloud models (`NAME:cloud`, `…-cloud`) run on Ollama's hosted service: no local VRAM, no
+    # local slot. Requests to them in flight at once, apart from backend.max_parallel.
+    max_parallel: PositiveInt = 4
+
+
 class PolicySpec(Strict, frozen=True):
     description: str = ""
     # Scores below this are raised to it (the seed clamped at 0); ties then fall to arrival order.
@@ -112,6 +118,7 @@ class PolicyFile(Strict, frozen=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     admin: Admin = msgspec.field(default_factory=Admin)
     journal: Journal = msgspec.field(default_factory=Journal)
+    cloud: Cloud = msgspec.field(default_factory=Cloud)
     policies: dict[str, PolicySpec] = msgspec.field(default_factory=dict)
 
 
@@ -120,6 +127,7 @@ __all__ = [
     "Backend",
     "ClassRule",
     "Clients",
+    "Cloud",
     "Journal",
     "Limits",
     "ModelInfo",

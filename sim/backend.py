@@ -28,6 +28,10 @@ class QueueFull(Exception):
     """More than max_queue requests would be pending: Ollama answers 503."""
 
 
+class CloudBusy(Exception):
+    """The hosted service refuses: this server has as many cloud requests there as it takes."""
+
+
 @dataclass(eq=False, slots=True)
 class Job:
     """One request as the scheduler sees it. Durations are on the backend's (scaled) clock."""
@@ -79,6 +83,7 @@ class Backend:
         self.pending: deque[Job] = deque()
         self._started: list[Job] = []
         self._next_id = 0
+        self.cloud: list[Job] = []  # cloud requests in progress at the hosted service
         # Models read recently enough to still be in the host's page cache: name → bytes.
         self._page_cache: OrderedDict[str, int] = OrderedDict()
 
@@ -95,7 +100,8 @@ class Backend:
         num_ctx: int | None = None,
         keep_alive: float | None = None,
     ) -> Job:
-        """Queue a request; QueueFull if the pending queue is at max_queue."""
+        """Queue a request; QueueFull if the pending queue is at max_queue; CloudBusy when a cloud
+        model's hosted service has as many of this server's requests as it takes."""
         self.advance(now)
         self._next_id += 1
         job = Job(
@@ -104,6 +110,8 @@ class Backend:
             keep_alive=self.settings.keep_alive if keep_alive is None else keep_alive,
             prompt_tokens=prompt_tokens, output_tokens=output_tokens,
         )
+        if spec.cloud:
+            return self._submit_cloud(job, now)
         runner = self.runners.get(spec.name)
         if runner is not None and self._usable(runner, job):
             # Fast path: a loaded (or loading) model with matching options skips the queue.
@@ -117,10 +125,36 @@ class Backend:
         self._settle(now)
         return job
 
+    def _submit_cloud(self, job: Job, now: float) -> Job:
+        """Forwarded to the hosted service: no runner, no VRAM, no local queue; it answers after
+        a fixed latency at its own token rate, and refuses (429) past its concurrency limit."""
+        if len(self.cloud) >= self.settings.cloud_max_concurrent:
+            self.stats.cloud_rejections += 1
+            raise CloudBusy
+        job.state, job.ready_at, job.started_at = "running", now, now
+        job.prompt_seconds = self._scaled(self.settings.cloud_first_token_s)
+        job.eval_seconds = self._scaled(job.output_tokens / self.settings.cloud_tokens_per_s)
+        job.done_at = now + job.prompt_seconds + job.eval_seconds
+        self.cloud.append(job)
+        self._started.append(job)
+        self.stats.cloud_requests += 1
+        return job
+
+    def _finish_cloud(self, job: Job) -> None:
+        self.cloud.remove(job)
+        job.state = "done"
+        self.stats.requests_served += 1
+        self.stats.model(job.spec.name).requests += 1
+
     def cancel(self, now: float, job: Job) -> None:
         """The client went away: drop the job wherever it is. Idempotent."""
         self.advance(now)
         if job.state in ("done", "cancelled"):
+            return
+        if job.spec.cloud:
+            self.cloud.remove(job)
+            job.state = "cancelled"
+            self.stats.requests_cancelled += 1
             return
         runner = job.runner
         if job.state == "pending":
@@ -328,6 +362,10 @@ class Backend:
 
     def _next_event(self) -> tuple[float, Callable[[], None]] | None:
         best: tuple[float, Callable[[], None]] | None = None
+        for job in self.cloud:
+            assert job.done_at is not None
+            if best is None or job.done_at < best[0]:
+                best = (job.done_at, lambda j=job: self._finish_cloud(j))
         for runner in self.runners.values():
             if runner.state == "loaded":
                 for job in runner.running:

@@ -30,6 +30,7 @@ class ModelSpec:
     embedding_length: int = 4096
     embedding: bool = False
     resident_factor: float = 1.2
+    cloud: bool = False  # served by Ollama's hosted service: no VRAM, no local slot, no load
 
     def slots(self, num_parallel: int) -> int:
         """Requests this model serves at once on a server with OLLAMA_NUM_PARALLEL = num_parallel."""

@@ -6,6 +6,7 @@ traceback: `sim.toml: models[1].size_gb: "big": Expected `float`, got `str``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tomllib
@@ -16,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.common import NonNegativeFloat, PositiveFloat, PositiveInt, Strict
+from schemas.model_name import is_cloud
 from sim.catalog import GB, ModelSpec, canonical, digest_for
 from sim.gotime import keep_alive_seconds
 from sim.library import LIBRARY
@@ -31,6 +33,11 @@ class NodeConfig(Strict, frozen=True):
     keep_alive: float | str = "5m"  # OLLAMA_KEEP_ALIVE: seconds or a Go duration
     page_cache_gb: NonNegativeFloat = 32.0  # host RAM that keeps recently read weights warm
     time_scale: NonNegativeFloat = 1.0
+    # Cloud models (names ending -cloud): the hosted service's answer time and its limit on
+    # concurrent requests from this server, beyond which it answers 429.
+    cloud_first_token_s: NonNegativeFloat = 0.4
+    cloud_tokens_per_s: PositiveFloat = 80.0
+    cloud_max_concurrent: PositiveInt = 8
 
 
 class ModelConfig(Strict, frozen=True):
@@ -64,12 +71,12 @@ class Settings:
     page_cache: int
     time_scale: float
     models: tuple[ModelSpec, ...]
+    cloud_first_token_s: float = 0.4
+    cloud_tokens_per_s: float = 80.0
+    cloud_max_concurrent: int = 8
 
     def with_time_scale(self, scale: float) -> Settings:
-        return Settings(
-            self.vram, self.num_parallel, self.max_loaded_models, self.max_queue,
-            self.keep_alive, self.page_cache, scale, self.models,
-        )
+        return dataclasses.replace(self, time_scale=scale)
 
 
 class SimConfigError(Exception):
@@ -139,13 +146,17 @@ def resolve(parsed: SimFile, file: str, now: float) -> Settings:
             continue
         seen.add(name)
         known = LIBRARY.get(name)
-        if known is None and (model.size_gb is None or model.parameter_size is None):
+        cloud = is_cloud(name)
+        if known is None and not cloud and (model.size_gb is None or model.parameter_size is None):
             problems.append(
                 f"{where}: {_show(model.name)}: is not in the built-in library, so give "
                 "size_gb and parameter_size (known: " + ", ".join(sorted(LIBRARY)) + ")"
             )
             continue
-        size_gb = model.size_gb if model.size_gb is not None else known.size_gb  # type: ignore[union-attr]
+        # Ollama lists a cloud model with a size of a few hundred bytes: a stub, not weights.
+        size_gb = model.size_gb if model.size_gb is not None else (
+            known.size_gb if known else 4e-7  # cloud: ~400 bytes
+        )
         specs.append(
             ModelSpec(
                 name=name,
@@ -160,6 +171,7 @@ def resolve(parsed: SimFile, file: str, now: float) -> Settings:
                 embedding_length=model.embedding_length or (known.embedding_length if known else 4096),
                 embedding=model.embedding if model.embedding is not None else bool(known and known.embedding),
                 resident_factor=model.resident_factor,
+                cloud=cloud,
             )
         )
     if problems:
@@ -173,6 +185,9 @@ def resolve(parsed: SimFile, file: str, now: float) -> Settings:
         keep_alive=keep_alive,
         page_cache=int(node.page_cache_gb * GB),
         time_scale=node.time_scale,
+        cloud_first_token_s=node.cloud_first_token_s,
+        cloud_tokens_per_s=node.cloud_tokens_per_s,
+        cloud_max_concurrent=node.cloud_max_concurrent,
         models=tuple(specs),
     )
 

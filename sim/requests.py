@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from sim.backend import Job, JobKind, QueueFull
+from sim.backend import CloudBusy, Job, JobKind, QueueFull
 from sim.catalog import ModelSpec
 from sim.driver import Emulator
 from sim.gotime import keep_alive_seconds
@@ -110,6 +110,10 @@ def parse_keep_alive(emu: Emulator, value: float | str | None) -> float:
         raise ApiError(400, str(exc)) from None
 
 
+# What the hosted service says, through Ollama, when it takes no more of this server's requests.
+CLOUD_BUSY = "too many concurrent requests to the cloud model, please try again later"
+
+
 def submit(
     emu: Emulator, spec: ModelSpec, kind: JobKind, *, prompt_tokens: int = 1,
     output_tokens: int = 0, options: Options | None = None, keep_alive: float | None = None,
@@ -121,6 +125,8 @@ def submit(
         )
     except QueueFull:
         raise ApiError(503, QUEUE_FULL) from None
+    except CloudBusy:
+        raise ApiError(429, CLOUD_BUSY) from None
 
 
 def plan_generation(

@@ -27,6 +27,8 @@ class Stats:
     requests_served: int = 0
     requests_cancelled: int = 0
     queue_full_rejections: int = 0
+    cloud_requests: int = 0  # forwarded to the hosted service (cloud models)
+    cloud_rejections: int = 0  # refused with 429 past its concurrency limit
     peak_concurrency: int = 0
     peak_pending: int = 0
     per_model: dict[str, ModelStats] = field(default_factory=dict)
@@ -48,6 +50,8 @@ class Stats:
             "requests_served": self.requests_served,
             "requests_cancelled": self.requests_cancelled,
             "queue_full_rejections": self.queue_full_rejections,
+            "cloud_requests": self.cloud_requests,
+            "cloud_rejections": self.cloud_rejections,
             "peak_concurrency": self.peak_concurrency,
             "peak_pending": self.peak_pending,
             "busy_seconds": {k: round(v.busy_seconds, 9) for k, v in sorted(self.per_model.items())},

@@ -1,0 +1,142 @@
+"""Cloud models (`NAME:cloud`, `…-cloud`): Ollama forwards them to its hosted service, so they take
+no local VRAM and no local slot. The engine never counts them as loads, gives them their own
+concurrency limit (`[cloud] max_parallel`), and the hosted side's 429 reaches the client as
+Ollama sends it. The emulator models a cloud model: fixed latency, no load, its own limit."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sidecar_fixtures import SidecarFactory, make_policy
+
+from engine.clock import ManualClock
+from engine.residency import GIB
+from engine.scheduler import Scheduler
+from policy.load import load_policy_file
+from schemas.model_name import is_cloud
+
+EXAMPLE = load_policy_file(Path(__file__).resolve().parent.parent / "policies.example.toml")
+CLOUD, LOCAL = "gpt-oss:120b-cloud", "llama3.2:1b"
+
+
+@pytest.mark.parametrize(("name", "cloud"), [
+    ("gpt-oss:120b-cloud", True), ("glm-4.6:cloud", True), ("qwen3-coder-cloud:latest", True),
+    ("llama3.2:1b", False), ("cloudy:7b", False), ("cloud:latest", False),
+])
+def test_what_names_a_cloud_model(name: str, cloud: bool) -> None:
+    assert is_cloud(name) is cloud
+
+
+def test_the_engine_gives_cloud_models_their_own_slots_and_no_vram() -> None:
+    settings = dataclasses.replace(EXAMPLE.with_active("balanced"), cloud_max_parallel=2)
+    settings = dataclasses.replace(settings, backend=dataclasses.replace(settings.backend, max_parallel=1))
+    s = Scheduler(settings, clock=ManualClock(100.0))
+    s.reconcile({"models": [{"name": "llama3.1:8b", "size": int(6 * GIB)}]})
+    for rid, model in (("c1", CLOUD), ("c2", CLOUD), ("c3", CLOUD), ("l1", "llama3.1:8b"), ("l2", "llama3.1:8b")):
+        s.enqueue(request_id=rid, model=model, client=rid, cls="interactive")
+    granted = {g.ticket.id: g for g in s.dispatch()}
+    # Two cloud slots and the one local slot, side by side.
+    assert sorted(granted) == ["c1", "c2", "l1"]
+    assert granted["c1"].action == "attach" and granted["c1"].evicts == ()
+    assert granted["c1"].score.breakdown()["vram"] == granted["l1"].score.breakdown()["vram"]
+    assert [m["model"] for m in s.residency()["models"]] == ["llama3.1:8b"]  # no cloud VRAM
+    reasons = {r.ticket.id: r.reason for r in s.waiting()}
+    assert "cloud max_parallel reached (2 of 2 busy)" in (reasons["c3"] or "")
+    assert "max_parallel reached (1 of 1" in (reasons["l2"] or "")
+    s.finish("c1")
+    assert [g.ticket.id for g in s.dispatch()] == ["c3"]
+    s.finish("l1")
+    assert [g.ticket.id for g in s.dispatch()] == ["l2"]
+    for rid in ("c2", "c3", "l2"):
+        s.finish(rid)
+    assert s.in_flight_count == 0 and s.dispatch() == []
+
+
+EMULATOR = f"""
+[node]
+vram_gb = 8
+max_loaded_models = 1
+num_parallel = 1
+time_scale = 1.0
+cloud_first_token_s = 0.3
+cloud_tokens_per_s = 200
+cloud_max_concurrent = 1
+[[models]]
+name = "{LOCAL}"
+[[models]]
+name = "{CLOUD}"
+"""
+
+
+@pytest.fixture
+def cloud_emulator() -> Iterator[Any]:
+    from sim.config import load_text
+    from sim.testing import running_emulator
+
+    with running_emulator(load_text(EMULATOR, "cloud", time.time())) as emulator:
+        yield emulator
+
+
+def _ask(proxy: Any, model: str) -> httpx.Response:
+    return httpx.post(proxy.url + "/api/generate", timeout=60,
+                      json={"model": model, "prompt": "hi", "stream": False, "options": {"num_predict": 20}})
+
+
+def test_cloud_requests_queue_for_their_own_limit_and_never_load(
+    sidecar_factory: SidecarFactory, cloud_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=cloud_emulator.url, policy=make_policy(
+        max_parallel=1, vram_gb=8, max_loaded_models=1, extra="[cloud]\nmax_parallel = 1\n",
+    ))
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(_ask, proxy, CLOUD) for _ in range(2)] + [pool.submit(_ask, proxy, LOCAL)]
+        assert [a.result().status_code for a in answers] == [200, 200, 200]
+    stats = cloud_emulator.stats()
+    assert stats["cloud_requests"] == 2 and stats["cloud_rejections"] == 0
+    assert stats["loads"] == 1  # the local model only
+    ps = httpx.get(cloud_emulator.url + "/api/ps", timeout=10).json()
+    assert [m["name"] for m in ps["models"]] == [LOCAL]
+    vram = proxy.admin("GET", "/proxy/vram").json()
+    assert CLOUD not in {m["model"] for m in vram["residency"]["models"]}
+    records = [r for r in proxy.journal.records if r.model == CLOUD]
+    assert len(records) == 2 and all(r.resident for r in records)
+
+
+def test_the_hosted_services_429_reaches_the_client_in_its_dialect(
+    sidecar_factory: SidecarFactory, cloud_emulator: Any
+) -> None:
+    # Two cloud requests allowed at once, the hosted side takes one: the second gets its 429.
+    proxy = sidecar_factory(upstream=cloud_emulator.url, policy=make_policy(
+        max_parallel=1, extra="[cloud]\nmax_parallel = 2\n",
+    ))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        statuses = sorted(a.status_code for a in pool.map(lambda _: _ask(proxy, CLOUD), range(2)))
+    assert statuses == [200, 429]
+    refused = next(r for r in proxy.journal.records if r.http_status == 429)
+    assert refused.status == "failed" and refused.model == CLOUD
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(client.chat.completions.create, model=CLOUD,
+                               messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+                   for _ in range(2)]
+        errors = [f.exception() for f in futures]
+    assert sum(isinstance(e, openai.RateLimitError) for e in errors) == 1
+    assert proxy.health()["upstream"]["up"]  # a cloud refusal is not Ollama being down
+
+
+def test_show_describes_a_cloud_model_as_newer_ollama_does(cloud_emulator: Any) -> None:
+    card = httpx.post(cloud_emulator.url + "/api/show", json={"model": CLOUD}, timeout=10).json()
+    assert card["remote_model"] == "gpt-oss:120b" and card["remote_host"].startswith("https://")
+    assert card["requires"] and card["model_info"] == {} and card["capabilities"] == ["completion"]
+    local = httpx.post(cloud_emulator.url + "/api/show", json={"model": LOCAL}, timeout=10).json()
+    assert "remote_model" not in local and local["model_info"]["general.architecture"] == "llama"
+    tags = httpx.get(cloud_emulator.url + "/api/tags", timeout=10).json()["models"]
+    assert next(m for m in tags if m["name"] == CLOUD)["size"] < 1000  # a stub, not weights
