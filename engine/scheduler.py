@@ -23,11 +23,11 @@ from policy.compile import OrderKey, Policy
 from policy.load import CompiledFile
 from policy.state import SchedulingState
 from schemas.model_name import canonical_model, is_cloud
+from schemas.ticket import Residency, Score, Ticket
 
 # Cloud models run on Ollama's hosted service: no local VRAM, no local slot, no load. Asked per
 # group head on every pick, so cached (names come from clients: the cache is bounded).
 cloud = functools.lru_cache(maxsize=4096)(is_cloud)
-from schemas.ticket import Residency, Score, Ticket
 
 
 @dataclass(frozen=True, slots=True)

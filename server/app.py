@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -53,12 +54,13 @@ def create_app(
     *,
     journal: Callable[[CompiledFile], Journal] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    tracer_provider: Any | None = None,
 ) -> Starlette:
     """The sidecar as an ASGI app. Raises policy.errors.PolicyError if the policy file is bad.
 
     `journal` makes the journal from the compiled policy file; None: records are dropped.
     """
-    sidecar = Sidecar(settings, journal=journal, clock=clock)
+    sidecar = Sidecar(settings, journal=journal, clock=clock, tracer_provider=tracer_provider)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

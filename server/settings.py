@@ -41,4 +41,8 @@ ENV_VARS: dict[str, str] = {
     "SMART_PROXY_BODY_TIMEOUT": f"seconds a request body may go without a byte before a 408 (default {DEFAULT_BODY_TIMEOUT:g})",
     "SMART_PROXY_MAX_CONNECTIONS": "open client connections before new ones get 503 (default: from the descriptor limit)",
     "SMART_PROXY_URL": "the sidecar `dashboard` and `load` talk to (default http://127.0.0.1:8003)",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "OpenTelemetry collector (OTLP/HTTP); set: tracing on (the otel extra)",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "the traces URL itself, instead of ENDPOINT + /v1/traces",
+    "OTEL_SERVICE_NAME": "service.name of the spans (default smart-proxy)",
+    "OTEL_SDK_DISABLED": "true: no tracing whatever the endpoint says",
 }

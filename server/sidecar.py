@@ -8,6 +8,7 @@ once (`Caller.compiled`), so a reload never splits one request between two files
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from server.runtime.upstream import UpstreamPoller
 from server.settings import Settings
 from server.telemetry.loop_lag import LoopLagProbe
 from server.telemetry.metrics import Metrics
+from server.telemetry.tracing import Tracer, provider_from_env
 
 log = logging.getLogger("smart_proxy")
 
@@ -71,6 +73,7 @@ class Parts:
     holds: Holds
     metrics: Metrics
     events: EventBus
+    tracer: Tracer  # OpenTelemetry spans, when configured (server/telemetry/tracing.py)
     poll_soon: Callable[[], None]  # an upstream error: learn about the outage now
 
 
@@ -89,8 +92,13 @@ class Sidecar:
         *,
         journal: Callable[[CompiledFile], Journal] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracer_provider: Any | None = None,
     ) -> None:
+        """`tracer_provider`: an OpenTelemetry TracerProvider (tests give an in-memory one); None:
+        from the OTEL_* variables in `settings.env` (TracingUnavailable if they ask for tracing
+        and the `otel` extra is missing)."""
         self.settings = settings
+        self.tracer = Tracer(tracer_provider if tracer_provider is not None else provider_from_env(settings.env))
         self.clock = clock
         self.holder = PolicyHolder(settings.policy)  # a bad file at start-up raises PolicyError
         # The scheduler reads its settings and its policy from one CompiledFile reference, which
@@ -136,7 +144,7 @@ class Sidecar:
         self.lag_probe = LoopLagProbe(self.metrics.loop_lag.observe)
         self.parts = Parts(
             client=self.client, dispatcher=self.dispatcher, journal=self.journal,
-            holds=self.holds, metrics=self.metrics, events=self.events,
+            holds=self.holds, metrics=self.metrics, events=self.events, tracer=self.tracer,
             poll_soon=self.poller.poll_soon,
         )
         self._keys_source: tuple[str, str] | None = None
@@ -196,6 +204,7 @@ class Sidecar:
         await self.poller.stop()
         await self.client.aclose()
         await self.journal.stop()
+        await asyncio.to_thread(self.tracer.shutdown)  # flushes spans: network I/O, off the loop
 
     # -- what routes ask --------------------------------------------------------------------
 

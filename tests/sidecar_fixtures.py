@@ -191,6 +191,7 @@ def running_sidecar(
     watch_interval: float = 0.1,
     heartbeat_interval: float = 5.0,
     journal: Callable[[CompiledFile], Any] | None = None,
+    tracer_provider: Any | None = None,
 ) -> Iterator[RunningSidecar]:
     """`journal`: a factory for a real journal; by default a RecordingJournal is used."""
     from server.app import create_app
@@ -206,7 +207,7 @@ def running_sidecar(
     def make_journal(compiled: CompiledFile) -> RecordingJournal:
         return recording
 
-    app = create_app(settings, journal=journal or make_journal)
+    app = create_app(settings, journal=journal or make_journal, tracer_provider=tracer_provider)
     sockets = [listen(host, 0) for host in hosts]
     urls = [url_of(s) for s in sockets]
     server = Server(app, sockets, grace=grace)

@@ -40,6 +40,7 @@ from server.runtime.connlimits import ServingLimits
 from server.runtime.serving import Server, listen, url_of
 from server.settings import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, ENV_VARS, Settings
 from server.telemetry.logs import LogFormat, configure
+from server.telemetry.tracing import TracingUnavailable
 from sim.presets import PRESETS
 
 
@@ -130,7 +131,10 @@ async def serve_sidecar(
     settings = Settings(policy=policy, upstream=upstream, env=dict(os.environ),
                         shutdown_grace=args.shutdown_grace)
     fallback = journal_fallback_dir(resolve(args.db).default_fallback_dir())
-    app = create_app(settings, journal=journal_factory(args.db, fallback))
+    try:
+        app = create_app(settings, journal=journal_factory(args.db, fallback))
+    except TracingUnavailable as exc:  # OTEL_* asks for tracing the installation cannot do
+        raise CliError(str(exc)) from None
     keys_env = app.state.sidecar.compiled.clients.api_keys_env
     try:  # a typo must not quietly make a named client anonymous
         parse_api_keys(settings.env.get(keys_env, ""))

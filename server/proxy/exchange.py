@@ -72,6 +72,11 @@ class Exchange:
         self._ended = False  # and its last byte
         self._hold: Hold | None = None
         self._submitted = False
+        # The request's server span, when tracing is configured (scheduled requests only).
+        self.span = (
+            parts.tracer.start(admission.facts.endpoint, admission.facts.model, headers)
+            if admission.scheduling is not None and parts.tracer.on else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def tracked(message: Message) -> None:
@@ -118,7 +123,7 @@ class Exchange:
     # -- the trip ---------------------------------------------------------------------------
 
     async def _run(self, watch: DisconnectWatch | None, outcome: _Outcome) -> None:
-        parts, facts = self.parts, self.facts
+        facts = self.facts
         extra = [(b"x-request-id", facts.request_id.encode())]
         if self.scheduling is not None:
             assert watch is not None
@@ -148,6 +153,21 @@ class Exchange:
                 (b"x-dispatch-score", f"{grant.score.total:g}".encode()),
                 (b"x-dispatch-policy", f"{grant.policy_name}@{grant.policy_version}".encode()),
             ]
+            if self.span is not None:
+                self.span.set(
+                    smart_proxy__queue_wait_ms=round(wait_ms, 1), smart_proxy__score=grant.score.total,
+                    smart_proxy__resident=grant.resident, smart_proxy__action=grant.action,
+                    smart_proxy__evicted_models=list(grant.evicts),
+                    smart_proxy__policy=f"{grant.policy_name}@{grant.policy_version}",
+                )
+        span = self.span.upstream(self.method, self.url, self.headers) if self.span else nullcontext()
+        with span:  # the client span around Ollama's part; its traceparent goes to Ollama
+            await self._forward(watch, outcome, extra)
+
+    async def _forward(
+        self, watch: DisconnectWatch | None, outcome: _Outcome, extra: list[tuple[bytes, bytes]]
+    ) -> None:
+        parts, facts = self.parts, self.facts
         timeout = self.backend.request_timeout
         deadline = time.monotonic() + timeout
         try:
@@ -302,6 +322,15 @@ class Exchange:
             facts.response = self.tap.text()
         record = facts.finish(outcome.status, outcome.http_status, outcome.error)
         parts.journal.submit(record)
+        if self.span is not None:
+            reason = self.tap.finish_reason()
+            self.span.set(
+                gen_ai__usage__input_tokens=record.prompt_eval_count,
+                gen_ai__usage__output_tokens=record.eval_count,
+                gen_ai__response__finish_reasons=[reason] if reason else None,
+                smart_proxy__status=record.status,
+            )
+            self.span.end(http_status=outcome.http_status, error=outcome.error)
         if self.scheduling is not None:  # pass-through calls (/api/tags polls) are not events
             parts.events.publish(ended(record))
         seconds = (record.duration_ms or 0.0) / 1000

@@ -158,6 +158,20 @@ class StreamTap:
                 break
         return found
 
+    def finish_reason(self) -> str | None:
+        """Why the answer ended, as its last chunks say: Ollama's `done_reason`, OpenAI's
+        `finish_reason`, Anthropic's `stop_reason`, the Responses API's `status`."""
+        for obj in self._last_objects(b"".join(self._tail)):
+            for holder in (obj, obj.get("delta"), obj.get("response"), *(obj.get("choices") or ())):
+                if not isinstance(holder, dict):
+                    continue
+                for key in ("done_reason", "finish_reason", "stop_reason"):
+                    if isinstance(reason := holder.get(key), str):
+                        return reason
+                if holder.get("object") == "response" and isinstance(holder.get("status"), str):
+                    return str(holder["status"])
+        return None
+
     def text(self) -> str | None:
         """The generated text, joined from every chunk (native or OpenAI, streamed or not)."""
         if not self._keep_text:
