@@ -58,7 +58,7 @@ class Runner:
     """One loaded (or loading, or unloading) model instance holding VRAM."""
 
     spec: ModelSpec
-    num_ctx: int
+    num_ctx: int  # the context it runs with (what /api/ps reports)
     vram: int
     keep_alive: float
     state: RunnerState
@@ -69,6 +69,9 @@ class Runner:
     draining: bool = False  # chosen for eviction or reload: takes no new requests
     idle_since: float | None = None
     busy_since: float | None = None
+    # The context that was asked for, when Ollama had to shrink it to fit the GPU: requests
+    # asking for it again use this runner (a shrunk context is not a reason to reload).
+    asked_ctx: int | None = None
 
     def idle(self) -> bool:
         return not self.running and not self.waiting
@@ -217,7 +220,8 @@ class Backend:
         return seconds * self.settings.time_scale
 
     def _usable(self, runner: Runner, job: Job) -> bool:
-        return runner.state in ("loading", "loaded") and not runner.draining and runner.num_ctx == job.num_ctx
+        asked = runner.asked_ctx if runner.asked_ctx is not None else runner.num_ctx
+        return runner.state in ("loading", "loaded") and not runner.draining and asked == job.num_ctx
 
     def _attach(self, runner: Runner, job: Job, now: float) -> None:
         job.state, job.runner = "attached", runner
@@ -258,7 +262,16 @@ class Backend:
                 # An eviction is under way: Ollama waits until the victim's VRAM is reported
                 # free before it considers the head again, even if the head would fit now.
                 return changed
-            need = min(job.spec.resident_size(job.num_ctx), self.settings.vram)
+            need = job.spec.resident_size(job.num_ctx)
+            if need > self.settings.vram and not self.runners and job.spec.size < self.settings.vram:
+                # The weights fit an empty GPU but their KV cache at this context does not:
+                # Ollama shrinks the context until it fits. (Weights that do not fit at all are
+                # offloaded to the CPU instead, context and all.)
+                self.pending.popleft()
+                self._start_load(job, self.settings.vram, now, num_ctx=self._fitting_ctx(job))
+                changed = True
+                continue
+            need = min(need, self.settings.vram)
             if self._fits(need):
                 self.pending.popleft()
                 self._start_load(job, need, now)
@@ -289,13 +302,23 @@ class Backend:
         self.stats.evictions += 1
         return True
 
-    def _start_load(self, job: Job, vram: int, now: float) -> None:
+    def _fitting_ctx(self, job: Job) -> int:
+        """The largest context (a multiple of 256, at least 2,048, at most the one asked for)
+        whose KV cache fits beside the weights in VRAM."""
+        spec = job.spec
+        per_token = spec.size * (spec.resident_factor - 1.0) / spec.context_length
+        room = self.settings.vram - spec.size
+        fits = int(room / per_token) if per_token > 0 and room > 0 else 0
+        return max(2048, min(job.num_ctx, fits // 256 * 256))
+
+    def _start_load(self, job: Job, vram: int, now: float, *, num_ctx: int | None = None) -> None:
         spec = job.spec
         warm = spec.name in self._page_cache
         runner = Runner(
-            spec=spec, num_ctx=job.num_ctx, vram=vram, keep_alive=job.keep_alive,
+            spec=spec, num_ctx=num_ctx or job.num_ctx, vram=vram, keep_alive=job.keep_alive,
             state="loading", until=now + self._scaled(physics.load_seconds(spec, warm)),
             load_started=now,
+            asked_ctx=job.num_ctx if num_ctx is not None and num_ctx != job.num_ctx else None,
         )
         self.runners[spec.name] = runner
         self._remember_read(spec)

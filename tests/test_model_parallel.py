@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sidecar_fixtures import SidecarFactory, make_policy
+from sidecar_fixtures import SidecarFactory, make_policy, wait_until
 
 from engine.residency import ResidencyModel
 from policy.errors import PolicyError
@@ -112,3 +112,39 @@ def test_the_emulator_forces_one_slot_on_vision_models(vision_emulator: Any) -> 
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             assert list(pool.map(ask, [model, model])) == [200, 200]
         assert vision_emulator.stats()["peak_concurrency"] == peak, model
+
+
+SHRINK = """
+[node]
+vram_gb = 8
+max_loaded_models = 1
+num_parallel = 1
+time_scale = 0
+[[models]]
+name = "llama3.1:8b"
+"""
+
+
+def test_a_context_shrunk_to_fit_is_not_a_reload(sidecar_factory: SidecarFactory) -> None:
+    """Ollama shrinks the context of a load whose KV cache would not fit, and /api/ps then shows
+    less than was asked for. The emulator does so; the sidecar keeps treating the runner as the
+    one asked for, so the next request with the same num_ctx attaches, in both."""
+    from sim.config import load_text
+    from sim.testing import running_emulator
+
+    with running_emulator(load_text(SHRINK, "shrink", time.time())) as emulator:
+        proxy = sidecar_factory(upstream=emulator.url, policy=make_policy(max_parallel=1, vram_gb=8))
+        body = {"model": "llama3.1:8b", "prompt": "hi", "stream": False,
+                "options": {"num_ctx": 131072, "num_predict": 5}}
+        assert httpx.post(proxy.url + "/api/generate", json=body, timeout=30).status_code == 200
+        ps = httpx.get(emulator.url + "/api/ps", timeout=10).json()["models"]
+        assert 2048 <= ps[0]["context_length"] < 131072  # shrunk to fit 8 GB
+        # A poll has reconciled the shrunk runner before the second request.
+        wait_until(lambda: bool((proxy.admin("GET", "/proxy/vram").json()["last_ps"] or {}).get("models")),
+                   within=10, what="a poll that saw the load")
+        assert httpx.post(proxy.url + "/api/generate", json=body, timeout=30).status_code == 200
+        stats = emulator.stats()
+        assert stats["loads"] == 1 and stats["reloads"] == 0
+        dispatches = proxy.admin("GET", "/metrics").text
+        assert 'smart_proxy_dispatches_total{action="attach"} 1.0' in dispatches
+        assert 'smart_proxy_dispatches_total{action="reload"}' not in dispatches
