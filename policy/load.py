@@ -94,6 +94,7 @@ class CompiledFile:
     # [models] num_parallel, in file order: (canonical name or glob, slots); engine/residency.py
     model_parallel: tuple[tuple[str, int], ...] = ()
     cloud_max_parallel: int = 4  # [cloud] max_parallel: cloud requests in flight at once
+    queue_status_every: float | None = None  # [queue_status]: seconds between lines; None: off
 
     def classify(self, client: str, model: str, endpoint: str, requested: str | None) -> str:
         return self.classifier.classify(client, model, endpoint, requested)
@@ -257,6 +258,9 @@ def compile_file(
         ),
         model_sizes={n: m.vram_gb for n, m in file.models.items() if m.vram_gb is not None},
         cloud_max_parallel=file.cloud.max_parallel,
+        queue_status_every=(
+            parse_duration(file.queue_status.every) if file.queue_status.enabled else None
+        ),
         model_parallel=tuple(
             (canonical_pattern(n), m.num_parallel) for n, m in file.models.items()
             if m.num_parallel is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from policy.compile import DecodedTerm
+from policy.durations import parse_duration
 from policy.errors import MISSING, Problem, join_path, show_value
 from schemas.model_name import canonical_model, is_pattern
 
@@ -83,6 +84,18 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
                 )
             else:
                 seen[name] = written
+
+    status = sections.get("queue_status")
+    if status is not None and status.enabled:
+        try:
+            every = parse_duration(status.every)
+        except ValueError:
+            every = None  # the decoder has said what is wrong with it
+        if every is not None and every < 0.1:
+            problems.append(Problem(
+                "queue_status.every", status.every,
+                "is below 0.1 s; a status line that often is noise, not news",
+            ))
 
     limits = sections.get("limits")
     if limits is not None and limits.max_queued_per_client > limits.max_queue:

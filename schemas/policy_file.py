@@ -102,6 +102,15 @@ class Cloud(Strict, frozen=True):
     max_parallel: PositiveInt = 4
 
 
+class QueueStatus(Strict, frozen=True):
+    # Streamed requests on the event-stream routes (/v1/chat/completions, /v1/completions,
+    # /v1/responses, /v1/messages) hear `: queued, position 3 of 12, est 40s` comment lines while
+    # they wait. The 200 status goes out with the first line, so a later error from Ollama
+    # arrives as an error event instead of its status code (docs/sidecar.md).
+    enabled: bool = False
+    every: Duration = "5s"  # between lines; the first after this long in the queue
+
+
 class PolicySpec(Strict, frozen=True):
     description: str = ""
     # Scores below this are raised to it (the seed clamped at 0); ties then fall to arrival order.
@@ -119,6 +128,7 @@ class PolicyFile(Strict, frozen=True):
     admin: Admin = msgspec.field(default_factory=Admin)
     journal: Journal = msgspec.field(default_factory=Journal)
     cloud: Cloud = msgspec.field(default_factory=Cloud)
+    queue_status: QueueStatus = msgspec.field(default_factory=QueueStatus)
     policies: dict[str, PolicySpec] = msgspec.field(default_factory=dict)
 
 
@@ -134,5 +144,6 @@ __all__ = [
     "NonNegativeFloat",
     "PolicyFile",
     "PolicySpec",
+    "QueueStatus",
     "RateWindow",
 ]

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from starlette.requests import Request
 
+from engine.eta import ServiceTimes
 from engine.scheduler import Grant, Scheduler
 from policy.holder import PolicyHolder, ReloadResult
 from policy.load import CompiledFile
@@ -74,6 +75,7 @@ class Parts:
     metrics: Metrics
     events: EventBus
     tracer: Tracer  # OpenTelemetry spans, when configured (server/telemetry/tracing.py)
+    service_times: ServiceTimes  # how long requests hold a slot: the queue-status estimates
     poll_soon: Callable[[], None]  # an upstream error: learn about the outage now
 
 
@@ -145,6 +147,7 @@ class Sidecar:
         self.parts = Parts(
             client=self.client, dispatcher=self.dispatcher, journal=self.journal,
             holds=self.holds, metrics=self.metrics, events=self.events, tracer=self.tracer,
+            service_times=ServiceTimes(),
             poll_soon=self.poller.poll_soon,
         )
         self._keys_source: tuple[str, str] | None = None

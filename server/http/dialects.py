@@ -98,6 +98,20 @@ def stream_error(path: str, message: str, *, line_ended: bool = True) -> bytes:
     return lead + (b"data: " + body + b"\n\n" if is_openai(path) else body + b"\n")
 
 
+def ollama_message(body: bytes) -> str | None:
+    """The message of an error body in any of the dialects above; None if it is not one."""
+    try:
+        obj = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(error, str):
+        return error
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return None
+
+
 class ProxyError(Exception):
     """Raised anywhere on the request path; the app turns it into `error_response` for the path."""
 

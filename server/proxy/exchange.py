@@ -21,8 +21,9 @@ from starlette.types import Message, Receive, Scope, Send
 from engine.scheduler import Grant
 from schemas.events import FirstByte
 from schemas.journal import Status
-from server.http.dialects import ProxyError, error_response, stream_error
+from server.http.dialects import ProxyError, error_response, ollama_message, stream_error
 from server.http.forward import describe, open_upstream, relay
+from server.proxy import queue_status
 from server.proxy.disconnect import ClientGone, DisconnectWatch
 from server.proxy.facts import StreamTap
 from server.proxy.intake import Admission
@@ -72,6 +73,12 @@ class Exchange:
         self._ended = False  # and its last byte
         self._hold: Hold | None = None
         self._submitted = False
+        # Queue-status lines while it waits (server/proxy/queue_status.py): seconds between them.
+        every = admission.compiled.queue_status_every
+        self._status_every = (
+            every if every is not None and admission.streamed
+            and admission.facts.endpoint in queue_status.ROUTES else None
+        )
         # The request's server span, when tracing is configured (scheduled requests only).
         self.span = (
             parts.tracer.start(admission.facts.endpoint, admission.facts.model, headers)
@@ -189,6 +196,8 @@ class Exchange:
             return
         except Cut:
             return await self._cut(outcome)
+        if self._started:  # a queue-status line committed the 200 already
+            return await self._after_status(upstream, outcome, watch)
         try:
             facts.first_byte_at = time.time()
             outcome.http_status = upstream.status_code
@@ -225,6 +234,52 @@ class Exchange:
         finally:
             await upstream.aclose()
 
+    async def _after_status(
+        self, upstream: httpx.Response, outcome: _Outcome, watch: DisconnectWatch | None
+    ) -> None:
+        """Ollama's answer when queue-status lines have begun the response: its events follow
+        them (its own status line and headers are not sent again); an error status becomes an
+        error event with Ollama's message."""
+        facts, parts = self.facts, self.parts
+        try:
+            facts.first_byte_at = time.time()
+            outcome.http_status = upstream.status_code
+            if upstream.status_code >= 400:
+                body = await upstream.aread()
+                outcome.error = f"Ollama answered {upstream.status_code}"
+                await self._abort(ollama_message(body) or outcome.error)
+                return
+            parts.events.publish(
+                FirstByte(at=time.time(), request_id=facts.request_id, model=facts.model or "")
+            )
+            parts.metrics.started(facts.model or "", facts.first_byte_at - facts.received_at)
+            parts.dispatcher.started(facts.request_id)
+            assert self._send is not None
+            send = self._send
+
+            async def body_only(message: Message) -> None:
+                if message["type"] != "http.response.start":
+                    await send(message)
+
+            timeout = self.backend.request_timeout
+            try:
+                with self._guard(watch), self._armed():
+                    async with asyncio.timeout(timeout):
+                        await relay(upstream, body_only, [], self._seen)
+                self._settled()
+            except ClientGone:
+                outcome.status, outcome.error = "cancelled", "client disconnected mid-answer"
+                return
+            except Cut:
+                return await self._cut(outcome)
+            except (TimeoutError, httpx.HTTPError) as exc:
+                outcome.error = f"Ollama broke off the answer: {describe(exc)}" if isinstance(
+                    exc, httpx.HTTPError) else f"Ollama's answer exceeded the request timeout ({timeout:g}s)"
+                return await self._abort(outcome.error)
+            outcome.status = "completed"
+        finally:
+            await upstream.aclose()
+
     async def _wait_grant(self, watch: DisconnectWatch) -> Grant:
         dispatcher, s, rid = self.parts.dispatcher, self.scheduling, self.facts.request_id
         assert s is not None
@@ -239,16 +294,29 @@ class Exchange:
         except ShuttingDown:
             raise ProxyError(503, "the proxy is shutting down", retry_after=RETRY_AFTER_S) from None
         self._submitted = True
+        every = self._status_every
         try:
             with watch.guard():
                 async with asyncio.timeout(queue_timeout):
-                    return await fut
+                    if every is None:
+                        return await fut
+                    return await queue_status.wait_with_status(fut, every, self._say_status)
         except TimeoutError:
             raise ProxyError(
                 504, f"waited longer than the queue timeout ({queue_timeout:g}s) for a slot"
             ) from None
         except ShuttingDown:
             raise ProxyError(503, "the proxy is shutting down", retry_after=RETRY_AFTER_S) from None
+
+    async def _say_status(self) -> None:
+        """One queue-status comment; the first one commits the 200 and the stream's headers."""
+        assert self._send is not None
+        if not self._started:
+            await self._send({"type": "http.response.start", "status": 200,
+                              "headers": list(queue_status.START_HEADERS)})
+        body = queue_status.line(self.parts.dispatcher.scheduler, self.parts.service_times,
+                                 self.facts.request_id)
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
     @staticmethod
     def _guard(watch: DisconnectWatch | None) -> AbstractContextManager[None]:
@@ -300,6 +368,8 @@ class Exchange:
         await self._answer(ProxyError(503, message, retry_after=None if by_admin else RETRY_AFTER_S))
 
     async def _answer(self, exc: ProxyError) -> None:
+        if self._started:  # queue-status lines began the response: the error is its last event
+            return await self._abort(exc.message)
         assert self._send is not None
         response = error_response(
             self.facts.endpoint, exc.status, exc.message, retry_after=exc.retry_after,
@@ -322,6 +392,9 @@ class Exchange:
             facts.response = self.tap.text()
         record = facts.finish(outcome.status, outcome.http_status, outcome.error)
         parts.journal.submit(record)
+        if record.status == "completed" and record.dispatched_at is not None and record.completed_at:
+            # How long it held its slot: what the queue-status estimates are made of.
+            parts.service_times.observe(record.model or "", record.completed_at - record.dispatched_at)
         if self.span is not None:
             reason = self.tap.finish_reason()
             self.span.set(

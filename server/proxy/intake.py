@@ -66,6 +66,7 @@ class Admission:
     facts: RequestFacts
     scheduling: Scheduling | None  # None: a pass-through (no queue)
     keep_text: bool  # the journal stores prompts and answers (hashed or whole)
+    streamed: bool = False  # the body asked for a stream ("stream": true)
 
 
 def parse_scheduled(body: bytes) -> ScheduledBody:

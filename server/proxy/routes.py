@@ -99,7 +99,7 @@ async def scheduled(request: Request) -> Response | _Ticketed:
     if keep_text:
         facts.prompt = parsed.prompt_text()
     admission = Admission(
-        compiled=compiled, facts=facts, keep_text=keep_text,
+        compiled=compiled, facts=facts, keep_text=keep_text, streamed=bool(parsed.stream),
         scheduling=Scheduling(model=model, client=identity.client, cls=facts.cls, variant=variant),
     )
     exchange = Exchange(

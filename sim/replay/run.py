@@ -86,8 +86,11 @@ def _submit(backend: Backend, now: float, spec: ModelSpec, request: Request) -> 
 def replay_policy(
     workload: Workload, gpu: Settings, compiled: CompiledFile, name: str,
     progress: Progress | None = None, on_grant: Callable[[Request, float], None] | None = None,
+    on_admit: Callable[[Request, float, Scheduler], None] | None = None,
+    on_finish: Callable[[Request, float], None] | None = None,
 ) -> Row:
-    """`on_grant`: told of every dispatch, in order, with its (virtual) time."""
+    """`on_grant`: told of every dispatch, in order, with its (virtual) time; `on_admit` of every
+    request queued (with the scheduler, to ask its place), `on_finish` of every one that ended."""
     settings = on_gpu(compiled, gpu).with_active(name)
     policy = settings.policies[name]
     clock = ManualClock(0.0)
@@ -125,6 +128,8 @@ def replay_policy(
             request, _ = by_id.pop(rid)
             scheduler.finish(rid)
             out.finished(request, now)
+            if on_finish is not None:
+                on_finish(request, now)
 
     waiting: set[str] = set()
     # Polls on a fixed grid, as the poller's timer; a poll when nothing happened since the last
@@ -174,6 +179,8 @@ def replay_policy(
             waiting.add(rid)
             deadlines.append((now + queue_timeout, rid))
             out.admitted(request, now)
+            if on_admit is not None:
+                on_admit(request, now, scheduler)
             if progress is not None and i % 1000 == 0:
                 progress(i)
         # As the dispatcher does: fill free slots, and again after every start or refusal

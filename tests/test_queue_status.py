@@ -1,0 +1,126 @@
+"""Queue status in band (opt-in): a streamed request on an event-stream route hears
+`: queued, position P of N, est Ss` comment lines while it waits, which the official clients
+ignore; an error after the first line (a queue timeout, Ollama's own error) arrives as the
+stream's error event; native and non-streamed requests are untouched."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+from typing import Any
+
+import httpx
+import openai
+from sidecar_fixtures import SidecarFactory, make_policy, wait_until
+
+from engine.eta import ServiceTimes, wait_estimate
+
+MODEL = "llama3.2:1b"
+STATUS = '[queue_status]\nenabled = true\nevery = "200ms"\n'
+LINE = re.compile(r"^: queued, position (\d+) of (\d+), est (\d+)s$")
+
+
+def _stream(proxy: Any, body: dict[str, Any], path: str = "/v1/chat/completions") -> tuple[int, str]:
+    with httpx.stream("POST", proxy.url + path, json=body, timeout=60) as response:
+        return response.status_code, "".join(response.iter_text())
+
+
+def _chat(model: str = MODEL, stream: bool = True) -> dict[str, Any]:
+    return {"model": model, "stream": stream, "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_waiting_stream_hears_its_place_then_gets_its_answer(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=make_policy(max_parallel=1, extra=STATUS))
+    proxy.admin("POST", "/proxy/pause")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_stream, proxy, _chat())
+        proxy.wait_depth(1)
+        second = pool.submit(_stream, proxy, _chat())
+        proxy.wait_depth(2)
+        _wait_a_line(proxy)
+        proxy.admin("POST", "/proxy/resume")
+        (status_a, text_a), (status_b, text_b) = first.result(), second.result()
+    assert status_a == status_b == 200
+    for text, place in ((text_a, "1"), (text_b, "2")):
+        comments = [m for m in (LINE.match(x) for x in text.splitlines()) if m]
+        assert comments, text
+        assert comments[-1].group(1) == place and comments[-1].group(2) == "2"
+        assert int(comments[-1].group(3)) >= 0
+        assert text.rstrip().endswith("data: [DONE]")  # then the answer, whole
+    # The official client reads such a stream as if the comments were not there.
+    proxy.admin("POST", "/proxy/pause")
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        chunks = pool.submit(lambda: list(client.chat.completions.create(**_chat())))  # type: ignore[call-overload]
+        proxy.wait_depth(1)
+        _wait_a_line(proxy)
+        proxy.admin("POST", "/proxy/resume")
+        received = chunks.result()
+    assert "".join(c.choices[0].delta.content or "" for c in received if c.choices)
+
+
+def test_an_error_after_the_first_line_is_an_error_event(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=make_policy(
+        max_parallel=1, queue_timeout="1s", extra=STATUS,
+    ))
+    proxy.admin("POST", "/proxy/pause")
+    status, text = _stream(proxy, _chat())  # waits out the 1 s queue timeout, hearing lines
+    assert status == 200 and LINE.match(text.splitlines()[0])
+    last = json.loads(text.rstrip().split("\n\n")[-1].removeprefix("data: "))
+    assert "queue timeout" in last["error"]["message"]
+    wait_until(lambda: len(proxy.journal.records) == 1, within=5, what="its record")
+    record = proxy.journal.records[-1]
+    assert record.status == "failed" and record.http_status == 504
+    # Ollama's own error after the lines began: its message, as an error event.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        missing = pool.submit(_stream, proxy, _chat(model="no-such-model"))
+        proxy.wait_depth(1)
+        _wait_a_line(proxy)
+        proxy.admin("POST", "/proxy/resume")
+        status, text = missing.result()
+    assert status == 200
+    last = json.loads(text.rstrip().split("\n\n")[-1].removeprefix("data: "))
+    assert "not found" in last["error"]["message"]
+    wait_until(lambda: len(proxy.journal.records) == 2, within=5, what="its record")
+    assert proxy.journal.records[-1].http_status == 404
+
+
+def _wait_a_line(proxy: Any) -> None:
+    """Long enough for at least one status line (every 200 ms), without sleeping blind."""
+    import time
+
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        proxy.health()
+
+
+def test_native_and_unstreamed_requests_hear_nothing(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=make_policy(max_parallel=1, extra=STATUS))
+    proxy.admin("POST", "/proxy/pause")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        native = pool.submit(_stream, proxy, {"model": MODEL, "messages": [], "stream": True}, "/api/chat")
+        whole = pool.submit(lambda: httpx.post(proxy.url + "/v1/chat/completions", json=_chat(stream=False), timeout=60))
+        proxy.wait_depth(2)
+        _wait_a_line(proxy)
+        proxy.admin("POST", "/proxy/resume")
+        assert ": queued" not in native.result()[1]
+        answer = whole.result()
+    assert answer.status_code == 200 and answer.json()["choices"]
+
+
+def test_the_estimate() -> None:
+    times = ServiceTimes(prior=10.0)
+    assert times.mean() == 10.0 and wait_estimate(3, 2, times.mean()) == 15.0
+    times.observe("a", 4.0)
+    assert times.mean() == 4.0 and times.mean("a") == 4.0 and times.mean("b") == 4.0
+    times.observe("a", 14.0)
+    assert 4.0 < times.mean("a") < 14.0
+    assert wait_estimate(0, 2, 5.0) == 0.0 and wait_estimate(4, 0, 5.0) == 20.0
