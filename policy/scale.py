@@ -29,8 +29,9 @@ from policy.errors import PolicyError, Problem, join_path
 from policy.load import CompiledFile, load_policy_text
 
 # Durations that are not scheduling time, as schema paths ("*" stands for any table key):
-# a session token or the journal's retention means the same in a replay as in production.
-UNSCALED = frozenset({"admin.session_lifetime", "journal.retention"})
+# a session token, the journal's retention or how often a waiting client hears its place means
+# the same in a replay as in production.
+UNSCALED = frozenset({"admin.session_lifetime", "journal.retention", "queue_status.every"})
 # Rates per second of each term type: divided by the factor (a compressed second is shorter).
 PER_SECOND: dict[str, tuple[str, ...]] = {"aging": ("per_second",)}
 WHOLE_SECONDS_RULE = (

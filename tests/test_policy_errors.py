@@ -228,8 +228,8 @@ CASES = [
     pytest.param(
         "many_errors.toml",
         [
-            "many_errors.toml: colour: unknown key in the top level; known keys: active, "
-            "backend, models, clients, limits, admin, journal, policies",
+            "many_errors.toml: favourite_colour: unknown key in the top level; known keys: active, "
+            "backend, models, clients, limits, admin, journal, cloud, queue_status, policies",
             "many_errors.toml: backend.max_parallel: 0 is out of range: must be >= 1",
             f'many_errors.toml: backend.poll_interval: "soon" {DURATION_RULE}',
             f"many_errors.toml: admin.key: {INLINE_SECRET}",
