@@ -3,7 +3,9 @@ hears (server/proxy/exchange.py) and the simulator's measurement of their error.
 
 Slots free at a rate of `max_parallel / S`, where S is how long a request holds its slot (grant
 to end), so the request in position p gets one after about `p × S / max_parallel`. S is a moving
-average of the slot times observed, per model and overall; until any is observed, a prior.
+average of the slot times observed: overall for the local queue (the requests ahead may be for any
+model), per model where every request ahead is for that model's own slots (a cloud model); until
+any is observed, a prior.
 """
 
 from __future__ import annotations

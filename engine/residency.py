@@ -104,6 +104,8 @@ class ResidencyModel:
         """Requests Ollama serves at once for this model."""
         found = self._slots.get(model)
         if found is None:
+            if len(self._slots) > 4096:  # names come from clients: the cache stays bounded
+                self._slots.clear()
             found = next(
                 (n for pattern, n in self.parallel
                  if pattern == model or (is_pattern(pattern) and fnmatchcase(model, pattern))),

@@ -27,7 +27,7 @@ from schemas.ticket import Residency, Score, Ticket
 
 # Cloud models run on Ollama's hosted service: no local VRAM, no local slot, no load. Asked per
 # group head on every pick, so cached (names come from clients: the cache is bounded).
-cloud = functools.lru_cache(maxsize=4096)(is_cloud)
+cloud_by_name = functools.lru_cache(maxsize=4096)(is_cloud)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +67,22 @@ class InFlight:
 class _StateView(SchedulingState):
     """The read-only state a policy sees."""
 
-    __slots__ = ("_ledger", "_residency")
+    __slots__ = ("_cloud", "_ledger", "_residency")
 
-    def __init__(self, ledger: ClientLedger, residency: ResidencyModel) -> None:
-        self._ledger, self._residency = ledger, residency
+    def __init__(
+        self, ledger: ClientLedger, residency: ResidencyModel, cloud: Callable[[str], bool]
+    ) -> None:
+        self._ledger, self._residency, self._cloud = ledger, residency, cloud
 
     # A cloud model is always "loaded" to a policy: it never costs a load, a swap or VRAM.
     def residency(self, model: str, variant: str = "") -> Residency:
-        return "loaded" if cloud(model) else self._residency.residency(model, variant)
+        return "loaded" if self._cloud(model) else self._residency.residency(model, variant)
 
     def size_gb(self, model: str) -> float | None:
-        return 0.0 if cloud(model) else self._residency.size_gb(model)
+        return 0.0 if self._cloud(model) else self._residency.size_gb(model)
 
     def fits_beside(self, model: str, vram_only: bool) -> bool:
-        return cloud(model) or self._residency.fits_beside(model, vram_only)
+        return self._cloud(model) or self._residency.fits_beside(model, vram_only)
 
     def loaded_count(self) -> int:
         return self._residency.loaded_count()
@@ -117,7 +119,9 @@ class Scheduler:
             overrides={canonical_model(k): v for k, v in settings.model_sizes.items()},
             resident_factor=b.resident_factor,
         )
-        self.state = _StateView(self._ledger, self.residency_model)
+        # What Ollama's /api/tags says of a model, cloud or local, over what its name suggests.
+        self._cloud_listed: dict[str, bool] = {}
+        self.state = _StateView(self._ledger, self.residency_model, self.is_cloud)
         self.paused = False
         self._cloud_in_flight = 0
 
@@ -134,6 +138,10 @@ class Scheduler:
     @property
     def cloud_max_parallel(self) -> int:
         return self._settings.cloud_max_parallel
+
+    def is_cloud(self, model: str) -> bool:
+        listed = self._cloud_listed.get(model)
+        return cloud_by_name(model) if listed is None else listed
 
     def _local_free(self) -> bool:
         return len(self._in_flight) - self._cloud_in_flight < self.max_parallel
@@ -229,7 +237,7 @@ class Scheduler:
         local_free, cloud_free = self._local_free(), self._cloud_free()
 
         def eligible(model: str, variant: str) -> bool:
-            if cloud(model):
+            if self.is_cloud(model):
                 return cloud_free
             return local_free and (model, variant) not in held and residency.eligible(model, variant)
 
@@ -238,7 +246,7 @@ class Scheduler:
             if choice is None or choice[1].overdue:  # overdue work goes, whatever it costs
                 return choice
             ticket, score = choice
-            if cloud(ticket.model):
+            if self.is_cloud(ticket.model):
                 return choice  # evicts nothing
             mine = policy.order_key(ticket, score)
             victims = residency.plan(ticket.model, ticket.variant).evicts
@@ -265,7 +273,7 @@ class Scheduler:
         self._picker.remove(ticket)
         self._ranking.left(ticket.id)
         self._ledger.leave(ticket.client)
-        if cloud(ticket.model):
+        if self.is_cloud(ticket.model):
             plan = Plan("attach")
             self._cloud_in_flight += 1
             self._in_flight[ticket.id] = InFlight(ticket, now, plan, cloud=True)
@@ -309,6 +317,11 @@ class Scheduler:
 
     def learn_tags(self, tags_payload: dict[str, Any]) -> None:
         self.residency_model.learn_tags(tags_payload)
+        listed: dict[str, bool] = {}
+        for entry in tags_payload.get("models") or ():
+            if isinstance(entry, dict) and isinstance(name := entry.get("name") or entry.get("model"), str):
+                listed[canonical_model(name)] = bool(entry.get("remote_host") or entry.get("remote_model"))
+        self._cloud_listed = listed
 
     def pause(self) -> None:
         self.paused = True
@@ -377,7 +390,7 @@ class Scheduler:
         blocked: dict[tuple[str, str], str | None] = {}  # per runner, decided at its best ticket
         out = []
         for i, (key, t, score) in enumerate(ranked, start=1):
-            if cloud(t.model):
+            if self.is_cloud(t.model):
                 reasons = [*common, *([cloud_full] if cloud_full else [])]
                 out.append(RankedTicket(i, t, score, True, "; ".join(reasons) or None))
                 continue
@@ -422,7 +435,7 @@ class Scheduler:
                 yield policy.order_key(t, policy.score(t, self.state, now)), t.id
 
         place = self._ranking.position(request_id, mine, len(self._waiting), now, rank_all)
-        eligible = cloud(ticket.model) or self.residency_model.eligible(ticket.model, ticket.variant)
+        eligible = self.is_cloud(ticket.model) or self.residency_model.eligible(ticket.model, ticket.variant)
         return RankedTicket(place, ticket, score, eligible)
 
     def in_flight(self) -> list[InFlight]:

@@ -56,10 +56,12 @@ def canonical_model(name: str) -> str:
 
 
 def is_cloud(model: str) -> bool:
-    """A cloud model (a canonical name): Ollama forwards it to its hosted service, so it takes no
-    local VRAM and no local slot. Named `NAME:cloud`, or with `-cloud` ending its name or tag
-    (`gpt-oss:120b-cloud`, `deepseek-v3.1:671b-cloud`)."""
-    name, _, tag = model.rpartition(":")
+    """A cloud model by its name (a canonical one): Ollama forwards it to its hosted service, so it
+    takes no local VRAM and no local slot. Named `NAME:cloud`, or with `-cloud` ending its name or
+    tag (`gpt-oss:120b-cloud`, `deepseek-v3.1:671b-cloud`). The name is the convention only: the
+    engine believes Ollama's /api/tags over it (a listed model with a `remote_host` is cloud,
+    one without is local)."""
+    name, _, tag = model.split("@", 1)[0].rpartition(":")  # a pinned digest is not the tag
     if not name:
         name, tag = tag, ""
     return tag == "cloud" or tag.endswith("-cloud") or name.endswith("-cloud")

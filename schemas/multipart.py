@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 
 _BOUNDARY = re.compile(r'boundary="?([^";]{1,200})"?', re.IGNORECASE)
-_NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*;\s*name="([^"]*)"')
 MAX_FIELD = 1024  # a form field longer than this is not a model name
+MAX_HEADERS = 8192  # bytes of one part's header block; more is not a form a client would send
 
 
 class FormError(ValueError):
@@ -22,6 +22,22 @@ def boundary_of(content_type: str) -> bytes:
     if match is None:
         raise FormError("multipart/form-data without a boundary")
     return match.group(1).encode("latin-1")
+
+
+def _part_name(body: bytes, start: int, end: int) -> bytes | None:
+    """The `name` parameter of the Content-Disposition among the part's headers, read line by
+    line (no backtracking pattern: a hostile header costs time linear in its length)."""
+    if end - start > MAX_HEADERS:
+        raise FormError(f"a multipart part's headers are longer than {MAX_HEADERS} bytes")
+    for line in body[start:end].split(b"\r\n"):
+        key, sep, value = line.partition(b":")
+        if not sep or key.strip().lower() != b"content-disposition":
+            continue
+        for param in value.split(b";")[1:]:
+            pkey, psep, pvalue = param.strip().partition(b"=")
+            if psep and pkey.strip().lower() == b"name":
+                return pvalue.strip().strip(b'"')
+    return None
 
 
 def form_field(body: bytes, content_type: str, name: str) -> str | None:
@@ -41,8 +57,7 @@ def form_field(body: bytes, content_type: str, name: str) -> str | None:
         head_end = body.find(b"\r\n\r\n", start, end)
         if head_end < 0:
             raise FormError("a multipart part has no header block")
-        match = _NAME.search(body, start, head_end)
-        if match is not None and match.group(1) == wanted:
+        if _part_name(body, start, head_end) == wanted:
             value = body[head_end + 4:end]
             if len(value) > MAX_FIELD:
                 raise FormError(f"the form field {name!r} is longer than {MAX_FIELD} bytes")
@@ -66,8 +81,7 @@ def part_size(body: bytes, content_type: str, name: str) -> int | None:
         head_end = body.find(b"\r\n\r\n", start, end)
         if end < 0 or head_end < 0:
             return None
-        match = _NAME.search(body, start, head_end)
-        if match is not None and match.group(1) == wanted:
+        if _part_name(body, start, head_end) == wanted:
             return end - head_end - 4
         start = end + 2
     return None

@@ -80,10 +80,19 @@ async def version(request: Request) -> Response:
 async def tags(request: Request) -> Response:
     models = [
         {"name": s.name, "model": s.name, "modified_at": rfc3339(s.modified_at), "size": s.size,
-         "digest": s.digest, "details": details(s)}
+         "digest": s.digest, "details": details(s)} | _remote(s)
         for s in _emu(request).catalog.all()
     ]
     return json_response({"models": models})
+
+
+def _remote(spec: ModelSpec) -> dict[str, str]:
+    """Where a cloud model runs (newer Ollama lists it in /api/tags and /api/show alike)."""
+    if not spec.cloud:
+        return {}
+    name, _, tag = spec.name.rpartition(":")
+    remote = f"{name.removesuffix('-cloud')}:{tag.removesuffix('-cloud') or 'latest'}"
+    return {"remote_model": remote, "remote_host": "https://ollama.com:443"}
 
 
 async def ps(request: Request) -> Response:
@@ -133,10 +142,7 @@ async def show(request: Request) -> Response:
     }
     if spec.cloud:
         # A cloud model is a stub that names where it runs; it has no local weights to describe.
-        name, _, tag = spec.name.rpartition(":")
-        remote = f"{name.removesuffix('-cloud')}:{tag.removesuffix('-cloud') or 'latest'}"
-        card |= {"remote_model": remote, "remote_host": "https://ollama.com:443",
-                 "requires": CLOUD_REQUIRES, "model_info": {}}
+        card |= _remote(spec) | {"requires": CLOUD_REQUIRES, "model_info": {}}
     return json_response(card)
 
 

@@ -140,3 +140,14 @@ def test_show_describes_a_cloud_model_as_newer_ollama_does(cloud_emulator: Any) 
     assert "remote_model" not in local and local["model_info"]["general.architecture"] == "llama"
     tags = httpx.get(cloud_emulator.url + "/api/tags", timeout=10).json()["models"]
     assert next(m for m in tags if m["name"] == CLOUD)["size"] < 1000  # a stub, not weights
+
+
+def test_ollama_s_tags_outrank_the_name() -> None:
+    s = Scheduler(EXAMPLE, clock=ManualClock(0.0))
+    assert s.is_cloud("my-cloud:latest") and not s.is_cloud("qwen3:8b")  # by name, until told
+    assert s.is_cloud("gpt-oss:120b-cloud@sha256:" + "a" * 64)  # a pinned digest is not the tag
+    s.learn_tags({"models": [
+        {"name": "my-cloud:latest", "size": 4_000_000_000},  # a local model, whatever its name says
+        {"name": "qwen3:8b", "remote_host": "https://ollama.com:443", "remote_model": "qwen3:8b"},
+    ]})
+    assert not s.is_cloud("my-cloud:latest") and s.is_cloud("qwen3:8b")

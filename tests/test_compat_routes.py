@@ -184,3 +184,28 @@ def test_newer_pass_through_routes(sidecar_factory: SidecarFactory, ollama_emula
         assert httpx.request(method, proxy.url + path, timeout=10).status_code == 403
         forwarded = httpx.request(method, proxy.url + path, headers={"x-admin-key": "k"}, timeout=10)
         assert forwarded.status_code != 403 and "no such endpoint" not in forwarded.text
+
+
+def test_a_hostile_form_is_refused_at_once() -> None:
+    """Thousands of Content-Disposition headers in one part: refused by size, in linear time."""
+    from schemas.multipart import FormError, form_field
+
+    ct = "multipart/form-data; boundary=xyz"
+    hostile = b"--xyz\r\n" + b"content-disposition:" * 200_000 + b"\r\n\r\nx\r\n--xyz--\r\n"
+    with pytest.raises(FormError, match="headers are longer"):
+        form_field(hostile, ct, "model")
+    quoted = b'--xyz\r\nContent-Disposition: form-data; filename="name=model"; name="model"\r\n\r\nm\r\n--xyz--\r\n'
+    assert form_field(quoted, ct, "model") == "m"
+
+
+@pytest.mark.parametrize(("path", "tail", "expected"), [
+    ("/api/chat", b'"}\n', b'{"error":"x"}\n'),
+    ("/api/chat", b'"a', b'\n{"error":"x"}\n'),
+    ("/v1/messages", b"}\n\n", b"event: error\ndata: "),
+    ("/v1/messages", b'}\n', b"\nevent: error\ndata: "),
+    ("/v1/responses", b'"a', b"\n\nevent: error\ndata: "),
+])
+def test_an_error_after_a_cut_starts_where_the_framing_allows(path: str, tail: bytes, expected: bytes) -> None:
+    from server.http.dialects import stream_error
+
+    assert stream_error(path, "x", tail=tail).startswith(expected)

@@ -79,3 +79,11 @@ def test_model_labels_stay_bounded(sidecar_factory: SidecarFactory, ollama_emula
     metrics.learn_models({"models": [{"name": f"m{n}:latest"} for n in range(MAX_MODEL_LABELS + 50)]})
     assert len(metrics.known_models) == MAX_MODEL_LABELS
     assert metrics.model_label(f"m{MAX_MODEL_LABELS + 10}:latest") == "other"
+
+
+def test_paths_with_parameters_are_counted_by_their_route() -> None:
+    from server.telemetry.metrics import endpoint_label
+
+    assert endpoint_label("/api/experimental/whatever/anyone/sends") == "/api/experimental/{path}"
+    assert endpoint_label("/v1/models/llama3") == "/v1/models/{model}"
+    assert endpoint_label("/api/chat") == "/api/chat"

@@ -57,7 +57,7 @@ def test_the_journal_check() -> None:
     assert journal_ok({"backend": "sqlite", "state": "running", "connected": True})
     # The database is down: records go to the fallback file, which still takes them.
     assert journal_ok({"backend": "postgresql", "state": "running", "connected": False,
-                       "last_error": "postgresql: connection refused"})
+                       "fallback_writable": True, "last_error": "postgresql: connection refused"})
     assert not journal_ok({"backend": "postgresql", "state": "running", "connected": False,
-                           "last_error": "fallback file unwritable: [Errno 28] No space left"})
+                           "fallback_writable": False, "last_error": "postgresql: connection refused"})
     assert not journal_ok({"backend": "sqlite", "state": "stopped", "connected": False})

@@ -1,7 +1,7 @@
 """Kubernetes-style probes: `GET /livez` and `GET /readyz`, public, for kubelets, load balancers
 and container health checks; `/proxy/health` stays the human summary.
 
-As Kubernetes' own API server words them: each check is one line, `[+]name ok` or
+In the format of Kubernetes' own API server probes: each check is one line, `[+]name ok` or
 `[-]name failed: reason withheld`, listed with `?verbose`, and the last line says whether the
 probe passed. 200 when it did, 503 when not. Reasons are withheld because the probes are public
 (`/proxy/health` and the log say what failed).
@@ -32,8 +32,7 @@ def journal_ok(health: dict[str, Any]) -> bool:
         return True
     if health.get("state") != "running":
         return False
-    error = str(health.get("last_error") or "")
-    return bool(health.get("connected")) or not error.startswith("fallback file unwritable")
+    return bool(health.get("connected")) or bool(health.get("fallback_writable", True))
 
 
 def ready_checks(sc: Sidecar) -> list[tuple[str, bool]]:

@@ -81,11 +81,15 @@ def error_response(
     )
 
 
-def stream_error(path: str, message: str, *, line_ended: bool = True) -> bytes:
+def stream_error(path: str, message: str, *, tail: bytes = b"\n\n") -> bytes:
     """The last bytes of an answer that broke after it began, in its stream's framing, as Ollama
     ends a broken stream: an error line (native NDJSON), a `data:` frame (OpenAI chat), or an
-    `error` event (the Messages and Responses APIs)."""
-    lead = b"" if line_ended else b"\n"
+    `error` event (the Messages and Responses APIs). `tail`: the last bytes already sent, so the
+    error starts on a line of its own (NDJSON) or after a blank line ending the cut event (SSE)."""
+    if is_openai(path) or is_anthropic(path):
+        lead = b"" if tail.endswith(b"\n\n") else b"\n" if tail.endswith(b"\n") else b"\n\n"
+    else:
+        lead = b"" if tail.endswith(b"\n") else b"\n"
     if path in EVENT_STREAM_PATHS:
         if is_anthropic(path):
             body = error_body(path, 500, message)

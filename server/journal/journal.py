@@ -78,6 +78,7 @@ class Journal:
         self._quarantined = 0
         self._bad_files: set[str] = set()
         self._last_error: str | None = None
+        self._fallback_writable = True  # the last write to the fallback file succeeded
         self._idle = asyncio.Event()  # the writer holds nothing: queue empty, no batch in hand
         self._idle.set()
         self._admissions = AdmissionLog(spool.directory)
@@ -258,9 +259,11 @@ class Journal:
         while True:
             try:
                 await asyncio.to_thread(self._spool.append, batch)
+                self._fallback_writable = True
                 self._retry_wake.set()
                 return
             except OSError as exc:
+                self._fallback_writable = False
                 self._last_error = f"fallback file unwritable: {exc}"
                 if self._state != "running":
                     self._lost += len(batch)
@@ -397,6 +400,7 @@ class Journal:
             "pending": len(self._pending) + (self._spill.qsize() if self._spill else 0),
             "fallback_dir": str(self._spool.directory),
             "fallback_lines": self._spool.pending_lines,
+            "fallback_writable": self._fallback_writable,
             "written": self._written,
             "spilled": self._spilled,
             "replayed": self._replayed,

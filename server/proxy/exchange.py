@@ -38,6 +38,7 @@ CLIENT_CLOSED = 499  # nginx's convention for "the client went away"; journal an
 SHUTDOWN_CUT = "sidecar shut down before the request finished"
 ADMIN_CANCEL = "an administrator cancelled this request"
 RETRY_AFTER_S = 5  # what a request refused or cut by a shutdown is told
+ERROR_BODY_LIMIT = 65536  # bytes of Ollama's error body read for its message
 
 
 @dataclass(slots=True)
@@ -67,7 +68,7 @@ class Exchange:
         self.facts = admission.facts
         self.scheduling = admission.scheduling
         self.tap = StreamTap(keep_text=admission.keep_text)
-        self._ends_line = True
+        self._tail = b"\n\n"  # the last two bytes sent (how an error event must be framed)
         self._send: Send | None = None
         self._started = False  # the response's status line has gone to the client
         self._ended = False  # and its last byte
@@ -197,7 +198,7 @@ class Exchange:
         except Cut:
             return await self._cut(outcome)
         if self._started:  # a queue-status line committed the 200 already
-            return await self._after_status(upstream, outcome, watch)
+            return await self._after_status(upstream, outcome, watch, deadline)
         try:
             facts.first_byte_at = time.time()
             outcome.http_status = upstream.status_code
@@ -235,7 +236,8 @@ class Exchange:
             await upstream.aclose()
 
     async def _after_status(
-        self, upstream: httpx.Response, outcome: _Outcome, watch: DisconnectWatch | None
+        self, upstream: httpx.Response, outcome: _Outcome, watch: DisconnectWatch | None,
+        deadline: float,
     ) -> None:
         """Ollama's answer when queue-status lines have begun the response: its events follow
         them (its own status line and headers are not sent again); an error status becomes an
@@ -244,10 +246,25 @@ class Exchange:
         try:
             facts.first_byte_at = time.time()
             outcome.http_status = upstream.status_code
+            limit = max(0.0, deadline - time.monotonic())
             if upstream.status_code >= 400:
-                body = await upstream.aread()
                 outcome.error = f"Ollama answered {upstream.status_code}"
-                await self._abort(ollama_message(body) or outcome.error)
+                body = b""
+                try:
+                    with self._guard(watch), self._armed():
+                        async with asyncio.timeout(limit):
+                            async for chunk in upstream.aiter_raw():
+                                body += chunk
+                                if len(body) > ERROR_BODY_LIMIT:
+                                    break
+                except ClientGone:
+                    outcome.status = "cancelled"
+                    return
+                except Cut:
+                    return await self._cut(outcome)
+                except (TimeoutError, httpx.HTTPError):
+                    pass  # the status says enough
+                await self._abort(ollama_message(body[:ERROR_BODY_LIMIT]) or outcome.error)
                 return
             parts.events.publish(
                 FirstByte(at=time.time(), request_id=facts.request_id, model=facts.model or "")
@@ -264,7 +281,7 @@ class Exchange:
             timeout = self.backend.request_timeout
             try:
                 with self._guard(watch), self._armed():
-                    async with asyncio.timeout(timeout):
+                    async with asyncio.timeout(limit):
                         await relay(upstream, body_only, [], self._seen)
                 self._settled()
             except ClientGone:
@@ -332,7 +349,7 @@ class Exchange:
 
     def _seen(self, chunk: bytes) -> None:
         if chunk:
-            self._ends_line = chunk.endswith(b"\n")
+            self._tail = (self._tail + chunk)[-2:]
         self.tap(chunk)
 
     def _settled(self) -> None:
@@ -382,7 +399,7 @@ class Exchange:
         Ollama itself does, so a client sees an error rather than a silently short answer."""
         self._settled()
         assert self._send is not None
-        line = stream_error(self.facts.endpoint, message, line_ended=self._ends_line)
+        line = stream_error(self.facts.endpoint, message, tail=self._tail)
         await self._send({"type": "http.response.body", "body": line, "more_body": False})
 
     def _record(self, outcome: _Outcome) -> None:

@@ -102,11 +102,18 @@ class StreamTap:
     def __init__(self, *, keep_text: bool) -> None:
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
+        # The stream's first bytes: Anthropic's input_tokens come in its first event only, long
+        # gone from the tail after a long answer.
+        self._head: list[bytes] = []
+        self._head_len = 0
         self._keep_text = keep_text
         self._text: list[bytes] = []
         self._text_len = 0
 
     def __call__(self, chunk: bytes) -> None:
+        if self._head_len < _HEAD_BYTES:
+            self._head.append(chunk[: _HEAD_BYTES - self._head_len])
+            self._head_len += len(self._head[-1])
         self._tail.append(chunk)
         self._tail_len += len(chunk)
         while self._tail_len - len(self._tail[0]) >= _TAIL_BYTES:
@@ -155,7 +162,13 @@ class StreamTap:
                     if value is not None and value >= 0:
                         found.setdefault(ours, value)
             if len(found) == len(_USAGE_NAMES):
-                break
+                return found
+        if found and "prompt_eval_count" not in found:  # an Anthropic stream's message_start
+            for obj in self._objects(b"".join(self._head)):
+                for usage in _usages(obj):
+                    if isinstance(value := usage.get("input_tokens"), int) and value >= 0:
+                        found["prompt_eval_count"] = value
+                        return found
         return found
 
     def finish_reason(self) -> str | None:
@@ -181,6 +194,8 @@ class StreamTap:
             parts.append(_piece(obj))
         return "".join(parts)
 
+
+_HEAD_BYTES = 8192
 
 _USAGE_NAMES = (
     ("prompt_eval_count", ("prompt_tokens", "input_tokens")),

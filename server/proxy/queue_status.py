@@ -1,6 +1,7 @@
 """Queue status for a waiting client, in band: `: queued, position 3 of 12, est 40s` comment lines
 on an event stream, which SSE clients ignore and which keep proxies between the client and the
-sidecar from timing the request out during a long wait (a 70B load, a busy GPU).
+sidecar from timing the request out during a long wait in the queue. (Once the request is
+dispatched the lines stop: the wait for Ollama's first byte — a model load — is not covered.)
 
 Opt-in (`[queue_status] enabled`), for streamed requests on the event-stream routes only: a native
 NDJSON stream has no comment syntax. The trade-off: the 200 status line goes out with the first
@@ -30,7 +31,11 @@ def line(scheduler: Scheduler, times: ServiceTimes, request_id: str) -> bytes:
     ranked = scheduler.position(request_id)  # cached ranking: no whole-queue scoring per line
     if ranked is None:
         return b": queued\n\n"
-    eta = wait_estimate(ranked.position, scheduler.max_parallel, times.mean())
+    model = ranked.ticket.model
+    if scheduler.is_cloud(model):  # its own slots; everything ahead of it in them is cloud too
+        eta = wait_estimate(ranked.position, scheduler.cloud_max_parallel, times.mean(model))
+    else:
+        eta = wait_estimate(ranked.position, scheduler.max_parallel, times.mean())
     text = f": queued, position {ranked.position} of {scheduler.depth}, est {math.ceil(eta)}s\n\n"
     return text.encode()
 

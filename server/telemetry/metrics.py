@@ -43,7 +43,11 @@ _DURATION_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 # Paths with a parameter in them are counted under their route, so the label stays bounded.
-_TEMPLATES = (("/v1/models/", "/v1/models/{model}"), ("/api/blobs/", "/api/blobs/{digest}"))
+_TEMPLATES = (
+    ("/v1/models/", "/v1/models/{model}"),
+    ("/api/blobs/", "/api/blobs/{digest}"),
+    ("/api/experimental/", "/api/experimental/{path}"),
+)
 
 
 def endpoint_label(path: str) -> str:
