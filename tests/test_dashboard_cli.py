@@ -147,3 +147,51 @@ def test_load_sends_requests_from_several_clients(
     assert clients <= {"load-1", "load-2", "load-3"} and len(clients) >= 2
     bad = _cli("load", "--url", proxy.url, "--models", " , ")
     assert bad.returncode == 2 and "--models" in bad.stderr
+
+
+def test_live_mode_draws_follows_events_and_quits_on_ctrl_c(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    """In a (pseudo-)terminal: the live view appears, redraws when a request comes through the
+    event stream, and Ctrl-C leaves with status 0."""
+    import select
+    import signal
+    import time
+
+    proxy = sidecar_factory(upstream=ollama_emulator.url)
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "dashboard", "--url", proxy.url, "--refresh", "30"],
+        stdin=follower, stdout=follower, stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "140", "LINES": "60", "TERM": "xterm", "PROXY_ADMIN_KEY": ""},
+    )
+    os.close(follower)
+    screen = b""
+
+    def read_until(marker: bytes, within: float) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + within
+        while marker not in screen:
+            assert time.monotonic() < deadline, f"{marker!r} never drawn; screen: {screen[-2000:]!r}"
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                screen += os.read(leader, 65536)
+
+    try:
+        read_until(b"Ollama Smart Proxy", 30)
+        read_until(b"live", 15)  # the event stream feeds it, not polling
+        screen = b""
+        # --refresh 30: only an event can make it redraw this soon.
+        httpx.post(proxy.url + "/api/generate", timeout=30,
+                   json={"model": MODELS[0], "prompt": "hi", "stream": False},
+                   headers={"x-client-id": "dora"})
+        read_until(b"dora", 15)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(leader)
+        if process.stderr is not None:
+            process.stderr.close()

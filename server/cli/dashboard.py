@@ -100,6 +100,7 @@ class Sidecar:
                     if response.status_code != 200:
                         raise httpx.HTTPStatusError("refused", request=response.request, response=response)
                     mode[0] = "live"
+                    changed.set()  # redraw: the header says where the picture comes from
                     async for line in response.aiter_lines():
                         if line.startswith("id: "):
                             last = line[4:]
