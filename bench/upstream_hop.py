@@ -1,0 +1,181 @@
+"""Which HTTP client should carry the sidecar's upstream hop? One run, side by side (issue 14).
+
+In front of the same emulator (`smart-proxy sim --time-scale 0`, its own process): the emulator
+directly, a minimal pass-through (Hypercorn + Starlette, bench/passthrough.py) on each candidate
+client — httpx as the sidecar configures it, httpcore (httpx's transport) directly, aiohttp — and
+the sidecar itself (`smart-proxy serve`, SQLite journal, warning-level logs). Small non-streamed
+/api/generate requests:
+
+- concurrency 1, targets interleaved request by request: p50 latency and what each adds to the
+  direct p50, and each process's CPU per request (from /proc);
+- concurrency 16, targets interleaved block by block over three rounds: requests per second,
+  and that as a share of direct.
+
+The load generator is aiohttp in this process (lighter than httpx, so it limits less). The
+machine is shared: absolute figures move between runs, the ratios within one run are the result.
+
+    .venv/bin/pip install 'ollama-smart-proxy[bench]'
+    .venv/bin/python bench/upstream_hop.py [--requests 400]
+
+Results go to bench/results/upstream_hop.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from harness import ROOT, free_port, report_header, running, start
+
+RESULTS = ROOT / "bench" / "results" / "upstream_hop.json"
+MODEL = "llama3.2:1b"
+BODY = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+CANDIDATES = ("httpx", "httpcore", "aiohttp")
+POLICY = """\
+active = "bench"
+
+[backend]
+max_parallel = 32
+num_parallel = 32
+vram_gb = 8
+max_loaded_models = 2
+poll_interval = "5s"
+
+[limits]
+max_queue = 10000
+max_queued_per_client = 10000
+
+[policies.bench.terms.vram]
+[policies.bench.terms.fairness]
+[policies.bench.terms.aging]
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_passthrough(client: str, port: int, upstream: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "passthrough.py"), "--client", client,
+         "--port", str(port), "--upstream", upstream],
+        cwd=ROOT, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the {client} pass-through exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.1)  # a benchmark script polling for a port, not async code
+    process.kill()
+    raise SystemExit(f"the {client} pass-through did not start")
+
+
+async def one(session: aiohttp.ClientSession, url: str) -> float:
+    began = time.perf_counter()
+    async with session.post(url + "/api/generate", json=BODY) as response:
+        await response.read()
+        if response.status != 200:
+            raise SystemExit(f"{url} answered {response.status}")
+    return time.perf_counter() - began
+
+
+async def serial(targets: dict[str, str], count: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(count):
+            for name, url in targets.items():
+                times[name].append(await one(session, url))
+    return times
+
+
+async def concurrent(url: str, count: int, concurrency: int) -> float:
+    """Requests per second with `concurrency` requests always open."""
+    left = count
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await one(session, url)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return count / (time.perf_counter() - began)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=400, help="per target, per phase")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hop-bench-") as work:
+        policy = Path(work) / "policies.toml"
+        policy.write_text(POLICY, encoding="utf-8")
+        sim_port = free_port()
+        direct = f"http://127.0.0.1:{sim_port}"
+        sim = start(["sim", "--preset", "tiny-8gb", "--time-scale", "0", "--port", str(sim_port)],
+                    direct + "/api/version", "the emulator")
+        processes = [sim]
+        targets = {"direct": direct}
+        pids: dict[str, int] = {}
+        for client in CANDIDATES:
+            port = free_port()
+            process = start_passthrough(client, port, direct)
+            processes.append(process)
+            targets[f"pass-through, {client}"] = f"http://127.0.0.1:{port}"
+            pids[f"pass-through, {client}"] = process.pid
+        proxy_port = free_port()
+        env = {**os.environ, "SMART_PROXY_DB": str(Path(work) / "journal.db"),
+               "SMART_PROXY_LOG_FORMAT": "json", "SMART_PROXY_LOG_LEVEL": "warning"}
+        sidecar = start(["serve", "--policy", str(policy), "--host", "127.0.0.1", "--port",
+                         str(proxy_port), "--upstream", direct], f"http://127.0.0.1:{proxy_port}/proxy/health",
+                        "the sidecar", env)
+        processes.append(sidecar)
+        targets["sidecar (httpx)"] = f"http://127.0.0.1:{proxy_port}"
+        pids["sidecar (httpx)"] = sidecar.pid
+        with running(*processes):
+            asyncio.run(serial(targets, 30))  # load the model, warm every connection
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            times = asyncio.run(serial(targets, args.requests))
+            cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+            rates: dict[str, list[float]] = {name: [] for name in targets}
+            for _ in range(3):
+                for name, url in targets.items():
+                    rates[name].append(asyncio.run(concurrent(url, args.requests, 16)))
+    direct_p50 = statistics.median(times["direct"])
+    direct_rate = statistics.median(rates["direct"])
+    rows = {}
+    for name in targets:
+        p50 = statistics.median(times[name])
+        rate = statistics.median(rates[name])
+        rows[name] = {
+            "p50_ms_c1": round(p50 * 1000, 3),
+            "added_p50_ms_c1": None if name == "direct" else round((p50 - direct_p50) * 1000, 3),
+            "cpu_ms_per_request_c1": round(cpu[name] / args.requests * 1000, 3) if name in cpu else None,
+            "requests_per_s_c16": round(rate, 1),
+            "share_of_direct_c16": round(rate / direct_rate, 3),
+        }
+    report = report_header("upstream_hop")
+    report["requests_per_target_per_phase"] = args.requests
+    report["targets"] = rows
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
