@@ -119,8 +119,11 @@ class Scheduler:
             overrides={canonical_model(k): v for k, v in settings.model_sizes.items()},
             resident_factor=b.resident_factor,
         )
-        # What Ollama's /api/tags says of a model, cloud or local, over what its name suggests.
+        # What Ollama's /api/tags says of a model, cloud or local, over what its name suggests;
+        # and the answer per model, asked per group head on every pick (bounded below).
         self._cloud_listed: dict[str, bool] = {}
+        self._cloud_of: dict[str, bool] = {}
+        self._cloud_waiting = 0  # waiting tickets for cloud models
         self.state = _StateView(self._ledger, self.residency_model, self.is_cloud)
         self.paused = False
         self._cloud_in_flight = 0
@@ -140,8 +143,13 @@ class Scheduler:
         return self._settings.cloud_max_parallel
 
     def is_cloud(self, model: str) -> bool:
-        listed = self._cloud_listed.get(model)
-        return cloud_by_name(model) if listed is None else listed
+        known = self._cloud_of.get(model)
+        if known is None:
+            if len(self._cloud_of) > 4096:  # names come from clients
+                self._cloud_of.clear()
+            listed = self._cloud_listed.get(model)
+            known = self._cloud_of[model] = cloud_by_name(model) if listed is None else listed
+        return known
 
     def _local_free(self) -> bool:
         return len(self._in_flight) - self._cloud_in_flight < self.max_parallel
@@ -189,6 +197,7 @@ class Scheduler:
             variant=variant,
         )
         self._waiting[request_id] = ticket
+        self._cloud_waiting += self.is_cloud(ticket.model)
         self._ledger.arrive(client, now)
         # Advance the windows here too, not only in dispatch(): while paused or with every slot
         # busy, arrivals (even ones cancelled at once) would otherwise pile up in the ledger.
@@ -206,6 +215,7 @@ class Scheduler:
         ticket = self._waiting.pop(request_id, None)
         if ticket is None:
             return False
+        self._cloud_waiting -= self.is_cloud(ticket.model)
         self._picker.remove(ticket)
         self._ranking.left(request_id)
         self._ledger.leave(ticket.client)
@@ -217,7 +227,12 @@ class Scheduler:
         if self.paused:
             return grants
         policy = self._policy_source()
-        while self._waiting and (self._local_free() or self._cloud_free()):
+        # A free cloud slot is worth a pick only when a cloud ticket waits: otherwise every local
+        # group head would be looked at, and turned down, for nothing.
+        while self._waiting and (
+            (self._local_free() and len(self._waiting) > self._cloud_waiting)
+            or (self._cloud_free() and self._cloud_waiting)
+        ):
             now = self._clock()
             self._picker.mark_dirty(self._ledger.expire(now))
             self._picker.refresh(policy, self.state, now)
@@ -270,6 +285,7 @@ class Scheduler:
     def _grant(self, ticket: Ticket, score: Score, policy: Policy, now: float) -> Grant:
         depth = len(self._waiting)
         del self._waiting[ticket.id]
+        self._cloud_waiting -= self.is_cloud(ticket.model)
         self._picker.remove(ticket)
         self._ranking.left(ticket.id)
         self._ledger.leave(ticket.client)
@@ -321,7 +337,11 @@ class Scheduler:
         for entry in tags_payload.get("models") or ():
             if isinstance(entry, dict) and isinstance(name := entry.get("name") or entry.get("model"), str):
                 listed[canonical_model(name)] = bool(entry.get("remote_host") or entry.get("remote_model"))
-        self._cloud_listed = listed
+        if listed != self._cloud_listed:
+            # Waiting tickets keep the kind they were counted as until they leave the queue.
+            self._cloud_listed = listed
+            self._cloud_of.clear()
+            self._cloud_waiting = sum(self.is_cloud(t.model) for t in self._waiting.values())
 
     def pause(self) -> None:
         self.paused = True
