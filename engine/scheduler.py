@@ -11,87 +11,22 @@ import functools
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from engine.clock import Clock
+from engine.grants import Grant, InFlight, RankedTicket, StateView
 from engine.ledger import ClientLedger
 from engine.picker import Picker
 from engine.ranking import Ranking
-from engine.residency import Action, Plan, ResidencyModel
+from engine.residency import Plan, ResidencyModel
 from policy.compile import OrderKey, Policy
 from policy.load import CompiledFile
-from policy.state import SchedulingState
 from schemas.model_name import canonical_model, is_cloud
-from schemas.ticket import Residency, Score, Ticket
+from schemas.ticket import Score, Ticket
 
 # Cloud models run on Ollama's hosted service: no local VRAM, no local slot, no load. Asked per
 # group head on every pick, so cached (names come from clients: the cache is bounded).
 cloud_by_name = functools.lru_cache(maxsize=4096)(is_cloud)
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    ticket: Ticket
-    score: Score
-    queue_depth: int  # tickets waiting when this one was chosen, itself included
-    resident: bool  # its model was loaded or loading: no swap needed
-    action: Action
-    evicts: tuple[str, ...]
-    policy_name: str
-    policy_version: str
-    granted_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class RankedTicket:
-    position: int  # 1 = next to go
-    ticket: Ticket
-    score: Score
-    eligible: (
-        bool  # False while its model is being evicted, at its parallel limit, or behind a load
-    )
-    # Why it still waits ("; "-joined), None if nothing holds it back; only `waiting()` fills it.
-    reason: str | None = None
-
-
-@dataclass(slots=True)
-class InFlight:
-    ticket: Ticket
-    granted_at: float
-    plan: Plan
-    started: bool = False
-    cloud: bool = False  # holds a cloud slot ([cloud] max_parallel), not a local one
-
-
-class _StateView(SchedulingState):
-    """The read-only state a policy sees."""
-
-    __slots__ = ("_cloud", "_ledger", "_residency")
-
-    def __init__(
-        self, ledger: ClientLedger, residency: ResidencyModel, cloud: Callable[[str], bool]
-    ) -> None:
-        self._ledger, self._residency, self._cloud = ledger, residency, cloud
-
-    # A cloud model is always "loaded" to a policy: it never costs a load, a swap or VRAM.
-    def residency(self, model: str, variant: str = "") -> Residency:
-        return "loaded" if self._cloud(model) else self._residency.residency(model, variant)
-
-    def size_gb(self, model: str) -> float | None:
-        return 0.0 if self._cloud(model) else self._residency.size_gb(model)
-
-    def fits_beside(self, model: str, vram_only: bool) -> bool:
-        return self._cloud(model) or self._residency.fits_beside(model, vram_only)
-
-    def loaded_count(self) -> int:
-        return self._residency.loaded_count()
-
-    def queued(self, client: str) -> int:
-        return self._ledger.queued(client)
-
-    def recent(self, client: str, window: float, now: float) -> int:
-        return self._ledger.recent(client, window, now)
 
 
 class Scheduler:
@@ -124,7 +59,7 @@ class Scheduler:
         self._cloud_listed: dict[str, bool] = {}
         self._cloud_of: dict[str, bool] = {}
         self._cloud_waiting = 0  # waiting tickets for cloud models
-        self.state = _StateView(self._ledger, self.residency_model, self.is_cloud)
+        self.state = StateView(self._ledger, self.residency_model, self.is_cloud)
         self.paused = False
         self._cloud_in_flight = 0
 
