@@ -18,7 +18,6 @@ Results go to bench/results/event_subscribers.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -29,7 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from harness import ROOT, free_port, report_header, running, start
+from harness import ROOT, free_port, report_header, running, start, write_report
+
+from schemas.figures import percentile
 
 RESULTS = ROOT / "bench" / "results" / "event_subscribers.json"
 MODEL = "llama3.2:1b"
@@ -50,11 +51,6 @@ poll_interval = "5s"
 [policies.bench.terms.fairness]
 [policies.bench.terms.aging]
 """
-
-
-def _q(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _request(client: httpx.Client, proxy: str, n: int) -> tuple[float, float]:
@@ -135,17 +131,15 @@ def main() -> int:
         wait = [r[1] for r in rows]
         report[phase] = {
             "latency_ms_p50": round(statistics.median(latency), 2),
-            "latency_ms_p95": round(_q(latency, 0.95), 2),
+            "latency_ms_p95": round(percentile(sorted(latency), 0.95) or 0.0, 2),
             "queue_wait_ms_p50": round(statistics.median(wait), 2),
-            "queue_wait_ms_p95": round(_q(wait, 0.95), 2),
+            "queue_wait_ms_p95": round(percentile(sorted(wait), 0.95) or 0.0, 2),
         }
     base = report["none"]["latency_ms_p50"]
     report["latency_p50_ratio_reading"] = round(report["reading"]["latency_ms_p50"] / base, 3)
     report["latency_p50_ratio_stalled"] = round(report["stalled"]["latency_ms_p50"] / base, 3)
     report["stalled_subscriber_dropped"] = overview["event_subscribers_dropped"] >= 1
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+    write_report(RESULTS, report)
     return 0
 
 

@@ -4,6 +4,7 @@ stopping them, and the header of a results file."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import socket
@@ -54,6 +55,20 @@ def running(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
         for process in reversed(processes):
             process.terminate()
             process.wait(timeout=30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """The results file (and the same JSON on stdout)."""
+    text = json.dumps(report, indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(text, end="")
 
 
 def report_header(benchmark: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
-from harness import ROOT, free_port, report_header, running, start
+from harness import ROOT, cpu_seconds, free_port, report_header, running, start
 
 from sim.presets import PRESETS
 
@@ -51,12 +51,6 @@ poll_interval = "5s"
 [policies.bench.terms.fairness]
 [policies.bench.terms.aging]
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -14,10 +14,9 @@ Results go to bench/results/queue_eta.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
-from harness import ROOT, report_header
+from harness import ROOT, report_header, write_report
 
 from engine.eta import ServiceTimes, wait_estimate
 from engine.scheduler import Scheduler
@@ -80,9 +79,7 @@ def main() -> int:
     report = report_header("queue_eta")
     report["policy"] = "balanced (policies.example.toml)"
     report["presets"] = {preset: measure(preset, args.requests) for preset in PRESETS}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+    write_report(RESULTS, report)
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import statistics
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from harness import ROOT, free_port, report_header, running, start
+from harness import ROOT, cpu_seconds, free_port, report_header, running, start, write_report
 
 RESULTS = ROOT / "bench" / "results" / "upstream_hop.json"
 MODEL = "llama3.2:1b"
@@ -59,11 +58,6 @@ max_queued_per_client = 10000
 [policies.bench.terms.fairness]
 [policies.bench.terms.aging]
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_passthrough(client: str, port: int, upstream: str) -> subprocess.Popen[bytes]:
@@ -171,9 +165,7 @@ def main() -> int:
     report = report_header("upstream_hop")
     report["requests_per_target_per_phase"] = args.requests
     report["targets"] = rows
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+    write_report(RESULTS, report)
     return 0
 
 

@@ -164,17 +164,16 @@ async def request_detail(request: Request) -> Response:
     policy = views.policy_info(sc.compiled, sc.holder.last_error)
     live = views.position_view(sc.scheduler, rid, policy, sc.clock())
     record, problem = None, None
-    try:
-        record = await sc.journal.lookup(rid)
-    except StoreUnavailable as exc:
-        problem = f"the journal database is unavailable: {exc}"
+    if live is None:  # while it waits or runs the journal holds only what a crash would leave
+        try:
+            record = await sc.journal.lookup(rid)
+        except StoreUnavailable as exc:
+            problem = f"the journal database is unavailable: {exc}"
     if live is None and record is None and problem is None:
         return error_response(request.url.path, 404, f"no request {rid!r} is waiting, running or journaled")
     state = live.state if live is not None else "ended"
     return json_response(RequestDetail(
-        request_id=rid, state=state, live=live,
-        # While it runs the journal holds only what a crash would leave: not worth showing.
-        record=record if live is None else None, journal_error=problem,
+        request_id=rid, state=state, live=live, record=record, journal_error=problem,
     ))
 
 

@@ -203,12 +203,7 @@ class Exchange:
             facts.first_byte_at = time.time()
             outcome.http_status = upstream.status_code
             if self.scheduling is not None and upstream.status_code < 400:
-                # The event first: started() dispatches the tickets held behind this load.
-                parts.events.publish(
-                    FirstByte(at=time.time(), request_id=facts.request_id, model=facts.model or "")
-                )
-                parts.metrics.started(facts.model or "", facts.first_byte_at - facts.received_at)
-                parts.dispatcher.started(facts.request_id)
+                self._first_byte()
             limit = max(0.0, deadline - time.monotonic()) if self.scheduling else None
             try:
                 with self._guard(watch), self._armed():
@@ -242,7 +237,7 @@ class Exchange:
         """Ollama's answer when queue-status lines have begun the response: its events follow
         them (its own status line and headers are not sent again); an error status becomes an
         error event with Ollama's message."""
-        facts, parts = self.facts, self.parts
+        facts = self.facts
         try:
             facts.first_byte_at = time.time()
             outcome.http_status = upstream.status_code
@@ -266,11 +261,7 @@ class Exchange:
                     pass  # the status says enough
                 await self._abort(ollama_message(body[:ERROR_BODY_LIMIT]) or outcome.error)
                 return
-            parts.events.publish(
-                FirstByte(at=time.time(), request_id=facts.request_id, model=facts.model or "")
-            )
-            parts.metrics.started(facts.model or "", facts.first_byte_at - facts.received_at)
-            parts.dispatcher.started(facts.request_id)
+            self._first_byte()
             assert self._send is not None
             send = self._send
 
@@ -351,6 +342,16 @@ class Exchange:
         if chunk:
             self._tail = (self._tail + chunk)[-2:]
         self.tap(chunk)
+
+    def _first_byte(self) -> None:
+        """Ollama began a successful answer to a scheduled request: tell the event stream (first:
+        started() dispatches the tickets held behind this load), the metrics and the scheduler."""
+        facts, parts = self.facts, self.parts
+        parts.events.publish(
+            FirstByte(at=time.time(), request_id=facts.request_id, model=facts.model or "")
+        )
+        parts.metrics.started(facts.model or "", (facts.first_byte_at or time.time()) - facts.received_at)
+        parts.dispatcher.started(facts.request_id)
 
     def _settled(self) -> None:
         """The request answers on its own from here: an admin's cancel can no longer stop it."""
