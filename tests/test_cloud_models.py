@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sidecar_fixtures import SidecarFactory, make_policy
+from sidecar_fixtures import SidecarFactory, make_policy, wait_until
 
 from engine.clock import ManualClock
 from engine.residency import GIB
@@ -106,8 +106,10 @@ def test_cloud_requests_queue_for_their_own_limit_and_never_load(
     assert [m["name"] for m in ps["models"]] == [LOCAL]
     vram = proxy.admin("GET", "/proxy/vram").json()
     assert CLOUD not in {m["model"] for m in vram["residency"]["models"]}
+    wait_until(lambda: len([r for r in proxy.journal.records if r.model == CLOUD]) == 2,
+               within=5, what="both cloud records")
     records = [r for r in proxy.journal.records if r.model == CLOUD]
-    assert len(records) == 2 and all(r.resident for r in records)
+    assert all(r.resident for r in records)
 
 
 def test_the_hosted_services_429_reaches_the_client_in_its_dialect(
@@ -120,6 +122,8 @@ def test_the_hosted_services_429_reaches_the_client_in_its_dialect(
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         statuses = sorted(a.status_code for a in pool.map(lambda _: _ask(proxy, CLOUD), range(2)))
     assert statuses == [200, 429]
+    wait_until(lambda: any(r.http_status == 429 for r in proxy.journal.records),
+               within=5, what="the refused request's record")
     refused = next(r for r in proxy.journal.records if r.http_status == 429)
     assert refused.status == "failed" and refused.model == CLOUD
     client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)

@@ -21,10 +21,14 @@ from sidecar_fixtures import SLOW_NODE, SidecarFactory, make_policy, wait_until
 MODEL = "llama3.2:1b"
 
 
-def _record(proxy: Any, endpoint: str) -> Any:
-    wait_until(lambda: any(r.endpoint == endpoint for r in proxy.journal.records), within=5,
-               what=f"a record for {endpoint}")
-    return next(r for r in reversed(proxy.journal.records) if r.endpoint == endpoint)
+def _record(proxy: Any, endpoint: str, nth: int = 1) -> Any:
+    """The `nth` record for `endpoint`, once it is there (a record is handed over just after the
+    client has read the last byte, so it may trail the answer by a moment)."""
+    def mine() -> list[Any]:
+        return [r for r in proxy.journal.records if r.endpoint == endpoint]
+
+    wait_until(lambda: len(mine()) >= nth, within=5, what=f"record {nth} for {endpoint}")
+    return mine()[nth - 1]
 
 
 def test_responses_api_with_the_openai_client(sidecar_factory: SidecarFactory, ollama_emulator: Any) -> None:
@@ -48,7 +52,7 @@ def test_responses_api_with_the_openai_client(sidecar_factory: SidecarFactory, o
         final = stream.get_final_response()
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert text and final.output_text == text
-    streamed = _record(proxy, "/v1/responses")
+    streamed = _record(proxy, "/v1/responses", 2)
     assert streamed.eval_count == final.usage.output_tokens  # type: ignore[union-attr]
 
     with pytest.raises(openai.NotFoundError):  # Ollama's 404, passed through
@@ -76,7 +80,7 @@ def test_messages_api_with_the_anthropic_client(sidecar_factory: SidecarFactory,
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text and final.content[0].text == text  # type: ignore[union-attr]
-    assert _record(proxy, "/v1/messages").eval_count == final.usage.output_tokens
+    assert _record(proxy, "/v1/messages", 2).eval_count == final.usage.output_tokens
 
     with pytest.raises(anthropic.NotFoundError) as missing:  # Ollama's own 404
         client.messages.create(model="no-such-model", max_tokens=5,
