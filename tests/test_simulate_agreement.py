@@ -62,7 +62,7 @@ swap_above = 240
 [policies.balanced.terms.fairness]
 per_queued = 3
 per_recent = 1
-window = "10m"
+window = "1h"  # longer than the trace: see below
 cap = 120
 [policies.balanced.terms.class_offset]
 offsets = { batch = 60 }
@@ -74,6 +74,10 @@ max_wait = "5m"
 # they queue in trace order): 4.5 trace seconds at this scale, where the simulator sees one
 # instant. Aging at 0.01 point a second keeps that spread below every other term's step (all
 # whole points here), so aging only breaks ties — by arrival, as the simulator's sequence does.
+# The fairness window is longer than the whole trace, so "recent" counts every arrival so far: a
+# window that is a multiple of the gap between bursts (10 minutes was twelve gaps) puts its edge
+# exactly on an earlier burst's arrivals, which live are spread over the few trace seconds it
+# takes to send them, and the two runs then count different numbers of recent requests.
 
 
 def the_trace() -> list[dict[str, Any]]:
