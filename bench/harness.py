@@ -64,7 +64,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    """The results file (and the same JSON on stdout)."""
+    """The results file (and the same JSON on stdout), with the load average now beside the one
+    `report_header` took: a run on a busy machine says so."""
+    report.setdefault("machine", {})["load_after"] = list(os.getloadavg())
     text = json.dumps(report, indent=2) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -80,5 +82,6 @@ def report_header(benchmark: str) -> dict[str, Any]:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            "load_before": list(os.getloadavg()),  # 1, 5 and 15 minutes
         },
     }

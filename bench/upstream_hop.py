@@ -36,10 +36,13 @@ from pathlib import Path
 import aiohttp
 from harness import ROOT, cpu_seconds, free_port, report_header, running, start, write_report
 
+from schemas.figures import percentile
+
 RESULTS = ROOT / "bench" / "results" / "upstream_hop.json"
 MODEL = "llama3.2:1b"
 BODY = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
 CANDIDATES = ("httpx", "httpcore", "aiohttp")
+SIDECAR = "sidecar"
 POLICY = """\
 active = "bench"
 
@@ -96,19 +99,28 @@ async def serial(targets: dict[str, str], count: int) -> dict[str, list[float]]:
     return times
 
 
-async def concurrent(url: str, count: int, concurrency: int) -> float:
-    """Requests per second with `concurrency` requests always open."""
-    left = count
+async def concurrent(url: str, count: int, concurrency: int) -> tuple[float, list[float], int]:
+    """Requests per second with `concurrency` requests always open, each request's latency, and
+    how many were refused (503: the sidecar shedding load)."""
+    left, refused = count, 0
+    latencies: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         async def worker() -> None:
-            nonlocal left
+            nonlocal left, refused
             while left > 0:
                 left -= 1
-                await one(session, url)
+                began = time.perf_counter()
+                async with session.post(url + "/api/generate", json=BODY) as response:
+                    await response.read()
+                    if response.status == 503:
+                        refused += 1
+                    elif response.status != 200:
+                        raise SystemExit(f"{url} answered {response.status}")
+                latencies.append(time.perf_counter() - began)
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return count / (time.perf_counter() - began)
+        return count / (time.perf_counter() - began), latencies, refused
 
 
 def main() -> int:
@@ -138,8 +150,8 @@ def main() -> int:
                          str(proxy_port), "--upstream", direct], f"http://127.0.0.1:{proxy_port}/proxy/health",
                         "the sidecar", env)
         processes.append(sidecar)
-        targets["sidecar (httpx)"] = f"http://127.0.0.1:{proxy_port}"
-        pids["sidecar (httpx)"] = sidecar.pid
+        targets[SIDECAR] = f"http://127.0.0.1:{proxy_port}"
+        pids[SIDECAR] = sidecar.pid
         with running(*processes):
             asyncio.run(serial(targets, 30))  # load the model, warm every connection
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -148,7 +160,10 @@ def main() -> int:
             rates: dict[str, list[float]] = {name: [] for name in targets}
             for _ in range(3):
                 for name, url in targets.items():
-                    rates[name].append(asyncio.run(concurrent(url, args.requests, 16)))
+                    rates[name].append(asyncio.run(concurrent(url, args.requests, 16))[0])
+            # Past saturation: 64 open at once, against the emulator and the sidecar only.
+            crowded = {name: asyncio.run(concurrent(targets[name], args.requests * 2, 64))
+                       for name in ("direct", SIDECAR)}
     direct_p50 = statistics.median(times["direct"])
     direct_rate = statistics.median(rates["direct"])
     rows = {}
@@ -161,7 +176,17 @@ def main() -> int:
             "cpu_ms_per_request_c1": round(cpu[name] / args.requests * 1000, 3) if name in cpu else None,
             "requests_per_s_c16": round(rate, 1),
             "share_of_direct_c16": round(rate / direct_rate, 3),
+            "share_of_direct_c16_spread": [round(min(rates[name]) / direct_rate, 3),
+                                           round(max(rates[name]) / direct_rate, 3)],
         }
+        if name in crowded:
+            rate64, latencies, refused = crowded[name]
+            rows[name]["c64"] = {
+                "requests_per_s": round(rate64, 1),
+                "p50_ms": round((percentile(sorted(latencies), 0.50) or 0.0) * 1000, 2),
+                "p99_ms": round((percentile(sorted(latencies), 0.99) or 0.0) * 1000, 2),
+                "refused_503": refused,
+            }
     report = report_header("upstream_hop")
     report["requests_per_target_per_phase"] = args.requests
     report["targets"] = rows

@@ -1,8 +1,8 @@
 """The running sidecar: every long-lived part in one owner, started and stopped in order.
 
-Owns the policy holder, the scheduler and its dispatcher, the one shared httpx client, the
-upstream poller, the policy watcher, admin auth, metrics and the journal hand-off. The routes
-reach it through `sidecar_of(request)`; a request's trip gets only `Parts`, and reads the policy
+Owns the policy holder, the scheduler and its dispatcher, the forwarded requests' pool to
+Ollama, the upstream poller, the policy watcher, admin auth, metrics and the journal hand-off. The
+routes reach it through `sidecar_of(request)`; a request's trip gets only `Parts`, and reads the policy
 once (`Caller.compiled`), so a reload never splits one request between two files.
 """
 
@@ -34,6 +34,7 @@ from server.http.identity import (
     identify,
     parse_api_keys,
 )
+from server.http.upstream_hop import UpstreamHop
 from server.journal.protocol import Journal, NullJournal
 from server.runtime.consistency import KINDS as MISMATCH_KINDS
 from server.runtime.consistency import PolicyConsistency
@@ -68,7 +69,7 @@ class Caller:
 class Parts:
     """What one request's trip uses of the long-lived parts (server/proxy/exchange.py)."""
 
-    client: httpx.AsyncClient
+    hop: UpstreamHop  # the forwarded requests' connection pool to Ollama
     dispatcher: Dispatcher
     journal: Journal
     holds: Holds
@@ -117,6 +118,9 @@ class Sidecar:
         self.auth = AdminAuth(settings.env, clock)
         # Made from the compiled file, so the journal follows its [journal] settings.
         self.journal: Journal = journal(self.holder.current) if journal else NullJournal()
+        # Forwarded requests go through `hop` (aiohttp; server/http/upstream_hop.py says why);
+        # the poller's few requests a second through this httpx client.
+        self.hop = UpstreamHop()
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             follow_redirects=False,
@@ -145,7 +149,7 @@ class Sidecar:
         )
         self.lag_probe = LoopLagProbe(self.metrics.loop_lag.observe)
         self.parts = Parts(
-            client=self.client, dispatcher=self.dispatcher, journal=self.journal,
+            hop=self.hop, dispatcher=self.dispatcher, journal=self.journal,
             holds=self.holds, metrics=self.metrics, events=self.events, tracer=self.tracer,
             service_times=ServiceTimes(),
             poll_soon=self.poller.poll_soon,
@@ -206,6 +210,7 @@ class Sidecar:
         await self.lag_probe.stop()
         await self.poller.stop()
         await self.client.aclose()
+        await self.hop.aclose()
         await self.journal.stop()
         await asyncio.to_thread(self.tracer.shutdown)  # flushes spans: network I/O, off the loop
 

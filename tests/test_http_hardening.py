@@ -7,7 +7,10 @@ no message, and guessing another client's X-Request-Id on /proxy/queue/{id}. Eac
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,34 +126,116 @@ def test_a_proxy_error_a_route_forgot_to_catch_is_answered_in_the_dialect(
 
 # -- 3. an upstream error whose message is empty still says what happened -------------------
 
+@contextlib.contextmanager
+def _upstream(behaviour: str) -> Iterator[int]:
+    """A real listening socket on loopback that misbehaves as Ollama might: `refuse` (nothing
+    listens), `hang` (accepts, never answers), `close` (accepts, reads, closes without a byte),
+    `garbage` (answers something that is not HTTP), `half` (a status line and headers promising
+    more body than it sends, then closes)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if behaviour == "refuse":
+        listener.close()
+        yield port
+        return
+    listener.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+            conn.recv(65536)
+            if behaviour == "close":
+                conn.close()
+            elif behaviour == "garbage":
+                conn.sendall(b"\x00\x01 not http at all\r\n\r\n")
+                conn.close()
+            elif behaviour == "half":
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: 100\r\n\r\n{\"model\":")
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
 @pytest.mark.parametrize(
-    ("error", "status", "expected"),
+    ("behaviour", "status", "expected"),
     [
-        (httpx.ConnectError(""), 502, "Ollama is unreachable at http://127.0.0.1:11434: ConnectError"),
-        (httpx.ConnectTimeout(""), 502, "Ollama is unreachable at http://127.0.0.1:11434: ConnectTimeout"),
-        (httpx.ReadError(""), 502, "Ollama is unreachable at http://127.0.0.1:11434: ReadError"),
-        (httpx.ConnectError("[Errno 111] Connection refused"), 502,
-         "Ollama is unreachable at http://127.0.0.1:11434: ConnectError: [Errno 111] Connection refused"),
-        (httpx.ReadTimeout(""), 504, "Ollama did not answer in time (ReadTimeout)"),
+        ("refuse", 502, "Ollama is unreachable at http://127.0.0.1:{port}: ClientConnectorError: "),
+        ("close", 502, "Ollama is unreachable at http://127.0.0.1:{port}: ServerDisconnectedError"),
+        ("garbage", 502, "Ollama is unreachable at http://127.0.0.1:{port}: ClientResponseError: "),
+        ("hang", 504, "Ollama did not answer in time (SocketTimeoutError)"),
     ],
 )
 @pytest.mark.anyio
-async def test_upstream_errors_without_a_message_are_named(
-    error: httpx.HTTPError, status: int, expected: str
-) -> None:
+async def test_upstream_errors_are_named(behaviour: str, status: int, expected: str) -> None:
+    """Each way Ollama can fail before its status line is a ProxyError that says what happened,
+    where (without the user:password of the backend URL), and which error it was."""
     from server.http.dialects import ProxyError
-    from server.http.forward import open_upstream
+    from server.http.upstream_hop import UpstreamHop
 
-    def fail(request: httpx.Request) -> httpx.Response:
-        raise error
+    hop = UpstreamHop()
+    try:
+        with _upstream(behaviour) as port, pytest.raises(ProxyError) as caught:
+            await hop.open(method="POST", url=f"http://user:secret@127.0.0.1:{port}/api/chat",
+                           headers=[], content=b"{}", upstream_timeout=0.5)
+    finally:
+        await hop.aclose()
+    assert caught.value.status == status
+    assert caught.value.message.startswith(expected.format(port=port)), caught.value.message
+    assert "secret" not in caught.value.message
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(fail)) as client:
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/api/chat", "ftp://127.0.0.1/api/chat",
+                                 "http:///api/chat"])
+@pytest.mark.anyio
+async def test_an_unusable_upstream_url_is_a_502(url: str) -> None:
+    from server.http.dialects import ProxyError
+    from server.http.upstream_hop import UpstreamHop
+
+    hop = UpstreamHop()
+    try:
         with pytest.raises(ProxyError) as caught:
-            await open_upstream(  # user:password in backend.url never reaches the message
-                client, method="POST", url="http://user:secret@127.0.0.1:11434/api/chat",
-                headers=[], content=b"{}", upstream_timeout=5.0,
-            )
-    assert (caught.value.status, caught.value.message) == (status, expected)
+            await hop.open(method="GET", url=url, headers=[], content=b"", upstream_timeout=1.0)
+    finally:
+        await hop.aclose()
+    assert caught.value.status == 502
+    assert caught.value.message.startswith(("Ollama's URL is unusable", "Ollama is unreachable")), (
+        caught.value.message)
+
+
+@pytest.mark.anyio
+async def test_an_answer_cut_short_is_upstream_broken() -> None:
+    from server.http.upstream_hop import UpstreamBroken, UpstreamHop
+
+    hop = UpstreamHop()
+    try:
+        with _upstream("half") as port:
+            answer = await hop.open(method="POST", url=f"http://127.0.0.1:{port}/api/chat",
+                                    headers=[], content=b"{}", upstream_timeout=5.0)
+            assert (answer.status_code, answer.has_length) == (200, True)
+            with pytest.raises(UpstreamBroken, match="ClientPayloadError"):
+                async for _ in answer.chunks():
+                    pass
+            await answer.aclose()
+    finally:
+        await hop.aclose()
 
 
 @pytest.mark.anyio

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from starlette.types import Message
 
@@ -16,13 +15,24 @@ pytestmark = pytest.mark.anyio
 CHUNK = 4096
 
 
-class Endless(httpx.AsyncByteStream):
+class Streamed:
+    """Ollama's answer as relay() reads it (status, headers, chunks): a stream, no length."""
+
+    status_code = 200
+    raw_headers = ((b"content-type", b"application/x-ndjson"),)
+    has_length = False
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+
+class Endless(Streamed):
     """An upstream that writes as fast as it is read, for ever."""
 
     def __init__(self) -> None:
         self.read = 0
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes]:
         while True:
             self.read += CHUNK
             yield b"x" * CHUNK
@@ -30,8 +40,7 @@ class Endless(httpx.AsyncByteStream):
 
 
 async def test_a_client_that_stops_reading_stops_the_upstream_read() -> None:
-    upstream_stream = Endless()
-    upstream = httpx.Response(200, headers={"content-type": "application/x-ndjson"}, stream=upstream_stream)
+    upstream = upstream_stream = Endless()
     bodies: list[bytes] = []
     stalled = asyncio.Event()  # never set: the client takes one write, then reads no more
 
@@ -56,13 +65,13 @@ async def test_a_client_that_stops_reading_stops_the_upstream_read() -> None:
 async def test_every_byte_arrives_in_order_through_a_small_buffer() -> None:
     data = [bytes([i % 251]) * (i * 97 % 5000 + 1) for i in range(300)]
 
-    class Finite(httpx.AsyncByteStream):
-        async def __aiter__(self) -> AsyncIterator[bytes]:
+    class Finite(Streamed):
+        async def chunks(self) -> AsyncIterator[bytes]:
             for chunk in data:
                 yield chunk
                 await asyncio.sleep(0)
 
-    upstream = httpx.Response(200, headers={"content-type": "application/x-ndjson"}, stream=Finite())
+    upstream = Finite()
     out: list[bytes] = []
     ends: list[bool] = []
 

@@ -1,20 +1,19 @@
 """Forwarding one request to Ollama and streaming its answer back byte for byte.
 
 The body goes out unchanged; `Host` is rewritten (Ollama refuses foreign hosts on loopback) by
-letting httpx set it from the upstream URL; hop-by-hop headers and the sidecar's own credentials
-never leave. The answer comes back raw — Ollama's status, content type, framing and encoding.
+letting the upstream client set it from Ollama's URL; hop-by-hop headers and the sidecar's own
+credentials never leave. The answer comes back raw — Ollama's status, content type, framing and encoding.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
-import httpx
 from starlette.datastructures import Headers
 from starlette.types import Send
 
-from server.http.dialects import ProxyError
 from server.http.identity import ADMIN_HEADERS
 
 # RFC 9110 §7.6.1 plus the ones every proxy drops; `host` and `content-length` are recomputed.
@@ -38,8 +37,8 @@ _NOT_RETURNED = _HOP_BY_HOP | {"date", "server", "x-request-id"}
 
 def request_headers(headers: Headers, *, keep_length: bool = False) -> list[tuple[bytes, bytes]]:
     """The client's headers minus hop-by-hop and credentials, as the raw bytes that came (a value
-    may hold any byte above 0x7f, which httpx would refuse to encode from a str). `keep_length`:
-    the body is streamed through, so its declared length must go with it (httpx cannot count it)."""
+    may hold any byte above 0x7f). `keep_length`: the body is streamed through, so its declared
+    length must go with it (the upstream client cannot count it)."""
     dropped = set(_NOT_FORWARDED)
     if keep_length:
         dropped.discard("content-length")
@@ -48,72 +47,35 @@ def request_headers(headers: Headers, *, keep_length: bool = False) -> list[tupl
     return [(k, v) for k, v in headers.raw if k.decode("latin-1").lower() not in dropped]
 
 
-def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
+def response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
     dropped = set(_NOT_RETURNED)
-    for value in upstream.headers.get_list("connection"):
-        dropped.update(v.strip().lower() for v in value.split(","))
-    return [(k, v) for k, v in upstream.headers.raw if k.decode("latin-1").lower() not in dropped]
+    for key, value in raw:
+        if key.lower() == b"connection":  # headers Ollama marked hop-by-hop
+            dropped.update(v.strip().lower() for v in value.decode("latin-1").split(","))
+    return [(k, v) for k, v in raw if k.decode("latin-1").lower() not in dropped]
 
 
-async def open_upstream(
-    client: httpx.AsyncClient,
-    *,
-    method: str,
-    url: str,
-    headers: list[tuple[bytes, bytes]],
-    content: bytes | AsyncIterator[bytes],
-    upstream_timeout: float,
-) -> httpx.Response:
-    """Send the request and wait for Ollama's status line and headers (its first byte).
+class Answer(Protocol):
+    """What `relay` reads of Ollama's answer (server/http/upstream_hop.py's UpstreamAnswer)."""
 
-    Refused/unreachable or an unusable upstream URL -> ProxyError 502; no answer within
-    `upstream_timeout` -> 504.
-    """
-    try:
-        request = client.build_request(
-            method,
-            url,
-            headers=headers,
-            content=content,
-            timeout=httpx.Timeout(upstream_timeout, connect=min(upstream_timeout, 10.0)),
-        )
-        if (request.url.port or 0) > 65535:  # httpx lets it through, then fails outside HTTPError
-            raise httpx.InvalidURL(f"Invalid port: {request.url.port}")
-    except httpx.InvalidURL as exc:  # not an HTTPError: a bad port or host in backend.url
-        raise ProxyError(502, f"Ollama's URL is unusable: {exc}") from None
-    try:
-        return await client.send(request, stream=True)
-    except httpx.ConnectTimeout as exc:  # no connection at all: unreachable, not slow
-        raise ProxyError(502, f"Ollama is unreachable at {origin(request.url)}: {describe(exc)}") from None
-    except httpx.TimeoutException as exc:
-        raise ProxyError(504, f"Ollama did not answer in time ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
-        raise ProxyError(502, f"Ollama is unreachable at {origin(request.url)}: {describe(exc)}") from None
+    status_code: int
+    raw_headers: tuple[tuple[bytes, bytes], ...]
+    has_length: bool  # a Content-Length: a whole answer, not a stream
 
-
-def describe(exc: BaseException) -> str:
-    """An exception in words. httpx often raises with an empty message (ConnectError(""), a
-    ReadTimeout), which alone would read "Ollama is unreachable: " — the class name says what."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def origin(url: httpx.URL) -> str:
-    """scheme://host:port of Ollama's URL: where it was tried, without any user:password in it."""
-    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+    def chunks(self) -> AsyncIterator[bytes]: ...
 
 
 RELAY_BUFFER = 256 * 1024  # bytes read ahead of a slow client, per stream
 
 
 async def relay(
-    upstream: httpx.Response,
+    upstream: Answer,
     send: Send,
     extra_headers: list[tuple[bytes, bytes]],
     tap: Callable[[bytes], None] | None = None,
     buffer: int = RELAY_BUFFER,
 ) -> None:
-    """Stream Ollama's answer to the client as it arrives. Raises httpx errors mid-stream.
+    """Stream Ollama's answer to the client as it arrives. Raises UpstreamBroken mid-stream.
 
     A reader task takes chunks off the upstream connection while this one writes them out: each
     write sends everything that arrived meanwhile, joined. A chunk is never held back waiting for
@@ -128,11 +90,11 @@ async def relay(
         {
             "type": "http.response.start",
             "status": upstream.status_code,
-            "headers": response_headers(upstream) + extra_headers,
+            "headers": response_headers(upstream.raw_headers) + extra_headers,
         }
     )
-    if "content-length" in upstream.headers:  # a whole answer (not a stream): no reader needed
-        async for chunk in upstream.aiter_raw():
+    if upstream.has_length:  # a whole answer (not a stream): no reader needed
+        async for chunk in upstream.chunks():
             if tap is not None:
                 tap(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -148,7 +110,7 @@ async def relay(
     async def read() -> None:
         nonlocal ended, held
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.chunks():
                 arrived.append(chunk)
                 held += len(chunk)
                 ready.set()

@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
-import httpx
 from starlette.types import Message, Receive, Scope, Send
 
 from engine.scheduler import Grant
 from schemas.events import FirstByte
 from schemas.journal import Status
 from server.http.dialects import ProxyError, error_response, ollama_message, stream_error
-from server.http.forward import describe, open_upstream, relay
+from server.http.forward import relay
+from server.http.upstream_hop import UpstreamAnswer, UpstreamBroken
 from server.proxy import queue_status
 from server.proxy.disconnect import ClientGone, DisconnectWatch
 from server.proxy.facts import StreamTap
@@ -180,8 +180,7 @@ class Exchange:
         deadline = time.monotonic() + timeout
         try:
             with self._guard(watch), self._armed():
-                upstream = await open_upstream(
-                    parts.client,
+                upstream = await parts.hop.open(
                     method=self.method,
                     url=self.url,
                     headers=self.headers,
@@ -219,8 +218,8 @@ class Exchange:
             except TimeoutError:
                 outcome.error = f"Ollama's answer exceeded the request timeout ({timeout:g}s)"
                 return await self._abort(outcome.error)
-            except httpx.HTTPError as exc:
-                outcome.error = f"Ollama broke off the answer: {describe(exc)}"
+            except UpstreamBroken as exc:
+                outcome.error = f"Ollama broke off the answer: {exc}"
                 parts.poll_soon()
                 return await self._abort(outcome.error)
             if upstream.status_code < 400:
@@ -231,7 +230,7 @@ class Exchange:
             await upstream.aclose()
 
     async def _after_status(
-        self, upstream: httpx.Response, outcome: _Outcome, watch: DisconnectWatch | None,
+        self, upstream: UpstreamAnswer, outcome: _Outcome, watch: DisconnectWatch | None,
         deadline: float,
     ) -> None:
         """Ollama's answer when queue-status lines have begun the response: its events follow
@@ -248,7 +247,7 @@ class Exchange:
                 try:
                     with self._guard(watch), self._armed():
                         async with asyncio.timeout(limit):
-                            async for chunk in upstream.aiter_raw():
+                            async for chunk in upstream.chunks():
                                 body += chunk
                                 if len(body) > ERROR_BODY_LIMIT:
                                     break
@@ -257,7 +256,7 @@ class Exchange:
                     return
                 except Cut:
                     return await self._cut(outcome)
-                except (TimeoutError, httpx.HTTPError):
+                except (TimeoutError, UpstreamBroken):
                     pass  # the status says enough
                 await self._abort(ollama_message(body[:ERROR_BODY_LIMIT]) or outcome.error)
                 return
@@ -280,9 +279,9 @@ class Exchange:
                 return
             except Cut:
                 return await self._cut(outcome)
-            except (TimeoutError, httpx.HTTPError) as exc:
-                outcome.error = f"Ollama broke off the answer: {describe(exc)}" if isinstance(
-                    exc, httpx.HTTPError) else f"Ollama's answer exceeded the request timeout ({timeout:g}s)"
+            except (TimeoutError, UpstreamBroken) as exc:
+                outcome.error = f"Ollama broke off the answer: {exc}" if isinstance(
+                    exc, UpstreamBroken) else f"Ollama's answer exceeded the request timeout ({timeout:g}s)"
                 return await self._abort(outcome.error)
             outcome.status = "completed"
         finally:

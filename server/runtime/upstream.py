@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from server.http.forward import describe
+from server.http.upstream_hop import describe
 
 log = logging.getLogger("smart_proxy.upstream")
 

@@ -1,0 +1,154 @@
+"""The forwarded request's hop to Ollama, on aiohttp's client.
+
+Why aiohttp here and httpx elsewhere: measured side by side in one run (bench/upstream_hop.py,
+docs/performance.md), a minimal pass-through on aiohttp's client adds about 60 % of what the same
+pass-through on httpx adds per small request and serves 2.5 times the requests a second at 16
+concurrent — httpx's connection pool and its request/response objects were the largest single
+cost of the sidecar. The poller, the command-line tools and the tests keep httpx, where a few
+requests a second make the difference moot.
+
+This module is the only one that knows aiohttp: what it hands out is an `UpstreamAnswer` (status,
+raw headers, raw body chunks) and its errors are `ProxyError` (before Ollama's status line) and
+`UpstreamBroken` (after it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from yarl import URL
+
+from server.http.dialects import ProxyError
+
+# aiohttp would add these when the client did not send them (and a Content-Type to a body): the
+# request goes to Ollama as the client sent it, so none is added.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+CONNECT_TIMEOUT_S = 10.0
+
+
+class UpstreamBroken(Exception):
+    """Ollama's answer broke off after its status line: reset, closed early, or no byte within
+    the upstream timeout. The message says which."""
+
+
+class UpstreamAnswer:
+    """Ollama's status line and headers; the body is read with `chunks()`, raw (no decoding of
+    the transfer or content encoding beyond the chunked framing)."""
+
+    __slots__ = ("_done", "_response", "has_length", "raw_headers", "status_code")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status_code = response.status
+        self.raw_headers: tuple[tuple[bytes, bytes], ...] = response.raw_headers
+        self.has_length = response.content_length is not None
+        self._done = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:  # sock_read: no byte within the timeout
+            raise UpstreamBroken(describe(exc)) from None
+        self._done = True
+
+    async def aclose(self) -> None:
+        """Give the connection back to the pool when the answer was read to its end; otherwise
+        close it, which is how Ollama learns the request was abandoned (it stops generating)."""
+        if self._done:
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class UpstreamHop:
+    """One connection pool to Ollama, shared by every forwarded request. Made on the running
+    loop (aiohttp's session belongs to one) and closed by the sidecar's shutdown."""
+
+    def __init__(self, max_idle: int = 64) -> None:
+        self._max_idle = max_idle
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30.0),
+                auto_decompress=False,  # byte for byte: a gzip answer stays gzip
+                cookie_jar=aiohttp.DummyCookieJar(),  # one pool serves every client: keep none
+                skip_auto_headers=_NO_AUTO_HEADERS,
+                trust_env=False,  # the upstream is named explicitly; no proxy env detours
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def open(
+        self,
+        *,
+        method: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        content: bytes | AsyncIterator[bytes],
+        upstream_timeout: float,
+    ) -> UpstreamAnswer:
+        """Send the request and wait for Ollama's status line and headers (its first byte).
+
+        Refused/unreachable or an unusable upstream URL -> ProxyError 502; no answer within
+        `upstream_timeout` -> 504. `upstream_timeout` is also the longest silence allowed between
+        two chunks of the answer afterwards (UpstreamBroken).
+        """
+        try:
+            target = URL(url, encoded=True)  # the path and query exactly as the client sent them
+            if target.scheme not in ("http", "https"):  # never the URL itself: it may hold a password
+                raise ValueError(f"the scheme is {target.scheme or 'missing'}, not http or https")
+            if not target.host:
+                raise ValueError("it names no host")
+            where = target.origin()
+            target.port  # noqa: B018 — a port out of range raises here, not inside the pool
+        except ValueError as exc:
+            raise ProxyError(502, f"Ollama's URL is unusable: {exc}") from None
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(upstream_timeout, CONNECT_TIMEOUT_S), sock_read=upstream_timeout
+        )
+        try:
+            response = await self._open_session().request(
+                method, target, headers=_as_str(headers), data=content if content != b"" else None,
+                timeout=timeout, allow_redirects=False,
+            )
+        except aiohttp.ConnectionTimeoutError as exc:  # no connection at all: unreachable, not slow
+            raise ProxyError(502, f"Ollama is unreachable at {where}: {describe(exc)}") from None
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise ProxyError(504, f"Ollama did not answer in time ({type(exc).__name__})") from None
+        except aiohttp.InvalidURL as exc:
+            raise ProxyError(502, f"Ollama's URL is unusable: {exc}") from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise ProxyError(502, f"Ollama is unreachable at {where}: {describe(exc)}") from None
+        return UpstreamAnswer(response)
+
+
+def _as_str(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """aiohttp writes header values as UTF-8 text. A value that is UTF-8 (a name, a user agent
+    with an accent) therefore leaves byte for byte; any other byte above 0x7f is read as
+    Latin-1, which is what HTTP said such bytes meant, and leaves as its UTF-8 form."""
+    out = []
+    for key, value in headers:
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
+        out.append((key.decode("latin-1"), text))
+    return out
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in words. Client libraries often raise with an empty message (a bare
+    timeout, a disconnect), which alone would read "Ollama is unreachable: " — the class name
+    says what."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
