@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+LOAD_AT_START = os.getloadavg()  # imported first thing by every benchmark: the load before it ran
 
 
 def free_port() -> int:
@@ -27,11 +28,13 @@ def free_port() -> int:
 
 
 def start(
-    args: list[str], ready_url: str, what: str, env: Mapping[str, str] | None = None
+    args: list[str], ready_url: str, what: str, env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> subprocess.Popen[bytes]:
-    """`smart-proxy ARGS` in its own process, returned once `ready_url` answers 2xx."""
+    """`smart-proxy ARGS` in its own process, returned once `ready_url` answers 2xx. `cwd`: the
+    checkout whose code runs (its packages come first on the path), e.g. a `baseline` worktree."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", *args], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "server.cli", *args], cwd=cwd, env=env, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -55,6 +58,20 @@ def running(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
         for process in reversed(processes):
             process.terminate()
             process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def baseline(ref: str | None, where: Path) -> Iterator[Path | None]:
+    """The project as of git `ref`, checked out (a detached worktree) at `where` for the length of
+    the block, so a benchmark can run it beside the current code: before and after in one run."""
+    if ref is None:
+        yield None
+        return
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(where), ref], cwd=ROOT, check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -82,6 +99,6 @@ def report_header(benchmark: str) -> dict[str, Any]:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
-            "load_before": list(os.getloadavg()),  # 1, 5 and 15 minutes
+            "load_before": list(LOAD_AT_START),  # 1, 5 and 15 minutes
         },
     }

@@ -3,7 +3,9 @@
 In front of the same emulator (`smart-proxy sim --time-scale 0`, its own process): the emulator
 directly, a minimal pass-through (Hypercorn + Starlette, bench/passthrough.py) on each candidate
 client — httpx as the sidecar configures it, httpcore (httpx's transport) directly, aiohttp — and
-the sidecar itself (`smart-proxy serve`, SQLite journal, warning-level logs). Small non-streamed
+the sidecar itself (`smart-proxy serve`, SQLite journal, a JSON log line per request to
+/dev/null, as deployed; `--log-level warning` drops them). `--baseline GITREF` runs the sidecar
+as of an earlier commit beside it: a change's before and after in one run. Small non-streamed
 /api/generate requests:
 
 - concurrency 1, targets interleaved request by request: p50 latency and what each adds to the
@@ -34,7 +36,16 @@ import time
 from pathlib import Path
 
 import aiohttp
-from harness import ROOT, cpu_seconds, free_port, report_header, running, start, write_report
+from harness import (
+    ROOT,
+    baseline,
+    cpu_seconds,
+    free_port,
+    report_header,
+    running,
+    start,
+    write_report,
+)
 
 from schemas.figures import percentile
 
@@ -126,8 +137,12 @@ async def concurrent(url: str, count: int, concurrency: int) -> tuple[float, lis
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="per target, per phase")
+    parser.add_argument("--log-level", default="info", help="the sidecars' (info: a line per request, as deployed)")
+    parser.add_argument("--baseline", metavar="GITREF",
+                        help="also run the sidecar as of GITREF beside today's (before/after in one run)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="hop-bench-") as work:
+    with tempfile.TemporaryDirectory(prefix="hop-bench-") as work, \
+            baseline(args.baseline, Path(work) / "baseline") as old:
         policy = Path(work) / "policies.toml"
         policy.write_text(POLICY, encoding="utf-8")
         sim_port = free_port()
@@ -145,13 +160,23 @@ def main() -> int:
             pids[f"pass-through, {client}"] = process.pid
         proxy_port = free_port()
         env = {**os.environ, "SMART_PROXY_DB": str(Path(work) / "journal.db"),
-               "SMART_PROXY_LOG_FORMAT": "json", "SMART_PROXY_LOG_LEVEL": "warning"}
+               "SMART_PROXY_LOG_FORMAT": "json", "SMART_PROXY_LOG_LEVEL": args.log_level}
         sidecar = start(["serve", "--policy", str(policy), "--host", "127.0.0.1", "--port",
                          str(proxy_port), "--upstream", direct], f"http://127.0.0.1:{proxy_port}/proxy/health",
                         "the sidecar", env)
         processes.append(sidecar)
         targets[SIDECAR] = f"http://127.0.0.1:{proxy_port}"
         pids[SIDECAR] = sidecar.pid
+        if old is not None:
+            old_port = free_port()
+            before_env = {**env, "SMART_PROXY_DB": str(Path(work) / "baseline.db")}
+            earlier = start(["serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", str(old_port),
+                             "--upstream", direct], f"http://127.0.0.1:{old_port}/proxy/health",
+                            "the baseline sidecar", before_env, cwd=old)
+            processes.append(earlier)
+            name = f"sidecar as of {args.baseline}"
+            targets[name] = f"http://127.0.0.1:{old_port}"
+            pids[name] = earlier.pid
         with running(*processes):
             asyncio.run(serial(targets, 30))  # load the model, warm every connection
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -163,7 +188,7 @@ def main() -> int:
                     rates[name].append(asyncio.run(concurrent(url, args.requests, 16))[0])
             # Past saturation: 64 open at once, against the emulator and the sidecar only.
             crowded = {name: asyncio.run(concurrent(targets[name], args.requests * 2, 64))
-                       for name in ("direct", SIDECAR)}
+                       for name in targets if name == "direct" or name.startswith(SIDECAR)}
     direct_p50 = statistics.median(times["direct"])
     direct_rate = statistics.median(rates["direct"])
     rows = {}
@@ -189,6 +214,8 @@ def main() -> int:
             }
     report = report_header("upstream_hop")
     report["requests_per_target_per_phase"] = args.requests
+    report["baseline"] = args.baseline
+    report["sidecar_log_level"] = args.log_level
     report["targets"] = rows
     write_report(RESULTS, report)
     return 0

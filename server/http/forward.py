@@ -94,11 +94,20 @@ async def relay(
         }
     )
     if upstream.has_length:  # a whole answer (not a stream): no reader needed
+        # Sent as one body message when it is small (most are: a chat answer, an embedding):
+        # one write and one end-of-body event instead of two per read; a large one goes on in
+        # pieces of at most `buffer` bytes.
+        pieces: list[bytes] = []
+        size = 0
         async for chunk in upstream.chunks():
             if tap is not None:
                 tap(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            pieces.append(chunk)
+            size += len(chunk)
+            if size >= buffer:
+                await send({"type": "http.response.body", "body": b"".join(pieces), "more_body": True})
+                pieces, size = [], 0
+        await send({"type": "http.response.body", "body": b"".join(pieces), "more_body": False})
         return
     arrived: list[bytes] = []
     held = 0  # bytes in `arrived`
