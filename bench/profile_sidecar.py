@@ -1,7 +1,7 @@
 """Where the sidecar's CPU goes per small request: a sampling profile (py-spy) by component.
 
-Starts the emulator (time scale 0) and the sidecar (`smart-proxy serve`, SQLite journal,
-warning-level logs) in their own processes, attaches py-spy to the sidecar, and sends small
+Starts the emulator (time scale 0) and the sidecar (`smart-proxy serve`, SQLite journal, a JSON
+log line per request to /dev/null) in their own processes, attaches py-spy to the sidecar, and sends small
 non-streamed /api/generate requests at concurrency 1 and then 16. Samples are taken of the thread
 holding the GIL (`--gil`): Python's serial work, whatever thread does it, without the time a
 thread spends blocked in a system call (fsync, a socket) that a plain sampler would count as
@@ -123,6 +123,7 @@ def profile(pyspy: str, pid: int, url: str, count: int, concurrency: int, out: P
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--log-level", default="info", help="the sidecar's (info: a line per request, as deployed)")
     parser.add_argument("--keep", metavar="DIR", help="also keep py-spy's raw stacks there (c1.txt, c16.txt)")
     args = parser.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -137,7 +138,7 @@ def main() -> int:
         sim = start(["sim", "--preset", "tiny-8gb", "--time-scale", "0", "--port", str(sim_port)],
                     direct + "/api/version", "the emulator")
         env = {**os.environ, "SMART_PROXY_DB": str(Path(work) / "journal.db"),
-               "SMART_PROXY_LOG_LEVEL": "warning"}
+               "SMART_PROXY_LOG_FORMAT": "json", "SMART_PROXY_LOG_LEVEL": args.log_level}
         sidecar = start(["serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", str(proxy_port),
                          "--upstream", direct], proxy + "/proxy/health", "the sidecar", env)
         with running(sim, sidecar):
@@ -151,7 +152,8 @@ def main() -> int:
     report = report_header("profile")
     report["settings"] = {"sampler": "py-spy record --gil --rate 250: samples of the thread holding the "
                           "GIL (Python work; a thread blocked in fsync or a socket call is not counted)",
-                          "request": "small non-streamed /api/generate, num_predict 1"}
+                          "request": "small non-streamed /api/generate, num_predict 1",
+                          "sidecar_log_level": args.log_level}
     report["phases"] = phases
     write_report(RESULTS, report)
     return 0

@@ -259,7 +259,10 @@ class BodyGuard:
             if body_done:
                 return await receive()  # waiting for a disconnect: no time limit
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                # asyncio.timeout, not wait_for: wait_for runs receive() in a task of its own,
+                # one more task per body message on every request.
+                async with asyncio.timeout(self.body_timeout):
+                    message = await receive()
             except TimeoutError:
                 timed_out = True
                 if not started:
