@@ -10,8 +10,12 @@ best exact score found: usually after a handful, whatever the queue's length.
 
 Client parts change when a client's counts change; the scheduler marks such clients dirty. A key
 only has to stay a LOWER bound, so a client whose part rose keeps its older, smaller keys (the
-common case: a new arrival); only a part that fell (a dispatch, a window expiring) re-keys all of
-that client's groups. New groups and groups whose head changed are keyed on their own.
+common case: a new arrival); only a part that fell below the one its keys were built on (a
+dispatch, a window expiring) re-keys all of that client's groups. A part that falls tends to go on
+falling, one dispatch at a time (a queued-count term loses a step per dispatch of the client), so
+the re-keying builds on the part minus SLACK_STEPS such steps: the next few dispatches of that
+client re-key nothing, for bounds a few points looser. New groups and groups whose head changed
+are keyed on their own.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ GroupKey = tuple[str, str, str, str]  # (model, variant, client, class)
 Runner = tuple[str, str]  # (model, variant): what a "model" term sees
 Entry = tuple[float, float, int, GroupKey]  # (P, head arrival, head seq, group)
 _EPS = 1e-7  # float slack between the bound's arithmetic and the exact score's
+SLACK_STEPS = 3  # a falling client part is keyed this many of its last drops lower
+CLAMP_PROBE = 16  # oldest tickets looked at for a clamped one before the bounded search
 
 
 class Picker:
@@ -38,11 +44,16 @@ class Picker:
         self._by_model: dict[Runner, SortedList] = {}
         self._entry: dict[GroupKey, Entry] = {}
         self._client_groups: dict[str, set[GroupKey]] = {}
-        self._client_part: dict[str, float] = {}
+        self._client_part: dict[str, float] = {}  # each client's part at the last refresh
+        self._keyed_part: dict[str, float] = {}  # what its keys are built on (<= the part)
         self._class_part: dict[str, float] = {}
         self._dirty: set[str] = set()  # clients whose part may have changed
         self._dirty_groups: set[GroupKey] = set()  # new groups and groups with a new head
         self._policy: Policy | None = None
+        # Each runner's model part, valid while (policy, residency version) is `_model_key`: a
+        # "model" term reads only the runner and where models are (policy/terms/registry.py).
+        self._model_parts: dict[Runner, float] = {}
+        self._model_key: tuple[Policy, int] | None = None
 
     # -- membership -------------------------------------------------------------------------
 
@@ -72,6 +83,7 @@ class Picker:
             if not groups:
                 del self._client_groups[ticket.client]
                 self._client_part.pop(ticket.client, None)
+                self._keyed_part.pop(ticket.client, None)
             self._unkey(key)
             self._dirty_groups.discard(key)
         self._dirty.add(ticket.client)
@@ -92,7 +104,7 @@ class Picker:
     def _rekey(self, key: GroupKey, policy: Policy, state: SchedulingState) -> None:
         self._unkey(key)
         head = self._groups[key][0]
-        p = self._client_part[key[2]] + self._class_part_of(head, policy, state)
+        p = self._keyed_part[key[2]] + self._class_part_of(head, policy, state)
         entry = (p + policy.wait_slope * head.arrival, head.arrival, head.seq, key)
         self._entry[key] = entry
         models = self._by_model.get(key[:2])
@@ -112,6 +124,7 @@ class Picker:
             self._policy = policy
             self._class_part.clear()
             self._client_part.clear()
+            self._keyed_part.clear()
             self._dirty |= set(self._client_groups)
         for client in self._dirty:
             groups = self._client_groups.get(client)
@@ -121,7 +134,13 @@ class Picker:
             part = policy.partial("client", sample, state, now)
             old = self._client_part.get(client)
             self._client_part[client] = part
-            if old is None or part < old:  # keys built on the old part would overestimate
+            keyed = self._keyed_part.get(client)
+            if keyed is None:
+                self._keyed_part[client] = part
+                self._dirty_groups |= groups
+            elif part < keyed:  # keys built on the old part would overestimate
+                drop = old - part if old is not None and old > part else 0.0
+                self._keyed_part[client] = part - SLACK_STEPS * drop
                 self._dirty_groups |= groups
         for key in self._dirty_groups:
             if key in self._groups:
@@ -138,9 +157,11 @@ class Picker:
         now: float,
         eligible: Callable[[str, str], bool],
         oldest: Callable[[], Iterator[Ticket]],
+        version: int | None = None,
     ) -> tuple[Ticket, Score] | None:
         """The eligible ticket with the lowest order key; `refresh` must have run first.
-        `oldest()` iterates the waiting tickets in arrival order."""
+        `oldest()` iterates the waiting tickets in arrival order. `version`: the residency's
+        change count, when the caller has one (model parts are then reused until it moves)."""
         if policy.max_wait is not None:
             # Overdue tickets go first, oldest first: walk arrival order while overdue.
             for ticket in oldest():
@@ -148,14 +169,31 @@ class Picker:
                     break
                 if eligible(ticket.model, ticket.variant):
                     return ticket, policy.score(ticket, state, now)
+        if policy.clamp_min is not None:
+            # Nothing scores below the clamp, and among equal totals the older ticket wins: the
+            # first clamped ticket in arrival order is the answer. Long waiters are the ones
+            # that clamp, so a short walk from the oldest usually finds it.
+            for looked, ticket in enumerate(oldest()):
+                if looked == CLAMP_PROBE:
+                    break
+                if eligible(ticket.model, ticket.variant):
+                    score = policy.score(ticket, state, now)
+                    if score.total <= policy.clamp_min and not score.overdue:
+                        return ticket, score
         streams = []
         shift = policy.wait_slope * now
+        if version is None or self._model_key != (policy, version):
+            self._model_parts.clear()
+            self._model_key = None if version is None else (policy, version)
+        parts = self._model_parts
         for runner, entries in self._by_model.items():
             if not eligible(*runner):
                 continue
-            head = self._groups[entries[0][3]][0]
-            base = policy.partial("model", head, state, now) - shift
-            streams.append(_bounds(base, entries))
+            part = parts.get(runner)
+            if part is None:
+                head = self._groups[entries[0][3]][0]
+                part = parts[runner] = policy.partial("model", head, state, now)
+            streams.append(_bounds(part - shift, entries))
         best: tuple[OrderKey, Ticket, Score] | None = None
         for bound, key in heapq.merge(*streams, key=lambda item: item[0]):
             if best is not None and bound > best[2].total + _EPS:

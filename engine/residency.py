@@ -89,11 +89,17 @@ class ResidencyModel:
     ps_sizes: dict[str, float] = field(default_factory=dict)  # reported by /api/ps
     tag_sizes: dict[str, float] = field(default_factory=dict)  # estimated from /api/tags
     # (VRAM used, resident count), asked for by every vram term evaluation; every mutation below
-    # calls _changed(). Callers that edit the size tables directly must call it too.
+    # of where models are, their runners, sizes or limits calls _changed() (a request attaching
+    # to, or leaving, a runner that stays as it was changes none of them). Callers that edit the
+    # size tables directly must call it too.
     _totals: tuple[float, int, bool] | None = None
+    # Counts those changes: what a "model" term reads is the same while it is (engine/picker.py
+    # keeps each runner's model part until it moves).
+    version: int = 0
 
     def _changed(self) -> None:
         self._totals = None
+        self.version += 1
 
     def set_parallel(self, parallel: tuple[tuple[str, int], ...], default: int) -> None:
         """A reload's [models] num_parallel entries and backend.num_parallel."""
@@ -242,12 +248,12 @@ class ResidencyModel:
         return Plan("swap", tuple(victims)) if victims else Plan("load")
 
     def dispatched(self, model: str, plan: Plan, now: float, variant: str = "") -> None:
-        self._changed()
         state = self.get(model)
         state.in_flight += 1
         state.last_used = now
         if plan.action == "attach":
             return
+        self._changed()
         state.where, state.started, state.victims = "loading", False, plan.evicts
         state.variant = variant
         for name in plan.evicts:
@@ -255,19 +261,21 @@ class ResidencyModel:
 
     def first_byte(self, model: str) -> None:
         """Ollama began answering for `model`: it is loaded, and its victims are gone."""
-        self._changed()
         state = self.get(model)
+        if state.started and state.where not in ("loading", "absent") and not state.victims:
+            return  # another request on a loaded runner: nothing moves
+        self._changed()
         if state.where in ("loading", "absent"):
             state.where = "loaded"
         state.started = True
         self._release_victims(state, evicted=True)
 
     def finished(self, model: str, now: float) -> None:
-        self._changed()
         state = self.get(model)
         state.in_flight = max(0, state.in_flight - 1)
         state.last_used = now
         if state.where == "loading" and not state.started and state.in_flight == 0:
+            self._changed()
             # The load never produced a byte (error or cancellation): Ollama holds nothing new,
             # and most such failures (unknown model, bad request) evict nothing.
             state.where, state.variant = "absent", ""

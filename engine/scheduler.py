@@ -192,7 +192,7 @@ class Scheduler:
             return local_free and (model, variant) not in held and residency.eligible(model, variant)
 
         while True:
-            choice = self._picker.best(policy, self.state, now, eligible, self._oldest)
+            choice = self._picker.best(policy, self.state, now, eligible, self._oldest, residency.version)
             if choice is None or choice[1].overdue:  # overdue work goes, whatever it costs
                 return choice
             ticket, score = choice
@@ -214,6 +214,7 @@ class Scheduler:
             now,
             lambda m, v: m == model and residency.residency(m, v) != "absent",
             self._oldest,
+            residency.version,
         )
         return best is not None and policy.order_key(*best) < key
 

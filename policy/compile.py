@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from policy.state import SchedulingState
@@ -43,6 +43,9 @@ class Policy:
     wait_slope: float
     max_wait: float | None
     windows: frozenset[float]  # client windows the ledger must count for this policy
+    # The term functions by what they depend on: `partial` runs for every group head the picker
+    # looks at, so it must not filter `terms` on each call.
+    by_dependency: dict[str, tuple[TermFn, ...]] = field(default_factory=dict, compare=False)
 
     def score(self, ticket: Ticket, state: SchedulingState, now: float) -> Score:
         parts = tuple(TermScore(t.name, t.fn(ticket, state, now)) for t in self.terms)
@@ -55,7 +58,10 @@ class Policy:
         self, depends_on: DependsOn, ticket: Ticket, state: SchedulingState, now: float
     ) -> float:
         """The sum of the terms that depend on one thing only (model, client, class or wait)."""
-        return sum(t.fn(ticket, state, now) for t in self.terms if t.depends_on == depends_on)
+        fns = self.by_dependency.get(depends_on, ())
+        if len(fns) == 1:
+            return fns[0](ticket, state, now)
+        return sum(fn(ticket, state, now) for fn in fns)
 
     @staticmethod
     def order_key(ticket: Ticket, score: Score) -> OrderKey:
@@ -87,4 +93,7 @@ def compile_policy(
         wait_slope=slope,
         max_wait=min(waits) if waits else None,
         windows=windows,
+        by_dependency={
+            dep: tuple(t.fn for t in compiled if t.depends_on == dep) for dep in {t.depends_on for t in compiled}
+        },
     )

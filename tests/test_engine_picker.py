@@ -37,7 +37,10 @@ def picked(s: Scheduler, now: float):
     policy = s._policy_source()
     s._picker.mark_dirty(s._ledger.expire(now))
     s._picker.refresh(policy, s.state, now)
-    choice = s._picker.best(policy, s.state, now, s.residency_model.eligible, s._oldest)
+    # With the residency's version, as the scheduler calls it: cached model parts must follow
+    # every change of where models are.
+    choice = s._picker.best(policy, s.state, now, s.residency_model.eligible, s._oldest,
+                            s.residency_model.version)
     return None if choice is None else choice[0].id
 
 
