@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 QUIET_PIP = $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: test test-browser demo install lint
+.PHONY: test test-browser bench demo install lint
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ $(VENV)/.installed-browser: pyproject.toml | $(VENV)/.installed-dev
 	@$(QUIET_PIP) -e '.[dev,browser]' > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	@touch $@
 
+$(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
+	@echo "installing the benchmarks' extras (matplotlib, py-spy) into $(VENV) (log: $(VENV)/install.log)"
+	@$(QUIET_PIP) -e '.[dev,bench]' > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@touch $@
+
 install: $(VENV)/.installed-dev
 
 # Installs everything the tests need, then runs the whole suite.
@@ -40,6 +45,12 @@ test: install
 # chromium); Playwright drives it by its path and never downloads a browser.
 test-browser: install $(VENV)/.installed-browser
 	$(BIN)/pytest -q -m browser tests/browser
+
+# Every benchmark in bench/ (about 25 minutes), then the README's performance section and the
+# charts in bench/results/ from their results. Not part of `make test`: timings on a shared
+# machine are measurements, not assertions.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/run_all.py
 
 # Installs the sidecar and starts it in demo mode, backed by the built-in Ollama emulator.
 demo: $(VENV)/.installed

@@ -9,19 +9,18 @@ Writes bench/results/engine.json and prints a summary.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import statistics
 import time
 from pathlib import Path
+
+from harness import ROOT, report_header, write_report
 
 from engine.clock import ManualClock
 from engine.residency import GIB
 from engine.scheduler import Scheduler
 from policy.load import load_policy_file
 
-ROOT = Path(__file__).resolve().parent.parent
 SIZES = [1.5, 2.4, 4.9, 6.0, 6.0, 8.1, 9.1, 10.0, 11.0, 12.0, 14.0, 17.0, 20.0, 20.0, 23.0,
          24.0, 26.0, 30.0, 40.0, 48.0]  # fmt: skip
 
@@ -116,19 +115,18 @@ def main() -> None:
     parser.add_argument(
         "--policy", action="append", help="default: balanced, throughput, fair, seed"
     )
+    parser.add_argument("--repeat", type=int, default=3, help="runs per policy (queues from different seeds)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine.json"))
     args = parser.parse_args()
-    results = [
-        measure(p, args.decisions, args.waiting, args.clients)
-        for p in args.policy or ["balanced", "throughput", "fair", "seed"]
-    ]
-    report = {
-        "benchmark": "engine pick-next",
-        "target_us": 100,
-        "machine": f"{platform.python_implementation()} {platform.python_version()} on {platform.machine()}",
-        "results": results,
-    }
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    results = []
+    for policy in args.policy or ["balanced", "throughput", "fair", "seed"]:
+        runs = [measure(policy, args.decisions, args.waiting, args.clients, seed) for seed in range(1, args.repeat + 1)]
+        middle = sorted(runs, key=lambda r: r["median_us"])[len(runs) // 2]  # the run with the median median
+        middle["median_us_runs"] = [r["median_us"] for r in runs]
+        middle["median_us_spread"] = [min(middle["median_us_runs"]), max(middle["median_us_runs"])]
+        results.append(middle)
+    report = {**report_header("engine pick-next"), "target_us": 100, "results": results}
+    write_report(Path(args.out), report)
     for r in results:
         print(
             f"{r['policy']:<10} {r['waiting']} waiting / {r['clients']} clients / {r['models']} models: "

@@ -5,8 +5,9 @@ The emulator paces tokens as a GPU would (time scale 1), in its own process; the
 client, reading every stream line by line with aiohttp. Two phases, each run direct then through
 the sidecar, the pair repeated (`--rounds`):
 
-- **16 streams** of a 1B model (~150 tokens/s each, what one busy GPU feeds a proxy): tokens a
-  second received, proxy / direct (target ≥ 98 %), and the sidecar's CPU per token;
+- **16 streams** of a 1B model (~150 tokens/s each, what one busy GPU feeds a proxy), eight
+  requests in turn on each: tokens a second received, proxy / direct (target ≥ 98 %), and the
+  sidecar's CPU per token;
 - **the soak**: `--streams` (1,000) streams open at once of a large model (~5 tokens/s each), so
   that the emulator itself keeps up on a small machine: errors (target none), tokens a second
   proxy / direct (target ≥ 95 %), the sidecar's peak RSS (target ≤ 300 MB) and its RSS a few
@@ -101,57 +102,78 @@ class PeakRss:
         self._thread.join()
 
 
-async def streams(url: str, model: str, count: int, tokens: int) -> dict[str, float]:
-    """`count` /api/chat streams opened at once; tokens received a second, and failures."""
-    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "go on"}],
-            "options": {"num_predict": tokens}}
+async def streams(url: str, model: str, count: int, tokens: int, each: int = 1) -> dict[str, float]:
+    """`count` streams open at once, each worker asking `each` in turn; tokens received a
+    second over the whole phase, and failures (not a 200, cut short, no final line). Prompts
+    differ by worker and turn (the emulator picks a reply's length from its prompt) and are the
+    same on both paths."""
     received, failed = 0, 0
+    paces: list[float] = []
     timeout = aiohttp.ClientTimeout(total=1800)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
-        async def one(index: int) -> None:
+        async def one(worker: int, turn: int) -> None:
             nonlocal received, failed
+            body = {"model": model, "stream": True, "options": {"num_predict": tokens},
+                    "messages": [{"role": "user", "content": f"go on {worker}-{turn}"}]}
             try:
-                headers = {"x-client-id": f"soak-{index % 50}"}
+                headers = {"x-client-id": f"soak-{worker % 50}"}
                 async with session.post(url + "/api/chat", json=body, headers=headers) as response:
                     if response.status != 200:
                         failed += 1
                         return
-                    lines = 0
+                    lines, last, first_at = 0, b"", 0.0
                     async for chunk in response.content.iter_any():
+                        if not lines:
+                            first_at = time.perf_counter()
                         lines += chunk.count(b"\n")
+                        last = (last + chunk)[-200:]
                     received += lines
-                    if lines < tokens:  # one line per token, and the final line
+                    if lines > 2:  # the stream's own pace, from its first byte to its last
+                        paces.append((lines - 1) / max(time.perf_counter() - first_at, 1e-6))
+                    if b'"done":true' not in last:
                         failed += 1
             except (aiohttp.ClientError, TimeoutError):
                 failed += 1
 
+        async def worker(index: int) -> None:
+            for turn in range(each):
+                await one(index, turn)
+
         began = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(count)))
+        await asyncio.gather(*(worker(i) for i in range(count)))
         took = time.perf_counter() - began
-    return {"tokens_per_s": received / took, "failed": failed, "seconds": took, "tokens": received}
+    return {"tokens_per_s": received / took, "failed": failed, "seconds": took, "tokens": received,
+            "pace_p50": statistics.median(paces) if paces else 0.0}
 
 
-def phase(direct: str, proxy: str, pid: int, model: str, count: int, tokens: int, rounds: int) -> dict[str, object]:
+def phase(direct: str, proxy: str, pid: int, model: str, count: int, tokens: int, rounds: int,
+          each: int = 1) -> dict[str, object]:
     rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    paces: dict[str, list[float]] = {"direct": [], "proxy": []}
     failed = {"direct": 0, "proxy": 0}
     cpu, received = 0.0, 0
     with PeakRss(pid) as rss:
         for _ in range(rounds):
             for which, url in (("direct", direct), ("proxy", proxy)):
                 before = cpu_seconds(pid)
-                got = asyncio.run(streams(url, model, count, tokens))
+                got = asyncio.run(streams(url, model, count, tokens, each))
                 if which == "proxy":
                     cpu += cpu_seconds(pid) - before
                     received += int(got["tokens"])
                 rates[which].append(got["tokens_per_s"])
+                paces[which].append(got["pace_p50"])
                 failed[which] += int(got["failed"])
     ratios = [p / d for p, d in zip(rates["proxy"], rates["direct"], strict=True)]
+    pace_ratios = [p / d for p, d in zip(paces["proxy"], paces["direct"], strict=True) if d]
     return {
-        "streams": count, "tokens_each": tokens, "rounds": rounds,
+        "streams": count, "requests_per_stream": each, "num_predict": tokens, "rounds": rounds,
         "direct_tokens_per_s": round(statistics.median(rates["direct"]), 1),
         "proxy_tokens_per_s": round(statistics.median(rates["proxy"]), 1),
         "ratio": round(statistics.median(ratios), 4),
         "ratio_spread": [round(min(ratios), 4), round(max(ratios), 4)],
+        # Each stream's tokens a second from its first byte to its last (median over streams):
+        # the relaying alone, without the connection set-up the aggregate includes.
+        "stream_pace_ratio": round(statistics.median(pace_ratios), 4) if pace_ratios else None,
         "failed": failed,
         "sidecar_cpu_us_per_token": round(cpu / max(received, 1) * 1e6, 1),
         "sidecar_peak_rss_mb": round(rss.peak, 1),
@@ -181,9 +203,11 @@ def main() -> int:
                 asyncio.run(streams(proxy, model, 2, 2))
             time.sleep(2)  # let the journal write the warm-up records before the baseline
             baseline = rss_mb(sidecar.pid)
-            sixteen = phase(direct, proxy, sidecar.pid, FAST, 16, 300, args.rounds)
+            sixteen = phase(direct, proxy, sidecar.pid, FAST, 16, 300, args.rounds, each=8)
             soak = phase(direct, proxy, sidecar.pid, SLOW, args.streams, 60, args.rounds)
-            time.sleep(5)  # the journal's last records, the pool's idle connections
+            # The journal's last records; the upstream pool's idle connections close after its
+            # keep-alive timeout (server/http/upstream_hop.py).
+            time.sleep(15)
             after = rss_mb(sidecar.pid)
     report = report_header("stream_soak")
     report["settings"] = {

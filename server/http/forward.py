@@ -7,7 +7,6 @@ credentials never leave. The answer comes back raw — Ollama's status, content 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
@@ -65,7 +64,7 @@ class Answer(Protocol):
     def chunks(self) -> AsyncIterator[bytes]: ...
 
 
-RELAY_BUFFER = 256 * 1024  # bytes read ahead of a slow client, per stream
+WHOLE_LIMIT = 256 * 1024  # a whole answer up to this size goes to the client in one message
 
 
 async def relay(
@@ -73,18 +72,20 @@ async def relay(
     send: Send,
     extra_headers: list[tuple[bytes, bytes]],
     tap: Callable[[bytes], None] | None = None,
-    buffer: int = RELAY_BUFFER,
+    whole_limit: int = WHOLE_LIMIT,
 ) -> None:
     """Stream Ollama's answer to the client as it arrives. Raises UpstreamBroken mid-stream.
 
-    A reader task takes chunks off the upstream connection while this one writes them out: each
-    write sends everything that arrived meanwhile, joined. A chunk is never held back waiting for
-    another, so latency is unchanged; under load, the per-write cost is paid per batch instead
-    of per token. The bytes are exactly Ollama's; only the transfer framing differs.
+    Each write sends everything the upstream connection has received since the last one: the
+    upstream client reads ahead into a bounded buffer (server/http/upstream_hop.py, READ_AHEAD)
+    while a write to the client is under way, and `chunks()` hands over all of it at once. A
+    chunk is never held back waiting for another, so latency is unchanged; under load, the
+    per-write cost is paid per batch instead of per token. The bytes are exactly Ollama's; only
+    the transfer framing differs.
 
-    The reader holds at most `buffer` bytes the client has not taken: a client reading slower
-    than Ollama writes stops the reading of its own upstream connection (TCP then slows Ollama's
-    writes for that request), and the sidecar's memory stays bounded.
+    A client reading slower than Ollama writes leaves that buffer full; the upstream client then
+    stops reading that connection, TCP slows Ollama's writes for that request alone, and the
+    sidecar's memory stays bounded.
     """
     await send(
         {
@@ -93,10 +94,10 @@ async def relay(
             "headers": response_headers(upstream.raw_headers) + extra_headers,
         }
     )
-    if upstream.has_length:  # a whole answer (not a stream): no reader needed
+    if upstream.has_length:  # a whole answer (not a stream)
         # Sent as one body message when it is small (most are: a chat answer, an embedding):
         # one write and one end-of-body event instead of two per read; a large one goes on in
-        # pieces of at most `buffer` bytes.
+        # pieces of at most `whole_limit` bytes.
         pieces: list[bytes] = []
         size = 0
         async for chunk in upstream.chunks():
@@ -104,48 +105,13 @@ async def relay(
                 tap(chunk)
             pieces.append(chunk)
             size += len(chunk)
-            if size >= buffer:
+            if size >= whole_limit:
                 await send({"type": "http.response.body", "body": b"".join(pieces), "more_body": True})
                 pieces, size = [], 0
         await send({"type": "http.response.body", "body": b"".join(pieces), "more_body": False})
         return
-    arrived: list[bytes] = []
-    held = 0  # bytes in `arrived`
-    ready = asyncio.Event()  # something arrived (or the stream ended)
-    room = asyncio.Event()  # the writer took what was held
-    room.set()
-    ended = False
-
-    async def read() -> None:
-        nonlocal ended, held
-        try:
-            async for chunk in upstream.chunks():
-                arrived.append(chunk)
-                held += len(chunk)
-                ready.set()
-                if held >= buffer:
-                    room.clear()
-                    await room.wait()
-        finally:
-            ended = True
-            ready.set()
-
-    reader = asyncio.ensure_future(read())
-    try:
-        while not ended or arrived:
-            await ready.wait()
-            ready.clear()
-            if arrived:
-                data = arrived[0] if len(arrived) == 1 else b"".join(arrived)
-                arrived.clear()
-                held = 0
-                room.set()
-                if tap is not None:
-                    tap(data)
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-        await reader  # re-raises what broke the upstream stream, if anything did
-    finally:
-        if not reader.done():
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+    async for data in upstream.chunks():
+        if tap is not None:
+            tap(data)
+        await send({"type": "http.response.body", "body": data, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

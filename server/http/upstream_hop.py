@@ -25,6 +25,9 @@ from server.http.dialects import ProxyError
 # request goes to Ollama as the client sent it, so none is added.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 CONNECT_TIMEOUT_S = 10.0
+# aiohttp stops reading a connection once twice this much of its answer waits unread: how far
+# the sidecar reads ahead of a slow client, per request (server/http/forward.py's relay).
+READ_AHEAD = 128 * 1024
 
 
 class UpstreamBroken(Exception):
@@ -46,6 +49,7 @@ class UpstreamAnswer:
         self._done = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """Everything received since the last chunk, joined (at least one byte, as it arrives)."""
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
@@ -73,12 +77,15 @@ class UpstreamHop:
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30.0),
+                # Idle connections close after 10 s: a burst of a thousand streams must not
+                # leave a thousand sockets (and their buffers) open for long after it.
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=10.0),
                 auto_decompress=False,  # byte for byte: a gzip answer stays gzip
                 cookie_jar=aiohttp.DummyCookieJar(),  # one pool serves every client: keep none
                 skip_auto_headers=_NO_AUTO_HEADERS,
                 trust_env=False,  # the upstream is named explicitly; no proxy env detours
                 timeout=aiohttp.ClientTimeout(total=None),
+                read_bufsize=READ_AHEAD,
             )
         return self._session
 
