@@ -33,9 +33,13 @@ def start(
 ) -> subprocess.Popen[bytes]:
     """`smart-proxy ARGS` in its own process, returned once `ready_url` answers 2xx. `cwd`: the
     checkout whose code runs (its packages come first on the path), e.g. a `baseline` worktree."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", *args], cwd=cwd, env=env, stderr=subprocess.DEVNULL
-    )
+    # BENCH_LOGS=DIR keeps each process's stderr there (one file per process) for a post-mortem.
+    logs = os.environ.get("BENCH_LOGS")
+    stderr: Any = subprocess.DEVNULL
+    if logs:
+        Path(logs).mkdir(parents=True, exist_ok=True)
+        stderr = (Path(logs) / f"{args[0]}-{time.time_ns()}.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", *args], cwd=cwd, env=env, stderr=stderr)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

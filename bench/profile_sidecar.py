@@ -58,10 +58,10 @@ COMPONENTS = (
     ("HTTP server (Hypercorn, h11)", ("/hypercorn/", "/h11/", "/h2/", "/wsproto/")),
     ("Starlette", ("/starlette/",)),
     ("journal", ("/server/journal/", "/sqlite_utils/", "sqlite3")),
-    ("metrics", ("/prometheus_client/", "/server/telemetry/")),
-    ("logging", ("/logging/",)),
+    ("logging", ("/logging/", "/server/telemetry/logs.py")),
+    ("metrics and tracing", ("/prometheus_client/", "/server/telemetry/")),
     ("JSON and msgspec", ("/json/", "/msgspec/")),
-    ("scheduling (engine, policy, dispatcher)", ("/engine/", "/policy/", "/server/runtime/")),
+    ("scheduling (engine, policy, dispatcher)", ("/engine/", "/policy/", "/server/runtime/dispatcher.py")),
     ("admission and intake", ("/server/proxy/intake", "/server/proxy/facts", "/server/proxy/routes",
                               "/server/http/identity", "/server/http/auth", "/schemas/")),
     ("exchange and relay", ("/server/proxy/", "/server/http/")),
@@ -109,13 +109,15 @@ async def load(url: str, count: int, concurrency: int) -> None:
 def profile(pyspy: str, pid: int, url: str, count: int, concurrency: int, out: Path) -> dict[str, object]:
     spy = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
                             "--output", str(out), "--nonblocking", "--full-filenames", "--gil"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # py-spy attaches (a benchmark script, not async code)
     before = cpu_seconds(pid)
     asyncio.run(load(url, count, concurrency))
     cpu = cpu_seconds(pid) - before
     spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
-    spy.wait(timeout=60)
+    _, err = spy.communicate(timeout=60)
+    if not out.exists():  # e.g. attaching refused: ptrace_scope 1 wants root or CAP_SYS_PTRACE
+        raise SystemExit(f"profile_sidecar: py-spy wrote no profile: {err.decode(errors='replace').strip()}")
     return {"concurrency": concurrency, "requests": count,
             "cpu_ms_per_request": round(cpu / count * 1000, 3), "shares": shares(out)}
 

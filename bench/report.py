@@ -44,7 +44,7 @@ def when(report: dict[str, Any]) -> str:
     stamp = report.get("when", "")
     machine = report.get("machine")
     load_before = machine.get("load_before") if isinstance(machine, dict) else None
-    extra = f", load {load_before[0]:.1f}" if load_before else ""
+    extra = f", load {load_before[0]:.1f} at its start" if load_before else ""
     return f" ({stamp[:10]}{extra})" if stamp else ""
 
 

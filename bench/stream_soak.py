@@ -206,8 +206,8 @@ def main() -> int:
             sixteen = phase(direct, proxy, sidecar.pid, FAST, 16, 300, args.rounds, each=8)
             soak = phase(direct, proxy, sidecar.pid, SLOW, args.streams, 60, args.rounds)
             # The journal's last records; the upstream pool's idle connections close after its
-            # keep-alive timeout (server/http/upstream_hop.py).
-            time.sleep(15)
+            # keep-alive timeout (10 s, checked every 10 s: up to 20 s; upstream_hop.py).
+            time.sleep(25)
             after = rss_mb(sidecar.pid)
     report = report_header("stream_soak")
     report["settings"] = {

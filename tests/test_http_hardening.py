@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -180,7 +180,7 @@ def _upstream(behaviour: str) -> Iterator[int]:
         ("refuse", 502, "Ollama is unreachable at http://127.0.0.1:{port}: ClientConnectorError: "),
         ("close", 502, "Ollama is unreachable at http://127.0.0.1:{port}: ServerDisconnectedError"),
         ("garbage", 502, "Ollama is unreachable at http://127.0.0.1:{port}: ClientResponseError: "),
-        ("hang", 504, "Ollama did not answer in time (SocketTimeoutError)"),
+        ("hang", 504, "Ollama did not answer in time ("),
     ],
 )
 @pytest.mark.anyio
@@ -218,6 +218,43 @@ async def test_an_unusable_upstream_url_is_a_502(url: str) -> None:
     assert caught.value.status == 502
     assert caught.value.message.startswith(("Ollama's URL is unusable", "Ollama is unreachable")), (
         caught.value.message)
+
+
+@pytest.mark.anyio
+async def test_a_body_ollama_stops_reading_times_out_as_a_504() -> None:
+    """Ollama accepts the connection but reads no more: a body larger than the sockets' buffers
+    cannot be sent, and the request ends at the upstream timeout instead of holding its slot."""
+    from server.http.dialects import ProxyError
+    from server.http.upstream_hop import UpstreamHop
+
+    hop = UpstreamHop()
+    try:
+        with _upstream("hang") as port, pytest.raises(ProxyError) as caught:
+            await hop.open(method="POST", url=f"http://127.0.0.1:{port}/api/blobs/sha256:x",
+                           headers=[], content=b"x" * (64 * 1024 * 1024), upstream_timeout=1.0)
+    finally:
+        await hop.aclose()
+    assert caught.value.status == 504, caught.value.message
+
+
+@pytest.mark.anyio
+async def test_a_client_body_that_breaks_off_is_not_blamed_on_ollama() -> None:
+    """A streamed upload whose client goes away mid-body is the client's doing: UploadBroken,
+    not a 502 "Ollama is unreachable" (which would also set off an upstream poll)."""
+    from server.http.upstream_hop import UploadBroken, UpstreamHop
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * 65536
+        raise ConnectionResetError("the client went away")
+
+    hop = UpstreamHop()
+    try:
+        with _upstream("hang") as port, pytest.raises(UploadBroken, match="went away"):
+            await hop.open(method="POST", url=f"http://127.0.0.1:{port}/api/blobs/sha256:x",
+                           headers=[(b"content-length", b"1000000")], content=body(),
+                           upstream_timeout=5.0)
+    finally:
+        await hop.aclose()
 
 
 @pytest.mark.anyio

@@ -121,6 +121,25 @@ def test_body_reaches_upstream_byte_for_byte_and_answer_comes_back_raw(
     assert sum(1 for k, _ in raw_headers if k.lower() == "host") == 1
 
 
+def test_credentials_in_ollamas_url_become_its_authorization(
+    sidecar_factory: SidecarFactory, recorder: tuple[str, Recorder]
+) -> None:
+    """Ollama behind a gateway with basic auth (`backend.url = "http://user:pass@host"`): the
+    request carries those credentials as Basic auth in place of the client's own Authorization
+    (a client's bearer key is how the sidecar identifies it, so most requests have one)."""
+    import base64
+
+    url, server = recorder
+    proxy = sidecar_factory(upstream=url.replace("http://", "http://gate:p%40ss@"))
+    response = httpx.post(proxy.url + "/api/generate", json={"model": "m", "prompt": "hi"},
+                          headers={"authorization": "Bearer client-key"}, timeout=30)
+    assert response.status_code == 200, response.text
+    lowered = {k.lower(): v for k, v in server.seen[-1][2].items()}
+    assert lowered["authorization"] == "Basic " + base64.b64encode(b"gate:p@ss").decode()
+    assert lowered["host"] == url.removeprefix("http://")
+    proxy.wait_idle()
+
+
 def test_upstream_status_passes_through(
     sidecar_factory: SidecarFactory, recorder: tuple[str, Recorder]
 ) -> None:

@@ -9,11 +9,13 @@ requests a second make the difference moot.
 
 This module is the only one that knows aiohttp: what it hands out is an `UpstreamAnswer` (status,
 raw headers, raw body chunks) and its errors are `ProxyError` (before Ollama's status line) and
-`UpstreamBroken` (after it).
+`UpstreamBroken` (after it), or `UploadBroken` when the client's own streamed body broke off.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -28,11 +30,17 @@ CONNECT_TIMEOUT_S = 10.0
 # aiohttp stops reading a connection once twice this much of its answer waits unread: how far
 # the sidecar reads ahead of a slow client, per request (server/http/forward.py's relay).
 READ_AHEAD = 128 * 1024
+WHOLE_BODY_LIMIT = 1024 * 1024  # a request body above this is written in slices
 
 
 class UpstreamBroken(Exception):
     """Ollama's answer broke off after its status line: reset, closed early, or no byte within
     the upstream timeout. The message says which."""
+
+
+class UploadBroken(Exception):
+    """The client's streamed body ended early (it disconnected, or stalled past the body
+    timeout) while it was being sent to Ollama: nobody is left to answer."""
 
 
 class UpstreamAnswer:
@@ -70,8 +78,7 @@ class UpstreamHop:
     """One connection pool to Ollama, shared by every forwarded request. Made on the running
     loop (aiohttp's session belongs to one) and closed by the sidecar's shutdown."""
 
-    def __init__(self, max_idle: int = 64) -> None:
-        self._max_idle = max_idle
+    def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
 
     def _open_session(self) -> aiohttp.ClientSession:
@@ -119,23 +126,65 @@ class UpstreamHop:
             target.port  # noqa: B018 — a port out of range raises here, not inside the pool
         except ValueError as exc:
             raise ProxyError(502, f"Ollama's URL is unusable: {exc}") from None
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=min(upstream_timeout, CONNECT_TIMEOUT_S), sock_read=upstream_timeout
-        )
+        sent = _as_str(headers)
+        if target.user is not None or target.password is not None:
+            # user:password in backend.url (Ollama behind a gateway with basic auth) is the
+            # request's Authorization, in place of the client's, as a browser or curl would do
+            # it (aiohttp refuses a request that has both).
+            pair = f"{target.user or ''}:{target.password or ''}".encode()
+            sent = [(k, v) for k, v in sent if k.lower() != "authorization"]
+            sent.append(("Authorization", "Basic " + base64.b64encode(pair).decode("ascii")))
+            target = target.with_user(None)
+        upload: list[BaseException] = []  # what broke the client's streamed body, if anything
+        connect = min(upstream_timeout, CONNECT_TIMEOUT_S)
+        # `connect` covers the name lookup and the pool too; `sock_read` the silence between
+        # reads of the answer. The whole of sending the body and getting the status line is
+        # bounded by `upstream_timeout` below: aiohttp times no body write of its own.
+        timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect,
+                                        sock_read=upstream_timeout)
+        data: bytes | AsyncIterator[bytes] | None
+        if not isinstance(content, bytes):
+            data = _watched(content, upload)
+        elif len(content) > WHOLE_BODY_LIMIT:
+            # A large body (images in a chat, a blob) goes in slices, so that no single write
+            # holds the loop; its length is known, so it is still not chunked.
+            sent.append(("Content-Length", str(len(content))))
+            data = _slices(content)
+        else:
+            data = content or None
         try:
-            response = await self._open_session().request(
-                method, target, headers=_as_str(headers), data=content if content != b"" else None,
-                timeout=timeout, allow_redirects=False,
-            )
+            async with asyncio.timeout(upstream_timeout):
+                response = await self._open_session().request(
+                    method, target, headers=sent, data=data, timeout=timeout, allow_redirects=False,
+                )
         except aiohttp.ConnectionTimeoutError as exc:  # no connection at all: unreachable, not slow
             raise ProxyError(502, f"Ollama is unreachable at {where}: {describe(exc)}") from None
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            if upload:
+                raise UploadBroken(describe(upload[0])) from None
             raise ProxyError(504, f"Ollama did not answer in time ({type(exc).__name__})") from None
         except aiohttp.InvalidURL as exc:
             raise ProxyError(502, f"Ollama's URL is unusable: {exc}") from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
+            if upload:  # the client's body broke off, not the connection to Ollama
+                raise UploadBroken(describe(upload[0])) from None
             raise ProxyError(502, f"Ollama is unreachable at {where}: {describe(exc)}") from None
         return UpstreamAnswer(response)
+
+
+async def _slices(body: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start:start + size]
+
+
+async def _watched(chunks: AsyncIterator[bytes], broke: list[BaseException]) -> AsyncIterator[bytes]:
+    """The client's streamed body, noting what ended it early (a disconnect, a body timeout)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as exc:
+        broke.append(exc)
+        raise
 
 
 def _as_str(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from schemas.events import FirstByte
 from schemas.journal import Status
 from server.http.dialects import ProxyError, error_response, ollama_message, stream_error
 from server.http.forward import relay
-from server.http.upstream_hop import UpstreamAnswer, UpstreamBroken
+from server.http.upstream_hop import UploadBroken, UpstreamAnswer, UpstreamBroken
 from server.proxy import queue_status
 from server.proxy.disconnect import ClientGone, DisconnectWatch
 from server.proxy.facts import StreamTap
@@ -190,6 +190,10 @@ class Exchange:
         except ProxyError as exc:
             parts.poll_soon()  # learn about the outage now, not at the next tick
             return await self._fail(outcome, exc)
+        except UploadBroken as exc:  # the client's streamed body broke off: nobody to answer
+            outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
+            outcome.error = f"the client's request body broke off ({exc})"
+            return
         except ClientGone:
             outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
             outcome.error = "client disconnected while Ollama prepared the answer"

@@ -45,8 +45,14 @@ def listen(host: str, port: int) -> socket.socket:
     # Streams are one small write per token: without NODELAY Nagle holds them back.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
-    sock.listen(1024)  # connections made before Hypercorn starts wait in the backlog
+    # Connections made before Hypercorn starts, or faster than the loop accepts them (a thousand
+    # agents starting at once), wait in the backlog; the kernel caps it at net.core.somaxconn.
+    # At 1,024, a burst of 1,200 streams lost some of its connections (bench/loop_lag.py).
+    sock.listen(LISTEN_BACKLOG)
     return sock
+
+
+LISTEN_BACKLOG = 8192
 
 
 def url_of(sock: socket.socket) -> str:

@@ -92,8 +92,8 @@ class _OffLoopHandler(QueueHandler):
 
 
 class _BatchingListener:
-    """The writer thread: every `interval` seconds, everything queued is formatted and written
-    in one write. Stopping writes what is left first."""
+    """The writer thread: it sleeps until a record arrives, then waits `interval` seconds for
+    more and formats and writes all of them in one write. Stopping writes what is left first."""
 
     def __init__(self, records: queue.SimpleQueue[logging.LogRecord], writer: logging.StreamHandler[TextIO],
                  interval: float = 0.02) -> None:
@@ -106,20 +106,28 @@ class _BatchingListener:
 
     def stop(self) -> None:
         self._stop.set()
+        self.records.put(_STOP)  # wakes the thread if it sleeps on an empty queue
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._drain()
-        self._drain()
+        while not self._stop.is_set():
+            first = self.records.get()  # idle: no wake-ups until there is something to write
+            self._stop.wait(self.interval)  # then gather what comes in the next few ms
+            self._drain([first])
+        self._drain([])
 
-    def _drain(self) -> None:
+    def _drain(self, taken: list[logging.LogRecord]) -> None:
         lines = []
         while True:
-            try:
-                record = self.records.get_nowait()
-            except queue.Empty:
-                break
+            if taken:
+                record = taken.pop()
+            else:
+                try:
+                    record = self.records.get_nowait()
+                except queue.Empty:
+                    break
+            if record is _STOP:
+                continue
             try:
                 lines.append(self.writer.format(record))
             except Exception:  # a record that cannot be formatted must not end the thread
@@ -132,6 +140,7 @@ class _BatchingListener:
                 pass
 
 
+_STOP = logging.LogRecord("smart_proxy", logging.INFO, "", 0, "stop", None, None)
 _listener: _BatchingListener | None = None
 
 
