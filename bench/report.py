@@ -92,9 +92,13 @@ def soak_rows(r: dict[str, Any]) -> Iterator[Row]:
            f"≤ {IssueCpuPerChunkUs / 2:.0f} µs (half of {IssueCpuPerChunkUs:.0f})",
            verdict(s16["sidecar_cpu_us_per_token"] <= IssueCpuPerChunkUs / 2))
     failed = soak["failed"]["proxy"]
-    yield (f"{soak['streams']:,} streams open at once: failures / tokens/s ratio",
-           f"**{failed}** / **{soak['ratio']:.1%}** (direct failures {soak['failed']['direct']})",
-           "0 / ≥ 95 %", verdict(failed == 0 and soak["ratio"] >= 0.95))
+    yield (f"{soak['streams']:,} streams opened at once: failures",
+           f"**{failed}** (direct {soak['failed']['direct']})", "0", verdict(failed == 0))
+    yield ("the same: tokens/s over the whole phase, proxy ÷ direct (connection set-up included)",
+           f"**{soak['ratio']:.1%}**", "≥ 95 %", verdict(soak["ratio"] >= 0.95))
+    if soak.get("stream_pace_ratio") is not None:
+        yield ("the same: each stream's own pace, first byte to last, proxy ÷ direct (median)",
+               f"**{soak['stream_pace_ratio']:.2%}**", "≥ 95 %", verdict(soak["stream_pace_ratio"] >= 0.95))
     rss = r["sidecar_rss_mb"]
     yield ("sidecar RSS: before, peak with the streams open, after",
            f"{rss['before']:.0f} / **{soak['sidecar_peak_rss_mb']:.0f}** / {rss['after']:.0f} MB",

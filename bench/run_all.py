@@ -1,8 +1,8 @@
 """Every benchmark, one after another, then the README's performance section (`make bench`).
 
 Each benchmark starts its own emulator and sidecar processes and writes bench/results/NAME.json;
-running them one at a time keeps them from measuring each other. About 25 minutes on a 2-core
-machine. Then bench/report.py renders the README table and the charts from the results files.
+running them one at a time, each once the load average has settled, keeps them from measuring
+each other. About 25 minutes on a 2-core machine. Then bench/report.py renders the README table and the charts from the results files.
 
     .venv/bin/python bench/run_all.py [--only NAME ...] [--skip NAME ...] [--list]
 """
@@ -10,6 +10,7 @@ machine. Then bench/report.py renders the README table and the charts from the r
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +33,17 @@ BENCHMARKS = [
 ]
 
 
+def settle(quiet: float = 0.6, longest: float = 90.0) -> None:
+    """Wait (at most `longest` seconds) for the 1-minute load average to fall below `quiet`, so
+    that a benchmark does not start in the wake of the one before it (or of a test run)."""
+    waited = 0.0
+    while os.getloadavg()[0] > quiet and waited < longest:
+        time.sleep(5)  # a script between benchmarks, not async code
+        waited += 5
+    if waited:
+        print(f"   waited {waited:.0f} s for the machine to settle (load {os.getloadavg()[0]:.2f})", flush=True)
+
+
 def main() -> int:
     names = [name for name, _, _ in BENCHMARKS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,6 +60,7 @@ def main() -> int:
         if (args.only and name not in args.only) or name in args.skip:
             continue
         print(f"== {name} (bench/{script})", flush=True)
+        settle()
         began = time.monotonic()
         done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *extra], cwd=ROOT,
                               stdout=subprocess.DEVNULL)
