@@ -216,7 +216,7 @@ def table() -> str:
 # -- charts ------------------------------------------------------------------------------------
 
 CHARTS = {
-    "latency_vs_concurrency.png": "added latency against concurrency: direct, minimal pass-throughs, sidecar",
+    "latency_vs_concurrency.png": "p50 latency against concurrency: direct, minimal pass-throughs, sidecar",
     "streaming.png": "streamed tokens a second through the sidecar as a share of direct",
     "engine.png": "next-ticket decision time per example policy",
     "simulate.png": "simulator replay time, 100,000 requests",
