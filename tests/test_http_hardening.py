@@ -6,6 +6,7 @@ no message, and guessing another client's X-Request-Id on /proxy/queue/{id}. Eac
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import logging
@@ -151,12 +152,24 @@ def _upstream(behaviour: str) -> Iterator[int]:
             except TimeoutError:
                 continue
             held.append(conn)
-            conn.recv(65536)
+            if behaviour != "read_all":
+                conn.recv(65536)
             if behaviour == "close":
                 conn.close()
             elif behaviour == "garbage":
                 conn.sendall(b"\x00\x01 not http at all\r\n\r\n")
                 conn.close()
+            elif behaviour == "read_all":  # reads the whole body, however slowly it comes
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                head, _, body = head.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                conn.settimeout(30)
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
             elif behaviour == "half":
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                              b"content-length: 100\r\n\r\n{\"model\":")
@@ -232,6 +245,51 @@ async def test_a_body_ollama_stops_reading_times_out_as_a_504() -> None:
         with _upstream("hang") as port, pytest.raises(ProxyError) as caught:
             await hop.open(method="POST", url=f"http://127.0.0.1:{port}/api/blobs/sha256:x",
                            headers=[], content=b"x" * (64 * 1024 * 1024), upstream_timeout=1.0)
+    finally:
+        await hop.aclose()
+    assert caught.value.status == 504, caught.value.message
+
+
+@pytest.mark.anyio
+async def test_a_slow_upload_that_keeps_moving_is_never_cut() -> None:
+    """A streamed upload (a multi-gigabyte blob) may take far longer than the upstream timeout:
+    what is timed is Ollama taking each piece and then answering, not the whole."""
+    from server.http.upstream_hop import UpstreamHop
+
+    pieces = 8
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(pieces):
+            await asyncio.sleep(0.25)  # 2 s in all, against an upstream timeout of 0.5 s
+            yield b"x" * 1000
+
+    hop = UpstreamHop()
+    try:
+        with _upstream("read_all") as port:
+            answer = await hop.open(method="POST", url=f"http://127.0.0.1:{port}/api/blobs/sha256:x",
+                                    headers=[(b"content-length", str(pieces * 1000).encode())],
+                                    content=body(), upstream_timeout=0.5)
+            assert answer.status_code == 200
+            await answer.aclose()
+    finally:
+        await hop.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_streamed_upload_ollama_stops_taking_times_out() -> None:
+    from server.http.dialects import ProxyError
+    from server.http.upstream_hop import UpstreamHop
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(1024):  # 256 MB offered; Ollama reads none of it
+            yield b"x" * (256 * 1024)
+
+    hop = UpstreamHop()
+    try:
+        with _upstream("hang") as port, pytest.raises(ProxyError) as caught:
+            await hop.open(method="POST", url=f"http://127.0.0.1:{port}/api/blobs/sha256:x",
+                           headers=[(b"content-length", str(1024 * 256 * 1024).encode())],
+                           content=body(), upstream_timeout=1.0)
     finally:
         await hop.aclose()
     assert caught.value.status == 504, caught.value.message

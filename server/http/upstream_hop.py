@@ -138,25 +138,34 @@ class UpstreamHop:
         upload: list[BaseException] = []  # what broke the client's streamed body, if anything
         connect = min(upstream_timeout, CONNECT_TIMEOUT_S)
         # `connect` covers the name lookup and the pool too; `sock_read` the silence between
-        # reads of the answer. The whole of sending the body and getting the status line is
-        # bounded by `upstream_timeout` below: aiohttp times no body write of its own.
+        # reads of the answer. aiohttp times no body write of its own, so sending the body and
+        # waiting for the status line is bounded here: in all by `upstream_timeout` (after the
+        # connect time, so an unreachable Ollama is reported as such) for a body in hand; for a
+        # streamed upload by its progress — Ollama must take each piece, and then answer,
+        # within `upstream_timeout`, however long the whole takes (a multi-gigabyte blob).
         timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect,
                                         sock_read=upstream_timeout)
-        data: bytes | AsyncIterator[bytes] | None
-        if not isinstance(content, bytes):
-            data = _watched(content, upload)
-        elif len(content) > WHOLE_BODY_LIMIT:
-            # A large body (images in a chat, a blob) goes in slices, so that no single write
-            # holds the loop; its length is known, so it is still not chunked.
-            sent.append(("Content-Length", str(len(content))))
-            data = _slices(content)
-        else:
-            data = content or None
+        pace: _Pace | None = None
         try:
-            async with asyncio.timeout(upstream_timeout):
-                response = await self._open_session().request(
-                    method, target, headers=sent, data=data, timeout=timeout, allow_redirects=False,
-                )
+            async with asyncio.timeout(upstream_timeout + connect) as expiry:
+                data: bytes | AsyncIterator[bytes] | None
+                if not isinstance(content, bytes):
+                    pace = _Pace(expiry, upstream_timeout)
+                    data = _watched(content, upload, pace)
+                elif len(content) > WHOLE_BODY_LIMIT:
+                    # A large body (images in a chat) goes in slices, so that no single write
+                    # holds the loop; its length is known, so it is still not chunked.
+                    sent.append(("Content-Length", str(len(content))))
+                    data = _slices(content)
+                else:
+                    data = content or None
+                try:
+                    response = await self._open_session().request(
+                        method, target, headers=sent, data=data, timeout=timeout, allow_redirects=False,
+                    )
+                finally:
+                    if pace is not None:
+                        pace.live = False  # the upload may go on in aiohttp's task; the deadline ends here
         except aiohttp.ConnectionTimeoutError as exc:  # no connection at all: unreachable, not slow
             raise ProxyError(502, f"Ollama is unreachable at {where}: {describe(exc)}") from None
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
@@ -177,11 +186,41 @@ async def _slices(body: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
         yield body[start:start + size]
 
 
-async def _watched(chunks: AsyncIterator[bytes], broke: list[BaseException]) -> AsyncIterator[bytes]:
-    """The client's streamed body, noting what ended it early (a disconnect, a body timeout)."""
+class _Pace:
+    """A streamed upload's deadline, moved by its progress: none while the client's next piece
+    is awaited (the body timeout governs the client), `seconds` from each piece handed over."""
+
+    def __init__(self, deadline: asyncio.Timeout, seconds: float) -> None:
+        self.deadline, self.seconds, self.live = deadline, seconds, True
+        self.loop = asyncio.get_running_loop()
+
+    def _move(self, when: float | None) -> None:
+        # The upload runs in aiohttp's own task: once open() has left its deadline (Ollama
+        # answered early) or the deadline fired, there is nothing left to move.
+        if self.live and not self.deadline.expired():
+            self.deadline.reschedule(when)
+
+    def waiting_for_client(self) -> None:
+        self._move(None)
+
+    def waiting_for_ollama(self) -> None:
+        self._move(self.loop.time() + self.seconds)
+
+
+async def _watched(chunks: AsyncIterator[bytes], broke: list[BaseException], pace: _Pace) -> AsyncIterator[bytes]:
+    """The client's streamed body, moving the deadline as it goes and noting what ended it early
+    (a disconnect, a body timeout)."""
+    pieces = aiter(chunks)
     try:
-        async for chunk in chunks:
+        while True:
+            pace.waiting_for_client()
+            try:
+                chunk = await anext(pieces)
+            except StopAsyncIteration:
+                break
+            pace.waiting_for_ollama()
             yield chunk
+        pace.waiting_for_ollama()  # for the status line
     except Exception as exc:
         broke.append(exc)
         raise

@@ -27,6 +27,7 @@ from server.proxy import queue_status
 from server.proxy.disconnect import ClientGone, DisconnectWatch
 from server.proxy.facts import StreamTap
 from server.proxy.intake import Admission
+from server.runtime.connlimits import BODY_TIMED_OUT
 from server.runtime.dispatcher import RemovedByAdmin, ShuttingDown
 from server.runtime.events import ended
 from server.runtime.holds import Cut, Hold
@@ -70,6 +71,7 @@ class Exchange:
         self.tap = StreamTap(keep_text=admission.keep_text)
         self._tail = b"\n\n"  # the last two bytes sent (how an error event must be framed)
         self._send: Send | None = None
+        self._scope: Scope = {}
         self._started = False  # the response's status line has gone to the client
         self._ended = False  # and its last byte
         self._hold: Hold | None = None
@@ -96,6 +98,7 @@ class Exchange:
             await send(message)
 
         self._send = tracked
+        self._scope = scope
         # Accepted from here: a crash from now on leaves an `interrupted` record, not none.
         self.parts.journal.admit(self.facts.admission())
         # Scheduled requests may be cancelled by an administrator, by the id the queue shows.
@@ -191,8 +194,9 @@ class Exchange:
             parts.poll_soon()  # learn about the outage now, not at the next tick
             return await self._fail(outcome, exc)
         except UploadBroken as exc:  # the client's streamed body broke off: nobody to answer
-            outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
-            outcome.error = f"the client's request body broke off ({exc})"
+            stalled = self._scope.get("state", {}).get(BODY_TIMED_OUT, False)
+            outcome.status, outcome.http_status = "cancelled", 408 if stalled else CLIENT_CLOSED
+            outcome.error = f"the client's request body {'stalled' if stalled else 'broke off'} ({exc})"
             return
         except ClientGone:
             outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED

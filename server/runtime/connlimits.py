@@ -232,6 +232,9 @@ async def _reject_with_dialect(conn: socket.socket) -> None:
         conn.close()
 
 
+BODY_TIMED_OUT = "smart_proxy_body_timed_out"  # set in scope["state"] when the guard sent its 408
+
+
 class BodyGuard:
     """ASGI middleware: a request body idle for `body_timeout` seconds gets a 408 (and, over
     HTTP/1.1, a closed connection); over HTTP/2 an unread body is drained before the response
@@ -265,6 +268,8 @@ class BodyGuard:
                     message = await receive()
             except TimeoutError:
                 timed_out = True
+                # For the app's record of it: the client got a 408, not a vanished connection.
+                scope.setdefault("state", {})[BODY_TIMED_OUT] = True
                 if not started:
                     answered = True
                     await _send_timeout(send, path, self.body_timeout)

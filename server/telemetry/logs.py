@@ -107,18 +107,20 @@ class _BatchingListener:
     def stop(self) -> None:
         self._stop.set()
         self.records.put(_STOP)  # wakes the thread if it sleeps on an empty queue
-        self._thread.join()
+        self._thread.join(timeout=STOP_WAIT_S)  # a stderr nobody reads must not hang the exit
 
     def _run(self) -> None:
         while not self._stop.is_set():
             first = self.records.get()  # idle: no wake-ups until there is something to write
             self._stop.wait(self.interval)  # then gather what comes in the next few ms
             self._drain([first])
-        self._drain([])
+        while self._drain([]):  # what is left, however much
+            pass
 
-    def _drain(self, taken: list[logging.LogRecord]) -> None:
-        lines = []
-        while True:
+    def _drain(self, taken: list[logging.LogRecord]) -> bool:
+        """Write what is queued, up to BATCH_LINES; True if that stopped it (more may wait)."""
+        lines: list[str] = []
+        while len(lines) < BATCH_LINES:  # a flood is written as it comes, not held in memory
             if taken:
                 record = taken.pop()
             else:
@@ -138,8 +140,11 @@ class _BatchingListener:
                 self.writer.flush()
             except Exception:  # a closed or broken stderr: logging's own rule is to go on
                 pass
+        return len(lines) >= BATCH_LINES
 
 
+STOP_WAIT_S = 5.0
+BATCH_LINES = 1000
 _STOP = logging.LogRecord("smart_proxy", logging.INFO, "", 0, "stop", None, None)
 _listener: _BatchingListener | None = None
 
