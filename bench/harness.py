@@ -18,7 +18,27 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-LOAD_AT_START = os.getloadavg()  # imported first thing by every benchmark: the load before it ran
+LOAD_AT_START = os.getloadavg()
+# The sidecar's policy where small requests are measured: slots enough for every request sent,
+# a queue that never refuses, the usual terms (so scheduling costs what it costs).
+SMALL_REQUESTS_POLICY = """\
+active = "bench"
+
+[backend]
+max_parallel = 32
+num_parallel = 32
+vram_gb = 8
+max_loaded_models = 2
+poll_interval = "5s"
+
+[limits]
+max_queue = 10000
+max_queued_per_client = 10000
+
+[policies.bench.terms.vram]
+[policies.bench.terms.fairness]
+[policies.bench.terms.aging]
+"""  # imported first thing by every benchmark: the load before it ran
 
 
 def free_port() -> int:

@@ -30,27 +30,10 @@ from pathlib import Path
 
 import aiohttp
 from harness import ROOT, cpu_seconds, free_port, report_header, running, start, write_report
+from harness import SMALL_REQUESTS_POLICY as POLICY
 
 RESULTS = ROOT / "bench" / "results" / "profile.json"
 BODY = {"model": "llama3.2:1b", "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
-POLICY = """\
-active = "bench"
-
-[backend]
-max_parallel = 32
-num_parallel = 32
-vram_gb = 8
-max_loaded_models = 2
-poll_interval = "5s"
-
-[limits]
-max_queue = 10000
-max_queued_per_client = 10000
-
-[policies.bench.terms.vram]
-[policies.bench.terms.fairness]
-[policies.bench.terms.aging]
-"""
 # Innermost matching frame wins; the order only matters for paths that match two (none do).
 COMPONENTS = (
     ("upstream client (aiohttp)", ("/aiohttp/", "/yarl/", "/multidict/")),

@@ -46,6 +46,9 @@ from harness import (
     start,
     write_report,
 )
+from harness import (
+    SMALL_REQUESTS_POLICY as POLICY,
+)
 
 from schemas.figures import percentile
 
@@ -54,24 +57,6 @@ MODEL = "llama3.2:1b"
 BODY = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
 CANDIDATES = ("httpx", "httpcore", "aiohttp")
 SIDECAR = "sidecar"
-POLICY = """\
-active = "bench"
-
-[backend]
-max_parallel = 32
-num_parallel = 32
-vram_gb = 8
-max_loaded_models = 2
-poll_interval = "5s"
-
-[limits]
-max_queue = 10000
-max_queued_per_client = 10000
-
-[policies.bench.terms.vram]
-[policies.bench.terms.fairness]
-[policies.bench.terms.aging]
-"""
 
 
 def start_passthrough(client: str, port: int, upstream: str) -> subprocess.Popen[bytes]:
