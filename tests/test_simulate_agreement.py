@@ -97,6 +97,15 @@ def admin(proxy: Any, action: str) -> None:
 async def replay_live(proxy: Any, trace: list[dict[str, Any]]) -> None:
     """Each burst at its (scaled) time: queued while paused, then released at once."""
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=50)) as client:
+        # The simulator knows every model's size from the start; the sidecar learns them from
+        # its first poll of Ollama. The first burst comes 0.1 s in: not before that poll (a
+        # size still unknown scores `unknown_size`, and the first burst then ordered otherwise).
+        for _ in range(2000):
+            if (await client.get(proxy.url + "/proxy/health")).json()["upstream"]["up"]:
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the sidecar never reached the emulator")
         start = time.monotonic()
 
         async def one(item: dict[str, Any]) -> None:
