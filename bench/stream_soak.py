@@ -44,6 +44,7 @@ num_parallel = {parallel}
 max_loaded_models = 2
 max_queue = 4096
 keep_alive = -1
+context_length = 4096   # OLLAMA_CONTEXT_LENGTH: 230 GB of weights leave no room for a 128k cache
 
 [[models]]
 name = "llama3.2:1b"

@@ -109,7 +109,7 @@ class Backend:
         self._next_id += 1
         job = Job(
             id=self._next_id, spec=spec, kind=kind, arrival=now,
-            num_ctx=num_ctx or spec.context_length,
+            num_ctx=num_ctx or self.settings.context_for(spec),
             keep_alive=self.settings.keep_alive if keep_alive is None else keep_alive,
             prompt_tokens=prompt_tokens, output_tokens=output_tokens,
         )

@@ -33,6 +33,9 @@ class NodeConfig(Strict, frozen=True):
     keep_alive: float | str = "5m"  # OLLAMA_KEEP_ALIVE: seconds or a Go duration
     page_cache_gb: NonNegativeFloat = 32.0  # host RAM that keeps recently read weights warm
     time_scale: NonNegativeFloat = 1.0
+    # OLLAMA_CONTEXT_LENGTH: the context a request without num_ctx gets. Unset, Ollama picks it by
+    # the GPU's VRAM (default_context below), so one tag is bigger on a bigger card.
+    context_length: PositiveInt | None = None
     # Cloud models (names ending -cloud): the hosted service's answer time and its limit on
     # concurrent requests from this server, beyond which it answers 429.
     cloud_first_token_s: NonNegativeFloat = 0.4
@@ -50,6 +53,7 @@ class ModelConfig(Strict, frozen=True):
     family: str | None = None
     embedding_length: PositiveInt | None = None
     embedding: bool | None = None
+    # resident_factor is the weights plus KV cache at this context; the cache grows linearly from it.
     context_length: PositiveInt = 4096
     resident_factor: Annotated[float, Meta(ge=1.0, le=3.0)] = 1.2
 
@@ -74,9 +78,31 @@ class Settings:
     cloud_first_token_s: float = 0.4
     cloud_tokens_per_s: float = 80.0
     cloud_max_concurrent: int = 8
+    context_length: int | None = None  # OLLAMA_CONTEXT_LENGTH; None: Ollama's choice by VRAM
+
+    def context_for(self, spec: ModelSpec) -> int:
+        """The context a request that names no num_ctx runs with: the server's default, never more
+        than the model was trained for (embedding models keep their own)."""
+        if spec.embedding:
+            return spec.context_length
+        return min(self.context_length or default_context(self.vram), TRAINED_CONTEXT)
 
     def with_time_scale(self, scale: float) -> Settings:
         return dataclasses.replace(self, time_scale=scale)
+
+
+GIB = 1 << 30
+TRAINED_CONTEXT = 131_072  # what /api/show reports as a generation model's context_length
+
+
+def default_context(vram: int) -> int:
+    """Ollama's default context length by the GPU's memory (v0.12+): 4k below 24 GiB, 32k up to
+    48 GiB, 256k above (then capped by the model's trained context)."""
+    if vram < 24 * GIB:
+        return 4096
+    if vram <= 48 * GIB:
+        return 32_768
+    return 262_144
 
 
 class SimConfigError(Exception):
@@ -188,6 +214,7 @@ def resolve(parsed: SimFile, file: str, now: float) -> Settings:
         cloud_first_token_s=node.cloud_first_token_s,
         cloud_tokens_per_s=node.cloud_tokens_per_s,
         cloud_max_concurrent=node.cloud_max_concurrent,
+        context_length=node.context_length,
         models=tuple(specs),
     )
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from sim.catalog import GB, ModelSpec, canonical, digest_for
+from sim.config import TRAINED_CONTEXT
 from sim.driver import Emulator
 from sim.gotime import rfc3339
 from sim.http_common import (
@@ -134,7 +135,7 @@ async def show(request: Request) -> Response:
             "general.architecture": arch,
             "general.parameter_count": int(spec.params_billions * 1e9),
             "general.file_type": 15,
-            f"{arch}.context_length": 131072 if not spec.embedding else 2048,
+            f"{arch}.context_length": TRAINED_CONTEXT if not spec.embedding else 2048,
             f"{arch}.embedding_length": spec.embedding_length,
         },
         "capabilities": capabilities,

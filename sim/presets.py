@@ -32,10 +32,13 @@ name = "qwq:32b"
 name = "nomic-embed-text"
 """,
     # An 80 GB card (A100/H100 class): the 70B model (~52 GB resident) leaves room for one
-    # mid-size model beside it, so every other mix evicts it.
+    # mid-size model beside it, so every other mix evicts it. Its operator sets
+    # OLLAMA_CONTEXT_LENGTH=4096: left to choose by VRAM, Ollama would give every model a 128k
+    # context here and the 70B would fill the card alone.
     "server-80gb": """
 [node]
 vram_gb = 80
+context_length = 4096
 num_parallel = 4
 max_loaded_models = 3
 keep_alive = "5m"

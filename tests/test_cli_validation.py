@@ -40,6 +40,7 @@ SETUP_CASES: list[tuple[tuple[str, ...], str]] = [
     *[(("--vram-gb", v), "--vram-gb") for v in ("0", "-1", "abc", "inf")],
     (("--num-parallel", "0"), "--num-parallel"),
     (("--max-loaded", "x"), "--max-loaded"),
+    (("--context-length", "0"), "--context-length"),
     (("--max-parallel", "-2"), "--max-parallel"),
 ]
 

@@ -240,6 +240,35 @@ def test_a_different_num_ctx_forces_a_reload() -> None:
     assert b.resident()[0].vram > small and b.resident()[0].num_ctx == 16384
 
 
+@pytest.mark.parametrize(("vram_gb", "context"), [
+    (8, 4096), (25.7, 4096),  # 25.7 GB is just under 24 GiB
+    (25.8, 32_768), (48 * 1.073741824, 32_768),  # from 24 GiB up to 48 GiB
+    (80, 131_072),  # 256k above 48 GiB, but never more than the model was trained for (128k)
+])
+def test_the_default_context_follows_the_cards_memory(vram_gb: float, context: int) -> None:
+    """Ollama picks the context of a request without num_ctx by VRAM, so one tag is bigger on a
+    bigger card: /api/ps reports the context and the size that follow from it."""
+    b = node(vram_gb, models=("llama3.2:1b",))
+    ask(b, 0.0, "llama3.2:1b", tokens=1)
+    run_until_idle(b, 10.0)
+    runner = b.resident()[0]
+    assert runner.num_ctx == context
+    assert runner.vram == spec(b, "llama3.2:1b").resident_size(context)
+
+
+def test_ollama_context_length_pins_the_default() -> None:
+    """OLLAMA_CONTEXT_LENGTH (node.context_length) wins over the choice by VRAM; an embedding
+    model keeps its own context either way."""
+    text = ('[node]\nvram_gb = 80\ncontext_length = 8192\n[[models]]\nname = "llama3.2:1b"\n'
+            '[[models]]\nname = "nomic-embed-text"\n')
+    b = Backend(load_text(text, "test.toml", 0.0))
+    ask(b, 0.0, "llama3.2:1b", tokens=1)
+    b.submit(0.0, spec(b, "nomic-embed-text:latest"), kind="embed", prompt_tokens=5)
+    run_until_idle(b, 10.0)
+    contexts = {r.spec.name: r.num_ctx for r in b.resident()}
+    assert contexts == {"llama3.2:1b": 8192, "nomic-embed-text:latest": 4096}
+
+
 # --- loads ------------------------------------------------------------------------------------------
 
 

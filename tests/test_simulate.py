@@ -190,14 +190,21 @@ def test_simulate_prints_a_table_and_writes_the_json(many_models: Path, tmp_path
 
 
 def test_gpu_overrides_change_the_answer(many_models: Path, tmp_path: Path) -> None:
-    """"Would a 48 GB card fix this?" — with room for everything, hardly anything is swapped."""
-    small, big = tmp_path / "small.json", tmp_path / "big.json"
+    """"Would a 96 GB card fix this?" — with room for everything, hardly anything is swapped, as
+    long as the operator keeps the context Ollama would otherwise grow with the card."""
+    small, big, wide = tmp_path / "small.json", tmp_path / "big.json", tmp_path / "wide.json"
     base = ["simulate", "--trace", str(many_models), "--policy", EXAMPLE]
     assert main([*base, "--json", str(small)]) == 0
-    assert main([*base, "--vram-gb", "96", "--max-loaded", "9", "--json", str(big)]) == 0
-    loads = [json.loads(p.read_text())["rows"][1]["loads"] for p in (small, big)]
+    bigger = [*base, "--vram-gb", "96", "--max-loaded", "9"]
+    assert main([*bigger, "--context-length", "4096", "--json", str(big)]) == 0
+    assert main([*bigger, "--json", str(wide)]) == 0
+    loads = [json.loads(p.read_text())["rows"][1]["loads"] for p in (small, big, wide)]
     assert loads[1] < loads[0] / 5
-    assert json.loads(big.read_text())["gpu"]["vram_gb"] == 96
+    # Left to Ollama, a 96 GB card gives every model a 128k context: far fewer fit side by side.
+    assert loads[2] > loads[1] * 2
+    gpus = [json.loads(p.read_text())["gpu"] for p in (big, wide)]
+    assert gpus[0]["vram_gb"] == 96 and gpus[0]["context_length"] == 4096
+    assert gpus[1]["context_length"] == 262_144
 
 
 def test_the_gate_passes_a_policy_against_itself_and_fails_a_worse_one(

@@ -89,6 +89,9 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override OLLAMA_NUM_PARALLEL")
     parser.add_argument("--max-loaded", type=positive_count, metavar="N",
                         help="override OLLAMA_MAX_LOADED_MODELS")
+    parser.add_argument("--context-length", type=positive_count, metavar="N",
+                        help="override OLLAMA_CONTEXT_LENGTH (unset, Ollama picks it by VRAM: 4k "
+                        "below 24 GiB, 32k up to 48 GiB, more above)")
     parser.add_argument("--max-parallel", type=positive_count, metavar="N",
                         help="override the policy file's [backend] max_parallel (the sidecar's "
                         "requests in flight)")
@@ -118,7 +121,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
         raise CliError(f"{args.trace}: no request of the trace names a model")
     try:
         gpu = choose(workload.models(), preset=args.sim, config=args.sim_config,
-                     vram_gb=args.vram_gb, num_parallel=args.num_parallel, max_loaded=args.max_loaded)
+                     vram_gb=args.vram_gb, num_parallel=args.num_parallel, max_loaded=args.max_loaded,
+                     context_length=args.context_length)
     except SimConfigError as exc:
         raise CliError("; ".join(exc.problems)) from None
     return Setup(workload, gpu, compiled)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from schemas.model_name import canonical_model
 from sim.catalog import GB
-from sim.config import Settings, SimConfigError, load_text
+from sim.config import Settings, SimConfigError, default_context, load_text
 from sim.presets import PRESETS
 
 
@@ -24,7 +24,8 @@ class Gpu:
         return {
             "source": self.name, "vram_gb": round(s.vram / GB, 3), "num_parallel": s.num_parallel,
             "max_loaded_models": s.max_loaded_models, "max_queue": s.max_queue,
-            "keep_alive_s": s.keep_alive, "models": [m.name for m in s.models],
+            "keep_alive_s": s.keep_alive, "context_length": s.context_length or default_context(s.vram),
+            "models": [m.name for m in s.models],
         }
 
 
@@ -39,7 +40,7 @@ def _preset(name: str) -> Settings:
 
 def choose(
     models: set[str], *, preset: str | None, config: Path | None, vram_gb: float | None = None,
-    num_parallel: int | None = None, max_loaded: int | None = None,
+    num_parallel: int | None = None, max_loaded: int | None = None, context_length: int | None = None,
 ) -> Gpu:
     """SimConfigError (one line per problem) when the file is bad or models are missing."""
     if config is not None:
@@ -73,4 +74,6 @@ def choose(
         changes["num_parallel"] = num_parallel
     if max_loaded is not None:
         changes["max_loaded_models"] = max_loaded
+    if context_length is not None:
+        changes["context_length"] = context_length
     return Gpu(name, dataclasses.replace(settings, **changes))  # type: ignore[arg-type]

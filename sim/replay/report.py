@@ -59,7 +59,9 @@ def render(report: dict[str, Any], console: Console) -> None:
     console.print(
         f"[bold]{t['requests']:,} requests[/] from {t['clients']} clients over {_s(t['span_s'])} s · "
         f"GPU {g['source']}: {g['vram_gb']:g} GB, num_parallel {g['num_parallel']}, "
-        f"max_loaded_models {g['max_loaded_models']} · sidecar max_parallel {report['max_parallel']}"
+        f"max_loaded_models {g['max_loaded_models']}"
+        + (f", context {g['context_length']:,}" if "context_length" in g else "")
+        + f" · sidecar max_parallel {report['max_parallel']}"
     )
     slots = g["num_parallel"] * g["max_loaded_models"]
     if report["max_parallel"] < slots:
