@@ -357,3 +357,15 @@ parameter_size = "700B"
 quantization = "Q4_K_M"
 family = "llama"
 """
+
+
+@pytest.fixture
+def slow_emulator() -> Iterator[Any]:
+    """An emulator on SLOW_NODE: slow:700b takes most of a second to load, then a few tokens a
+    second."""
+    from sim.config import load_text
+    from sim.testing import running_emulator
+
+    with running_emulator(load_text(SLOW_NODE, "slow-node", time.time())) as emulator:
+        yield emulator
+

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import httpx
 import openai
 import pytest
-from sidecar_fixtures import SLOW_NODE, SidecarFactory, make_policy, wait_until
+from sidecar_fixtures import SidecarFactory, make_policy, wait_until
 
 MODEL = "llama3.2:1b"
 
@@ -127,15 +125,6 @@ def test_audio_transcriptions_with_the_openai_client(
     garbled = httpx.post(proxy.url + "/v1/audio/transcriptions", content=b"not a form", timeout=10,
                          headers={"content-type": "multipart/form-data; boundary=xyz"})
     assert garbled.status_code == 400 and "multipart" in garbled.json()["error"]["message"]
-
-
-@pytest.fixture
-def slow_emulator() -> Iterator[Any]:
-    from sim.config import load_text
-    from sim.testing import running_emulator
-
-    with running_emulator(load_text(SLOW_NODE, "compat", time.time())) as emulator:
-        yield emulator
 
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/responses"])

@@ -9,14 +9,13 @@ import concurrent.futures
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sidecar_fixtures import SLOW_NODE, SidecarFactory, make_policy, running_sidecar, wait_until
+from sidecar_fixtures import SidecarFactory, make_policy, running_sidecar, wait_until
 
 MODEL = "llama3.2:1b"
 KEY = "dashboard-admin-key"
@@ -49,15 +48,6 @@ def test_clearing_the_queue_answers_each_client_503_in_its_dialect(
     assert proxy.admin("DELETE", "/proxy/queue").json() == {"cleared": 0, "in_flight": 0}
     proxy.admin("POST", "/proxy/resume")
     assert proxy.health()["queue_depth"] == 0
-
-
-@pytest.fixture
-def slow_emulator() -> Iterator[Any]:
-    from sim.config import load_text
-    from sim.testing import running_emulator
-
-    with running_emulator(load_text(SLOW_NODE, "dashboard", time.time())) as emulator:
-        yield emulator
 
 
 def _long_seed(model: str, text: str) -> int:

@@ -124,3 +124,24 @@ def test_the_estimate() -> None:
     times.observe("a", 14.0)
     assert 4.0 < times.mean("a") < 14.0
     assert wait_estimate(0, 2, 5.0) == 0.0 and wait_estimate(4, 0, 5.0) == 20.0
+
+
+def test_a_model_load_after_dispatch_keeps_the_lines_going(
+    sidecar_factory: SidecarFactory, slow_emulator: Any
+) -> None:
+    """Nothing waits ahead, but Ollama takes most of a second to load slow:700b and sends no byte
+    meanwhile: the client hears `: dispatched, loading MODEL` lines (never a queue place), then
+    the answer — a proxy in front sees bytes flowing through the load."""
+    proxy = sidecar_factory(upstream=slow_emulator.url, policy=make_policy(vram_gb=96, extra=(
+        '[queue_status]\nenabled = true\nevery = "100ms"\n')))
+    status, text = _stream(proxy, _chat("slow:700b"))
+    assert status == 200
+    lines = text.splitlines()
+    assert ": dispatched, loading slow:700b" in lines, text
+    assert not any(LINE.match(x) for x in lines)
+    assert text.rstrip().endswith("data: [DONE]")
+    # Loaded now: a second request hears at most that Ollama is preparing the answer.
+    status, text = _stream(proxy, _chat("slow:700b"))
+    assert status == 200 and ": dispatched, loading slow:700b" not in text.splitlines()
+    wait_until(lambda: len(proxy.journal.records) == 2, within=5, what="two records")
+    assert {r.status for r in proxy.journal.records} == {"completed"}

@@ -183,13 +183,11 @@ class Exchange:
         deadline = time.monotonic() + timeout
         try:
             with self._guard(watch), self._armed():
-                upstream = await parts.hop.open(
-                    method=self.method,
-                    url=self.url,
-                    headers=self.headers,
-                    content=self.body,
-                    upstream_timeout=timeout,
-                )
+                opening = parts.hop.open(method=self.method, url=self.url, headers=self.headers,
+                                         content=self.body, upstream_timeout=timeout)
+                # A model load can outlast a proxy's idle timeout too: status lines go on.
+                upstream = await queue_status.await_with_status(
+                    opening, self._status_every, self._say_dispatched)
         except ProxyError as exc:
             parts.poll_soon()  # learn about the outage now, not at the next tick
             return await self._fail(outcome, exc)
@@ -313,9 +311,7 @@ class Exchange:
         try:
             with watch.guard():
                 async with asyncio.timeout(queue_timeout):
-                    if every is None:
-                        return await fut
-                    return await queue_status.wait_with_status(fut, every, self._say_status)
+                    return await queue_status.await_with_status(fut, every, self._say_status)
         except TimeoutError:
             raise ProxyError(
                 504, f"waited longer than the queue timeout ({queue_timeout:g}s) for a slot"
@@ -323,15 +319,19 @@ class Exchange:
         except ShuttingDown:
             raise ProxyError(503, "the proxy is shutting down", retry_after=RETRY_AFTER_S) from None
 
-    async def _say_status(self) -> None:
+    async def _say_status(self, body: bytes | None = None) -> None:
         """One queue-status comment; the first one commits the 200 and the stream's headers."""
         assert self._send is not None
         if not self._started:
             await self._send({"type": "http.response.start", "status": 200,
                               "headers": list(queue_status.START_HEADERS)})
-        body = queue_status.line(self.parts.dispatcher.scheduler, self.parts.service_times,
-                                 self.facts.request_id)
+        if body is None:
+            body = queue_status.line(self.parts.dispatcher.scheduler, self.parts.service_times,
+                                     self.facts.request_id)
         await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def _say_dispatched(self) -> None:
+        await self._say_status(queue_status.dispatched_line(self.facts.model, self.facts.resident))
 
     @staticmethod
     def _guard(watch: DisconnectWatch | None) -> AbstractContextManager[None]:

@@ -1,7 +1,7 @@
 """Queue status for a waiting client, in band: `: queued, position 3 of 12, est 40s` comment lines
 on an event stream, which SSE clients ignore and which keep proxies between the client and the
-sidecar from timing the request out during a long wait in the queue. (Once the request is
-dispatched the lines stop: the wait for Ollama's first byte — a model load — is not covered.)
+sidecar from timing the request out during a long wait in the queue — and, once it is dispatched,
+during the wait for Ollama's first byte (a 70B model loading: `: dispatched, loading MODEL`).
 
 Opt-in (`[queue_status] enabled`), for streamed requests on the event-stream routes only: a native
 NDJSON stream has no comment syntax. The trade-off: the 200 status line goes out with the first
@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from engine.eta import ServiceTimes, wait_estimate
-from engine.scheduler import Grant, Scheduler
+from engine.scheduler import Scheduler
 
+T = TypeVar("T")
 ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"})
 START_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -40,12 +42,29 @@ def line(scheduler: Scheduler, times: ServiceTimes, request_id: str) -> bytes:
     return text.encode()
 
 
-async def wait_with_status(
-    fut: asyncio.Future[Grant], every: float, say: Callable[[], Awaitable[None]]
-) -> Grant:
-    """The grant; every `every` seconds until it comes, `say()` (which sends a status line)."""
-    while True:
-        done, _ = await asyncio.wait({fut}, timeout=every)
-        if done:
-            return fut.result()
-        await say()
+def dispatched_line(model: str | None, resident: bool | None) -> bytes:
+    """The comment while Ollama prepares a dispatched request's answer."""
+    if resident is False:
+        return f": dispatched, loading {model}\n\n".encode()
+    return b": dispatched, waiting for Ollama\n\n"
+
+
+async def await_with_status(
+    aw: Awaitable[T], every: float | None, say: Callable[[], Awaitable[None]]
+) -> T:
+    """`aw`'s result; every `every` seconds until it comes, `say()` (which sends a status line).
+    A future passed in is left alone if this is cancelled (its owner decides its fate); a
+    coroutine is run as a task that is cancelled with this one."""
+    if every is None:
+        return await aw
+    task = asyncio.ensure_future(aw)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every)
+            if done:
+                return task.result()
+            await say()
+    finally:
+        if task is not aw and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
