@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sse import EventReader
 from sidecar_fixtures import SidecarFactory, make_policy, running_sidecar, wait_until
 
 MODEL = "llama3.2:1b"
@@ -225,6 +226,23 @@ def test_logout_ends_the_session(guarded: Any) -> None:
         out = session.post("/proxy/auth/logout", headers={"x-smart-proxy-csrf": "1"})
         assert out.status_code == 200 and "smart_proxy_session" not in session.cookies
         assert session.get("/proxy/overview").status_code == 403
+
+
+def test_logging_out_ends_an_open_event_stream(guarded: Any) -> None:
+    """A stream opened with the session is admin data flowing: when the session ends, so does the
+    stream (at the next event or heartbeat, five seconds at most)."""
+    with httpx.Client(base_url=guarded.url, timeout=10) as session:
+        assert session.post("/proxy/auth", json={"key": KEY}).status_code == 200
+        token = session.cookies["smart_proxy_session"]
+        stream = EventReader(guarded.url + "/proxy/events",
+                             headers={"cookie": f"smart_proxy_session={token}"})
+        try:
+            assert stream.status == 200
+            out = session.post("/proxy/auth/logout", headers={"x-smart-proxy-csrf": "1"})
+            assert out.status_code == 200
+            assert stream.next(within=10) is None  # ended, not merely quiet
+        finally:
+            stream.close()
 
 
 def test_the_page_is_static_offline_and_locked_down(guarded: Any) -> None:

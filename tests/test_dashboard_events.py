@@ -228,3 +228,65 @@ async def test_stopping_ends_every_stream_and_refuses_new_ones() -> None:
 
     with pytest.raises(StreamRefused):
         bus.subscribe(None)
+
+
+@pytest.mark.anyio
+async def test_a_stream_whose_connection_stopped_draining_is_cut_and_unsubscribed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that stops reading blocks the server's send once the socket buffers are full; the
+    stream gives up after SEND_TIMEOUT and unsubscribes, instead of holding one of the 64 stream
+    slots forever. Played on the ASGI interface with a send that never completes."""
+    from server.admin import live
+
+    monkeypatch.setattr(live, "SEND_TIMEOUT", 0.2)
+    bus = EventBus(heartbeat=_beat)
+    sub, backlog = bus.subscribe(None)
+    stream = live.EventStream(bus, sub, backlog, lambda: True)
+    sent: list[dict[str, Any]] = []
+    stuck = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) >= 3:  # headers and the first body went out; then the buffers are full
+            stuck.set()
+            await asyncio.Event().wait()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never says it left
+        return {"type": "http.disconnect"}
+
+    task = asyncio.create_task(stream({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    bus.publish(_enqueued(1))
+    await asyncio.wait_for(stuck.wait(), 5)
+    await asyncio.wait_for(task, 5)  # it ends by itself
+    assert bus.subscribers == 0
+
+
+@pytest.mark.anyio
+async def test_a_stream_ends_when_its_caller_is_no_longer_admin() -> None:
+    bus = EventBus(heartbeat=_beat)
+    sub, backlog = bus.subscribe(None)
+    allowed = [True]
+    from server.admin import live
+
+    stream = live.EventStream(bus, sub, backlog, lambda: allowed[0])
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    task = asyncio.create_task(stream({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    bus.publish(_enqueued(1))
+    while len(sent) < 3:
+        await asyncio.sleep(0.01)
+    assert b"enqueue" in sent[2]["body"] and sent[2]["more_body"]
+    allowed[0] = False
+    bus.publish(_enqueued(2))
+    await asyncio.wait_for(task, 5)
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert bus.subscribers == 0

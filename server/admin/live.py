@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,13 +36,22 @@ RECENT_DISPATCHES = 30
 RETRY_MS = 3000  # how soon an EventSource reconnects after the stream ends
 
 
+SEND_TIMEOUT = 15.0  # a client whose connection takes no byte for this long is cut
+
+
 class EventStream(Response):
     """One open `GET /proxy/events`: the backlog, then every event as it is published, until the
-    client leaves, falls too far behind (a `dropped` event, then the end) or the sidecar stops."""
+    client leaves, falls too far behind (a `dropped` event, then the end), stops reading for
+    SEND_TIMEOUT, is no longer admin (its session ended, checked with every batch and so at least
+    every heartbeat) or the sidecar stops."""
 
-    def __init__(self, bus: EventBus, subscriber: Subscriber, backlog: list[bytes]) -> None:
+    def __init__(
+        self, bus: EventBus, subscriber: Subscriber, backlog: list[bytes],
+        still_admin: Callable[[], bool],
+    ) -> None:
         super().__init__(media_type="text/event-stream")
         self.bus, self.sub, self.backlog = bus, subscriber, backlog
+        self.still_admin = still_admin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = asyncio.create_task(_until_disconnect(receive))
@@ -56,18 +66,28 @@ class EventStream(Response):
                 ],
             })
             first = b"retry: %d\n\n" % RETRY_MS + b"".join(self.backlog)
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await send({"type": "http.response.body", "body": first, "more_body": True})
             while True:
                 batch = asyncio.create_task(self.sub.next())
                 await asyncio.wait({batch, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if gone.done():
                     return
-                frames = batch.result()
-                if not frames:  # dropped for falling behind, or the sidecar is stopping
-                    end = b"" if self.bus.closed else self.bus.dropped_frame(time.time())
-                    await send({"type": "http.response.body", "body": end, "more_body": False})
+                frames, ending = batch.result(), False
+                if not self.still_admin():  # logged out, session expired, key changed
+                    frames, ending = [], True
+                elif not frames:  # dropped for falling behind, or the sidecar is stopping
+                    frames = [] if self.bus.closed else [self.bus.dropped_frame(time.time())]
+                    ending = True
+                # A connection that stopped draining blocks the send: past the timeout the
+                # stream ends (and so unsubscribes) instead of holding a stream slot forever.
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await send({"type": "http.response.body", "body": b"".join(frames),
+                                "more_body": not ending})
+                if ending:
                     return
-                await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+        except TimeoutError:
+            return
         finally:
             self.bus.unsubscribe(self.sub)
             for task in (gone, batch):
@@ -99,7 +119,8 @@ async def events(request: Request) -> Response:
         sub, backlog = bus.subscribe(after)
     except StreamRefused as exc:
         return error_response(request.url.path, 503, str(exc), retry_after=5)
-    return EventStream(bus, sub, backlog)
+    sc = sidecar_of(request)
+    return EventStream(bus, sub, backlog, lambda: sc.is_admin(request, sc.caller(request)))
 
 
 def health_of(sc: Sidecar) -> Health:
