@@ -64,7 +64,6 @@ def test_once_shows_the_queue_in_order_with_terms_and_the_residency(
             headers={"x-client-id": "mallory", "x-request-id": "req-odd"},
         )
         proxy.wait_depth(5)
-        order = [w["request_id"] for w in proxy.queue()["waiting"]]
         shown = _cli("dashboard", "--url", proxy.url, "--once")
         proxy.admin("POST", "/proxy/resume")
         assert all(f.result().status_code == 200 for f in waiting)
@@ -74,14 +73,25 @@ def test_once_shows_the_queue_in_order_with_terms_and_the_residency(
     out = shown.stdout
     assert "\x1b[" not in out  # plain text when not a terminal
     lines = out.splitlines()
-    rows = [line for line in lines if any(f"| {rid} " in line for rid in order)]
-    assert [next(r for r in order if f"| {r} " in row) for row in rows] == order
-    for position, row in enumerate(rows, start=1):
-        assert row.startswith(f"|{position} ") and "vram" in row and "fairness" in row
+    # The order the policy gives, worked by hand (lower scores go first): the two requests for the
+    # loaded 1b cost no load (vram 0, fairness 5 queued + 5 recent: 10), in arrival order; then
+    # alice's two, whose models fit beside it (fits 100, fairness 2 queued + 2 recent: 20); last
+    # the model nobody has heard of (unknown_size 600, fairness 10).
+    expected = [("req-1", 10, "vram 0 fairness 10"), ("req-3", 10, "vram 0 fairness 10"),
+                ("req-0", 120, "vram 100 fairness 20"), ("req-2", 120, "vram 100 fairness 20"),
+                ("req-odd", 610, "vram 600 fairness 10")]
+    rows = [line for line in lines if any(f"| {rid} " in line for rid, _, _ in expected)]
+    assert len(rows) == len(expected), out
+    for position, (row, (rid, score, terms)) in enumerate(zip(rows, expected, strict=True), 1):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[0] == str(position) and cells[1] == rid, row
+        assert cells[6] == str(score) and cells[7] == terms, row
     assert "Queue: 5 waiting, in dispatch order" in out and "PAUSED" in out
     resident = next(line for line in lines if line.startswith(f"|{MODELS[0]} "))
     assert "loaded" in resident and "GB" in resident and "#" in resident
-    assert "Recent dispatches" in out and "load" in out
+    # The warm-up was the one dispatch so far, and it loaded its model.
+    recent = lines[next(i for i, x in enumerate(lines) if x.startswith("Recent dispatches")):]
+    assert any(f"| {MODELS[0]} |" in row and "| load |" in row for row in recent), out
 
     from rich.console import Console
 
@@ -133,6 +143,21 @@ def test_a_narrow_terminal_is_told_how_wide_it_must_be() -> None:
     assert process.returncode == 2
     assert process.stderr.count("\n") == 1 and "60 columns wide" in process.stderr
     assert "at least 80" in process.stderr
+
+
+def test_once_says_why_ollama_is_down(sidecar_factory: SidecarFactory) -> None:
+    """Health names the upstream's error itself, not only a pointer to where it is."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    proxy = sidecar_factory(upstream=dead)
+    proxy.wait_for(lambda h: h["upstream"]["last_error"])
+    shown = _cli("dashboard", "--url", proxy.url, "--once")
+    assert shown.returncode == 0, shown.stderr
+    line = next(x for x in shown.stdout.splitlines() if "! Ollama:" in x)
+    assert "upstream DOWN" in shown.stdout and "no poll has succeeded yet" in line
+    assert "ConnectError" in line  # the poll's own error
+    assert "see upstream.last_error" not in shown.stdout
 
 
 def test_load_sends_requests_from_several_clients(

@@ -87,7 +87,7 @@ def test_a_policy_reload_is_an_event_ok_or_not(
         proxy.policy_path.write_text("active = 'nope'\n[backend\n", encoding="utf-8")
         assert proxy.admin("POST", "/proxy/policy/reload").status_code == 422
         _, bad = stream.until("reload", ok=False)
-        assert "policy" in bad.data["error"] or "TOML" in bad.data["error"] or bad.data["error"]
+        assert "not valid TOML" in bad.data["error"], bad.data  # the loader's own message
         assert bad.data["version"] == good.data["version"]  # the good file stays in force
     finally:
         stream.close()

@@ -61,7 +61,15 @@ def header(ov: dict[str, Any], source: str) -> Text:
     if h["paused"]:
         text.append("  PAUSED", style="bold yellow")
     text.append(f"  [{source}, {time.strftime('%H:%M:%S', time.localtime(ov['at']))}]", style="dim")
+    upstream = h["upstream"]
+    if not upstream["up"]:  # what the health reason only points at: the error itself
+        age = upstream.get("last_poll_age_s")
+        polled = "no poll has succeeded yet" if age is None else f"last good poll {age:.0f}s ago"
+        text.append(f"\n  ! Ollama: {upstream.get('last_error') or 'not reached yet'} ({polled})",
+                    style="red")
     for reason in h.get("reasons") or ():
+        if "upstream.last_error" in reason or "policy.last_reload_error" in reason:
+            continue  # shown in full here
         text.append(f"\n  ! {reason}", style="yellow")
     if policy.get("last_reload_error"):
         first = policy["last_reload_error"].strip().splitlines()[0]

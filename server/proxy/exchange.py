@@ -145,9 +145,10 @@ class Exchange:
             except RemovedByAdmin:
                 self._settled()
                 message = "an administrator removed this request from the queue"
-                await self._fail(outcome, ProxyError(503, message))
-                outcome.status = "cancelled"
-                return
+                try:
+                    return await self._fail(outcome, ProxyError(503, message))
+                finally:  # even when the client is gone before its 503 is written
+                    outcome.status = "cancelled"
             except ClientGone:
                 outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
                 outcome.error = "client disconnected while queued"
