@@ -140,9 +140,16 @@ def test_the_dashboard_in_a_real_browser(
         cancelled = answers["ask-2"].result(timeout=30)
         assert cancelled.status_code == 503 and "administrator" in cancelled.json()["error"]
         expect(rows).to_have_count(2)
+        # A failed action says why, and the refreshes that follow do not wipe it.
+        page.evaluate("cancel('no-such-request')")
+        expect(page.locator("#banner")).to_contain_text("could not cancel no-such-request")
+        answers["ask-4"] = pool.submit(_send, proxy, "ask-4", "dave", SMALL)
+        expect(rows).to_have_count(3)  # redrawn from a fresh snapshot...
+        expect(page.locator("#banner")).to_contain_text("could not cancel")  # ...error kept
 
-        page.click("#resume")
-        assert all(answers[r].result(timeout=30).status_code == 200 for r in ("ask-1", "ask-3"))
+        page.click("#resume")  # the next action that succeeds clears it
+        expect(page.locator("#banner")).to_be_hidden()
+        assert all(answers[r].result(timeout=30).status_code == 200 for r in ("ask-1", "ask-3", "ask-4"))
     expect(page.locator("#queue tbody tr")).to_have_count(0)
     expect(page.locator("#recent")).to_contain_text("swap")  # SMALL pushed OTHER out
     expect(page.locator("#figure-list")).to_contain_text("cancelled")

@@ -52,9 +52,16 @@ function errorText(data) {
   return typeof data.error === "string" ? data.error : data.error.message || JSON.stringify(data.error);
 }
 
-function banner(text) {
-  $("banner").hidden = !text;
-  $("banner").textContent = text || "";
+// The banner shows the refused policy edit (until a reload succeeds) and the last failed action
+// (until the next action, or 20 s): a refresh redraws it without wiping an action's error.
+let actionError = null; // { text, until }
+
+function banner() {
+  const lines = [];
+  if (reloadError) lines.push(`policy reload failed; the previous policy stays in force:\n${reloadError}`);
+  if (actionError && Date.now() < actionError.until) lines.push(actionError.text);
+  $("banner").hidden = lines.length === 0;
+  $("banner").textContent = lines.join("\n\n");
 }
 
 // -- start, login, live stream ---------------------------------------------------------------
@@ -108,7 +115,7 @@ function onEvent(type, ev) {
   }
   if (type === "reload") {
     reloadError = ev.ok ? null : ev.error;
-    banner(reloadError ? `policy reload failed; the previous policy stays in force:\n${reloadError}` : null);
+    banner();
   }
   if (type === "dropped") return; // the stream ends; the browser reconnects with Last-Event-ID
   scheduleRefresh();
@@ -142,8 +149,8 @@ function render(ov) {
   $("policy").textContent = `policy ${h.policy.name}@${h.policy.version} · upstream ${h.upstream.up ? "up" : "down"}`;
   $("pause").hidden = h.paused;
   $("resume").hidden = !h.paused;
-  const err = h.policy.last_reload_error;
-  banner(err ? `policy reload failed; the previous policy stays in force:\n${err}` : null);
+  reloadError = h.policy.last_reload_error;
+  banner();
   $("depth").textContent = `(${ov.queue.depth} waiting${h.paused ? ", dispatching paused" : ""})`;
   renderFigures(ov);
   renderResidency(ov.residency);
@@ -255,7 +262,8 @@ async function detail(id) {
 async function act(method, path, failure) {
   const r = await api(method, path);
   if (r.status === 403 && !r.error?.startsWith("cross-site")) return showLogin();
-  if (!r.ok) banner(`${failure}: ${r.error || `HTTP ${r.status}`}`);
+  actionError = r.ok ? null : { text: `${failure}: ${r.error || `HTTP ${r.status}`}`, until: Date.now() + 20000 };
+  banner();
   scheduleRefresh();
   return r;
 }
@@ -285,7 +293,7 @@ function wire() {
     const r = await api("POST", "/proxy/policy/reload");
     if (r.status === 403) return showLogin();
     reloadError = r.ok ? null : (r.data && r.data.error) || r.error || `HTTP ${r.status}`;
-    banner(reloadError ? `policy reload failed; the previous policy stays in force:\n${reloadError}` : null);
+    banner();
     if (r.ok) scheduleRefresh();
   });
   $("logout").addEventListener("click", async () => {
