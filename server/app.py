@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from policy.load import CompiledFile
 from server.admin import routes as admin_routes
+from server.admin.live import SharedSnapshot
 from server.http.dialects import ProxyError, error_response
 from server.http.rate import TokenBuckets
 from server.http.request_ids import RequestIdMiddleware
@@ -80,6 +81,7 @@ def create_app(
     app.router.redirect_slashes = False
     # Who may ask `GET /proxy/queue/{id}` about which ticket (server/runtime/queue_ids.py).
     app.state.queue_ids = QueueIds()
+    app.state.overview = SharedSnapshot()  # GET /proxy/overview, shared by every dashboard
     # Public position polls, per client: a crowd of pollers cannot starve the streams.
     app.state.position_polls = TokenBuckets(POSITION_POLLS_PER_S, POSITION_POLL_BURST, sidecar.clock)
     app.state.sidecar = sidecar

@@ -290,3 +290,37 @@ async def test_a_stream_ends_when_its_caller_is_no_longer_admin() -> None:
     await asyncio.wait_for(task, 5)
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
     assert bus.subscribers == 0
+
+
+def test_the_overview_is_shared_and_lists_the_head_of_a_long_queue() -> None:
+    """However many dashboards ask, the whole queue is scored at most once per 250 ms; a long
+    queue is listed up to OVERVIEW_ROWS (its depth still counts every request)."""
+    from engine.clock import ManualClock
+    from engine.scheduler import Scheduler
+    from policy.load import load_policy_file
+    from schemas.proxy_api import PolicyInfo
+    from server.admin import live, views
+    from server.runtime.queue_ids import QueueIds
+
+    taken: list[float] = []
+    shared = live.SharedSnapshot(max_age=0.2)
+
+    def take() -> Any:
+        taken.append(time.monotonic())
+        return {"n": len(taken)}
+
+    assert shared.get(take) == shared.get(take) == b'{"n":1}'
+    time.sleep(0.25)
+    assert shared.get(take) == b'{"n":2}' and len(taken) == 2
+
+    clock = ManualClock(0.0)
+    scheduler = Scheduler(load_policy_file("policies.example.toml"), clock=clock)
+    scheduler.pause()
+    for n in range(live.OVERVIEW_ROWS + 50):
+        scheduler.enqueue(request_id=f"t{n}", model="llama3.2:1b", client=f"c{n % 7}", cls="interactive")
+    view = views.queue_view(scheduler, QueueIds(), PolicyInfo(name="p", version="v"), clock(),
+                            limit=live.OVERVIEW_ROWS)
+    assert view.depth == live.OVERVIEW_ROWS + 50 and len(view.waiting) == live.OVERVIEW_ROWS
+    everything = views.queue_view(scheduler, QueueIds(), PolicyInfo(name="p", version="v"), clock())
+    assert [w.request_id for w in everything.waiting[:live.OVERVIEW_ROWS]] == [
+        w.request_id for w in view.waiting]

@@ -39,9 +39,11 @@ def health_reasons(
     return reasons
 
 
-def queue_view(scheduler: Scheduler, ids: QueueIds, policy: PolicyInfo, now: float) -> QueueView:
+def queue_view(
+    scheduler: Scheduler, ids: QueueIds, policy: PolicyInfo, now: float, limit: int | None = None
+) -> QueueView:
     """GET /proxy/queue: every waiting ticket in dispatch order (the whole queue scored: admin
-    only), and what is in flight."""
+    only), or the first `limit`, and what is in flight."""
     waiting = [
         QueueEntry(
             request_id=r.ticket.id, queue_id=ids.queue_id_of(r.ticket.id),
@@ -51,7 +53,7 @@ def queue_view(scheduler: Scheduler, ids: QueueIds, policy: PolicyInfo, now: flo
             terms=r.score.breakdown(), overdue=r.score.overdue, eligible=r.eligible,
             reason=r.reason,
         )
-        for r in scheduler.waiting()
+        for r in scheduler.waiting()[:limit]
     ]
     flying = [
         InFlightEntry(

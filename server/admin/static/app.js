@@ -151,7 +151,8 @@ function render(ov) {
   $("resume").hidden = !h.paused;
   reloadError = h.policy.last_reload_error;
   banner();
-  $("depth").textContent = `(${ov.queue.depth} waiting${h.paused ? ", dispatching paused" : ""})`;
+  const shown = ov.queue.waiting.length < ov.queue.depth ? `, the first ${ov.queue.waiting.length} shown` : "";
+  $("depth").textContent = `(${ov.queue.depth} waiting${shown}${h.paused ? ", dispatching paused" : ""})`;
   renderFigures(ov);
   renderResidency(ov.residency);
   renderInFlight(ov.queue.in_flight);
