@@ -77,6 +77,11 @@ class Scheduler:
     def cloud_max_parallel(self) -> int:
         return self._settings.cloud_max_parallel
 
+    @property
+    def cloud_waiting(self) -> int:
+        """Waiting tickets for cloud models (the rest wait for local slots)."""
+        return self._cloud_waiting
+
     def is_cloud(self, model: str) -> bool:
         known = self._cloud_of.get(model)
         if known is None:
@@ -95,8 +100,12 @@ class Scheduler:
     def apply_settings(self, settings: CompiledFile) -> None:
         """After a reload: the new file (its policy, slots, windows and size overrides) for every
         decision from now on; the residency model's limits follow in the same call."""
+        moved = settings.backend.url != self._settings.backend.url
         self._settings = settings
         b, r = settings.backend, self.residency_model
+        if moved:  # another Ollama, another card: sizes it reported are not this one's
+            r.ps_sizes.clear()
+            r.tag_sizes.clear()
         r.vram_gb, r.max_loaded = b.vram_gb, b.max_loaded_models
         r.set_parallel(settings.model_parallel, b.num_parallel)
         r.overrides = {canonical_model(k): v for k, v in settings.model_sizes.items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +175,26 @@ def test_a_free_cloud_slot_costs_no_pick_when_no_cloud_request_waits(monkeypatch
     s.enqueue(request_id="c2", model=CLOUD, client="y", cls="interactive")
     s.cancel("c2")
     assert s._cloud_waiting == 0 and s.depth == 18
+
+
+def test_queue_status_estimates_count_only_requests_of_the_same_kind_ahead() -> None:
+    """The queue-status estimate: the ranking places local and cloud requests together, but
+    each kind waits for its own slots, so the other kind ahead does not lengthen the wait."""
+    from engine.eta import ServiceTimes
+    from server.proxy.queue_status import line
+
+    s = Scheduler(EXAMPLE, clock=ManualClock(0.0))
+    s.pause()
+    for n in range(8):  # eight local requests, then one cloud request
+        s.enqueue(request_id=f"l{n}", model="llama3.1:8b", client=f"c{n}", cls="interactive")
+    s.enqueue(request_id="cloud", model=CLOUD, client="c9", cls="interactive")
+    times = ServiceTimes(prior=10.0)
+    cloud, last = s.position("cloud"), s.position("l7")
+    assert cloud is not None and last is not None
+    assert cloud.position == 1 and last.position == 9  # the cloud one costs no load: first
+    assert line(s, times, "cloud").decode() == (
+        f": queued, position 1 of 9, est {math.ceil(10.0 / s.cloud_max_parallel)}s\n\n")
+    # l7 is ninth, but only the seven local requests before it and itself hold local slots.
+    assert line(s, times, "l7").decode() == (
+        f": queued, position 9 of 9, est {math.ceil(8 * 10.0 / s.max_parallel)}s\n\n")
+

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sse import EventReader
 from sidecar_fixtures import SidecarFactory, make_policy, running_sidecar, wait_until
+from sse import EventReader
 
 MODEL = "llama3.2:1b"
 KEY = "dashboard-admin-key"

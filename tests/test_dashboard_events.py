@@ -272,9 +272,12 @@ async def test_a_stream_ends_when_its_caller_is_no_longer_admin() -> None:
 
     stream = live.EventStream(bus, sub, backlog, lambda: allowed[0])
     sent: list[dict[str, Any]] = []
+    three = asyncio.Event()
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
+        if len(sent) == 3:
+            three.set()
 
     async def receive() -> dict[str, Any]:
         await asyncio.Event().wait()
@@ -282,8 +285,7 @@ async def test_a_stream_ends_when_its_caller_is_no_longer_admin() -> None:
 
     task = asyncio.create_task(stream({"type": "http"}, receive, send))  # type: ignore[arg-type]
     bus.publish(_enqueued(1))
-    while len(sent) < 3:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(three.wait(), 5)  # headers, the retry line, the enqueue event
     assert b"enqueue" in sent[2]["body"] and sent[2]["more_body"]
     allowed[0] = False
     bus.publish(_enqueued(2))

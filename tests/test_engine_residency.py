@@ -242,3 +242,27 @@ def test_models_nobody_holds_are_forgotten_at_the_next_poll():
     r.reconcile(ps(("b:3b", 2.0)))
     assert sorted(r.models) == ["a:8b", "b:3b"]  # a:8b still has a request out
     assert r.residency("typo-7:latest") == "absent"
+
+
+def test_sizes_one_ollama_reported_are_forgotten_when_the_policy_points_at_another() -> None:
+    """Residency sizes come from this host's /api/ps: the same tag takes more VRAM on a bigger
+    card (a longer default context), so a reload to another backend.url starts afresh."""
+    import dataclasses
+    from pathlib import Path
+
+    from engine.clock import ManualClock
+    from engine.residency import GIB
+    from engine.scheduler import Scheduler
+    from policy.load import load_policy_file
+
+    example = load_policy_file(Path(__file__).resolve().parent.parent / "policies.example.toml")
+    s = Scheduler(example, clock=ManualClock(0.0))
+    s.reconcile({"models": [{"name": "llama3.1:8b", "size": 30 * GIB}]})
+    s.learn_tags({"models": [{"name": "qwen3:8b", "size": 5 * 10**9}]})
+    assert s.residency_model.size_gb("llama3.1:8b") == 30.0
+    s.apply_settings(example)  # the same Ollama: what it said still holds
+    assert s.residency_model.size_gb("llama3.1:8b") == 30.0
+    moved = dataclasses.replace(example, backend=dataclasses.replace(example.backend, url="http://other:11434"))
+    s.apply_settings(moved)
+    assert s.residency_model.size_gb("llama3.1:8b") != 30.0
+    assert s.residency_model.size_gb("qwen3:8b") is None

@@ -5,6 +5,7 @@ stream's error event; native and non-streamed requests are untouched."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import re
@@ -12,6 +13,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 from sidecar_fixtures import SidecarFactory, make_policy, wait_until
 
 from engine.eta import ServiceTimes, wait_estimate
@@ -145,3 +147,30 @@ def test_a_model_load_after_dispatch_keeps_the_lines_going(
     assert status == 200 and ": dispatched, loading slow:700b" not in text.splitlines()
     wait_until(lambda: len(proxy.journal.records) == 2, within=5, what="two records")
     assert {r.status for r in proxy.journal.records} == {"completed"}
+
+
+@pytest.mark.anyio
+async def test_an_answer_that_arrives_with_the_cancel_is_given_back() -> None:
+    """Ollama's answer and the client's disconnect in the same loop step: the answer nobody will
+    read is closed (its connection goes back), not left to the garbage collector."""
+    from server.proxy.queue_status import await_with_status
+
+    ready, discarded = asyncio.Event(), []
+
+    async def opening() -> str:
+        await ready.wait()
+        return "answer"
+
+    async def say() -> None:
+        pass
+
+    async def close(answer: str) -> None:
+        discarded.append(answer)
+
+    waiting = asyncio.create_task(await_with_status(opening(), 10.0, say, close))
+    await asyncio.sleep(0)  # it is waiting now
+    ready.set()
+    waiting.cancel()  # in the same step: the opening finishes first, then the cancel lands
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert discarded == ["answer"]

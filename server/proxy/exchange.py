@@ -188,7 +188,7 @@ class Exchange:
                                          content=self.body, upstream_timeout=timeout)
                 # A model load can outlast a proxy's idle timeout too: status lines go on.
                 upstream = await queue_status.await_with_status(
-                    opening, self._status_every, self._say_dispatched)
+                    opening, self._status_every, self._say_dispatched, UpstreamAnswer.aclose)
         except ProxyError as exc:
             parts.poll_soon()  # learn about the outage now, not at the next tick
             return await self._fail(outcome, exc)

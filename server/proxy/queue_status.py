@@ -34,10 +34,14 @@ def line(scheduler: Scheduler, times: ServiceTimes, request_id: str) -> bytes:
     if ranked is None:
         return b": queued\n\n"
     model = ranked.ticket.model
-    if scheduler.is_cloud(model):  # its own slots; everything ahead of it in them is cloud too
-        eta = wait_estimate(ranked.position, scheduler.cloud_max_parallel, times.mean(model))
+    # Cloud and local requests wait for different slots, but the ranking places them together:
+    # only those of its own kind are ahead of it, at most.
+    if scheduler.is_cloud(model):
+        ahead = min(ranked.position, scheduler.cloud_waiting)
+        eta = wait_estimate(ahead, scheduler.cloud_max_parallel, times.mean(model))
     else:
-        eta = wait_estimate(ranked.position, scheduler.max_parallel, times.mean())
+        ahead = min(ranked.position, scheduler.depth - scheduler.cloud_waiting)
+        eta = wait_estimate(ahead, scheduler.max_parallel, times.mean())
     text = f": queued, position {ranked.position} of {scheduler.depth}, est {math.ceil(eta)}s\n\n"
     return text.encode()
 
@@ -50,21 +54,28 @@ def dispatched_line(model: str | None, resident: bool | None) -> bytes:
 
 
 async def await_with_status(
-    aw: Awaitable[T], every: float | None, say: Callable[[], Awaitable[None]]
+    aw: Awaitable[T], every: float | None, say: Callable[[], Awaitable[None]],
+    discard: Callable[[T], Awaitable[None]] | None = None,
 ) -> T:
     """`aw`'s result; every `every` seconds until it comes, `say()` (which sends a status line).
     A future passed in is left alone if this is cancelled (its owner decides its fate); a
-    coroutine is run as a task that is cancelled with this one."""
+    coroutine is run as a task that is cancelled with this one, and a result it produced all the
+    same (it finished in the same step as the cancel) goes to `discard` — an answer nobody reads
+    must still give its connection back."""
     if every is None:
         return await aw
     task = asyncio.ensure_future(aw)
+    handed = False
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=every)
             if done:
+                handed = True
                 return task.result()
             await say()
     finally:
-        if task is not aw and not task.done():
+        if task is not aw and not handed:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            (outcome,) = await asyncio.gather(task, return_exceptions=True)
+            if discard is not None and not isinstance(outcome, BaseException):
+                await discard(outcome)
