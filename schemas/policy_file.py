@@ -105,7 +105,8 @@ class Cloud(Strict, frozen=True):
 class QueueStatus(Strict, frozen=True):
     # Streamed requests on the event-stream routes (/v1/chat/completions, /v1/completions,
     # /v1/responses, /v1/messages) hear `: queued, position 3 of 12, est 40s` comment lines while
-    # they wait. The 200 status goes out with the first line, so a later error from Ollama
+    # they wait, then `: dispatched, loading MODEL` until Ollama's first byte. The 200 status
+    # goes out with the first line, so a later error from Ollama
     # arrives as an error event instead of its status code (docs/sidecar.md).
     enabled: bool = False
     every: Duration = "5s"  # between lines; the first after this long in the queue

@@ -226,3 +226,15 @@ def test_example_loads_cleanly_with_balanced_active() -> None:
 def test_example_defines_the_documented_policies() -> None:
     """The example defines exactly balanced, throughput, fair, fifo and seed."""
     assert set(load_policy_file(EXAMPLE).policies) == EXAMPLE_POLICIES
+
+
+def test_the_readme_table_names_every_section_of_the_file() -> None:
+    """The README's table of the policy file's sections follows the schema: a new section (as
+    [cloud] and [queue_status] once were) must get its row."""
+    from schemas.policy_file import PolicyFile
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| section | what it sets |"):]
+    table = table[:table.index("\n\n")]
+    named = {m.group(1) for m in re.finditer(r"^\| `\[?([a-z_]+)", table, re.MULTILINE)}
+    assert named == set(PolicyFile.__struct_fields__)
