@@ -82,13 +82,26 @@ def test_usage_and_finish_reason_from_an_openai_stream(
             stream=True, stream_options={"include_usage": True},
         )
         chunks = list(stream)
-        wait_until(lambda: any(s.kind == SpanKind.SERVER for s in exporter.get_finished_spans()),
-                   within=5, what="the server span")
-    server_span = next(s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER)
-    a = server_span.attributes or {}
-    assert server_span.name == "chat llama3.2:1b"
-    assert a["gen_ai.usage.output_tokens"] == chunks[-1].usage.completion_tokens  # type: ignore[union-attr]
+        # Two more models on a card that holds two: the third evicts the first.
+        for model in ("llama3.2:3b", "llama3.1:8b"):
+            client.chat.completions.create(model=model, max_tokens=2,
+                                           messages=[{"role": "user", "content": "hi"}])
+        wait_until(lambda: sum(s.kind == SpanKind.SERVER for s in exporter.get_finished_spans()) == 3,
+                   within=5, what="three server spans")
+    first, _, third = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    a = first.attributes or {}
+    assert first.name == "chat llama3.2:1b"
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert a["gen_ai.usage.output_tokens"] == usage.completion_tokens
+    assert a["gen_ai.usage.input_tokens"] == usage.prompt_tokens > 0
     assert a["gen_ai.response.finish_reasons"] == ("length",)
+    assert a["smart_proxy.resident"] is False and a["smart_proxy.action"] == "load"
+    assert tuple(a.get("smart_proxy.evicted_models", ())) == ()
+    swap = third.attributes or {}
+    assert third.name == "chat llama3.1:8b" and swap["smart_proxy.action"] == "swap"
+    assert swap["smart_proxy.resident"] is False
+    assert tuple(swap["smart_proxy.evicted_models"]) == ("llama3.2:1b",)
 
 
 def test_off_unless_the_standard_variables_ask() -> None:
