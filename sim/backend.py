@@ -28,6 +28,10 @@ class QueueFull(Exception):
     """More than max_queue requests would be pending: Ollama answers 503."""
 
 
+class CloudUnreachable(Exception):
+    """The hosted service cannot be reached: Ollama answers 502."""
+
+
 class CloudBusy(Exception):
     """The hosted service refuses: this server has as many cloud requests there as it takes."""
 
@@ -131,6 +135,8 @@ class Backend:
     def _submit_cloud(self, job: Job, now: float) -> Job:
         """Forwarded to the hosted service: no runner, no VRAM, no local queue; it answers after
         a fixed latency at its own token rate, and refuses (429) past its concurrency limit."""
+        if not self.settings.cloud_reachable:
+            raise CloudUnreachable
         if len(self.cloud) >= self.settings.cloud_max_concurrent:
             self.stats.cloud_rejections += 1
             raise CloudBusy

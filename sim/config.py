@@ -41,6 +41,7 @@ class NodeConfig(Strict, frozen=True):
     cloud_first_token_s: NonNegativeFloat = 0.4
     cloud_tokens_per_s: PositiveFloat = 80.0
     cloud_max_concurrent: PositiveInt = 8
+    cloud_reachable: bool = True  # false: every cloud request gets Ollama's 502
 
 
 class ModelConfig(Strict, frozen=True):
@@ -78,6 +79,7 @@ class Settings:
     cloud_first_token_s: float = 0.4
     cloud_tokens_per_s: float = 80.0
     cloud_max_concurrent: int = 8
+    cloud_reachable: bool = True
     context_length: int | None = None  # OLLAMA_CONTEXT_LENGTH; None: Ollama's choice by VRAM
 
     def context_for(self, spec: ModelSpec) -> int:
@@ -214,6 +216,7 @@ def resolve(parsed: SimFile, file: str, now: float) -> Settings:
         cloud_first_token_s=node.cloud_first_token_s,
         cloud_tokens_per_s=node.cloud_tokens_per_s,
         cloud_max_concurrent=node.cloud_max_concurrent,
+        cloud_reachable=node.cloud_reachable,
         context_length=node.context_length,
         models=tuple(specs),
     )

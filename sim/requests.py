@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from sim.backend import CloudBusy, Job, JobKind, QueueFull
+from sim.backend import CloudBusy, CloudUnreachable, Job, JobKind, QueueFull
 from sim.catalog import ModelSpec
 from sim.driver import Emulator
 from sim.gotime import keep_alive_seconds
@@ -112,6 +112,7 @@ def parse_keep_alive(emu: Emulator, value: float | str | None) -> float:
 
 # What the hosted service says, through Ollama, when it takes no more of this server's requests.
 CLOUD_BUSY = "too many concurrent requests to the cloud model, please try again later"
+CLOUD_UNREACHABLE = "cannot reach the cloud service for this model"  # the emulator's wording
 
 
 def submit(
@@ -127,6 +128,8 @@ def submit(
         raise ApiError(503, QUEUE_FULL) from None
     except CloudBusy:
         raise ApiError(429, CLOUD_BUSY) from None
+    except CloudUnreachable:
+        raise ApiError(502, CLOUD_UNREACHABLE) from None
 
 
 def plan_generation(

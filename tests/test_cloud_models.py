@@ -137,6 +137,28 @@ def test_the_hosted_services_429_reaches_the_client_in_its_dialect(
     assert proxy.health()["upstream"]["up"]  # a cloud refusal is not Ollama being down
 
 
+def test_an_unreachable_hosted_service_s_502_reaches_the_client_in_its_dialect(
+    sidecar_factory: SidecarFactory,
+) -> None:
+    from sim.config import load_text
+    from sim.testing import running_emulator
+
+    text = EMULATOR.replace("[node]\n", "[node]\ncloud_reachable = false\n", 1)
+    with running_emulator(load_text(text, "cloud-down", time.time())) as emulator:
+        proxy = sidecar_factory(upstream=emulator.url)
+        native = _ask(proxy, CLOUD)
+        assert native.status_code == 502 and "cloud" in native.json()["error"]
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(model=CLOUD, messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.status_code == 502 and "cloud" in caught.value.message
+        assert _ask(proxy, LOCAL).status_code == 200  # the local models are served as before
+        assert proxy.health()["upstream"]["up"]
+        wait_until(lambda: sum(r.http_status == 502 for r in proxy.journal.records) == 2,
+                   within=5, what="both 502 records")
+        assert {r.model for r in proxy.journal.records if r.http_status == 502} == {CLOUD}
+
+
 def test_show_describes_a_cloud_model_as_newer_ollama_does(cloud_emulator: Any) -> None:
     card = httpx.post(cloud_emulator.url + "/api/show", json={"model": CLOUD}, timeout=10).json()
     assert card["remote_model"] == "gpt-oss:120b" and card["remote_host"].startswith("https://")
