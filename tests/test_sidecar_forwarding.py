@@ -121,6 +121,33 @@ def test_body_reaches_upstream_byte_for_byte_and_answer_comes_back_raw(
     assert sum(1 for k, _ in raw_headers if k.lower() == "host") == 1
 
 
+@pytest.mark.parametrize(("path", "content_type", "body"), [
+    ("/v1/messages", "application/json",
+     b'{"model":"m", "max_tokens": 9,"messages":[{"role":"user","content":"h\\u00e9"}],"x-extra":1}'),
+    ("/v1/responses", "application/json", b'{ "model": "m", "input": "hi",  "store": false }'),
+    ("/v1/audio/transcriptions", "multipart/form-data; boundary=b0undary",
+     b'--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n'
+     b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+     b'Content-Type: audio/wav\r\n\r\nRIFF\x00\x01\xff\xfe\r\n--b0undary--\r\n'),
+])
+def test_the_newer_routes_reach_upstream_byte_for_byte(
+    sidecar_factory: SidecarFactory, recorder: tuple[str, Recorder], path: str, content_type: str,
+    body: bytes,
+) -> None:
+    """Messages, Responses and a multipart upload are scheduled like the rest, and what Ollama
+    gets is what the client sent, byte for byte (binary audio included)."""
+    url, server = recorder
+    proxy = sidecar_factory(upstream=url)
+    headers = {"content-type": content_type, "anthropic-version": "2023-06-01"}
+    response = httpx.post(proxy.url + path, content=body, headers=headers, timeout=30)
+    assert response.status_code == 200 and response.content == ANSWER
+    assert "x-queue-wait-ms" in response.headers  # it went through the queue
+    method, seen_path, seen, _, seen_body = server.seen[-1]
+    assert (method, seen_path, seen_body) == ("POST", path, body)
+    lowered = {k.lower(): v for k, v in seen.items()}
+    assert lowered["content-type"] == content_type and lowered["anthropic-version"] == "2023-06-01"
+
+
 def test_credentials_in_ollamas_url_become_its_authorization(
     sidecar_factory: SidecarFactory, recorder: tuple[str, Recorder]
 ) -> None:
