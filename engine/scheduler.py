@@ -97,13 +97,13 @@ class Scheduler:
     def _cloud_free(self) -> bool:
         return self._cloud_in_flight < self.cloud_max_parallel
 
-    def apply_settings(self, settings: CompiledFile) -> None:
+    def apply_settings(self, settings: CompiledFile, *, new_host: bool = False) -> None:
         """After a reload: the new file (its policy, slots, windows and size overrides) for every
-        decision from now on; the residency model's limits follow in the same call."""
-        moved = settings.backend.url != self._settings.backend.url
+        decision from now on; the residency model's limits follow in the same call. `new_host`:
+        requests now go to another Ollama, whose card may give the same tag another size."""
         self._settings = settings
         b, r = settings.backend, self.residency_model
-        if moved:  # another Ollama, another card: sizes it reported are not this one's
+        if new_host:  # sizes the old one reported are not this one's
             r.ps_sizes.clear()
             r.tag_sizes.clear()
         r.vram_gb, r.max_loaded = b.vram_gb, b.max_loaded_models

@@ -328,7 +328,10 @@ class Sidecar:
     def _swap(self, compiled: CompiledFile) -> None:
         """A reload, applied in one step on the event loop: nothing awaits between the holder's
         swap and these, so no request or dispatch sees half of the new file."""
-        self.scheduler.apply_settings(compiled)
+        moved = self.upstream_url(compiled) != self.upstream_url(self.scheduler.settings)
+        self.scheduler.apply_settings(compiled, new_host=moved)
+        if moved:
+            self.poller.poll_soon()  # what the new Ollama holds, now rather than at the next tick
         self.journal.configure(compiled.journal)
         self.consistency.check(self.poller.last_ps)  # a fixed vram_gb clears health at once
         self.dispatcher.pump()

@@ -98,13 +98,14 @@ TRAINED_CONTEXT = 131_072  # what /api/show reports as a generation model's cont
 
 
 def default_context(vram: int) -> int:
-    """Ollama's default context length by the GPU's memory (v0.12+): 4k below 24 GiB, 32k up to
-    48 GiB, 256k above (then capped by the model's trained context)."""
-    if vram < 24 * GIB:
-        return 4096
-    if vram <= 48 * GIB:
+    """Ollama's default context length by the GPU's memory: 4k for cards under 24 GiB, 32k from
+    24 GiB, 256k from 48 GiB (then capped by the model's trained context). Ollama tests against
+    23 and 47 GiB, so a card sold as 24 GB that reports a little less still counts as 24."""
+    if vram >= 47 * GIB:
+        return 262_144
+    if vram >= 23 * GIB:
         return 32_768
-    return 262_144
+    return 4096
 
 
 class SimConfigError(Exception):

@@ -343,10 +343,12 @@ def sidecar_factory(tmp_path: Path) -> Iterator[SidecarFactory]:
 
 # An emulated node whose slow:700b loads in under a second and then generates a few tokens a
 # second (time scale 0.3; 700B-class speed), so its answers outlast a kill or a shutdown grace.
-# Two slots per model. Tests append the other models they need.
+# Two slots per model. Tests append the other models they need. A 4k context, as set with
+# OLLAMA_CONTEXT_LENGTH: at the 128k Ollama picks for a 96 GB card, a 70B model would not fit.
 SLOW_NODE = """
 [node]
 vram_gb = 96
+context_length = 4096
 max_loaded_models = 4
 num_parallel = 2
 time_scale = 0.3

@@ -246,8 +246,7 @@ def test_models_nobody_holds_are_forgotten_at_the_next_poll():
 
 def test_sizes_one_ollama_reported_are_forgotten_when_the_policy_points_at_another() -> None:
     """Residency sizes come from this host's /api/ps: the same tag takes more VRAM on a bigger
-    card (a longer default context), so a reload to another backend.url starts afresh."""
-    import dataclasses
+    card (a longer default context), so a reload to another Ollama starts afresh."""
     from pathlib import Path
 
     from engine.clock import ManualClock
@@ -262,7 +261,6 @@ def test_sizes_one_ollama_reported_are_forgotten_when_the_policy_points_at_anoth
     assert s.residency_model.size_gb("llama3.1:8b") == 30.0
     s.apply_settings(example)  # the same Ollama: what it said still holds
     assert s.residency_model.size_gb("llama3.1:8b") == 30.0
-    moved = dataclasses.replace(example, backend=dataclasses.replace(example.backend, url="http://other:11434"))
-    s.apply_settings(moved)
+    s.apply_settings(example, new_host=True)  # the sidecar says requests now go elsewhere
     assert s.residency_model.size_gb("llama3.1:8b") != 30.0
     assert s.residency_model.size_gb("qwen3:8b") is None

@@ -174,3 +174,12 @@ async def test_an_answer_that_arrives_with_the_cancel_is_given_back() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert discarded == ["answer"]
+
+
+def test_a_model_name_cannot_break_out_of_its_comment_line() -> None:
+    from server.proxy.queue_status import dispatched_line
+
+    assert dispatched_line("m:latest", False) == b": dispatched, loading m:latest\n\n"
+    line = dispatched_line("x\n\ndata: {\"forged\": 1}\r", False)
+    assert line.count(b"\n") == 2 and line.endswith(b"\n\n") and b"\r" not in line
+    assert dispatched_line("m:latest", True) == b": dispatched, waiting for Ollama\n\n"

@@ -229,6 +229,26 @@ def test_an_unusable_upstream_override_is_a_502_and_the_poller_survives_it(
     proxy.wait_for(lambda h: h["in_flight"] == 0)
 
 
+def test_sizes_ollama_reported_are_kept_while_requests_still_go_to_it(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    """Sizes come from the Ollama requests go to. With the upstream given from outside the file
+    (--upstream), an edit of backend.url changes nothing that is asked, so nothing is forgotten."""
+    proxy = sidecar_factory(upstream=ollama_emulator.url)
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    assert httpx.post(proxy.url + "/api/generate", json=body, timeout=10).status_code == 200
+
+    def sizes() -> dict[str, float]:
+        return dict(proxy.call(lambda: proxy.sidecar.scheduler.residency_model.ps_sizes))
+
+    wait_until(lambda: MODEL in sizes(), within=5, what="the size from /api/ps")
+    edited = make_policy().replace("[backend]\n", '[backend]\nurl = "http://127.0.0.1:1"\n', 1)
+    proxy.policy_path.write_text(edited, encoding="utf-8")
+    assert proxy.admin("POST", "/proxy/policy/reload").status_code == 200
+    assert MODEL in sizes()
+    assert httpx.post(proxy.url + "/api/generate", json=body, timeout=10).status_code == 200
+
+
 class GatedHolder(PolicyHolder):
     """A PolicyHolder whose read-and-compile step waits for the test: `entered` is set once a
     reload is inside it; it goes on only after `release`, and sets `left` when done."""

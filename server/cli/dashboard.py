@@ -138,6 +138,9 @@ async def _live(sidecar: Sidecar, console: Console, refresh: float) -> None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(refresh):
                         await changed.wait()
+                # Wait before asking, not after: the sidecar shares one snapshot among its
+                # dashboards for 250 ms, and one taken just before the event would not show it.
+                await asyncio.sleep(1 / MAX_REDRAWS_PER_S)
                 changed.clear()
                 try:
                     overview, problem = await sidecar.overview(), None
@@ -145,7 +148,6 @@ async def _live(sidecar: Sidecar, console: Console, refresh: float) -> None:
                     problem = str(exc)
                 source = mode[0] if problem is None else f"stale: {problem}"
                 live.update(render(overview, source=source), refresh=True)
-                await asyncio.sleep(1 / MAX_REDRAWS_PER_S)
     finally:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):

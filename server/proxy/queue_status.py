@@ -48,8 +48,10 @@ def line(scheduler: Scheduler, times: ServiceTimes, request_id: str) -> bytes:
 
 def dispatched_line(model: str | None, resident: bool | None) -> bytes:
     """The comment while Ollama prepares a dispatched request's answer."""
-    if resident is False:
-        return f": dispatched, loading {model}\n\n".encode()
+    if resident is False and model:
+        # The client's own string: no line break may end the comment and start an event.
+        shown = "".join(c if c.isprintable() else "?" for c in model)
+        return f": dispatched, loading {shown}\n\n".encode()
     return b": dispatched, waiting for Ollama\n\n"
 
 

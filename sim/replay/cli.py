@@ -91,7 +91,7 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override OLLAMA_MAX_LOADED_MODELS")
     parser.add_argument("--context-length", type=positive_count, metavar="N",
                         help="override OLLAMA_CONTEXT_LENGTH (unset, Ollama picks it by VRAM: 4k "
-                        "below 24 GiB, 32k up to 48 GiB, more above)")
+                        "under 23 GiB, 32k from 23 GiB, 256k from 47 GiB)")
     parser.add_argument("--max-parallel", type=positive_count, metavar="N",
                         help="override the policy file's [backend] max_parallel (the sidecar's "
                         "requests in flight)")

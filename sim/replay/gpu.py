@@ -10,7 +10,7 @@ from pathlib import Path
 
 from schemas.model_name import canonical_model
 from sim.catalog import GB
-from sim.config import Settings, SimConfigError, default_context, load_text
+from sim.config import TRAINED_CONTEXT, Settings, SimConfigError, default_context, load_text
 from sim.presets import PRESETS
 
 
@@ -24,7 +24,7 @@ class Gpu:
         return {
             "source": self.name, "vram_gb": round(s.vram / GB, 3), "num_parallel": s.num_parallel,
             "max_loaded_models": s.max_loaded_models, "max_queue": s.max_queue,
-            "keep_alive_s": s.keep_alive, "context_length": s.context_length or default_context(s.vram),
+            "keep_alive_s": s.keep_alive, "context_length": min(s.context_length or default_context(s.vram), TRAINED_CONTEXT),
             "models": [m.name for m in s.models],
         }
 

@@ -265,6 +265,7 @@ async function act(method, path, failure) {
   if (r.status === 403 && !r.error?.startsWith("cross-site")) return showLogin();
   actionError = r.ok ? null : { text: `${failure}: ${r.error || `HTTP ${r.status}`}`, until: Date.now() + 20000 };
   banner();
+  if (!r.ok) setTimeout(banner, 20100); // gone after 20 s even when nothing else redraws
   scheduleRefresh();
   return r;
 }
