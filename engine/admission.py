@@ -1,32 +1,96 @@
 """The policy's admission limits, decided against the scheduler's state: one function for the live
 sidecar (which turns a refusal into an HTTP error in the client's dialect) and for the simulator
-(which counts it), so a replay refuses exactly what the sidecar would."""
+(which counts it), so a replay refuses exactly what the sidecar would.
+
+Order of the checks, and why (docs/policy.md, Admission):
+
+1. The class's own queue bound (`[limits.classes.NAME] max_queue`): 503.
+2. The whole queue is full: a request may take the place of the newest waiting request of a less
+   urgent class — urgency is the class's queue timeout, shorter first — which is answered 503 at
+   once (`shed`); with no such request, the newcomer gets the 503.
+3. The client's own cap and the hard rate windows: 429, the only answers that mean "you, slow
+   down" (a flood of well-behaved batch work is queued, not refused).
+4. The drain estimate: when the requests at least as urgent as this one would take longer to
+   serve than its class may wait, it is refused now (503 + Retry-After) rather than after
+   waiting out its timeout for nothing.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.eta import wait_estimate
 from engine.scheduler import Scheduler
 from policy.load import CompiledFile
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    status: int  # 503: the whole queue is full; 429: this client is over a limit
+    status: int  # 503: no room or no time for this request; 429: this client is over a limit
     message: str
     retry_after: float
-    reason: str  # short and stable, for counters: "queue_full", "client_queue", "rate:NAME"
+    # Short and stable, for counters: "queue_full", "class_queue", "client_queue", "rate:NAME",
+    # "drain" (it could not be served within its class's queue timeout).
+    reason: str
 
 
-def refusal(compiled: CompiledFile, scheduler: Scheduler, client: str) -> Refusal | None:
-    """Why a new request of `client` may not wait now, or None if it may."""
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    # A waiting request of a less urgent class to remove for this one (answered 503 at once).
+    shed: str | None = None
+
+
+def ahead_of(compiled: CompiledFile, scheduler: Scheduler, cls: str) -> int:
+    """Waiting requests at least as urgent as a new one of `cls` (a queue timeout no longer than
+    its own): what the policy will, roughly, serve before it."""
     limits = compiled.limits
-    if scheduler.depth >= limits.max_queue:
+    mine = limits.queue_timeout(cls)
+    classes = set(limits.classes) | {cls}
+    counted = sum(scheduler.waiting_in(c) for c in classes if limits.queue_timeout(c) <= mine)
+    # Classes the file does not list wait with backend.queue_timeout.
+    unlisted = scheduler.depth - sum(scheduler.waiting_in(c) for c in classes)
+    return counted + (unlisted if limits.default_queue_timeout <= mine else 0)
+
+
+def _least_urgent_victim(compiled: CompiledFile, scheduler: Scheduler, cls: str) -> str | None:
+    limits = compiled.limits
+    mine = limits.queue_timeout(cls)
+    candidates = sorted(
+        (c for c in limits.classes if c != cls and limits.queue_timeout(c) > mine
+         and scheduler.waiting_in(c)),
+        key=limits.queue_timeout, reverse=True,
+    )
+    for victim_class in candidates:
+        victim = scheduler.newest_waiting(victim_class)
+        if victim is not None:
+            return victim
+    return None
+
+
+def admit(
+    compiled: CompiledFile, scheduler: Scheduler, client: str, cls: str,
+    slot_seconds: float | None = None, model: str = "",
+) -> Refusal | Admitted:
+    """Whether a new request of `client` in `cls` may wait now. `slot_seconds`: how long a
+    request holds a slot, measured (None: nothing measured yet, so no drain check). The drain
+    check applies to classes listed under [limits.classes], for local models (a cloud model's
+    slots are another queue)."""
+    limits = compiled.limits
+    own = limits.classes.get(cls)
+    if own is not None and own.max_queue is not None and scheduler.waiting_in(cls) >= own.max_queue:
         return Refusal(
-            503,
-            f"server busy, please try again. the proxy's queue is full ({scheduler.depth} waiting)",
-            10, "queue_full",
+            503, f"server busy, please try again. the queue for {cls!r} requests is full "
+            f"({own.max_queue} waiting)", 10, "class_queue",
         )
+    shed = None
+    if scheduler.depth >= limits.max_queue:
+        shed = _least_urgent_victim(compiled, scheduler, cls)
+        if shed is None:
+            return Refusal(
+                503,
+                f"server busy, please try again. the proxy's queue is full ({scheduler.depth} waiting)",
+                10, "queue_full",
+            )
     if scheduler.queued(client) >= limits.max_queued_per_client:
         return Refusal(
             429,
@@ -39,4 +103,20 @@ def refusal(compiled: CompiledFile, scheduler: Scheduler, client: str) -> Refusa
                 429, f"rate limit {name!r} exceeded: {max_requests} requests per {window:g}s",
                 window, f"rate:{name}",
             )
-    return None
+    if slot_seconds is not None and own is not None and not (model and scheduler.is_cloud(model)):
+        timeout = own.queue_timeout
+        ahead = ahead_of(compiled, scheduler, cls)  # a shed request is less urgent: not in it
+        drain = wait_estimate(ahead, scheduler.max_parallel, slot_seconds)
+        if drain > timeout:
+            return Refusal(
+                503, f"server busy, please try again. the {ahead} requests ahead would take about "
+                f"{drain:.0f}s, longer than {cls!r} requests may wait ({timeout:g}s)",
+                max(1.0, round(drain - timeout)), "drain",
+            )
+    return Admitted(shed)
+
+
+def refusal(compiled: CompiledFile, scheduler: Scheduler, client: str, cls: str = "") -> Refusal | None:
+    """Only the refusal, for callers that never shed or estimate (see `admit`)."""
+    decided = admit(compiled, scheduler, client, cls or compiled.clients.default_class)
+    return decided if isinstance(decided, Refusal) else None

@@ -32,6 +32,11 @@ class ServiceTimes:
             return  # names come from clients: the table stays bounded
         self._per_model[model] = seconds if old is None else (1 - a) * old + a * seconds
 
+    @property
+    def measured(self) -> bool:
+        """Whether any request has ended yet (before that, `mean` is only the prior)."""
+        return self._seen > 0
+
     def mean(self, model: str | None = None) -> float:
         if model is not None and model in self._per_model:
             return self._per_model[model]

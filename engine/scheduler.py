@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -59,6 +60,7 @@ class Scheduler:
         self._cloud_listed: dict[str, bool] = {}
         self._cloud_of: dict[str, bool] = {}
         self._cloud_waiting = 0  # waiting tickets for cloud models
+        self._class_waiting: Counter[str] = Counter()  # waiting tickets per request class
         self.state = StateView(self._ledger, self.residency_model, self.is_cloud)
         self.paused = False
         self._cloud_in_flight = 0
@@ -76,6 +78,16 @@ class Scheduler:
     @property
     def cloud_max_parallel(self) -> int:
         return self._settings.cloud_max_parallel
+
+    def waiting_in(self, cls: str) -> int:
+        """Waiting tickets of one request class."""
+        return self._class_waiting[cls]
+
+    def newest_waiting(self, cls: str) -> str | None:
+        """The id of the class's most recent waiting ticket (what shedding gives up first)."""
+        if not self._class_waiting[cls]:
+            return None
+        return next((t.id for t in reversed(self._waiting.values()) if t.cls == cls), None)
 
     @property
     def cloud_waiting(self) -> int:
@@ -142,6 +154,7 @@ class Scheduler:
         )
         self._waiting[request_id] = ticket
         self._cloud_waiting += self.is_cloud(ticket.model)
+        self._class_waiting[cls] += 1
         self._ledger.arrive(client, now)
         # Advance the windows here too, not only in dispatch(): while paused or with every slot
         # busy, arrivals (even ones cancelled at once) would otherwise pile up in the ledger.
@@ -160,6 +173,7 @@ class Scheduler:
         if ticket is None:
             return False
         self._cloud_waiting -= self.is_cloud(ticket.model)
+        self._class_waiting[ticket.cls] -= 1
         self._picker.remove(ticket)
         self._ranking.left(request_id)
         self._ledger.leave(ticket.client)
@@ -231,6 +245,7 @@ class Scheduler:
         depth = len(self._waiting)
         del self._waiting[ticket.id]
         self._cloud_waiting -= self.is_cloud(ticket.model)
+        self._class_waiting[ticket.cls] -= 1
         self._picker.remove(ticket)
         self._ranking.left(ticket.id)
         self._ledger.leave(ticket.client)

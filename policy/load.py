@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,23 @@ class BackendSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassLimitSettings:
+    max_queue: int | None  # waiting requests of the class at most
+    queue_timeout: float  # seconds; the class's own, or backend.queue_timeout
+
+
+@dataclass(frozen=True, slots=True)
 class LimitSettings:
     max_queue: int
     max_queued_per_client: int
     max_body: int  # bytes
     rate_windows: tuple[tuple[str, float, int], ...]  # (name, seconds, max_requests)
+    classes: dict[str, ClassLimitSettings] = field(default_factory=dict)
+    default_queue_timeout: float = 300.0  # backend.queue_timeout, for classes not listed
+
+    def queue_timeout(self, cls: str) -> float:
+        limit = self.classes.get(cls)
+        return limit.queue_timeout if limit is not None else self.default_queue_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +253,15 @@ def compile_file(
             max_queued_per_client=file.limits.max_queued_per_client,
             max_body=file.limits.max_body,
             rate_windows=rate_windows,
+            classes={
+                name: ClassLimitSettings(
+                    max_queue=cl.max_queue,
+                    queue_timeout=(parse_duration(cl.queue_timeout) if cl.queue_timeout is not None
+                                   else backend.queue_timeout),
+                )
+                for name, cl in file.limits.classes.items()
+            },
+            default_queue_timeout=backend.queue_timeout,
         ),
         clients=ClientSettings(
             identify_by=tuple(c.identify_by), header=c.header, api_keys_env=c.api_keys_env,

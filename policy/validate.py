@@ -98,6 +98,22 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
             ))
 
     limits = sections.get("limits")
+    if limits is not None:
+        defined = clients.classes if clients is not None else None
+        for name, limit in limits.classes.items():
+            where = join_path(join_path("limits", "classes"), name)
+            if defined is not None and name not in defined:
+                problems.append(Problem(
+                    where, name, f"is not a class defined under [clients.classes]; defined: "
+                    f"{', '.join(defined) or '(none)'}",
+                ))
+            if limit.max_queue is not None and limit.max_queue > limits.max_queue:
+                problems.append(Problem(
+                    join_path(where, "max_queue"), limit.max_queue,
+                    f"is above limits.max_queue ({limits.max_queue}); the class could never reach it",
+                ))
+            if limit.max_queue is None and limit.queue_timeout is None:
+                problems.append(Problem(where, {}, "sets nothing; give max_queue, queue_timeout or both"))
     if limits is not None and limits.max_queued_per_client > limits.max_queue:
         problems.append(
             Problem(

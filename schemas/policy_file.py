@@ -74,11 +74,21 @@ class RateWindow(Strict, frozen=True):
     max_requests: PositiveInt  # arrivals of one client within the window; more get a 429
 
 
+class ClassLimits(Strict, frozen=True):
+    # Waiting requests of this class at most; beyond, a new one is refused (503 + Retry-After).
+    max_queue: PositiveInt | None = None
+    # How long a request of this class may wait for a slot (504 after), in place of
+    # backend.queue_timeout. Also its urgency: a class with a shorter timeout is served, and
+    # kept, before one with a longer one when the queue is full (docs/policy.md, Admission).
+    queue_timeout: Duration | None = None
+
+
 class Limits(Strict, frozen=True):
-    max_queue: PositiveInt = 1000
-    max_queued_per_client: PositiveInt = 100
+    max_queue: PositiveInt = 2000
+    max_queued_per_client: PositiveInt = 1000
     max_body: PositiveInt = 16 * 1024 * 1024  # bytes
     rate: dict[str, RateWindow] = msgspec.field(default_factory=dict)
+    classes: dict[str, ClassLimits] = msgspec.field(default_factory=dict)
 
 
 class Admin(Strict, frozen=True):
@@ -136,6 +146,7 @@ class PolicyFile(Strict, frozen=True):
 __all__ = [
     "Admin",
     "Backend",
+    "ClassLimits",
     "ClassRule",
     "Clients",
     "Cloud",

@@ -39,7 +39,9 @@ EXPECTED_AT_A_HUNDREDTH: dict[str, float] = {
     "backend.poll_interval": 0.05,  # "5s"
     "backend.request_timeout": 6.0,  # "10m"
     "backend.queue_timeout": 6.0,  # "10m"
-    "limits.rate.burst.window": 0.1,  # "10s"
+    "limits.classes.interactive.queue_timeout": 1.2,  # "2m"
+    "limits.classes.batch.queue_timeout": 18.0,  # "30m"
+    "limits.rate.abuse.window": 0.1,  # "10s"
     "policies.balanced.terms.fairness.window": 6.0,  # "10m"
     "policies.balanced.terms.rate_penalty.window": 0.6,  # "1m"
     "policies.balanced.terms.aging.max_wait": 3.0,  # "5m"
@@ -108,7 +110,8 @@ def test_the_scaled_example_compiles_to_the_scaled_times() -> None:
     text = scale_policy_text(SCALABLE_TEXT, "p.toml", 0.01)
     compiled = load_policy_text(text.encode(), "scaled.toml")
     assert compiled.backend.poll_interval == 0.05
-    assert compiled.limits.rate_windows == (("burst", 0.1, 50),)
+    assert compiled.limits.rate_windows == (("abuse", 0.1, 1000),)
+    assert compiled.limits.queue_timeout("batch") == 18.0
     assert compiled.policies["balanced"].max_wait == 3.0
     assert compiled.policies["balanced"].wait_slope == 100.0
     assert compiled.policies["balanced"].windows == frozenset({6.0, 0.6})
@@ -278,4 +281,5 @@ def test_the_file_durations_scaled_and_not() -> None:
     found = set(duration_fields(PolicyFile))
     assert found >= UNSCALED
     assert found - UNSCALED == {"backend.poll_interval", "backend.request_timeout",
-                                "backend.queue_timeout", "limits.rate.*.window"}
+                                "backend.queue_timeout", "limits.rate.*.window",
+                                "limits.classes.*.queue_timeout"}

@@ -228,7 +228,7 @@ def test_the_gate_counts_refusals(many_models: Path, tmp_path: Path, capsys: pyt
     run = ["simulate", "--trace", str(many_models), "--policies", "balanced"]
     assert main([*run, "--policy", EXAMPLE, "--json", str(baseline)]) == 0
     strict = tmp_path / "strict.toml"
-    strict.write_text(Path(EXAMPLE).read_text().replace("max_queued_per_client = 100", "max_queued_per_client = 2"))
+    strict.write_text(Path(EXAMPLE).read_text().replace("max_queued_per_client = 1000", "max_queued_per_client = 2"))
     assert main([*run, "--policy", str(strict), "--check", str(baseline)]) == 1
     assert "refused or timed out" in capsys.readouterr().out
 

@@ -28,7 +28,7 @@ from server.proxy.disconnect import ClientGone, DisconnectWatch
 from server.proxy.facts import StreamTap
 from server.proxy.intake import Admission
 from server.runtime.connlimits import BODY_TIMED_OUT
-from server.runtime.dispatcher import RemovedByAdmin, ShuttingDown
+from server.runtime.dispatcher import Removed, ShuttingDown
 from server.runtime.events import ended
 from server.runtime.holds import Cut, Hold
 from server.sidecar import Parts
@@ -61,7 +61,8 @@ class Exchange:
         body: bytes | AsyncIterator[bytes],
     ) -> None:
         self.parts = parts
-        self.backend = admission.compiled.backend  # timeouts: the request's own policy snapshot
+        # Timeouts: the request's own policy snapshot.
+        self.backend, self.limits = admission.compiled.backend, admission.compiled.limits
         self.method = method
         self.url = url
         self.headers = headers
@@ -142,13 +143,12 @@ class Exchange:
                 grant = await self._wait_grant(watch)
             except ProxyError as exc:
                 return await self._fail(outcome, exc)
-            except RemovedByAdmin:
+            except Removed as removed:  # by an admin, or shed for a more urgent request
                 self._settled()
-                message = "an administrator removed this request from the queue"
                 try:
-                    return await self._fail(outcome, ProxyError(503, message))
+                    return await self._fail(outcome, ProxyError(503, removed.message, retry_after=removed.retry_after))
                 finally:  # even when the client is gone before its 503 is written
-                    outcome.status = "cancelled"
+                    outcome.status = removed.status
             except ClientGone:
                 outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
                 outcome.error = "client disconnected while queued"
@@ -297,7 +297,7 @@ class Exchange:
     async def _wait_grant(self, watch: DisconnectWatch) -> Grant:
         dispatcher, s, rid = self.parts.dispatcher, self.scheduling, self.facts.request_id
         assert s is not None
-        queue_timeout = self.backend.queue_timeout
+        queue_timeout = self.limits.queue_timeout(s.cls)
         if dispatcher.known(rid):
             raise ProxyError(400, f"X-Request-Id {rid!r} is already used by a request in progress")
         try:

@@ -13,12 +13,13 @@ from typing import Any
 
 import msgspec
 
-from engine.admission import refusal
-from engine.scheduler import Scheduler
+from engine.admission import Refusal, admit
+from engine.eta import ServiceTimes
 from policy.load import CompiledFile
 from schemas.multipart import FormError, form_field
 from server.http.dialects import ProxyError
 from server.proxy.facts import RequestFacts, prompt_text
+from server.runtime.dispatcher import Dispatcher, Shed
 
 _NOTHING = msgspec.Raw(b"")
 
@@ -99,11 +100,22 @@ def parse_form(body: bytes, content_type: str) -> ScheduledBody:
     return ScheduledBody(model=model)
 
 
-def check_limits(compiled: CompiledFile, scheduler: Scheduler, client: str, *, stopping: bool) -> None:
-    """The policy's limits (engine/admission.py): queue full -> 503; per-client cap and hard rate
-    windows -> 429."""
+def check_limits(
+    compiled: CompiledFile, dispatcher: Dispatcher, times: ServiceTimes, client: str, cls: str,
+    model: str, *, stopping: bool,
+) -> None:
+    """The policy's limits (engine/admission.py): no room or no time -> 503 + Retry-After;
+    per-client cap and hard rate windows -> 429. When the queue is full, the newest waiting
+    request of a less urgent class may be shed (answered 503 now) for this one."""
     if stopping:
         raise ProxyError(503, "the proxy is shutting down", retry_after=5)
-    refused = refusal(compiled, scheduler, client)
-    if refused is not None:
-        raise ProxyError(refused.status, refused.message, retry_after=refused.retry_after)
+    scheduler = dispatcher.scheduler
+    decided = admit(compiled, scheduler, client, cls,
+                    times.mean() if times.measured else None, model)
+    if isinstance(decided, Refusal):
+        raise ProxyError(decided.status, decided.message, retry_after=decided.retry_after)
+    if decided.shed is not None:
+        dispatcher.remove(decided.shed, Shed(
+            f"server busy, please try again. the queue is full and a more urgent {cls!r} request "
+            "took this one's place", retry_after=30,
+        ))

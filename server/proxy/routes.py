@@ -92,7 +92,8 @@ async def scheduled(request: Request) -> Response | _Ticketed:
         facts.cls = compiled.classify(
             identity.client, model, facts.endpoint, request.headers.get(compiled.clients.class_header)
         )
-        check_limits(compiled, sc.scheduler, identity.client, stopping=sc.stopping)
+        check_limits(compiled, sc.dispatcher, sc.parts.service_times, identity.client, facts.cls,
+                     model, stopping=sc.stopping)
     except ProxyError as exc:
         return refuse(sc, facts, exc, scheduled=True)
     keep_text = compiled.journal.store_prompts != "none"

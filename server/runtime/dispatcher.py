@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 from engine.scheduler import Grant, Scheduler
 from schemas.ticket import Ticket
@@ -23,8 +24,28 @@ class ShuttingDown(Exception):
     """The sidecar is stopping: queued requests are answered with 503."""
 
 
-class RemovedByAdmin(Exception):
+class Removed(Exception):
+    """A waiting ticket was taken out of the queue: its request answers 503 at once."""
+
+    status: Literal["cancelled", "rejected"] = "cancelled"  # what the journal records
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message, self.retry_after = message, retry_after
+
+
+class RemovedByAdmin(Removed):
     """An administrator deleted the ticket from the queue."""
+
+    def __init__(self) -> None:
+        super().__init__("an administrator removed this request from the queue")
+
+
+class Shed(Removed):
+    """The queue was full and a more urgent request took this waiting one's place (its class
+    waits longest: engine/admission.py). Recorded as rejected: there was no room for it."""
+
+    status = "rejected"
 
 
 class Dispatcher:
@@ -91,14 +112,15 @@ class Dispatcher:
             or self.scheduler.holds_slot(request_id)
         )
 
-    def remove(self, request_id: str) -> bool:
-        """Admin cancel: fail a waiting ticket's future so its request answers at once."""
+    def remove(self, request_id: str, why: Removed | None = None) -> bool:
+        """Fail a waiting ticket's future so its request answers at once: an admin's cancel
+        (RemovedByAdmin), or `why` (Shed)."""
         fut = self._futures.get(request_id)
         if fut is None or fut.done() or not self.scheduler.cancel(request_id):
             return False
         del self._futures[request_id]
         self._removed.add(request_id)
-        fut.set_exception(RemovedByAdmin())
+        fut.set_exception(why or RemovedByAdmin())
         self.pump()
         return True
 

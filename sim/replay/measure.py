@@ -46,7 +46,9 @@ class Collector:
     waits: list[float] = field(default_factory=list)
     waits_by_class: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    refused_by_class: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     timed_out: int = 0
+    timed_out_by_class: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     completed: int = 0
     first_arrival: float | None = None
     last_done: float = 0.0
@@ -77,10 +79,19 @@ class Collector:
             self.first_arrival = now
         self._backlog[request.client] += 1
 
-    def refused_at_arrival(self, request: Request, reason: str, now: float) -> None:
+    def refused_at_arrival(self, request: Request, reason: str, now: float, cls: str = "") -> None:
         if self.first_arrival is None:
             self.first_arrival = now
         self.refused[reason] += 1
+        self.refused_by_class[cls] += 1
+
+    def shed(self, request: Request, cls: str, now: float) -> None:
+        """Admitted, then given up for a more urgent arrival when the queue was full (a 503)."""
+        self.advance(now)
+        self._backlog[request.client] -= 1
+        self.refused["shed"] += 1
+        self.refused_by_class[cls] += 1
+        self.last_done = max(self.last_done, now)
 
     def started(self, request: Request, cls: str, now: float) -> None:
         self.advance(now)
@@ -106,6 +117,7 @@ class Collector:
         self.waits_by_class[cls].append(wait)
         self._backlog[request.client] -= 1
         self.timed_out += 1
+        self.timed_out_by_class[cls] += 1
         self.last_done = max(self.last_done, now)
 
     def failed(self, request: Request, reason: str, now: float) -> None:
@@ -147,6 +159,8 @@ class Collector:
             "completed": self.completed,
             "timed_out": self.timed_out,
             "refused": dict(sorted(self.refused.items())),
+            "refused_by_class": dict(sorted(self.refused_by_class.items())),
+            "timed_out_by_class": dict(sorted(self.timed_out_by_class.items())),
             "makespan_s": _r(max(0.0, self.last_done - start)),
             "wait_s": wait_figures(self.waits),
             "wait_s_by_class": {c: wait_figures(w) for c, w in sorted(self.waits_by_class.items())},

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.admission import refusal
+from engine.admission import Refusal, admit
 from engine.clock import ManualClock
+from engine.eta import ServiceTimes
 from engine.residency import GIB
 from engine.scheduler import Scheduler
 from policy.load import CompiledFile
@@ -99,12 +99,14 @@ def replay_policy(
     scheduler.learn_tags(_tags(specs))
     backend = Backend(gpu)
     out = Collector(policy.max_wait)
-    queue_timeout = settings.backend.queue_timeout
+    limits = settings.limits
+    times = ServiceTimes()  # slot times as the sidecar measures them: the drain estimate's input
+    granted_at: dict[str, float] = {}
     # A poll interval of 0 (allowed: "as often as possible") polls at every event instead.
     poll = settings.backend.poll_interval or 0.0
     requests = workload.requests
     by_id: dict[str, tuple[Request, str]] = {}  # waiting or in flight: (request, class)
-    deadlines: deque[tuple[float, str]] = deque()  # queue timeouts, in arrival order
+    deadlines: list[tuple[float, int, str]] = []  # heap of queue timeouts (per class)
     in_backend: dict[int, tuple[str, Job]] = {}  # job id → (request id, job), until done
     running: list[tuple[float, int, str]] = []  # heap of started jobs: (done_at, job id, request id)
     next_poll = poll
@@ -127,6 +129,7 @@ def replay_policy(
             del in_backend[job_id]
             request, _ = by_id.pop(rid)
             scheduler.finish(rid)
+            times.observe(request.model, now - granted_at.pop(rid, now))
             out.finished(request, now)
             if on_finish is not None:
                 on_finish(request, now)
@@ -136,8 +139,8 @@ def replay_policy(
     # one would change nothing, so the loop only wakes for one after some event ("dirty").
     dirty = False
     while True:
-        while deadlines and deadlines[0][1] not in waiting:
-            deadlines.popleft()  # dispatched before its timeout: nothing to wake up for
+        while deadlines and deadlines[0][2] not in waiting:
+            heapq.heappop(deadlines)  # dispatched (or shed) before its timeout: nothing to wake for
         t_arrival = requests[i].arrival if i < n else INF
         t_backend = backend.next_event_time()
         t_event = min(t_arrival, INF if t_backend is None else t_backend,
@@ -159,7 +162,7 @@ def replay_policy(
             dirty = False
         dirty = dirty or t_event <= now
         while deadlines and deadlines[0][0] <= now:
-            _, rid = deadlines.popleft()
+            _, _, rid = heapq.heappop(deadlines)
             if rid in waiting and scheduler.cancel(rid):
                 waiting.discard(rid)
                 request, cls = by_id.pop(rid)
@@ -167,17 +170,22 @@ def replay_policy(
         while i < n and requests[i].arrival <= now:
             request = requests[i]
             i += 1
-            refused = refusal(settings, scheduler, request.client)
-            if refused is not None:
-                out.refused_at_arrival(request, refused.reason, now)
-                continue
             cls = request.cls or settings.clients.default_class  # classified by `classify`
+            decided = admit(settings, scheduler, request.client, cls,
+                            times.mean() if times.measured else None, request.model)
+            if isinstance(decided, Refusal):
+                out.refused_at_arrival(request, decided.reason, now, cls)
+                continue
+            if decided.shed is not None and scheduler.cancel(decided.shed):
+                waiting.discard(decided.shed)
+                shed_request, shed_class = by_id.pop(decided.shed)
+                out.shed(shed_request, shed_class, now)
             rid = str(request.index)
             scheduler.enqueue(request_id=rid, model=request.model, client=request.client, cls=cls,
                               endpoint=request.endpoint)
             by_id[rid] = (request, cls)
             waiting.add(rid)
-            deadlines.append((now + queue_timeout, rid))
+            heapq.heappush(deadlines, (now + limits.queue_timeout(cls), request.index, rid))
             out.admitted(request, now)
             if on_admit is not None:
                 on_admit(request, now, scheduler)
@@ -192,6 +200,7 @@ def replay_policy(
                 granted = dirty = True
                 rid = grant.ticket.id
                 waiting.discard(rid)
+                granted_at[rid] = now
                 request, _ = by_id[rid]
                 if on_grant is not None:
                     on_grant(request, now)
@@ -199,6 +208,7 @@ def replay_policy(
                     job = _submit(backend, now, specs[request.model], request)
                 except QueueFull:  # Ollama's 503: the client gets an error, the slot is free
                     by_id.pop(rid)
+                    granted_at.pop(rid, None)
                     scheduler.finish(rid)
                     out.failed(request, "ollama_queue_full", now)
                     continue

@@ -1,0 +1,155 @@
+"""Admission by class (engine/admission.py): each class its own queue bound and wait limit; a full
+queue sheds the newest request of a less urgent class for a more urgent newcomer; a request that
+could not be served within its class's wait limit is refused at once. In process against the
+scheduler, then end to end through the sidecar in front of the emulator."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+import httpx
+from sidecar_fixtures import SidecarFactory, make_policy, wait_until
+
+from engine.admission import Admitted, Refusal, admit, ahead_of
+from engine.clock import ManualClock
+from engine.scheduler import Scheduler
+from policy.load import load_policy_text
+
+CLASSES = """
+[clients.classes.interactive]
+[clients.classes.batch]
+clients = ["ci-*"]
+
+[limits]
+max_queue = 6
+max_queued_per_client = 6
+
+[limits.classes.interactive]
+max_queue = 4
+queue_timeout = "20s"
+
+[limits.classes.batch]
+queue_timeout = "30m"
+"""
+
+
+def _scheduler(extra: str = CLASSES, max_parallel: int = 1) -> tuple[Any, Scheduler]:
+    compiled = load_policy_text(make_policy(max_parallel=max_parallel, extra=extra).encode(), "p.toml")
+    scheduler = Scheduler(compiled, clock=ManualClock(0.0))
+    scheduler.pause()
+    return compiled, scheduler
+
+
+def _fill(scheduler: Scheduler, cls: str, n: int, prefix: str) -> None:
+    for i in range(n):
+        scheduler.enqueue(request_id=f"{prefix}{i}", model="llama3.2:1b", client=f"{prefix}-{i}", cls=cls)
+
+
+def test_each_class_has_its_own_bound_and_timeout() -> None:
+    compiled, s = _scheduler()
+    _fill(s, "interactive", 4, "i")
+    refused = admit(compiled, s, "someone", "interactive")
+    assert isinstance(refused, Refusal) and (refused.status, refused.reason) == (503, "class_queue")
+    assert refused.retry_after > 0 and "'interactive'" in refused.message
+    assert admit(compiled, s, "ci-1", "batch") == Admitted()  # batch has room of its own
+    assert compiled.limits.queue_timeout("interactive") == 20.0
+    assert compiled.limits.queue_timeout("batch") == 1800.0
+    assert compiled.limits.queue_timeout("other") == compiled.backend.queue_timeout
+
+
+def test_a_full_queue_sheds_the_newest_batch_request_for_an_interactive_one() -> None:
+    compiled, s = _scheduler()
+    _fill(s, "batch", 5, "b")
+    _fill(s, "interactive", 1, "i")  # six waiting: full
+    assert isinstance(admit(compiled, s, "ci-x", "batch"), Refusal)  # batch cannot push batch out
+    decided = admit(compiled, s, "alice", "interactive")
+    assert decided == Admitted(shed="b4")  # the newest of the least urgent class
+    # With no batch request left to give up, an interactive newcomer is refused like anyone.
+    _, s2 = _scheduler()
+    _fill(s2, "interactive", 4, "i")
+    s2.enqueue(request_id="x", model="llama3.2:1b", client="x", cls="other")
+    s2.enqueue(request_id="y", model="llama3.2:1b", client="y", cls="other")
+    refused = admit(compiled, s2, "alice", "batch")
+    assert isinstance(refused, Refusal) and refused.reason == "queue_full"
+
+
+def test_a_request_that_could_not_be_served_in_time_is_told_at_once() -> None:
+    """Interactive may wait 20 s; at 10 s a slot and one slot, two interactive requests ahead
+    drain in time, three do not. Batch requests ahead do not count against interactive ones (they
+    are less urgent), but interactive ones count against batch."""
+    compiled, s = _scheduler(CLASSES.replace("max_queue = 6\nmax_queued_per_client = 6",
+                                             "max_queue = 10\nmax_queued_per_client = 10"))
+    _fill(s, "batch", 3, "b")
+    _fill(s, "interactive", 2, "i")
+    assert ahead_of(compiled, s, "interactive") == 2 and ahead_of(compiled, s, "batch") == 5
+    assert admit(compiled, s, "alice", "interactive", slot_seconds=10.0) == Admitted()
+    s.enqueue(request_id="i2", model="llama3.2:1b", client="i-2", cls="interactive")
+    refused = admit(compiled, s, "alice", "interactive", slot_seconds=10.0)
+    assert isinstance(refused, Refusal) and (refused.status, refused.reason) == (503, "drain")
+    assert refused.retry_after == 10.0 and "about 30s" in refused.message
+    assert admit(compiled, s, "ci-1", "batch", slot_seconds=10.0) == Admitted()  # 30 min to spare
+    # No slot time measured yet: no estimate, no drain refusal.
+    assert admit(compiled, s, "alice", "interactive", slot_seconds=None) == Admitted()
+
+
+def test_classes_not_listed_keep_the_old_rules() -> None:
+    """A file with no [limits.classes] admits as before: a queue bound, a per-client cap, the
+    rate windows; no drain estimate."""
+    compiled, s = _scheduler(extra="[limits]\nmax_queue = 3\nmax_queued_per_client = 2\n")
+    _fill(s, "interactive", 2, "i")
+    assert admit(compiled, s, "alice", "interactive", slot_seconds=1000.0) == Admitted()
+    s.enqueue(request_id="a1", model="llama3.2:1b", client="alice", cls="interactive")
+    s.enqueue(request_id="a2", model="llama3.2:1b", client="bob", cls="interactive")
+    refused = admit(compiled, s, "carol", "interactive")
+    assert isinstance(refused, Refusal) and refused.reason == "queue_full"
+
+
+def test_the_sidecar_sheds_a_batch_request_in_its_dialect_and_keeps_the_interactive_one(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=make_policy(max_parallel=1, extra=CLASSES))
+    proxy.admin("POST", "/proxy/pause")
+
+    def ask(rid: str, client: str, path: str = "/api/generate") -> httpx.Response:
+        body = {"model": "llama3.2:1b", "prompt": "hi", "stream": False}
+        if path.startswith("/v1"):
+            body = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
+        return httpx.post(proxy.url + path, json=body, timeout=30,
+                          headers={"x-request-id": rid, "x-client-id": client})
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        batch = []
+        for n in range(5):  # one at a time: "the newest" must be b4
+            batch.append(pool.submit(ask, f"b{n}", f"ci-{n}", "/v1/chat/completions"))
+            proxy.wait_depth(n + 1)
+        first = pool.submit(ask, "i0", "alice")
+        proxy.wait_depth(6)
+        second = pool.submit(ask, "i1", "bob")  # the queue is full: b4 gives up its place
+        shed = batch[4].result()
+        assert shed.status_code == 503 and "Retry-After" in shed.headers
+        error = shed.json()["error"]  # OpenAI's shape: b4 asked on /v1
+        assert error["type"] and "more urgent" in error["message"]
+        proxy.wait_depth(6)
+        late = ask("b5", "ci-5")  # batch cannot push batch out
+        assert late.status_code == 503 and "queue is full" in late.json()["error"]
+        proxy.admin("POST", "/proxy/resume")
+        assert first.result().status_code == second.result().status_code == 200
+        assert all(f.result().status_code == 200 for f in batch[:4])
+    wait_until(lambda: len(proxy.journal.records) == 8, within=10, what="eight records")
+    statuses = {r.client_request_id or r.request_id: (r.status, r.http_status) for r in proxy.journal.records}
+    assert statuses["b4"] == ("rejected", 503) and statuses["b5"] == ("rejected", 503)
+    assert statuses["i1"] == ("completed", 200)
+
+
+def test_a_class_waits_no_longer_than_its_own_timeout(
+    sidecar_factory: SidecarFactory, ollama_emulator: Any
+) -> None:
+    extra = CLASSES.replace('queue_timeout = "20s"', 'queue_timeout = "500ms"')
+    proxy = sidecar_factory(upstream=ollama_emulator.url, policy=make_policy(
+        max_parallel=1, queue_timeout="30s", extra=extra))
+    proxy.admin("POST", "/proxy/pause")
+    answer = httpx.post(proxy.url + "/api/generate", timeout=30,
+                        json={"model": "llama3.2:1b", "prompt": "hi", "stream": False})
+    assert answer.status_code == 504 and "0.5s" in answer.json()["error"]
+    proxy.admin("POST", "/proxy/resume")
