@@ -162,12 +162,13 @@ class Picker:
         """The eligible ticket with the lowest order key; `refresh` must have run first.
         `oldest()` iterates the waiting tickets in arrival order. `version`: the residency's
         change count, when the caller has one (model parts are then reused until it moves)."""
-        if policy.max_wait is not None:
-            # Overdue tickets go first, oldest first: walk arrival order while overdue.
+        bound = policy.first_overdue
+        if bound is not None:
+            # Overdue tickets go first, oldest first: walk arrival order while any could be.
             for ticket in oldest():
-                if now - ticket.arrival < policy.max_wait:
+                if now - ticket.arrival < bound:
                     break
-                if eligible(ticket.model, ticket.variant):
+                if policy.overdue(ticket, now) and eligible(ticket.model, ticket.variant):
                     return ticket, policy.score(ticket, state, now)
         if policy.clamp_min is not None:
             # Nothing scores below the clamp, and among equal totals the older ticket wins: the

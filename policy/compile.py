@@ -41,18 +41,32 @@ class Policy:
     clamp_min: float | None
     # Every wait term's points are >= -wait_slope × seconds waited: the engine's lower bound.
     wait_slope: float
-    max_wait: float | None
+    max_wait: float | None  # for classes without their own
     windows: frozenset[float]  # client windows the ledger must count for this policy
     # The term functions by what they depend on: `partial` runs for every group head the picker
     # looks at, so it must not filter `terms` on each call.
     by_dependency: dict[str, tuple[TermFn, ...]] = field(default_factory=dict, compare=False)
+    class_max_wait: dict[str, float] = field(default_factory=dict)  # per class, over max_wait
+    # The shortest wait after which any ticket is overdue: where the picker's walk over the
+    # oldest tickets may stop (set from the two above).
+    first_overdue: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        waits = [w for w in (self.max_wait, *self.class_max_wait.values()) if w is not None]
+        object.__setattr__(self, "first_overdue", min(waits) if waits else None)
+
+    def wait_limit(self, cls: str) -> float | None:
+        return self.class_max_wait.get(cls, self.max_wait)
+
+    def overdue(self, ticket: Ticket, now: float) -> bool:
+        limit = self.class_max_wait.get(ticket.cls, self.max_wait)
+        return limit is not None and now - ticket.arrival >= limit
 
     def score(self, ticket: Ticket, state: SchedulingState, now: float) -> Score:
         parts = tuple(TermScore(t.name, t.fn(ticket, state, now)) for t in self.terms)
         raw = sum(p.points for p in parts)
         total = raw if self.clamp_min is None else max(self.clamp_min, raw)
-        overdue = self.max_wait is not None and now - ticket.arrival >= self.max_wait
-        return Score(total=total, parts=parts, overdue=overdue)
+        return Score(total=total, parts=parts, overdue=self.overdue(ticket, now))
 
     def partial(
         self, depends_on: DependsOn, ticket: Ticket, state: SchedulingState, now: float
@@ -83,6 +97,7 @@ def compile_policy(
     )
     slope = float(sum(t.type.wait_slope(t.params) for t in terms if t.type.depends_on == "wait"))
     waits = [w for t in terms if (w := t.type.max_wait(t.params)) is not None]
+    class_waits = {c: w for t in terms for c, w in t.type.class_max_wait(t.params).items()}
     windows = frozenset(w for t in terms for w in t.type.windows(t.params))
     return Policy(
         name=name,
@@ -93,6 +108,7 @@ def compile_policy(
         wait_slope=slope,
         max_wait=min(waits) if waits else None,
         windows=windows,
+        class_max_wait=class_waits,
         by_dependency={
             dep: tuple(t.fn for t in compiled if t.depends_on == dep) for dep in {t.depends_on for t in compiled}
         },

@@ -99,6 +99,9 @@ def _scaled_durations(value: msgspec.Struct, pattern: str, factor: float) -> dic
         elif isinstance(item, msgspec.Struct):
             if inner := _scaled_durations(item, sub, factor):
                 out[key] = inner
+        elif isinstance(item, dict) and _duration_values(field.type):
+            if item and _sub(sub, "*") not in UNSCALED:
+                out[key] = {name: _rounded(parse_duration(v) * factor) for name, v in item.items()}
         elif isinstance(item, dict):
             table = {
                 name: changes
@@ -134,10 +137,17 @@ def duration_fields(tp: Any, pattern: str = "") -> list[str]:
         return found
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is dict:
+        if is_duration(args[1]):
+            return [_sub(pattern, "*")]
         return duration_fields(args[1], _sub(pattern, "*"))
     if origin is list:
         return duration_fields(args[0], f"{pattern}[]")
     return [p for arg in args if origin is not Annotated for p in duration_fields(arg, pattern)]
+
+
+def _duration_values(tp: Any) -> bool:
+    """A `dict[str, Duration]` field (such as aging's max_wait_by_class)."""
+    return typing.get_origin(tp) is dict and is_duration(typing.get_args(tp)[1])
 
 
 def _sub(pattern: str, key: str) -> str:

@@ -45,7 +45,7 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
                     if cls not in clients.classes:
                         problems.append(
                             Problem(
-                                join_path(join_path(term.path, "offsets"), cls),
+                                join_path(join_path(term.path, term.type.classes_key), cls),
                                 cls,
                                 f"is not a class defined under [clients.classes] (policy "
                                 f"{name!r}); defined: {', '.join(clients.classes)}",

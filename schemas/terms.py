@@ -56,6 +56,9 @@ class AgingParams(Strict, frozen=True):
     whole_seconds: bool = False  # count only whole seconds, as the seed did
     # After this wait the ticket goes before every ticket that has not waited as long.
     max_wait: Duration | None = None
+    # Per request class, in place of max_wait: a batch job that may wait half an hour must not
+    # jump ahead of people at a prompt after five minutes. Classes not listed use max_wait.
+    max_wait_by_class: dict[str, Duration] = msgspec.field(default_factory=dict)
 
 
 class ClassOffsetParams(Strict, frozen=True):

@@ -9,6 +9,7 @@ import concurrent.futures
 from typing import Any
 
 import httpx
+import pytest
 from sidecar_fixtures import SidecarFactory, make_policy, wait_until
 
 from engine.admission import Admitted, Refusal, admit, ahead_of
@@ -153,3 +154,37 @@ def test_a_class_waits_no_longer_than_its_own_timeout(
                         json={"model": "llama3.2:1b", "prompt": "hi", "stream": False})
     assert answer.status_code == 504 and "0.5s" in answer.json()["error"]
     proxy.admin("POST", "/proxy/resume")
+
+
+def test_a_class_may_have_its_own_max_wait() -> None:
+    """aging's max_wait_by_class: a batch request may wait its half hour without being marked
+    overdue (and jumping ahead of people) after the interactive five minutes."""
+    terms = ('[policies.test.terms.aging]\nper_second = 0\nmax_wait = "5s"\n'
+             'max_wait_by_class = { batch = "60s" }\n')
+    text = make_policy(max_parallel=1, terms=terms, extra=CLASSES)
+    compiled = load_policy_text(text.encode(), "p.toml")
+    policy = compiled.active
+    assert policy.wait_limit("batch") == 60.0 and policy.wait_limit("interactive") == 5.0
+    assert policy.first_overdue == 5.0
+    clock = ManualClock(0.0)
+    s = Scheduler(compiled, clock=clock)
+    s.pause()
+    s.enqueue(request_id="old-batch", model="llama3.2:1b", client="ci-1", cls="batch")
+    clock.advance(1.0)
+    s.enqueue(request_id="people", model="llama3.2:1b", client="alice", cls="interactive")
+    clock.advance(10.0)  # both past 5 s; only the interactive one is overdue
+    s.resume()
+    assert [g.ticket.id for g in s.dispatch()] == ["people"]
+    assert policy.overdue(s.waiting()[0].ticket, clock()) is False
+    clock.advance(60.0)
+    assert s.waiting()[0].score.overdue
+
+
+def test_an_unknown_class_in_max_wait_by_class_is_an_error() -> None:
+    from policy.errors import PolicyError
+
+    terms = '[policies.test.terms.aging]\nmax_wait_by_class = { nightly = "1h" }\n'
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(make_policy(terms=terms, extra=CLASSES).encode(), "p.toml")
+    assert "policies.test.terms.aging.max_wait_by_class.nightly" in str(caught.value)
+    assert "not a class defined" in str(caught.value)

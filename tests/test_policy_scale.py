@@ -46,6 +46,9 @@ EXPECTED_AT_A_HUNDREDTH: dict[str, float] = {
     "policies.balanced.terms.rate_penalty.window": 0.6,  # "1m"
     "policies.balanced.terms.aging.max_wait": 3.0,  # "5m"
     "policies.balanced.terms.aging.per_second": 100.0,  # 1.0
+    "policies.balanced.terms.aging.max_wait_by_class.batch": 15.0,  # "25m"
+    "policies.throughput.terms.aging.max_wait_by_class.batch": 15.0,
+    "policies.fair.terms.aging.max_wait_by_class.batch": 15.0,
     "policies.throughput.terms.fairness.window": 6.0,  # not written: the default "10m"
     "policies.throughput.terms.aging.max_wait": 6.0,  # "10m"
     "policies.throughput.terms.aging.per_second": 100.0,
@@ -270,7 +273,8 @@ NOT_TIME = {
 def test_every_term_parameter_is_classified() -> None:
     for term in REGISTRY:
         fields = msgspec.structs.fields(term.params)
-        durations = {f.encode_name for f in fields if is_duration(f.type)}
+        durations = {f.encode_name for f in fields if is_duration(f.type)} | {
+            p.split(".")[0] for p in duration_fields(term.params) if p.endswith(".*")}
         rates = set(PER_SECOND.get(term.name, ()))
         rest = {f.encode_name for f in fields} - durations - rates
         assert rest == NOT_TIME[term.name], term.name

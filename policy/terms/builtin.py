@@ -118,7 +118,11 @@ REGISTRY.register(
         build=_build_aging,
         wait_slope=lambda p: p.per_second,
         max_wait=lambda p: None if p.max_wait is None else parse_duration(p.max_wait),
-        summary="Minus per_second points per second waited; past max_wait the ticket goes first.",
+        class_max_wait=lambda p: {c: parse_duration(w) for c, w in p.max_wait_by_class.items()},
+        classes=lambda p: tuple(p.max_wait_by_class),
+        classes_key="max_wait_by_class",
+        summary="Minus per_second points per second waited; past max_wait (or its class's) the "
+        "ticket goes first.",
     )
 )
 

@@ -45,10 +45,13 @@ class TermType:
     # "wait" terms: points are never below -slope × seconds waited (the engine's lower bound).
     wait_slope: Callable[[Any], float] = field(default=lambda _p: 0.0)
     max_wait: Callable[[Any], float | None] = field(default=_none)
+    # Per class, in place of max_wait (seconds).
+    class_max_wait: Callable[[Any], dict[str, float]] = field(default=lambda _p: {})
     # "client" terms: sliding windows (seconds) the client ledger must count.
     windows: Callable[[Any], tuple[float, ...]] = field(default=_nothing)
     # Class names the parameters refer to; each must be defined under [clients.classes].
     classes: Callable[[Any], Iterable[str]] = field(default=_nothing)
+    classes_key: str = "offsets"  # the parameter that names them, for error paths
 
 
 class UnknownTermType(KeyError):

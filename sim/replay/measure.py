@@ -43,6 +43,7 @@ def _r(x: float) -> float:
 @dataclass(slots=True)
 class Collector:
     max_wait: float | None  # the policy's; waits beyond it are counted
+    class_max_wait: dict[str, float] = field(default_factory=dict)  # the policy's, per class
     waits: list[float] = field(default_factory=list)
     waits_by_class: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -164,7 +165,11 @@ class Collector:
             "makespan_s": _r(max(0.0, self.last_done - start)),
             "wait_s": wait_figures(self.waits),
             "wait_s_by_class": {c: wait_figures(w) for c, w in sorted(self.waits_by_class.items())},
-            "over_max_wait": sum(1 for w in self.waits if self.max_wait is not None and w > self.max_wait),
+            "over_max_wait": sum(
+                1 for c, waits in self.waits_by_class.items()
+                if (limit := self.class_max_wait.get(c, self.max_wait)) is not None
+                for w in waits if w > limit
+            ),
             "jain": jain,
             "worst_client": worst,
             "worst_client_share": worst_ratio,

@@ -25,7 +25,7 @@ def run_all(
 ) -> list[Row]:
     """Plain Ollama first, then each policy, in the order asked."""
     rows = [replay_plain(workload, gpu.settings, compiled.active.max_wait,
-                         progress(PLAIN) if progress else None)]
+                         progress(PLAIN) if progress else None, compiled.active.class_max_wait)]
     for name in policies:
         rows.append(replay_policy(workload, gpu.settings, compiled, name,
                                   progress(name) if progress else None))

@@ -98,7 +98,7 @@ def replay_policy(
     specs = {canonical_model(s.name): s for s in gpu.models}
     scheduler.learn_tags(_tags(specs))
     backend = Backend(gpu)
-    out = Collector(policy.max_wait)
+    out = Collector(policy.max_wait, dict(policy.class_max_wait))
     limits = settings.limits
     times = ServiceTimes()  # slot times as the sidecar measures them: the drain estimate's input
     granted_at: dict[str, float] = {}
@@ -224,12 +224,13 @@ def replay_policy(
 
 def replay_plain(
     workload: Workload, gpu: Settings, max_wait: float | None, progress: Progress | None = None,
+    class_max_wait: dict[str, float] | None = None,
 ) -> Row:
     """Every request straight into the backend model's own FIFO queue (Ollama without a
     sidecar); more than OLLAMA_MAX_QUEUE pending are refused with 503, as Ollama does."""
     specs = {canonical_model(s.name): s for s in gpu.models}
     backend = Backend(gpu)
-    out = Collector(max_wait)
+    out = Collector(max_wait, dict(class_max_wait or {}))
     requests = workload.requests
     running: dict[int, tuple[Request, Job]] = {}
     submitted: dict[int, Request] = {}
