@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from engine.ledger import ClientLedger
 from engine.residency import Action, Plan, ResidencyModel
+from engine.service import ServiceAccount
 from policy.state import SchedulingState
 from schemas.ticket import Residency, Score, Ticket
 
@@ -49,12 +50,14 @@ class InFlight:
 class StateView(SchedulingState):
     """The read-only state a policy sees."""
 
-    __slots__ = ("_cloud", "_ledger", "_residency")
+    __slots__ = ("_cloud", "_ledger", "_residency", "_service")
 
     def __init__(
-        self, ledger: ClientLedger, residency: ResidencyModel, cloud: Callable[[str], bool]
+        self, ledger: ClientLedger, residency: ResidencyModel, cloud: Callable[[str], bool],
+        service: ServiceAccount,
     ) -> None:
         self._ledger, self._residency, self._cloud = ledger, residency, cloud
+        self._service = service
 
     # A cloud model is always "loaded" to a policy: it never costs a load, a swap or VRAM.
     def residency(self, model: str, variant: str = "") -> Residency:
@@ -74,3 +77,6 @@ class StateView(SchedulingState):
 
     def recent(self, client: str, window: float, now: float) -> int:
         return self._ledger.recent(client, window, now)
+
+    def service_lead(self, client: str) -> float:
+        return self._service.lead(client)

@@ -91,6 +91,14 @@ class Picker:
     def mark_dirty(self, clients: set[str]) -> None:
         self._dirty |= clients
 
+    def mark_all_dirty(self) -> None:
+        """Every waiting client's part may have moved (the service account's epoch)."""
+        self._dirty |= set(self._client_groups)
+
+    @property
+    def waiting_clients(self) -> set[str]:
+        return set(self._client_groups)
+
     # -- keys ------------------------------------------------------------------------------
 
     def _unkey(self, key: GroupKey) -> None:

@@ -20,7 +20,9 @@ from engine.ledger import ClientLedger
 from engine.picker import Picker
 from engine.ranking import Ranking
 from engine.residency import Plan, ResidencyModel
+from engine.service import ServiceAccount, ServiceSettings, Usage
 from policy.compile import OrderKey, Policy
+from policy.durations import parse_duration
 from policy.load import CompiledFile
 from schemas.model_name import canonical_model, is_cloud
 from schemas.ticket import Score, Ticket
@@ -61,7 +63,8 @@ class Scheduler:
         self._cloud_of: dict[str, bool] = {}
         self._cloud_waiting = 0  # waiting tickets for cloud models
         self._class_waiting: Counter[str] = Counter()  # waiting tickets per request class
-        self.state = StateView(self._ledger, self.residency_model, self.is_cloud)
+        self.service = ServiceAccount(_service_settings(settings))
+        self.state = StateView(self._ledger, self.residency_model, self.is_cloud, self.service)
         self.paused = False
         self._cloud_in_flight = 0
 
@@ -125,6 +128,7 @@ class Scheduler:
         r._changed()
         self._ranking.invalidate()
         self._ledger.set_windows(settings.windows)
+        self.service.configure(_service_settings(settings))
 
     # -- events ----------------------------------------------------------------------------
 
@@ -152,6 +156,8 @@ class Scheduler:
             endpoint=endpoint,
             variant=variant,
         )
+        if not self._ledger.queued(client):
+            self.service.activated(client)  # back after none waited: no credit for the gap
         self._waiting[request_id] = ticket
         self._cloud_waiting += self.is_cloud(ticket.model)
         self._class_waiting[cls] += 1
@@ -193,6 +199,8 @@ class Scheduler:
         ):
             now = self._clock()
             self._picker.mark_dirty(self._ledger.expire(now))
+            if self.service.tick(now, self._picker.waiting_clients):
+                self._picker.mark_all_dirty()  # decay and the floor moved for everyone
             self._picker.refresh(policy, self.state, now)
             choice = self._choose(policy, now)
             if choice is None:
@@ -249,6 +257,7 @@ class Scheduler:
         self._picker.remove(ticket)
         self._ranking.left(ticket.id)
         self._ledger.leave(ticket.client)
+        self.service.charge(ticket.id, ticket.client)  # the estimate now, the truth at finish
         if self.is_cloud(ticket.model):
             plan = Plan("attach")
             self._cloud_in_flight += 1
@@ -277,11 +286,15 @@ class Scheduler:
             if not flight.cloud:
                 self.residency_model.first_byte(flight.ticket.model)
 
-    def finish(self, request_id: str) -> bool:
-        """The request is over, whatever the outcome: free its slot. False if it held none."""
+    def finish(self, request_id: str, usage: Usage | None = None) -> bool:
+        """The request is over, whatever the outcome: free its slot. False if it held none.
+        `usage`: what it used by Ollama's counters, for the fair_share term (None: unknown, the
+        estimate charged at grant stands)."""
         flight = self._in_flight.pop(request_id, None)
         if flight is None:
             return False
+        if (client := self.service.settle(request_id, usage)) is not None:
+            self._picker.mark_dirty({client})
         if flight.cloud:
             self._cloud_in_flight -= 1
         else:
@@ -423,3 +436,13 @@ class Scheduler:
 
     def residency(self) -> dict[str, Any]:
         return self.residency_model.view()
+
+
+def _service_settings(settings: CompiledFile) -> ServiceSettings:
+    """How the active policy's fair_share term counts service (the defaults without one)."""
+    for term in settings.terms.get(settings.active.name, ()):
+        if term.type.name == "fair_share":
+            p = term.params
+            return ServiceSettings(unit=p.unit, input_weight=p.input_weight,
+                                   output_weight=p.output_weight, half_life=parse_duration(p.half_life))
+    return ServiceSettings()

@@ -38,3 +38,8 @@ class SchedulingState(ABC):
     @abstractmethod
     def recent(self, client: str, window: float, now: float) -> int:
         """Arrivals of this client within the last `window` seconds, including the scored one."""
+
+    @abstractmethod
+    def service_lead(self, client: str) -> float:
+        """How much more service (tokens or GPU seconds, as the fair_share term counts it) this
+        client has had than the least-served waiting client, decayed by the half-life."""

@@ -61,6 +61,16 @@ class AgingParams(Strict, frozen=True):
     max_wait_by_class: dict[str, Duration] = msgspec.field(default_factory=dict)
 
 
+class FairShareParams(Strict, frozen=True):
+    # Points per unit of service a client has had beyond the least-served waiting client.
+    per_unit: NonNegativePoints = 0.05
+    unit: Literal["tokens", "gpu_seconds"] = "tokens"  # what counts as service
+    input_weight: NonNegativePoints = 1.0  # tokens: a prompt token costs this
+    output_weight: NonNegativePoints = 2.0  # tokens: a generated token costs this
+    half_life: Duration = "10m"  # service this long ago counts half
+    cap: NonNegativePoints = 600.0  # the term never exceeds this
+
+
 class ClassOffsetParams(Strict, frozen=True):
     offsets: dict[str, Points] = msgspec.field(default_factory=dict)  # class name -> points
 

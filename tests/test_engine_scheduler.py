@@ -125,7 +125,7 @@ def test_grant_reports_what_the_journal_needs():
     g = s.dispatch()[0]
     assert (g.queue_depth, g.resident, g.action, g.policy_name) == (2, True, "attach", "balanced")
     assert g.policy_version == EXAMPLE.version
-    assert set(g.score.breakdown()) == {"vram", "fairness", "rate_penalty", "class_offset", "aging"}
+    assert set(g.score.breakdown()) == {"vram", "fairness", "fair_share", "rate_penalty", "class_offset", "aging"}
 
 
 def test_position_tells_a_waiting_client_where_it_stands():

@@ -39,13 +39,15 @@ EXPECTED_AT_A_HUNDREDTH: dict[str, float] = {
     "backend.poll_interval": 0.05,  # "5s"
     "backend.request_timeout": 6.0,  # "10m"
     "backend.queue_timeout": 6.0,  # "10m"
-    "limits.classes.interactive.queue_timeout": 1.2,  # "2m"
+    "limits.classes.interactive.queue_timeout": 6.0,  # "10m"
     "limits.classes.batch.queue_timeout": 18.0,  # "30m"
     "limits.rate.abuse.window": 0.1,  # "10s"
     "policies.balanced.terms.fairness.window": 6.0,  # "10m"
     "policies.balanced.terms.rate_penalty.window": 0.6,  # "1m"
     "policies.balanced.terms.aging.max_wait": 3.0,  # "5m"
     "policies.balanced.terms.aging.per_second": 100.0,  # 1.0
+    "policies.balanced.terms.fair_share.half_life": 6.0,  # "10m"
+    "policies.fair.terms.fair_share.half_life": 6.0,
     "policies.balanced.terms.aging.max_wait_by_class.batch": 15.0,  # "25m"
     "policies.throughput.terms.aging.max_wait_by_class.batch": 15.0,
     "policies.fair.terms.aging.max_wait_by_class.batch": 15.0,
@@ -267,6 +269,7 @@ NOT_TIME = {
     "rate_penalty": {"threshold", "per_request", "cap"},
     "class_offset": {"offsets"},
     "aging": {"whole_seconds"},
+    "fair_share": {"per_unit", "unit", "input_weight", "output_weight", "cap"},
 }
 
 

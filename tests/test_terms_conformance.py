@@ -27,7 +27,7 @@ from schemas.ticket import Residency, Ticket
 
 EXAMPLE = Path(__file__).parent.parent / "policies.example.toml"
 NOW = 1000.0
-KNOWN_TYPES = "known types: aging, class_offset, fairness, rate_penalty, vram"
+KNOWN_TYPES = "known types: aging, class_offset, fair_share, fairness, rate_penalty, vram"
 
 
 # ---- a hand-written scheduling state ------------------------------------------------------------
@@ -44,6 +44,7 @@ class StubState(SchedulingState):
     loaded: int = 0
     queued_by_client: dict[str, int] = field(default_factory=dict)
     arrivals_by_client: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    leads_by_client: dict[str, float] = field(default_factory=dict)
 
     def residency(self, model: str, variant: str = "") -> Residency:
         return self.residencies.get(model, "absent")
@@ -62,6 +63,9 @@ class StubState(SchedulingState):
 
     def recent(self, client: str, window: float, now: float) -> int:
         return sum(1 for t in self.arrivals_by_client.get(client, ()) if now - window < t <= now)
+
+    def service_lead(self, client: str) -> float:
+        return self.leads_by_client.get(client, 0.0)
 
 
 MODELS = ["llama3.2:3b", "qwen2.5:14b", "mixtral:8x7b", "llama3.3:70b", "mystery:latest", "phi3"]
@@ -88,6 +92,7 @@ BASE = StubState(
         "bob": tuple(NOW - i * 9.0 for i in range(80)),
         "ci-runner": tuple(NOW - i * 0.5 for i in range(45)),
     },
+    leads_by_client={"bob": 4000.0, "ci-runner": 90_000.0},
 )
 # The same clients, another GPU: everything a model term reads differs, nothing a client term reads.
 OTHER_MODELS = replace(
@@ -103,6 +108,7 @@ OTHER_CLIENTS = replace(
     BASE,
     queued_by_client={"alice": 30, "bob": 1},
     arrivals_by_client={"alice": tuple(NOW - i * 1.0 for i in range(50)), "bob": ()},
+    leads_by_client={"alice": 2500.0},
 )
 STATES = [BASE, OTHER_MODELS, OTHER_CLIENTS]
 
@@ -290,7 +296,7 @@ def test_registering_a_duplicate_name_lists_known_types() -> None:
     with pytest.raises(ValueError) as caught:
         REGISTRY.register(REGISTRY.get("vram"))
     assert str(caught.value) == f"term type 'vram' is already registered; {KNOWN_TYPES}"
-    assert REGISTRY.names() == ["aging", "class_offset", "fairness", "rate_penalty", "vram"]
+    assert REGISTRY.names() == ["aging", "class_offset", "fair_share", "fairness", "rate_penalty", "vram"]
 
 
 def test_duplicate_in_a_fresh_registry_keeps_the_first() -> None:

@@ -13,6 +13,7 @@ from schemas.terms import (
     AgingParams,
     ClassOffsetParams,
     FairnessParams,
+    FairShareParams,
     RatePenaltyParams,
     VramParams,
 )
@@ -170,5 +171,40 @@ REGISTRY.register(
         build=_build_rate_penalty,
         windows=lambda p: (parse_duration(p.window),),
         summary="Per client: per_request points for each arrival in the window above threshold.",
+    )
+)
+
+# ---- fair_share: service received, not requests counted (VTC, engine/service.py) -------------
+
+
+def _build_fair_share(p: FairShareParams) -> TermFn:
+    per_unit, cap = p.per_unit, p.cap
+
+    def fair_share(ticket: Ticket, state: SchedulingState, now: float) -> float:
+        return min(per_unit * state.service_lead(ticket.client), cap)
+
+    return fair_share
+
+
+def _validate_fair_share(p: FairShareParams, path: str) -> list[Problem]:
+    try:
+        half_life = parse_duration(p.half_life)
+    except ValueError:
+        return []  # the decoder has said what is wrong with it
+    if half_life <= 0:
+        return [Problem(join_path(path, "half_life"), p.half_life,
+                        "must be above 0: service must fade for a client that stops")]
+    return []
+
+
+REGISTRY.register(
+    TermType(
+        name="fair_share",
+        params=FairShareParams,
+        depends_on="client",
+        build=_build_fair_share,
+        validate=_validate_fair_share,
+        summary="Per client: points per unit of service (tokens or GPU seconds, decayed) beyond "
+        "the least-served waiting client.",
     )
 )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from starlette.types import Message, Receive, Scope, Send
 
 from engine.scheduler import Grant
+from engine.service import Usage
 from schemas.events import FirstByte
 from schemas.journal import Status
 from server.http.dialects import ProxyError, error_response, ollama_message, stream_error
@@ -130,7 +131,8 @@ class Exchange:
                 # Every path ends here, so the slot (or the waiting ticket) is always released —
                 # after the record, so "nothing in flight" also means "every record handed over".
                 if self._submitted:
-                    self.parts.dispatcher.release(self.facts.request_id)
+                    usage = Usage.from_counters(self.facts.counters) if self.facts.counters else None
+                    self.parts.dispatcher.release(self.facts.request_id, usage)
 
     # -- the trip ---------------------------------------------------------------------------
 

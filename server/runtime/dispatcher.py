@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from engine.scheduler import Grant, Scheduler
+from engine.service import Usage
 from schemas.ticket import Ticket
 
 log = logging.getLogger("smart_proxy.dispatch")
@@ -93,9 +94,10 @@ class Dispatcher:
             self._on_grant(grant)
             fut.set_result(grant)
 
-    def release(self, request_id: str) -> None:
+    def release(self, request_id: str, usage: Usage | None = None) -> None:
         """The request has ended, however it ended (answered, failed, timed out in the queue,
-        client gone, removed by an admin): drop its waiting ticket or free its slot."""
+        client gone, removed by an admin): drop its waiting ticket or free its slot. `usage`:
+        Ollama's counters for it, what the fair_share term charges."""
         self._removed.discard(request_id)
         fut = self._futures.pop(request_id, None)
         if self.scheduler.cancel(request_id):
@@ -103,7 +105,7 @@ class Dispatcher:
                 fut.cancel()
             self.pump()  # a cancelled ticket may have been what blocked the others' order
         else:
-            self.finish(request_id)
+            self.finish(request_id, usage)
 
     def known(self, request_id: str) -> bool:
         """Whether a request with this id is waiting or in flight."""
@@ -139,9 +141,9 @@ class Dispatcher:
         self.scheduler.first_byte(request_id)
         self.pump()
 
-    def finish(self, request_id: str) -> None:
+    def finish(self, request_id: str, usage: Usage | None = None) -> None:
         """Free the slot of a granted ticket; a second call for the same id does nothing."""
-        if self.scheduler.finish(request_id):
+        if self.scheduler.finish(request_id, usage):
             self.pump()
 
     def pause(self) -> None:

@@ -22,6 +22,7 @@ from engine.clock import ManualClock
 from engine.eta import ServiceTimes
 from engine.residency import GIB
 from engine.scheduler import Scheduler
+from engine.service import Usage
 from policy.load import CompiledFile
 from schemas.model_name import canonical_model
 from sim.backend import Backend, Job, QueueFull
@@ -128,8 +129,9 @@ def replay_policy(
             _, job_id, rid = heapq.heappop(running)
             del in_backend[job_id]
             request, _ = by_id.pop(rid)
-            scheduler.finish(rid)
-            times.observe(request.model, now - granted_at.pop(rid, now))
+            held = now - granted_at.pop(rid, now)
+            scheduler.finish(rid, Usage(request.prompt_tokens, request.output_tokens, held))
+            times.observe(request.model, held)
             out.finished(request, now)
             if on_finish is not None:
                 on_finish(request, now)
