@@ -166,17 +166,22 @@ class Picker:
         eligible: Callable[[str, str], bool],
         oldest: Callable[[], Iterator[Ticket]],
         version: int | None = None,
+        barred: Callable[[str, str], bool] | None = None,
     ) -> tuple[Ticket, Score] | None:
         """The eligible ticket with the lowest order key; `refresh` must have run first.
         `oldest()` iterates the waiting tickets in arrival order. `version`: the residency's
-        change count, when the caller has one (model parts are then reused until it moves)."""
+        change count, when the caller has one (model parts are then reused until it moves).
+        `barred(cls, model)`: a ticket that may not take this slot (it is kept for another class)."""
+        if barred is None:
+            barred = _never
         bound = policy.first_overdue
         if bound is not None:
             # Overdue tickets go first, oldest first: walk arrival order while any could be.
             for ticket in oldest():
                 if now - ticket.arrival < bound:
                     break
-                if policy.overdue(ticket, now) and eligible(ticket.model, ticket.variant):
+                if (policy.overdue(ticket, now) and not barred(ticket.cls, ticket.model)
+                        and eligible(ticket.model, ticket.variant)):
                     return ticket, policy.score(ticket, state, now)
         if policy.clamp_min is not None:
             # Nothing scores below the clamp, and among equal totals the older ticket wins: the
@@ -185,7 +190,7 @@ class Picker:
             for looked, ticket in enumerate(oldest()):
                 if looked == CLAMP_PROBE:
                     break
-                if eligible(ticket.model, ticket.variant):
+                if not barred(ticket.cls, ticket.model) and eligible(ticket.model, ticket.variant):
                     score = policy.score(ticket, state, now)
                     if score.total <= policy.clamp_min and not score.overdue:
                         return ticket, score
@@ -207,6 +212,8 @@ class Picker:
         for bound, key in heapq.merge(*streams, key=lambda item: item[0]):
             if best is not None and bound > best[2].total + _EPS:
                 break
+            if barred(key[3], key[0]):
+                continue
             ticket = self._groups[key][0]
             score = policy.score(ticket, state, now)
             order = policy.order_key(ticket, score)
@@ -218,7 +225,7 @@ class Picker:
                     # arrival order the first clamped ticket is that tie. (Long waiters all tie
                     # at the clamp, so this beats walking every one of their bounds.)
                     return self._oldest_at_clamp(
-                        policy, state, now, eligible, oldest, ticket, score
+                        policy, state, now, eligible, oldest, ticket, score, barred
                     )
         return None if best is None else (best[1], best[2])
 
@@ -231,12 +238,13 @@ class Picker:
         oldest: Callable[[], Iterator[Ticket]],
         found: Ticket,
         score: Score,
+        barred: Callable[[str, str], bool],
     ) -> tuple[Ticket, Score]:
         assert policy.clamp_min is not None
         for ticket in oldest():
             if (ticket.arrival, ticket.seq) >= (found.arrival, found.seq):
                 break
-            if eligible(ticket.model, ticket.variant):
+            if not barred(ticket.cls, ticket.model) and eligible(ticket.model, ticket.variant):
                 other = policy.score(ticket, state, now)
                 if other.total <= policy.clamp_min and not other.overdue:
                     return ticket, other
@@ -247,3 +255,7 @@ def _bounds(base: float, entries: SortedList) -> Iterator[tuple[float, GroupKey]
     # A function, not an inline generator, so each model's stream keeps its own `base`.
     for entry in entries:
         yield base + entry[0], entry[3]
+
+
+def _never(cls: str, model: str) -> bool:
+    return False

@@ -63,6 +63,7 @@ class Scheduler:
         self._cloud_of: dict[str, bool] = {}
         self._cloud_waiting = 0  # waiting tickets for cloud models
         self._class_waiting: Counter[str] = Counter()  # waiting tickets per request class
+        self._class_running: Counter[str] = Counter()  # local slots held per request class
         self.service = ServiceAccount(_service_settings(settings))
         self.state = StateView(self._ledger, self.residency_model, self.is_cloud, self.service)
         self.paused = False
@@ -222,8 +223,10 @@ class Scheduler:
                 return cloud_free
             return local_free and (model, variant) not in held and residency.eligible(model, variant)
 
+        barred = self._barred(policy)
         while True:
-            choice = self._picker.best(policy, self.state, now, eligible, self._oldest, residency.version)
+            choice = self._picker.best(policy, self.state, now, eligible, self._oldest,
+                                       residency.version, barred)
             if choice is None or choice[1].overdue:  # overdue work goes, whatever it costs
                 return choice
             ticket, score = choice
@@ -234,6 +237,18 @@ class Scheduler:
             if not any(self._ranks_ahead(v, mine, policy, now) for v in victims):
                 return choice
             held.add((ticket.model, ticket.variant))
+
+    def _barred(self, policy: Policy) -> Callable[[str, str], bool] | None:
+        """The policy's `reserve`: a class may take a local slot only if the free ones exceed
+        what is still kept for the other classes (a class's running requests use its reserve)."""
+        if not policy.reserve or sum(policy.reserve.values()) >= self.max_parallel:
+            return None  # none, or more than there are slots (max_parallel lowered since): void
+        free = self.max_parallel - (len(self._in_flight) - self._cloud_in_flight)
+        outstanding = {c: max(0, n - self._class_running[c]) for c, n in policy.reserve.items()}
+        kept = sum(outstanding.values())
+        if free > kept:
+            return None  # every class may take this slot
+        return lambda cls, model: free - (kept - outstanding.get(cls, 0)) < 1 and not self.is_cloud(model)
 
     def _ranks_ahead(
         self, model: str, key: tuple[int, float, float, int], policy: Policy, now: float
@@ -266,6 +281,7 @@ class Scheduler:
             plan = self.residency_model.plan(ticket.model, ticket.variant)
             self.residency_model.dispatched(ticket.model, plan, now, ticket.variant)
             self._in_flight[ticket.id] = InFlight(ticket, now, plan)
+            self._class_running[ticket.cls] += 1
         return Grant(
             ticket=ticket,
             score=score,
@@ -298,6 +314,7 @@ class Scheduler:
         if flight.cloud:
             self._cloud_in_flight -= 1
         else:
+            self._class_running[flight.ticket.cls] -= 1
             self.residency_model.finished(flight.ticket.model, self._clock())
         return True
 
@@ -381,6 +398,8 @@ class Scheduler:
             else None
         )
         blocked: dict[tuple[str, str], str | None] = {}  # per runner, decided at its best ticket
+        barred = self._barred(policy)
+        kept_for = ", ".join(sorted(policy.reserve))
         out = []
         for i, (key, t, score) in enumerate(ranked, start=1):
             if self.is_cloud(t.model):
@@ -393,8 +412,10 @@ class Scheduler:
                 if blocked[runner] is None and not score.overdue:
                     blocked[runner] = self._held_reason(t.model, t.variant, key, resident_best)
             why = blocked[runner]
-            reasons = [*common, *([why] if why else []), *([full] if full else [])]
-            out.append(RankedTicket(i, t, score, why is None, "; ".join(reasons) or None))
+            kept = barred is not None and barred(t.cls, t.model)
+            reasons = [*common, *([why] if why else []), *([full] if full else []),
+                       *([f"the free slot is kept for {kept_for} (reserve)"] if kept else [])]
+            out.append(RankedTicket(i, t, score, why is None and not kept, "; ".join(reasons) or None))
         return out
 
     def _held_reason(

@@ -47,6 +47,7 @@ class Policy:
     # looks at, so it must not filter `terms` on each call.
     by_dependency: dict[str, tuple[TermFn, ...]] = field(default_factory=dict, compare=False)
     class_max_wait: dict[str, float] = field(default_factory=dict)  # per class, over max_wait
+    reserve: dict[str, int] = field(default_factory=dict)  # local slots kept for a class
     # The shortest wait after which any ticket is overdue: where the picker's walk over the
     # oldest tickets may stop (set from the two above).
     first_overdue: float | None = field(init=False, default=None)

@@ -219,7 +219,10 @@ def compile_file(
     file: PolicyFile, terms: dict[str, list[DecodedTerm]], path: str, version: str
 ) -> CompiledFile:
     policies = {
-        name: compile_policy(name, version, spec.description, spec.clamp_min, terms[name])
+        name: dataclasses.replace(
+            compile_policy(name, version, spec.description, spec.clamp_min, terms[name]),
+            reserve=dict(spec.reserve),
+        )
         for name, spec in file.policies.items()
     }
     b = file.backend

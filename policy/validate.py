@@ -97,6 +97,21 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
                 "is below 0.1 s; a status line that often is noise, not news",
             ))
 
+    backend = sections.get("backend")
+    for name, spec in (policies or {}).items():
+        for cls in spec.reserve:
+            where = join_path(join_path(join_path("policies", name), "reserve"), cls)
+            if clients is not None and cls not in clients.classes:
+                problems.append(Problem(where, cls, f"is not a class defined under [clients.classes]; "
+                                        f"defined: {', '.join(clients.classes)}"))
+        total = sum(spec.reserve.values())
+        if backend is not None and spec.reserve and total >= backend.max_parallel:
+            problems.append(Problem(
+                join_path(join_path("policies", name), "reserve"), dict(spec.reserve),
+                f"keeps {total} of backend.max_parallel ({backend.max_parallel}) slots; leave at "
+                "least one that every class may take",
+            ))
+
     limits = sections.get("limits")
     if limits is not None:
         defined = clients.classes if clients is not None else None

@@ -126,6 +126,9 @@ class PolicySpec(Strict, frozen=True):
     description: str = ""
     # Scores below this are raised to it (the seed clamped at 0); ties then fall to arrival order.
     clamp_min: float | None = None
+    # Slots (of backend.max_parallel) kept for a class: other classes cannot take the last ones,
+    # so an interactive request never waits behind a full set of long batch generations.
+    reserve: dict[str, PositiveInt] = msgspec.field(default_factory=dict)
     # TERM name -> its table. Decoded per term type by the policy package.
     terms: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 

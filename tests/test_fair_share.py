@@ -120,3 +120,43 @@ def test_a_half_life_of_zero_is_an_error() -> None:
         load_policy_text(make_policy(terms=terms).encode(), "p.toml")
     assert "policies.test.terms.fair_share.half_life" in str(caught.value)
     assert "must be above 0" in str(caught.value)
+
+
+RESERVE = """
+[clients.classes.interactive]
+[clients.classes.batch]
+clients = ["ci-*"]
+"""
+
+
+def _with_reserve(text: str) -> str:
+    return text.replace("[policies.test.terms.vram]",
+                        "[policies.test]\nreserve = { interactive = 1 }\n\n[policies.test.terms.vram]", 1)
+
+
+def test_a_reserved_slot_waits_for_its_class() -> None:
+    """reserve = { interactive = 1 } with two slots: batch work takes one, never both; an
+    interactive request arriving later starts at once."""
+    text = _with_reserve(make_policy(
+        max_parallel=2, extra=RESERVE + '[models]\n"llama3.2:1b" = { num_parallel = 4 }\n'))
+    compiled = load_policy_text(text.encode(), "p.toml")
+    assert compiled.active.reserve == {"interactive": 1}
+    s = Scheduler(compiled, clock=ManualClock(0.0))
+    for i in range(3):
+        s.enqueue(request_id=f"b{i}", model=MODEL, client=f"ci-{i}", cls="batch")
+    assert [g.ticket.id for g in s.dispatch()] == ["b0"]
+    reasons = {r.ticket.id: r for r in s.waiting()}
+    assert not reasons["b1"].eligible and "kept for interactive" in (reasons["b1"].reason or "")
+    s.enqueue(request_id="i0", model=MODEL, client="alice", cls="interactive")
+    assert [g.ticket.id for g in s.dispatch()] == ["i0"]
+    s.finish("i0")
+    assert s.dispatch() == []  # the slot is kept again
+    s.finish("b0")
+    assert [g.ticket.id for g in s.dispatch()] == ["b1"]
+
+
+def test_a_reserve_that_leaves_no_slot_is_an_error() -> None:
+    text = _with_reserve(make_policy(max_parallel=1, extra=RESERVE))
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(text.encode(), "p.toml")
+    assert "policies.test.reserve" in str(caught.value) and "leave at least one" in str(caught.value)
