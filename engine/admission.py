@@ -106,7 +106,10 @@ def admit(
     if slot_seconds is not None and own is not None and not (model and scheduler.is_cloud(model)):
         timeout = own.queue_timeout
         ahead = ahead_of(compiled, scheduler, cls)  # a shed request is less urgent: not in it
-        drain = wait_estimate(ahead, scheduler.max_parallel, slot_seconds)
+        # The slots this class may use: the policy's reserve for other classes is not its own.
+        kept = sum(n for c, n in compiled.active.reserve.items() if c != cls)
+        slots = scheduler.max_parallel - kept if kept < scheduler.max_parallel else scheduler.max_parallel
+        drain = wait_estimate(ahead, slots, slot_seconds)
         if drain > timeout:
             return Refusal(
                 503, f"server busy, please try again. the {ahead} requests ahead would take about "
