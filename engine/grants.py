@@ -80,3 +80,9 @@ class StateView(SchedulingState):
 
     def service_lead(self, client: str) -> float:
         return self._service.lead(client)
+
+    def load_seconds(self, model: str) -> float:
+        return 0.0 if self._cloud(model) else self._residency.load_seconds(model)
+
+    def evicts(self, model: str, variant: str = "") -> tuple[str, ...]:
+        return () if self._cloud(model) else self._residency.plan(model, variant).evicts

@@ -74,6 +74,10 @@ class Plan:
     evicts: tuple[str, ...] = ()
 
 
+PRIOR_UNKNOWN_LOAD_S = 30.0  # a model nobody has sized: assume a large one
+GIB_IN_GB = 1.073741824
+
+
 @dataclass(slots=True)
 class ResidencyModel:
     vram_gb: float
@@ -88,6 +92,9 @@ class ResidencyModel:
     models: dict[str, ModelState] = field(default_factory=dict)
     ps_sizes: dict[str, float] = field(default_factory=dict)  # reported by /api/ps
     tag_sizes: dict[str, float] = field(default_factory=dict)  # estimated from /api/tags
+    # Seconds a load of each model took on this host, from Ollama's load_duration (a moving
+    # average); the swap_cost term reads them, with a prior from the size until one is seen.
+    load_times: dict[str, float] = field(default_factory=dict)
     # (VRAM used, resident count), asked for by every vram term evaluation; every mutation below
     # of where models are, their runners, sizes or limits calls _changed() (a request attaching
     # to, or leaving, a runner that stays as it was changes none of them). Callers that edit the
@@ -224,6 +231,25 @@ class ResidencyModel:
         return reason
 
     # -- prediction ----------------------------------------------------------------------
+
+    def load_seconds(self, model: str) -> float:
+        """How long loading `model` takes here: learned, else a prior from its size (a start-up
+        second and a half, then 2 GB/s from disk), else PRIOR_UNKNOWN_LOAD_S."""
+        learned = self.load_times.get(model)
+        if learned is not None:
+            return learned
+        size = self.size_gb(model)
+        return PRIOR_UNKNOWN_LOAD_S if size is None else 1.5 + size * GIB_IN_GB / 2.0
+
+    def learn_load(self, model: str, seconds: float) -> None:
+        """A load of `model` took `seconds` (Ollama's load_duration)."""
+        old = self.load_times.get(model)
+        new = seconds if old is None else 0.7 * old + 0.3 * seconds
+        if old is None and len(self.load_times) >= 4096:  # names come from clients
+            return
+        self.load_times[model] = new
+        if old is None or abs(new - old) > 0.1 * old:
+            self._changed()  # model parts read it: let them be recomputed
 
     def plan(self, model: str, variant: str = "") -> Plan:
         if self.residency(model, variant) in ("loaded", "loading"):

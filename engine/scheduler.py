@@ -119,9 +119,10 @@ class Scheduler:
         requests now go to another Ollama, whose card may give the same tag another size."""
         self._settings = settings
         b, r = settings.backend, self.residency_model
-        if new_host:  # sizes the old one reported are not this one's
+        if new_host:  # sizes and load times the old one reported are not this one's
             r.ps_sizes.clear()
             r.tag_sizes.clear()
+            r.load_times.clear()
         r.vram_gb, r.max_loaded = b.vram_gb, b.max_loaded_models
         r.set_parallel(settings.model_parallel, b.num_parallel)
         r.overrides = {canonical_model(k): v for k, v in settings.model_sizes.items()}
@@ -311,6 +312,8 @@ class Scheduler:
             return False
         if (client := self.service.settle(request_id, usage)) is not None:
             self._picker.mark_dirty({client})
+        if usage is not None and usage.load_seconds > 0 and flight.plan.action != "attach":
+            self.residency_model.learn_load(flight.ticket.model, usage.load_seconds)
         if flight.cloud:
             self._cloud_in_flight -= 1
         else:

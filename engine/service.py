@@ -34,11 +34,13 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     gpu_seconds: float = 0.0
+    load_seconds: float = 0.0  # the part of it spent loading the model (learned by swap_cost)
 
     @classmethod
     def from_counters(cls, counters: Mapping[str, int]) -> Usage:
         ns = sum(counters.get(k, 0) for k in ("prompt_eval_duration", "eval_duration", "load_duration"))
-        return cls(counters.get("prompt_eval_count", 0), counters.get("eval_count", 0), ns / 1e9)
+        return cls(counters.get("prompt_eval_count", 0), counters.get("eval_count", 0), ns / 1e9,
+                   counters.get("load_duration", 0) / 1e9)
 
 
 @dataclass(frozen=True, slots=True)

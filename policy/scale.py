@@ -33,7 +33,7 @@ from policy.load import CompiledFile, load_policy_text
 # the same in a replay as in production.
 UNSCALED = frozenset({"admin.session_lifetime", "journal.retention", "queue_status.every"})
 # Rates per second of each term type: divided by the factor (a compressed second is shorter).
-PER_SECOND: dict[str, tuple[str, ...]] = {"aging": ("per_second",)}
+PER_SECOND: dict[str, tuple[str, ...]] = {"aging": ("per_second",), "swap_cost": ("per_second",)}
 WHOLE_SECONDS_RULE = (
     "cannot be scaled: whole seconds of the compressed clock are not whole seconds of the real "
     "one, so no per_second gives the same scores; set whole_seconds = false in this term (or "

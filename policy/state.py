@@ -43,3 +43,12 @@ class SchedulingState(ABC):
     def service_lead(self, client: str) -> float:
         """How much more service (tokens or GPU seconds, as the fair_share term counts it) this
         client has had than the least-served waiting client, decayed by the half-life."""
+
+    @abstractmethod
+    def load_seconds(self, model: str) -> float:
+        """How long loading `model` takes on this host: learned from Ollama's load_duration, else
+        estimated from its size."""
+
+    @abstractmethod
+    def evicts(self, model: str, variant: str = "") -> tuple[str, ...]:
+        """The models loading this one now would evict (none when it is loaded or fits)."""

@@ -71,6 +71,14 @@ class FairShareParams(Strict, frozen=True):
     cap: NonNegativePoints = 600.0  # the term never exceeds this
 
 
+class SwapCostParams(Strict, frozen=True):
+    # Points per second of GPU time a load would take: the model's own load, plus `evict_weight`
+    # of the reload of each model it evicts (that work may come back).
+    per_second: NonNegativePoints = 1.0
+    evict_weight: NonNegativePoints = 0.5
+    cap: NonNegativePoints = 600.0  # the term never exceeds this
+
+
 class ClassOffsetParams(Strict, frozen=True):
     offsets: dict[str, Points] = msgspec.field(default_factory=dict)  # class name -> points
 

@@ -27,7 +27,7 @@ from schemas.ticket import Residency, Ticket
 
 EXAMPLE = Path(__file__).parent.parent / "policies.example.toml"
 NOW = 1000.0
-KNOWN_TYPES = "known types: aging, class_offset, fair_share, fairness, rate_penalty, vram"
+KNOWN_TYPES = "known types: aging, class_offset, fair_share, fairness, rate_penalty, swap_cost, vram"
 
 
 # ---- a hand-written scheduling state ------------------------------------------------------------
@@ -45,6 +45,8 @@ class StubState(SchedulingState):
     queued_by_client: dict[str, int] = field(default_factory=dict)
     arrivals_by_client: dict[str, tuple[float, ...]] = field(default_factory=dict)
     leads_by_client: dict[str, float] = field(default_factory=dict)
+    load_times: dict[str, float] = field(default_factory=dict)
+    evictions: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def residency(self, model: str, variant: str = "") -> Residency:
         return self.residencies.get(model, "absent")
@@ -66,6 +68,12 @@ class StubState(SchedulingState):
 
     def service_lead(self, client: str) -> float:
         return self.leads_by_client.get(client, 0.0)
+
+    def load_seconds(self, model: str) -> float:
+        return self.load_times.get(model, 30.0)
+
+    def evicts(self, model: str, variant: str = "") -> tuple[str, ...]:
+        return self.evictions.get(model, ())
 
 
 MODELS = ["llama3.2:3b", "qwen2.5:14b", "mixtral:8x7b", "llama3.3:70b", "mystery:latest", "phi3"]
@@ -93,6 +101,8 @@ BASE = StubState(
         "ci-runner": tuple(NOW - i * 0.5 for i in range(45)),
     },
     leads_by_client={"bob": 4000.0, "ci-runner": 90_000.0},
+    load_times={"llama3.2:3b": 2.5, "qwen2.5:14b": 6.0, "mixtral:8x7b": 14.0, "llama3.3:70b": 25.0},
+    evictions={"mixtral:8x7b": ("llama3.2:3b",), "llama3.3:70b": ("llama3.2:3b", "phi3")},
 )
 # The same clients, another GPU: everything a model term reads differs, nothing a client term reads.
 OTHER_MODELS = replace(
@@ -102,6 +112,8 @@ OTHER_MODELS = replace(
     fits_vram=frozenset({"llama3.2:3b", "qwen2.5:14b"}),
     fits_ollama=frozenset({"llama3.2:3b"}),
     loaded=0,
+    load_times={"qwen2.5:14b": 9.0, "llama3.3:70b": 40.0},
+    evictions={"llama3.3:70b": ("mixtral:8x7b",)},
 )
 # The same GPU, other clients: everything a client term reads differs, nothing a model term reads.
 OTHER_CLIENTS = replace(
@@ -296,7 +308,7 @@ def test_registering_a_duplicate_name_lists_known_types() -> None:
     with pytest.raises(ValueError) as caught:
         REGISTRY.register(REGISTRY.get("vram"))
     assert str(caught.value) == f"term type 'vram' is already registered; {KNOWN_TYPES}"
-    assert REGISTRY.names() == ["aging", "class_offset", "fair_share", "fairness", "rate_penalty", "vram"]
+    assert REGISTRY.names() == ["aging", "class_offset", "fair_share", "fairness", "rate_penalty", "swap_cost", "vram"]
 
 
 def test_duplicate_in_a_fresh_registry_keeps_the_first() -> None:

@@ -15,6 +15,7 @@ from schemas.terms import (
     FairnessParams,
     FairShareParams,
     RatePenaltyParams,
+    SwapCostParams,
     VramParams,
 )
 from schemas.ticket import Ticket
@@ -206,5 +207,30 @@ REGISTRY.register(
         validate=_validate_fair_share,
         summary="Per client: points per unit of service (tokens or GPU seconds, decayed) beyond "
         "the least-served waiting client.",
+    )
+)
+
+# ---- swap_cost: a load in seconds of GPU time, not a tier in points ----------------------------
+
+
+def _build_swap_cost(p: SwapCostParams) -> TermFn:
+    def swap_cost(ticket: Ticket, state: SchedulingState, now: float) -> float:
+        if state.residency(ticket.model, ticket.variant) in ("loaded", "loading"):
+            return 0.0
+        seconds = state.load_seconds(ticket.model)
+        seconds += p.evict_weight * sum(state.load_seconds(v) for v in state.evicts(ticket.model, ticket.variant))
+        return min(p.per_second * seconds, p.cap)
+
+    return swap_cost
+
+
+REGISTRY.register(
+    TermType(
+        name="swap_cost",
+        params=SwapCostParams,
+        depends_on="model",
+        build=_build_swap_cost,
+        summary="Per model: per_second points per second a load would take (learned from "
+        "Ollama's load_duration), plus evict_weight of each evicted model's reload.",
     )
 )

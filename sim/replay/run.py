@@ -127,10 +127,12 @@ def replay_policy(
                 out.started(request, cls, now)
         while running and running[0][0] <= now:
             _, job_id, rid = heapq.heappop(running)
-            del in_backend[job_id]
+            _, job = in_backend.pop(job_id)
             request, _ = by_id.pop(rid)
             held = now - granted_at.pop(rid, now)
-            scheduler.finish(rid, Usage(request.prompt_tokens, request.output_tokens, held))
+            # Ollama's load_duration: from the request's arrival at Ollama to its runner ready.
+            loaded = (job.ready_at - job.arrival) if job.ready_at is not None else 0.0
+            scheduler.finish(rid, Usage(request.prompt_tokens, request.output_tokens, held, loaded))
             times.observe(request.model, held)
             out.finished(request, now)
             if on_finish is not None:
