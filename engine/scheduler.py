@@ -247,8 +247,8 @@ class Scheduler:
         free = self.max_parallel - (len(self._in_flight) - self._cloud_in_flight)
         outstanding = {c: max(0, n - self._class_running[c]) for c, n in policy.reserve.items()}
         kept = sum(outstanding.values())
-        if free > kept:
-            return None  # every class may take this slot
+        if free <= 0 or free > kept:
+            return None  # no slot to keep, or every class may take this one
         return lambda cls, model: free - (kept - outstanding.get(cls, 0)) < 1 and not self.is_cloud(model)
 
     def _ranks_ahead(

@@ -411,7 +411,7 @@ def test_explain_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["policy", "explain", EXAMPLE, "--scenario", scenario, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["policy"], data["scenario"], data["description"]) == ("balanced", scenario, "long names")
-    assert data["terms"] == ["vram", "fairness", "rate_penalty", "class_offset", "aging"]
+    assert data["terms"] == ["vram", "fairness", "fair_share", "rate_penalty", "class_offset", "aging"]
     first = data["ranking"][0]
     assert (first["rank"], first["model"], first["client"]) == (1, LONG_MODEL, LONG_CLIENT)
     assert set(first["terms"]) == set(data["terms"])
