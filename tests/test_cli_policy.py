@@ -151,7 +151,7 @@ def test_snapshot_check_shows_what_moved(capsys, tmp_path):
     )
     assert code == 1
     assert "balanced / 02-loaded-vs-swaps: order changed" in out
-    assert "  before: b1 c1 b2 d1 a1\n  after:  b1 b2 a1 c1 d1" in out
+    assert "  before: b1 b2 c1 d1 a1\n  after:  b1 b2 a1 c1 d1" in out
     assert "seed /" not in out  # other policies did not move
 
 

@@ -47,7 +47,6 @@ EXPECTED_AT_A_HUNDREDTH: dict[str, float] = {
     "policies.balanced.terms.aging.max_wait": 3.0,  # "5m"
     "policies.balanced.terms.aging.per_second": 100.0,  # 1.0
     "policies.balanced.terms.fair_share.half_life": 6.0,  # "10m"
-    "policies.fair.terms.fair_share.half_life": 6.0,
     "policies.balanced.terms.aging.max_wait_by_class.batch": 15.0,  # "25m"
     "policies.throughput.terms.aging.max_wait_by_class.batch": 15.0,
     "policies.fair.terms.aging.max_wait_by_class.batch": 15.0,
