@@ -56,8 +56,7 @@ def _least_urgent_victim(compiled: CompiledFile, scheduler: Scheduler, cls: str)
     limits = compiled.limits
     mine = limits.queue_timeout(cls)
     candidates = sorted(
-        (c for c in limits.classes if c != cls and limits.queue_timeout(c) > mine
-         and scheduler.waiting_in(c)),
+        (c for c in scheduler.waiting_classes() if c != cls and limits.queue_timeout(c) > mine),
         key=limits.queue_timeout, reverse=True,
     )
     for victim_class in candidates:

@@ -95,6 +95,10 @@ class ResidencyModel:
     # Seconds a load of each model took on this host, from Ollama's load_duration (a moving
     # average); the swap_cost term reads them, with a prior from the size until one is seen.
     load_times: dict[str, float] = field(default_factory=dict)
+    # Whether a model term reads which model a load would evict (swap_cost does): that choice
+    # follows each runner's use (busy first kept, then least recently used), so then every use
+    # counts as a change; without such a term, attaching to a runner changes nothing a term reads.
+    track_use: bool = False
     # (VRAM used, resident count), asked for by every vram term evaluation; every mutation below
     # of where models are, their runners, sizes or limits calls _changed() (a request attaching
     # to, or leaving, a runner that stays as it was changes none of them). Callers that edit the
@@ -248,8 +252,7 @@ class ResidencyModel:
         if old is None and len(self.load_times) >= 4096:  # names come from clients
             return
         self.load_times[model] = new
-        if old is None or abs(new - old) > 0.1 * old:
-            self._changed()  # model parts read it: let them be recomputed
+        self._changed()  # model parts read it: let them be recomputed
 
     def plan(self, model: str, variant: str = "") -> Plan:
         if self.residency(model, variant) in ("loaded", "loading"):
@@ -278,6 +281,8 @@ class ResidencyModel:
         state.in_flight += 1
         state.last_used = now
         if plan.action == "attach":
+            if self.track_use:
+                self._changed()
             return
         self._changed()
         state.where, state.started, state.victims = "loading", False, plan.evicts
@@ -300,6 +305,8 @@ class ResidencyModel:
         state = self.get(model)
         state.in_flight = max(0, state.in_flight - 1)
         state.last_used = now
+        if self.track_use:
+            self._changed()
         if state.where == "loading" and not state.started and state.in_flight == 0:
             self._changed()
             # The load never produced a byte (error or cancellation): Ollama holds nothing new,

@@ -65,6 +65,7 @@ class Scheduler:
         self._class_waiting: Counter[str] = Counter()  # waiting tickets per request class
         self._class_running: Counter[str] = Counter()  # local slots held per request class
         self.service = ServiceAccount(_service_settings(settings))
+        self.residency_model.track_use = _reads_evictions(settings)
         self.state = StateView(self._ledger, self.residency_model, self.is_cloud, self.service)
         self.paused = False
         self._cloud_in_flight = 0
@@ -86,6 +87,10 @@ class Scheduler:
     def waiting_in(self, cls: str) -> int:
         """Waiting tickets of one request class."""
         return self._class_waiting[cls]
+
+    def waiting_classes(self) -> list[str]:
+        """The request classes with a waiting ticket."""
+        return [c for c, n in self._class_waiting.items() if n > 0]
 
     def newest_waiting(self, cls: str) -> str | None:
         """The id of the class's most recent waiting ticket (what shedding gives up first)."""
@@ -131,6 +136,7 @@ class Scheduler:
         self._ranking.invalidate()
         self._ledger.set_windows(settings.windows)
         self.service.configure(_service_settings(settings))
+        r.track_use = _reads_evictions(settings)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -201,8 +207,7 @@ class Scheduler:
         ):
             now = self._clock()
             self._picker.mark_dirty(self._ledger.expire(now))
-            if self.service.tick(now, self._picker.waiting_clients):
-                self._picker.mark_all_dirty()  # decay and the floor moved for everyone
+            self._tick(now)
             self._picker.refresh(policy, self.state, now)
             choice = self._choose(policy, now)
             if choice is None:
@@ -235,9 +240,13 @@ class Scheduler:
                 return choice  # evicts nothing
             mine = policy.order_key(ticket, score)
             victims = residency.plan(ticket.model, ticket.variant).evicts
-            if not any(self._ranks_ahead(v, mine, policy, now) for v in victims):
+            if not any(self._ranks_ahead(v, mine, policy, now, barred) for v in victims):
                 return choice
             held.add((ticket.model, ticket.variant))
+
+    def _tick(self, now: float) -> None:
+        if self.service.tick(now, self._picker.waiting_clients):
+            self._picker.mark_all_dirty()  # fair_share's decay and floor moved for everyone
 
     def _barred(self, policy: Policy) -> Callable[[str, str], bool] | None:
         """The policy's `reserve`: a class may take a local slot only if the free ones exceed
@@ -252,8 +261,11 @@ class Scheduler:
         return lambda cls, model: free - (kept - outstanding.get(cls, 0)) < 1 and not self.is_cloud(model)
 
     def _ranks_ahead(
-        self, model: str, key: tuple[int, float, float, int], policy: Policy, now: float
+        self, model: str, key: tuple[int, float, float, int], policy: Policy, now: float,
+        barred: Callable[[str, str], bool] | None = None,
     ) -> bool:
+        """Whether work for the loaded `model` that could take this slot ranks ahead of `key`
+        (work the reserve keeps out of this slot could not, so it holds nothing back)."""
         residency = self.residency_model
         best = self._picker.best(
             policy,
@@ -262,6 +274,7 @@ class Scheduler:
             lambda m, v: m == model and residency.residency(m, v) != "absent",
             self._oldest,
             residency.version,
+            barred,
         )
         return best is not None and policy.order_key(*best) < key
 
@@ -312,7 +325,9 @@ class Scheduler:
             return False
         if (client := self.service.settle(request_id, usage)) is not None:
             self._picker.mark_dirty({client})
-        if usage is not None and usage.load_seconds > 0 and flight.plan.action != "attach":
+        if usage is not None and usage.load_seconds >= 0.1 and flight.plan.action == "load":
+            # Only a plain load: a swap's load_duration includes waiting for its victims to
+            # finish, and a tiny one means Ollama had the model after all.
             self.residency_model.learn_load(flight.ticket.model, usage.load_seconds)
         if flight.cloud:
             self._cloud_in_flight -= 1
@@ -375,6 +390,7 @@ class Scheduler:
         may choose it and why it still waits. A view (scores all, plans once per runner), never
         called on the dispatch path, so `dispatch()` pays nothing for the reasons."""
         policy, now = self._policy_source(), self._clock()
+        self._tick(now)
         ranked = []
         for t in self._waiting.values():
             score = policy.score(t, self.state, now)
@@ -383,7 +399,10 @@ class Scheduler:
         residency = self.residency_model
         # Per model, the best key among its tickets that need no load: what `_ranks_ahead` asks.
         resident_best: dict[str, OrderKey] = {}
+        barred = self._barred(policy)
         for key, t, _ in ranked:
+            if barred is not None and barred(t.cls, t.model):
+                continue  # kept out of the free slot: it holds no swap back
             if t.model not in resident_best and residency.residency(t.model, t.variant) != "absent":
                 resident_best[t.model] = key
         common = []
@@ -401,7 +420,6 @@ class Scheduler:
             else None
         )
         blocked: dict[tuple[str, str], str | None] = {}  # per runner, decided at its best ticket
-        barred = self._barred(policy)
         kept_for = ", ".join(sorted(policy.reserve))
         out = []
         for i, (key, t, score) in enumerate(ranked, start=1):
@@ -445,6 +463,7 @@ class Scheduler:
         if ticket is None:
             return None
         policy, now = self._policy_source(), self._clock()
+        self._tick(now)
         mine = policy.order_key(ticket, score := policy.score(ticket, self.state, now))
 
         def rank_all() -> Iterator[tuple[OrderKey, str]]:
@@ -470,3 +489,7 @@ def _service_settings(settings: CompiledFile) -> ServiceSettings:
             return ServiceSettings(unit=p.unit, input_weight=p.input_weight,
                                    output_weight=p.output_weight, half_life=parse_duration(p.half_life))
     return ServiceSettings()
+
+
+def _reads_evictions(settings: CompiledFile) -> bool:
+    return any(t.type.name == "swap_cost" for t in settings.terms.get(settings.active.name, ()))

@@ -60,14 +60,25 @@ class ServiceSettings:
 class ServiceAccount:
     def __init__(self, settings: ServiceSettings | None = None) -> None:
         self.settings = settings or ServiceSettings()
-        self._value: dict[str, float] = {}  # decayed to `_epoch_at`
+        self._value: dict[str, float] = {}  # decayed to `_decayed_at`
         self._average: dict[str, float] = {}  # a client's recent service per request
         self._charged: dict[str, tuple[str, float]] = {}  # request id -> (client, estimate)
         self._epoch = 0
+        self._decayed_at = 0.0  # the time the counters are decayed to
         self.floor = 0.0  # the least-served waiting client's counter, as of the last epoch
 
     def configure(self, settings: ServiceSettings) -> None:
+        """A reload. Another unit or other weights make the counters mean something else: they
+        start again; another half-life only changes how they fade from now on."""
+        old = self.settings
         self.settings = settings
+        if (old.unit, old.input_weight, old.output_weight) != (
+            settings.unit, settings.input_weight, settings.output_weight
+        ):
+            self._value.clear()
+            self._average.clear()
+            self._charged = {rid: (client, 0.0) for rid, (client, _) in self._charged.items()}
+            self.floor = 0.0
 
     @property
     def epoch_length(self) -> float:
@@ -83,8 +94,10 @@ class ServiceAccount:
         epoch = math.floor(now / self.epoch_length) if self.epoch_length > 0 else 0
         if epoch == self._epoch:
             return False
-        factor = 0.5 ** ((epoch - self._epoch) / EPOCHS_PER_HALF_LIFE)
-        self._epoch = epoch
+        # By the time elapsed, not by epochs counted: a reload may change the epochs' length.
+        start = epoch * self.epoch_length
+        factor = 0.5 ** (max(0.0, start - self._decayed_at) / self.settings.half_life)
+        self._epoch, self._decayed_at = epoch, max(self._decayed_at, start)
         self._value = {c: v * factor for c, v in self._value.items() if v * factor > 1e-6}
         self._set_floor(waiting)
         return True
@@ -111,8 +124,8 @@ class ServiceAccount:
         if charged is None:
             return None
         client, estimate = charged
-        if usage is None:
-            return None
+        if usage is None or (self.settings.unit == "gpu_seconds" and usage.gpu_seconds <= 0):
+            return None  # nothing measured in this unit (an answer without durations)
         actual = self.settings.amount(usage)
         self._value[client] = max(0.0, self._value.get(client, 0.0) + actual - estimate)
         old = self._average.get(client)

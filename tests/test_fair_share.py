@@ -160,3 +160,40 @@ def test_a_reserve_that_leaves_no_slot_is_an_error() -> None:
     with pytest.raises(PolicyError) as caught:
         load_policy_text(text.encode(), "p.toml")
     assert "policies.test.reserve" in str(caught.value) and "leave at least one" in str(caught.value)
+
+
+def test_a_reload_to_a_longer_half_life_never_grows_a_counter() -> None:
+    account = ServiceAccount(ServiceSettings(half_life=600.0))
+    account.tick(100_000.0, [])
+    account.charge("r", "c")
+    account.settle("r", Usage(output_tokens=500))
+    before = account.value("c")
+    account.configure(ServiceSettings(half_life=1200.0))
+    account.tick(100_100.0, ["c"])
+    assert 0 < account.value("c") <= before
+    account.configure(ServiceSettings(half_life=1200.0, unit="gpu_seconds"))  # another unit
+    assert account.value("c") == 0.0
+
+
+def test_gpu_seconds_without_durations_keep_the_estimate() -> None:
+    """The OpenAI and Anthropic routes report tokens only: an answer with no durations must not
+    count as free service."""
+    account = ServiceAccount(ServiceSettings(unit="gpu_seconds", prior=2.0))
+    account.charge("r", "c")
+    assert account.settle("r", Usage(input_tokens=10, output_tokens=10)) is None
+    assert account.value("c") == 2.0
+
+
+def test_batch_work_kept_out_of_the_free_slot_holds_no_swap_back() -> None:
+    """reserve = { interactive = 1 }, two slots: b0 runs on x, b1-b3 wait for x, i0 wants y,
+    which would evict x. b1-b3 cannot take the free slot, so they must not hold i0's swap back."""
+    text = _with_reserve(make_policy(max_parallel=2, vram_gb=8, extra=RESERVE))
+    s = Scheduler(load_policy_text(text.encode(), "p.toml"), clock=ManualClock(0.0))
+    s.reconcile({"models": [{"name": "x:7b", "size": 5 * 2**30}]})
+    s.learn_tags({"models": [{"name": "y:7b", "size": 5 * 10**9}]})
+    s.enqueue(request_id="b0", model="x:7b", client="ci-0", cls="batch")
+    assert [g.ticket.id for g in s.dispatch()] == ["b0"]
+    for i in range(1, 4):
+        s.enqueue(request_id=f"b{i}", model="x:7b", client=f"ci-{i}", cls="batch")
+    s.enqueue(request_id="i0", model="y:7b", client="alice", cls="interactive")
+    assert [g.ticket.id for g in s.dispatch()] == ["i0"]

@@ -52,6 +52,11 @@ def test_a_load_costs_its_seconds_from_a_size_prior_then_from_what_ollama_measur
     s.finish("r", Usage(input_tokens=5, output_tokens=5, gpu_seconds=13.0, load_seconds=12.0))
     assert s.residency_model.load_times["big:70b"] == 12.0
     assert _points(s, "big:70b") == 0.0  # loaded now: no load at all
+    # small:1b would evict it (40 GB does not leave room on 24 GiB): its own 3 s, and half of
+    # big:70b's measured 12 s to bring it back.
+    s.residency_model.learn_load("small:1b", 3.0)
+    assert s.state.evicts("small:1b") == ("big:70b",)
+    assert _points(s, "small:1b") == pytest.approx(2.0 * (3.0 + 0.5 * 12.0))
 
 
 def test_an_eviction_adds_a_share_of_the_evicted_models_reload() -> None:
@@ -72,3 +77,29 @@ def test_a_new_ollama_starts_from_the_priors_again() -> None:
     s.residency_model.learn_load("a:7b", 8.0)
     s.apply_settings(s.settings, new_host=True)
     assert s.residency_model.load_times == {}
+
+
+def test_only_a_plain_load_teaches_a_load_time() -> None:
+    """A swap's load_duration includes waiting for its victims; a tiny one means Ollama had the
+    model loaded after all: neither is learned."""
+    s, _ = _scheduler()
+    s.enqueue(request_id="r", model="m:7b", client="c", cls="interactive")
+    (grant,) = s.dispatch()
+    assert grant.action == "load"
+    s.finish("r", Usage(load_seconds=0.05))
+    assert "m:7b" not in s.residency_model.load_times
+
+
+def test_a_policy_with_swap_cost_reprices_on_every_use_of_a_runner() -> None:
+    """Which model a load evicts follows each runner's use, so with swap_cost the cached model
+    parts are dropped whenever a request attaches to or leaves a runner (without it, they are
+    kept: nothing a term reads moved)."""
+    s, _ = _scheduler()
+    assert s.residency_model.track_use
+    s.reconcile({"models": [{"name": "a:7b", "size": 5 * GIB}]})
+    before = s.residency_model.version
+    s.enqueue(request_id="r", model="a:7b", client="c", cls="interactive")
+    (grant,) = s.dispatch()
+    assert grant.action == "attach" and s.residency_model.version > before
+    plain = Scheduler(load_policy_text(make_policy().encode(), "p.toml"), clock=ManualClock(0.0))
+    assert not plain.residency_model.track_use

@@ -102,7 +102,7 @@ def parse_form(body: bytes, content_type: str) -> ScheduledBody:
 
 def check_limits(
     compiled: CompiledFile, dispatcher: Dispatcher, times: ServiceTimes, client: str, cls: str,
-    model: str, *, stopping: bool,
+    model: str, *, stopping: bool, request_id: str = "",
 ) -> None:
     """The policy's limits (engine/admission.py): no room or no time -> 503 + Retry-After;
     per-client cap and hard rate windows -> 429. When the queue is full, the newest waiting
@@ -115,7 +115,11 @@ def check_limits(
     if isinstance(decided, Refusal):
         raise ProxyError(decided.status, decided.message, retry_after=decided.retry_after)
     if decided.shed is not None:
-        dispatcher.remove(decided.shed, Shed(
-            f"server busy, please try again. the queue is full and a more urgent {cls!r} request "
-            "took this one's place", retry_after=30,
-        ))
+        if request_id and dispatcher.known(request_id):
+            # The exchange will refuse it (its id is in use): nobody gives up a place for that.
+            raise ProxyError(400, f"X-Request-Id {request_id!r} is already used by a request in progress")
+        shed = Shed(f"server busy, please try again. the queue is full and a more urgent {cls!r} "
+                    "request took this one's place", retry_after=30)
+        if not dispatcher.remove(decided.shed, shed):  # it left or was granted meanwhile
+            raise ProxyError(503, "server busy, please try again. the proxy's queue is full",
+                             retry_after=10)

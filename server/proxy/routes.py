@@ -93,7 +93,7 @@ async def scheduled(request: Request) -> Response | _Ticketed:
             identity.client, model, facts.endpoint, request.headers.get(compiled.clients.class_header)
         )
         check_limits(compiled, sc.dispatcher, sc.parts.service_times, identity.client, facts.cls,
-                     model, stopping=sc.stopping)
+                     model, stopping=sc.stopping, request_id=facts.request_id)
     except ProxyError as exc:
         return refuse(sc, facts, exc, scheduled=True)
     keep_text = compiled.journal.store_prompts != "none"
