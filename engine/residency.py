@@ -240,8 +240,10 @@ class ResidencyModel:
         """How long loading `model` takes here: learned, else a prior from its size (a start-up
         second and a half, then 2 GB/s from disk), else PRIOR_UNKNOWN_LOAD_S."""
         learned = self.load_times.get(model)
-        if learned is not None:
-            return learned
+        return learned if learned is not None else self.size_prior(model)
+
+    def size_prior(self, model: str) -> float:
+        """A load's seconds before one is measured: 1.5 s of start-up, then 2 GB/s from disk."""
         size = self.size_gb(model)
         return PRIOR_UNKNOWN_LOAD_S if size is None else 1.5 + size * GIB_IN_GB / 2.0
 

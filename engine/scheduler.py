@@ -325,10 +325,15 @@ class Scheduler:
             return False
         if (client := self.service.settle(request_id, usage)) is not None:
             self._picker.mark_dirty({client})
-        if usage is not None and usage.load_seconds >= 0.1 and flight.plan.action == "load":
-            # Only a plain load: a swap's load_duration includes waiting for its victims to
-            # finish, and a tiny one means Ollama had the model after all.
-            self.residency_model.learn_load(flight.ticket.model, usage.load_seconds)
+        if usage is not None and usage.load_seconds >= 0.1 and flight.plan.action in ("load", "swap"):
+            # A tiny one means Ollama had the model after all. A swap's load_duration includes
+            # waiting for busy victims to finish: at most three times what its size suggests is
+            # taken (on a card that holds one model at a time, every load is a swap).
+            model = flight.ticket.model
+            seconds = usage.load_seconds
+            if flight.plan.action == "swap":
+                seconds = min(seconds, 3 * self.residency_model.size_prior(model))
+            self.residency_model.learn_load(model, seconds)
         if flight.cloud:
             self._cloud_in_flight -= 1
         else:
@@ -487,7 +492,8 @@ def _service_settings(settings: CompiledFile) -> ServiceSettings:
         if term.type.name == "fair_share":
             p = term.params
             return ServiceSettings(unit=p.unit, input_weight=p.input_weight,
-                                   output_weight=p.output_weight, half_life=parse_duration(p.half_life))
+                                   output_weight=p.output_weight, half_life=parse_duration(p.half_life),
+                                   prior=500.0 if p.unit == "tokens" else 10.0)
     return ServiceSettings()
 
 

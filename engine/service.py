@@ -49,7 +49,7 @@ class ServiceSettings:
     input_weight: float = 1.0
     output_weight: float = 2.0
     half_life: float = 600.0
-    prior: float = 500.0  # a first request's estimated service, in the unit
+    prior: float = 500.0  # a first request's estimated service, in the unit (GPU seconds: 10)
 
     def amount(self, usage: Usage) -> float:
         if self.unit == "gpu_seconds":

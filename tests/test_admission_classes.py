@@ -188,3 +188,47 @@ def test_an_unknown_class_in_max_wait_by_class_is_an_error() -> None:
         load_policy_text(make_policy(terms=terms, extra=CLASSES).encode(), "p.toml")
     assert "policies.test.terms.aging.max_wait_by_class.nightly" in str(caught.value)
     assert "not a class defined" in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_shedding_gives_up_no_place_for_a_request_that_will_be_refused() -> None:
+    """check_limits: a newcomer whose X-Request-Id is in use is refused (400) before a batch
+    request gives up its place; a victim that left meanwhile means no room (503), not an
+    overfull queue; an unlisted class with a longer timeout may be shed too."""
+    from engine.eta import ServiceTimes
+    from server.http.dialects import ProxyError
+    from server.proxy.intake import check_limits
+    from server.runtime.dispatcher import Dispatcher
+
+    extra = CLASSES + '[clients.classes.nightly]\nclients = ["night-*"]\n'
+    compiled = load_policy_text(make_policy(max_parallel=1, queue_timeout="1h", extra=extra).encode(), "p.toml")
+    scheduler = Scheduler(compiled, clock=ManualClock(0.0))
+    dispatcher = Dispatcher(scheduler, on_grant=lambda grant: None)
+    dispatcher.pause()
+    waiting = {}
+    for i in range(5):
+        _, waiting[f"b{i}"] = dispatcher.submit(request_id=f"b{i}", model="llama3.2:1b",
+                                                client=f"ci-{i}", cls="batch", endpoint="/api/chat")
+    _, waiting["n0"] = dispatcher.submit(request_id="n0", model="llama3.2:1b", client="night-0",
+                                         cls="nightly", endpoint="/api/chat")
+    times = ServiceTimes()
+
+    def check(rid: str) -> None:
+        check_limits(compiled, dispatcher, times, "alice", "interactive", "llama3.2:1b",
+                     stopping=False, request_id=rid)
+
+    with pytest.raises(ProxyError) as dup:
+        check("b0")  # in use: refused before anyone is shed
+    assert dup.value.status == 400 and scheduler.depth == 6
+    check("fresh")  # the newest of the least urgent class gives up its place: nightly (1h)
+    assert waiting["n0"].done() and scheduler.depth == 5
+    assert isinstance(waiting["n0"].exception(), Exception)
+    dispatcher.submit(request_id="i0", model="llama3.2:1b", client="alice", cls="interactive",
+                      endpoint="/api/chat")
+    waiting["b4"].cancel()  # its client's wait was cut; the ticket is not released yet
+    with pytest.raises(ProxyError) as gone:
+        check("fresh2")
+    assert gone.value.status == 503 and gone.value.retry_after == 10
+    for fut in waiting.values():
+        if not fut.done():
+            fut.cancel()

@@ -197,3 +197,9 @@ def test_batch_work_kept_out_of_the_free_slot_holds_no_swap_back() -> None:
         s.enqueue(request_id=f"b{i}", model="x:7b", client=f"ci-{i}", cls="batch")
     s.enqueue(request_id="i0", model="y:7b", client="alice", cls="interactive")
     assert [g.ticket.id for g in s.dispatch()] == ["i0"]
+
+
+def test_a_gpu_seconds_policy_starts_from_a_prior_in_seconds() -> None:
+    terms = FAIR_SHARE.replace('half_life = "10m"', 'half_life = "10m"\nunit = "gpu_seconds"')
+    s, _ = _scheduler(terms)
+    assert s.service.settings.unit == "gpu_seconds" and s.service.settings.prior == 10.0

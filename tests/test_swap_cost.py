@@ -79,9 +79,8 @@ def test_a_new_ollama_starts_from_the_priors_again() -> None:
     assert s.residency_model.load_times == {}
 
 
-def test_only_a_plain_load_teaches_a_load_time() -> None:
-    """A swap's load_duration includes waiting for its victims; a tiny one means Ollama had the
-    model loaded after all: neither is learned."""
+def test_a_tiny_load_duration_teaches_nothing() -> None:
+    """A load_duration under 0.1 s means Ollama had the model loaded after all."""
     s, _ = _scheduler()
     s.enqueue(request_id="r", model="m:7b", client="c", cls="interactive")
     (grant,) = s.dispatch()
@@ -103,3 +102,17 @@ def test_a_policy_with_swap_cost_reprices_on_every_use_of_a_runner() -> None:
     assert grant.action == "attach" and s.residency_model.version > before
     plain = Scheduler(load_policy_text(make_policy().encode(), "p.toml"), clock=ManualClock(0.0))
     assert not plain.residency_model.track_use
+
+
+def test_a_swap_teaches_at_most_three_times_its_size_prior() -> None:
+    """A swap's load_duration includes waiting for its busy victims to finish: what it teaches
+    is bounded, but a card that holds one model at a time still learns from its swaps."""
+    s, _ = _scheduler()
+    s.reconcile({"models": [{"name": "a:7b", "size": 20 * GIB}]})
+    s.learn_tags({"models": [{"name": "b:7b", "size": 10 * 10**9}]})
+    s.enqueue(request_id="r", model="b:7b", client="c", cls="interactive")
+    (grant,) = s.dispatch()
+    assert grant.action == "swap"
+    s.finish("r", Usage(load_seconds=500.0))
+    prior = s.residency_model.size_prior("b:7b")
+    assert s.residency_model.load_times["b:7b"] == pytest.approx(3 * prior)
