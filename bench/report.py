@@ -187,11 +187,34 @@ def profile_rows(r: dict[str, Any]) -> Iterator[Row]:
                f"{phase['cpu_ms_per_request']:.2f} ms/request: {top}", "—", "—")
 
 
+def quality_rows(r: dict[str, Any]) -> Iterator[Row]:
+    src = f"[`scheduling_quality.json`{when(r)}, simulated, max_parallel {r['max_parallel']}]"
+    flood = r["traces"]["flood"]
+    before, now, plain = flood["balanced_before"], flood["balanced_now"], flood["plain"]
+    yield (f"flood: batch requests refused by `balanced`, before / now {src}",
+           f"**{before['refused']:,} / {now['refused']:,}**", "0 while the queue has room",
+           "met" if now["refused"] == 0 else "missed")
+    quiet = flood["without_flooder"]["interactive_wait_p95_s"]
+    yield (f"flood: people's wait p95 with the flooder / without it {src}",
+           f"**{now['interactive_wait_p95_s']:.1f} / {quiet:.1f} s**", "within 1.5×",
+           "met" if now["interactive_wait_p95_s"] <= max(1.5 * quiet, 1.0) else "missed")
+    ratio = now["makespan_s"] / plain["makespan_s"]
+    yield (f"flood: makespan vs plain Ollama {src}", f"**{ratio:.3f}×**", "within 2 %",
+           "met" if ratio <= 1.02 else "missed")
+    for preset in ("agents", "many-models"):
+        t = r["traces"][preset]
+        loads = t["balanced_now"]["loads"] / t["plain"]["loads"]
+        yield (f"{preset}: model loads vs plain Ollama; wait p95, `balanced` now (before) {src}",
+               f"**{loads:.2f}×**; {t['balanced_now']['wait_p95_s']:.0f} s "
+               f"({t['balanced_before']['wait_p95_s']:.0f} s; plain {t['plain']['wait_p95_s']:,.0f} s)",
+               "≤ 0.5×, p95 ≤ plain", "met" if loads <= 0.5 else "missed")
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], Iterator[Row]]]] = [
     ("upstream_hop", hop_rows), ("stream_soak", soak_rows), ("engine", engine_rows),
     ("proxy_overhead", overhead_rows), ("profile", profile_rows), ("simulate", simulate_rows),
     ("loop_lag", lag_rows), ("event_subscribers", subscriber_rows), ("admission", admission_rows),
-    ("queue_eta", eta_rows), ("emulator", emulator_rows),
+    ("queue_eta", eta_rows), ("emulator", emulator_rows), ("scheduling_quality", quality_rows),
 ]
 
 

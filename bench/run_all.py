@@ -30,6 +30,7 @@ BENCHMARKS = [
     ("queue_eta", "queue_eta.py", []),
     ("loop_lag", "loop_lag.py", []),
     ("simulate", "simulate_speed.py", []),
+    ("scheduling_quality", "scheduling_quality.py", []),
 ]
 
 
