@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from sortedcontainers import SortedList
 
@@ -164,18 +164,39 @@ class Picker:
         state: SchedulingState,
         now: float,
         eligible: Callable[[str, str], bool],
-        oldest: Callable[[], Iterator[Ticket]],
+        oldest: Callable[..., Iterator[Ticket]],
         version: int | None = None,
         barred: Callable[[str, str], bool] | None = None,
+        classes: Callable[[], Iterable[str]] | None = None,
     ) -> tuple[Ticket, Score] | None:
         """The eligible ticket with the lowest order key; `refresh` must have run first.
-        `oldest()` iterates the waiting tickets in arrival order. `version`: the residency's
+        `oldest()` iterates the waiting tickets in arrival order, `oldest(cls)` one class's, and
+        `classes()` names the classes waiting (both only needed when the policy has per-class
+        wait limits). `version`: the residency's
         change count, when the caller has one (model parts are then reused until it moves).
         `barred(cls, model)`: a ticket that may not take this slot (it is kept for another class)."""
         if barred is None:
             barred = _never
         bound = policy.first_overdue
-        if bound is not None:
+        if bound is not None and policy.class_max_wait and classes is not None:
+            # Per-class limits: walk each class's own oldest while they are overdue (a single
+            # walk would step over every ticket between the shortest limit and its own), and
+            # take the oldest found.
+            found: Ticket | None = None
+            for cls in classes():
+                limit = policy.wait_limit(cls)
+                if limit is None:
+                    continue
+                for ticket in oldest(cls):
+                    if now - ticket.arrival < limit:
+                        break
+                    if not barred(ticket.cls, ticket.model) and eligible(ticket.model, ticket.variant):
+                        if found is None or (ticket.arrival, ticket.seq) < (found.arrival, found.seq):
+                            found = ticket
+                        break
+            if found is not None:
+                return found, policy.score(found, state, now)
+        elif bound is not None:
             # Overdue tickets go first, oldest first: walk arrival order while any could be.
             for ticket in oldest():
                 if now - ticket.arrival < bound:

@@ -64,6 +64,8 @@ class Scheduler:
         self._cloud_waiting = 0  # waiting tickets for cloud models
         self._class_waiting: Counter[str] = Counter()  # waiting tickets per request class
         self._class_running: Counter[str] = Counter()  # local slots held per request class
+        # Waiting tickets per class, in arrival order: per-class max_wait walks only its own.
+        self._by_class: dict[str, dict[str, Ticket]] = {}
         self.service = ServiceAccount(_service_settings(settings))
         self.residency_model.track_use = _reads_evictions(settings)
         self.state = StateView(self._ledger, self.residency_model, self.is_cloud, self.service)
@@ -167,6 +169,7 @@ class Scheduler:
         if not self._ledger.queued(client):
             self.service.activated(client)  # back after none waited: no credit for the gap
         self._waiting[request_id] = ticket
+        self._by_class.setdefault(cls, {})[request_id] = ticket
         self._cloud_waiting += self.is_cloud(ticket.model)
         self._class_waiting[cls] += 1
         self._ledger.arrive(client, now)
@@ -188,6 +191,7 @@ class Scheduler:
             return False
         self._cloud_waiting -= self.is_cloud(ticket.model)
         self._class_waiting[ticket.cls] -= 1
+        self._forget_class(ticket)
         self._picker.remove(ticket)
         self._ranking.left(request_id)
         self._ledger.leave(ticket.client)
@@ -232,7 +236,7 @@ class Scheduler:
         barred = self._barred(policy)
         while True:
             choice = self._picker.best(policy, self.state, now, eligible, self._oldest,
-                                       residency.version, barred)
+                                       residency.version, barred, self.waiting_classes)
             if choice is None or choice[1].overdue:  # overdue work goes, whatever it costs
                 return choice
             ticket, score = choice
@@ -243,6 +247,13 @@ class Scheduler:
             if not any(self._ranks_ahead(v, mine, policy, now, barred) for v in victims):
                 return choice
             held.add((ticket.model, ticket.variant))
+
+    def _forget_class(self, ticket: Ticket) -> None:
+        of_class = self._by_class.get(ticket.cls)
+        if of_class is not None:
+            of_class.pop(ticket.id, None)
+            if not of_class:
+                del self._by_class[ticket.cls]
 
     def _tick(self, now: float) -> None:
         if self.service.tick(now, self._picker.waiting_clients):
@@ -275,6 +286,7 @@ class Scheduler:
             self._oldest,
             residency.version,
             barred,
+            self.waiting_classes,
         )
         return best is not None and policy.order_key(*best) < key
 
@@ -283,6 +295,7 @@ class Scheduler:
         del self._waiting[ticket.id]
         self._cloud_waiting -= self.is_cloud(ticket.model)
         self._class_waiting[ticket.cls] -= 1
+        self._forget_class(ticket)
         self._picker.remove(ticket)
         self._ranking.left(ticket.id)
         self._ledger.leave(ticket.client)
@@ -364,8 +377,10 @@ class Scheduler:
 
     # -- views -------------------------------------------------------------------------------
 
-    def _oldest(self) -> Iterator[Ticket]:
-        return iter(self._waiting.values())
+    def _oldest(self, cls: str | None = None) -> Iterator[Ticket]:
+        if cls is None:
+            return iter(self._waiting.values())
+        return iter(self._by_class.get(cls, {}).values())
 
     @property
     def depth(self) -> int:

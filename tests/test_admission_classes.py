@@ -232,3 +232,34 @@ async def test_shedding_gives_up_no_place_for_a_request_that_will_be_refused() -
     for fut in waiting.values():
         if not fut.done():
             fut.cancel()
+
+
+def test_the_overdue_walk_steps_over_no_batch_ticket_that_is_not_overdue() -> None:
+    """A thousand batch tickets between the interactive and the batch max_wait, then one person
+    past theirs: the pick walks each class's own oldest, so it finds the person without stepping
+    over the thousand (one walk over all arrivals did, on every pick)."""
+    terms = ('[policies.test.terms.aging]\nper_second = 0\nmax_wait = "5s"\n'
+             'max_wait_by_class = { batch = "60s" }\n')
+    compiled = load_policy_text(make_policy(max_parallel=1, terms=terms, extra=CLASSES.replace(
+        "max_queue = 6\nmax_queued_per_client = 6", "max_queue = 2000\nmax_queued_per_client = 2000")
+    ).encode(), "p.toml")
+    clock = ManualClock(0.0)
+    s = Scheduler(compiled, clock=clock)
+    s.pause()
+    for i in range(1000):
+        s.enqueue(request_id=f"b{i}", model="llama3.2:1b", client=f"ci-{i}", cls="batch")
+    clock.advance(1.0)
+    s.enqueue(request_id="person", model="llama3.2:1b", client="alice", cls="interactive")
+    clock.advance(10.0)  # the person is overdue (5 s); no batch ticket is (60 s)
+    seen = []
+    walk = s._oldest
+
+    def counted(cls: str | None = None) -> Any:
+        for ticket in walk(cls):
+            seen.append(ticket.id)
+            yield ticket
+
+    s._oldest = counted  # type: ignore[method-assign]
+    s.resume()
+    assert [g.ticket.id for g in s.dispatch()] == ["person"]
+    assert len(seen) <= 3, len(seen)
