@@ -10,19 +10,18 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from engine.classes import Barred, ClassBooks
 from engine.clock import Clock
 from engine.grants import Grant, InFlight, RankedTicket, StateView
 from engine.ledger import ClientLedger
 from engine.picker import Picker
 from engine.ranking import Ranking
 from engine.residency import Plan, ResidencyModel
-from engine.service import ServiceAccount, ServiceSettings, Usage
+from engine.service import ServiceAccount, Usage, service_settings_of
 from policy.compile import OrderKey, Policy
-from policy.durations import parse_duration
 from policy.load import CompiledFile
 from schemas.model_name import canonical_model, is_cloud
 from schemas.ticket import Score, Ticket
@@ -62,11 +61,8 @@ class Scheduler:
         self._cloud_listed: dict[str, bool] = {}
         self._cloud_of: dict[str, bool] = {}
         self._cloud_waiting = 0  # waiting tickets for cloud models
-        self._class_waiting: Counter[str] = Counter()  # waiting tickets per request class
-        self._class_running: Counter[str] = Counter()  # local slots held per request class
-        # Waiting tickets per class, in arrival order: per-class max_wait walks only its own.
-        self._by_class: dict[str, dict[str, Ticket]] = {}
-        self.service = ServiceAccount(_service_settings(settings))
+        self._classes = ClassBooks()  # waiting tickets and running requests per class
+        self.service = ServiceAccount(service_settings_of(settings))
         self.residency_model.track_use = _reads_evictions(settings)
         self.state = StateView(self._ledger, self.residency_model, self.is_cloud, self.service)
         self.paused = False
@@ -88,17 +84,15 @@ class Scheduler:
 
     def waiting_in(self, cls: str) -> int:
         """Waiting tickets of one request class."""
-        return self._class_waiting[cls]
+        return self._classes.count(cls)
 
     def waiting_classes(self) -> list[str]:
         """The request classes with a waiting ticket."""
-        return [c for c, n in self._class_waiting.items() if n > 0]
+        return self._classes.classes()
 
     def newest_waiting(self, cls: str) -> str | None:
         """The id of the class's most recent waiting ticket (what shedding gives up first)."""
-        if not self._class_waiting[cls]:
-            return None
-        return next((t.id for t in reversed(self._waiting.values()) if t.cls == cls), None)
+        return self._classes.newest(cls)
 
     @property
     def cloud_waiting(self) -> int:
@@ -137,7 +131,7 @@ class Scheduler:
         r._changed()
         self._ranking.invalidate()
         self._ledger.set_windows(settings.windows)
-        self.service.configure(_service_settings(settings))
+        self.service.configure(service_settings_of(settings))
         r.track_use = _reads_evictions(settings)
 
     # -- events ----------------------------------------------------------------------------
@@ -169,9 +163,8 @@ class Scheduler:
         if not self._ledger.queued(client):
             self.service.activated(client)  # back after none waited: no credit for the gap
         self._waiting[request_id] = ticket
-        self._by_class.setdefault(cls, {})[request_id] = ticket
+        self._classes.waiting(ticket)
         self._cloud_waiting += self.is_cloud(ticket.model)
-        self._class_waiting[cls] += 1
         self._ledger.arrive(client, now)
         # Advance the windows here too, not only in dispatch(): while paused or with every slot
         # busy, arrivals (even ones cancelled at once) would otherwise pile up in the ledger.
@@ -190,8 +183,7 @@ class Scheduler:
         if ticket is None:
             return False
         self._cloud_waiting -= self.is_cloud(ticket.model)
-        self._class_waiting[ticket.cls] -= 1
-        self._forget_class(ticket)
+        self._classes.left(ticket)
         self._picker.remove(ticket)
         self._ranking.left(request_id)
         self._ledger.leave(ticket.client)
@@ -248,32 +240,17 @@ class Scheduler:
                 return choice
             held.add((ticket.model, ticket.variant))
 
-    def _forget_class(self, ticket: Ticket) -> None:
-        of_class = self._by_class.get(ticket.cls)
-        if of_class is not None:
-            of_class.pop(ticket.id, None)
-            if not of_class:
-                del self._by_class[ticket.cls]
-
     def _tick(self, now: float) -> None:
         if self.service.tick(now, self._picker.waiting_clients):
             self._picker.mark_all_dirty()  # fair_share's decay and floor moved for everyone
 
-    def _barred(self, policy: Policy) -> Callable[[str, str], bool] | None:
-        """The policy's `reserve`: a class may take a local slot only if the free ones exceed
-        what is still kept for the other classes (a class's running requests use its reserve)."""
-        if not policy.reserve or sum(policy.reserve.values()) >= self.max_parallel:
-            return None  # none, or more than there are slots (max_parallel lowered since): void
+    def _barred(self, policy: Policy) -> Barred | None:
         free = self.max_parallel - (len(self._in_flight) - self._cloud_in_flight)
-        outstanding = {c: max(0, n - self._class_running[c]) for c, n in policy.reserve.items()}
-        kept = sum(outstanding.values())
-        if free <= 0 or free > kept:
-            return None  # no slot to keep, or every class may take this one
-        return lambda cls, model: free - (kept - outstanding.get(cls, 0)) < 1 and not self.is_cloud(model)
+        return self._classes.barred(policy.reserve, free, self.max_parallel, self.is_cloud)
 
     def _ranks_ahead(
         self, model: str, key: tuple[int, float, float, int], policy: Policy, now: float,
-        barred: Callable[[str, str], bool] | None = None,
+        barred: Barred | None = None,
     ) -> bool:
         """Whether work for the loaded `model` that could take this slot ranks ahead of `key`
         (work the reserve keeps out of this slot could not, so it holds nothing back)."""
@@ -294,8 +271,7 @@ class Scheduler:
         depth = len(self._waiting)
         del self._waiting[ticket.id]
         self._cloud_waiting -= self.is_cloud(ticket.model)
-        self._class_waiting[ticket.cls] -= 1
-        self._forget_class(ticket)
+        self._classes.left(ticket)
         self._picker.remove(ticket)
         self._ranking.left(ticket.id)
         self._ledger.leave(ticket.client)
@@ -308,7 +284,7 @@ class Scheduler:
             plan = self.residency_model.plan(ticket.model, ticket.variant)
             self.residency_model.dispatched(ticket.model, plan, now, ticket.variant)
             self._in_flight[ticket.id] = InFlight(ticket, now, plan)
-            self._class_running[ticket.cls] += 1
+            self._classes.started(ticket.cls)
         return Grant(
             ticket=ticket,
             score=score,
@@ -350,7 +326,7 @@ class Scheduler:
         if flight.cloud:
             self._cloud_in_flight -= 1
         else:
-            self._class_running[flight.ticket.cls] -= 1
+            self._classes.ended(flight.ticket.cls)
             self.residency_model.finished(flight.ticket.model, self._clock())
         return True
 
@@ -380,7 +356,7 @@ class Scheduler:
     def _oldest(self, cls: str | None = None) -> Iterator[Ticket]:
         if cls is None:
             return iter(self._waiting.values())
-        return iter(self._by_class.get(cls, {}).values())
+        return self._classes.oldest(cls)
 
     @property
     def depth(self) -> int:
@@ -499,17 +475,6 @@ class Scheduler:
 
     def residency(self) -> dict[str, Any]:
         return self.residency_model.view()
-
-
-def _service_settings(settings: CompiledFile) -> ServiceSettings:
-    """How the active policy's fair_share term counts service (the defaults without one)."""
-    for term in settings.terms.get(settings.active.name, ()):
-        if term.type.name == "fair_share":
-            p = term.params
-            return ServiceSettings(unit=p.unit, input_weight=p.input_weight,
-                                   output_weight=p.output_weight, half_life=parse_duration(p.half_life),
-                                   prior=500.0 if p.unit == "tokens" else 10.0)
-    return ServiceSettings()
 
 
 def _reads_evictions(settings: CompiledFile) -> bool:

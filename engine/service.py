@@ -23,6 +23,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from policy.durations import parse_duration
+from policy.load import CompiledFile
+
 EPOCHS_PER_HALF_LIFE = 64
 HISTORY_ALPHA = 0.2  # weight of the newest request in a client's running average
 
@@ -136,3 +139,14 @@ class ServiceAccount:
 
     def value(self, client: str) -> float:
         return self._value.get(client, 0.0)
+
+
+def service_settings_of(settings: CompiledFile) -> ServiceSettings:
+    """How the active policy's fair_share term counts service (the defaults without one)."""
+    for term in settings.terms.get(settings.active.name, ()):
+        if term.type.name == "fair_share":
+            p = term.params
+            return ServiceSettings(unit=p.unit, input_weight=p.input_weight,
+                                   output_weight=p.output_weight, half_life=parse_duration(p.half_life),
+                                   prior=500.0 if p.unit == "tokens" else 10.0)
+    return ServiceSettings()

@@ -305,14 +305,17 @@ def test_the_overview_is_shared_and_lists_the_head_of_a_long_queue() -> None:
     from server.runtime.queue_ids import QueueIds
 
     taken: list[float] = []
-    shared = live.SharedSnapshot(max_age=0.2)
+    now = [100.0]
+    shared = live.SharedSnapshot(max_age=0.25, clock=lambda: now[0])
 
     def take() -> Any:
-        taken.append(time.monotonic())
+        taken.append(now[0])
         return {"n": len(taken)}
 
     assert shared.get(take) == shared.get(take) == b'{"n":1}'
-    time.sleep(0.25)
+    now[0] += 0.2
+    assert shared.get(take) == b'{"n":1}'  # still fresh
+    now[0] += 0.1
     assert shared.get(take) == b'{"n":2}' and len(taken) == 2
 
     clock = ManualClock(0.0)

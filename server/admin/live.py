@@ -172,13 +172,13 @@ class SharedSnapshot:
     on every event (up to 4 times a second), and a snapshot scores the whole queue (about 7 ms at
     1,000 waiting), so without sharing the loop's cost would grow with the dashboards open."""
 
-    def __init__(self, max_age: float = 0.25) -> None:
-        self.max_age = max_age
+    def __init__(self, max_age: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age, self._clock = max_age, clock
         self._at = -1e18
         self._body = b""
 
     def get(self, take: Callable[[], Overview]) -> bytes:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._at >= self.max_age:
             self._body, self._at = msgspec.json.encode(take()), now
         return self._body

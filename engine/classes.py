@@ -1,0 +1,62 @@
+"""The scheduler's books per request class: the waiting tickets of each class in arrival order
+(admission counts and sheds by class, per-class max_wait walks only its own), and the local slots
+each class holds (what a policy's `reserve` is measured against)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from schemas.ticket import Ticket
+
+Barred = Callable[[str, str], bool]  # (class, model) -> may not take the free slot
+
+
+class ClassBooks:
+    def __init__(self) -> None:
+        self._waiting: dict[str, dict[str, Ticket]] = {}  # insertion order = arrival order
+        self._running: Counter[str] = Counter()
+
+    def waiting(self, ticket: Ticket) -> None:
+        self._waiting.setdefault(ticket.cls, {})[ticket.id] = ticket
+
+    def left(self, ticket: Ticket) -> None:
+        """A waiting ticket left the queue (granted or cancelled)."""
+        of_class = self._waiting.get(ticket.cls)
+        if of_class is not None:
+            of_class.pop(ticket.id, None)
+            if not of_class:
+                del self._waiting[ticket.cls]
+
+    def started(self, cls: str) -> None:
+        self._running[cls] += 1
+
+    def ended(self, cls: str) -> None:
+        self._running[cls] -= 1
+
+    def count(self, cls: str) -> int:
+        return len(self._waiting.get(cls, ()))
+
+    def classes(self) -> list[str]:
+        return list(self._waiting)
+
+    def newest(self, cls: str) -> str | None:
+        of_class = self._waiting.get(cls)
+        return next(reversed(of_class)) if of_class else None
+
+    def oldest(self, cls: str) -> Iterator[Ticket]:
+        return iter(self._waiting.get(cls, {}).values())
+
+    def barred(
+        self, reserve: dict[str, int], free: int, slots: int, is_cloud: Callable[[str], bool]
+    ) -> Barred | None:
+        """The policy's `reserve`: a class may take a local slot only if the `free` ones exceed
+        what is still kept for the other classes (a class's running requests use its reserve).
+        None when nothing is barred."""
+        if not reserve or sum(reserve.values()) >= slots:
+            return None  # none, or more than there are slots (max_parallel lowered since): void
+        outstanding = {c: max(0, n - self._running[c]) for c, n in reserve.items()}
+        kept = sum(outstanding.values())
+        if free <= 0 or free > kept:
+            return None  # no slot to keep, or every class may take this one
+        return lambda cls, model: free - (kept - outstanding.get(cls, 0)) < 1 and not is_cloud(model)
