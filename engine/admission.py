@@ -116,9 +116,3 @@ def admit(
                 max(1.0, round(drain - timeout)), "drain",
             )
     return Admitted(shed)
-
-
-def refusal(compiled: CompiledFile, scheduler: Scheduler, client: str, cls: str = "") -> Refusal | None:
-    """Only the refusal, for callers that never shed or estimate (see `admit`)."""
-    decided = admit(compiled, scheduler, client, cls or compiled.clients.default_class)
-    return decided if isinstance(decided, Refusal) else None
