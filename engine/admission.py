@@ -44,12 +44,9 @@ def ahead_of(compiled: CompiledFile, scheduler: Scheduler, cls: str) -> int:
     """Waiting requests at least as urgent as a new one of `cls` (a queue timeout no longer than
     its own): what the policy will, roughly, serve before it."""
     limits = compiled.limits
-    mine = limits.queue_timeout(cls)
-    classes = set(limits.classes) | {cls}
-    counted = sum(scheduler.waiting_in(c) for c in classes if limits.queue_timeout(c) <= mine)
-    # Classes the file does not list wait with backend.queue_timeout.
-    unlisted = scheduler.depth - sum(scheduler.waiting_in(c) for c in classes)
-    return counted + (unlisted if limits.default_queue_timeout <= mine else 0)
+    mine = limits.queue_timeout(cls)  # a class the file does not list has backend.queue_timeout
+    return sum(scheduler.waiting_in(c) for c in scheduler.waiting_classes()
+               if limits.queue_timeout(c) <= mine)
 
 
 def _least_urgent_victim(compiled: CompiledFile, scheduler: Scheduler, cls: str) -> str | None:

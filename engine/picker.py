@@ -172,9 +172,9 @@ class Picker:
         """The eligible ticket with the lowest order key; `refresh` must have run first.
         `oldest()` iterates the waiting tickets in arrival order, `oldest(cls)` one class's, and
         `classes()` names the classes waiting (both only needed when the policy has per-class
-        wait limits). `version`: the residency's
-        change count, when the caller has one (model parts are then reused until it moves).
-        `barred(cls, model)`: a ticket that may not take this slot (it is kept for another class)."""
+        wait limits). `version`: the residency's change count, when the caller has one (model
+        parts are then reused until it moves). `barred(cls, model)`: a ticket that may not take
+        this slot (it is kept for another class)."""
         if barred is None:
             barred = _never
         bound = policy.first_overdue

@@ -27,7 +27,7 @@ from server.http.upstream_hop import UploadBroken, UpstreamAnswer, UpstreamBroke
 from server.proxy import queue_status
 from server.proxy.disconnect import ClientGone, DisconnectWatch
 from server.proxy.facts import StreamTap
-from server.proxy.intake import Admission
+from server.proxy.intake import Admission, id_in_use
 from server.runtime.connlimits import BODY_TIMED_OUT
 from server.runtime.dispatcher import Removed, ShuttingDown
 from server.runtime.events import ended
@@ -301,7 +301,7 @@ class Exchange:
         assert s is not None
         queue_timeout = self.limits.queue_timeout(s.cls)
         if dispatcher.known(rid):
-            raise ProxyError(400, f"X-Request-Id {rid!r} is already used by a request in progress")
+            raise id_in_use(rid)
         try:
             _, fut = dispatcher.submit(
                 request_id=rid, model=s.model, client=s.client, cls=s.cls,

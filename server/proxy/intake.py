@@ -100,6 +100,11 @@ def parse_form(body: bytes, content_type: str) -> ScheduledBody:
     return ScheduledBody(model=model)
 
 
+def id_in_use(request_id: str) -> ProxyError:
+    """A request whose X-Request-Id another one, waiting or running, already has."""
+    return ProxyError(400, f"X-Request-Id {request_id!r} is already used by a request in progress")
+
+
 def check_limits(
     compiled: CompiledFile, dispatcher: Dispatcher, times: ServiceTimes, client: str, cls: str,
     model: str, *, stopping: bool, request_id: str = "",
@@ -117,7 +122,7 @@ def check_limits(
     if decided.shed is not None:
         if request_id and dispatcher.known(request_id):
             # The exchange will refuse it (its id is in use): nobody gives up a place for that.
-            raise ProxyError(400, f"X-Request-Id {request_id!r} is already used by a request in progress")
+            raise id_in_use(request_id)
         shed = Shed(f"server busy, please try again. the queue is full and a more urgent {cls!r} "
                     "request took this one's place", retry_after=30)
         if not dispatcher.remove(decided.shed, shed):  # it left or was granted meanwhile
