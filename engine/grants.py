@@ -24,6 +24,9 @@ class Grant:
     policy_name: str
     policy_version: str
     granted_at: float
+    # Set when num_ctx normalisation sends it to a loaded runner: the num_ctx to forward in place
+    # of the client's (engine/residency.py, `runner_for`).
+    num_ctx: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,14 @@ class Picker:
         """Every waiting client's part may have moved (the service account's epoch)."""
         self._dirty |= set(self._client_groups)
 
+    def oldest_arrival(self, runner: Runner) -> float | None:
+        """When the runner's longest-waiting ticket arrived (the oldest of its groups' heads, as
+        keyed at the last `refresh`); None if none waits."""
+        entries = self._by_model.get(runner)
+        if not entries:
+            return None
+        return min(self._groups[entry[3]][0].arrival for entry in entries)
+
     @property
     def waiting_clients(self) -> set[str]:
         return set(self._client_groups)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any, Literal
 
 # One rule for model names, shared with the server's intake and the policy (kept under its old name).
@@ -49,6 +50,27 @@ def reload_options(options: Mapping[str, Any] | None) -> dict[str, int]:
             raise ValueError(f"options.{key} must be an integer from {low} to {high}")
         checked[key] = value
     return checked
+
+
+@lru_cache(maxsize=1024)
+def parse_variant(variant: str) -> dict[str, int]:
+    """`variant_of`'s string back as its options ({} for the model's defaults)."""
+    if not variant:
+        return {}
+    return {key: int(value) for key, _, value in (part.partition("=") for part in variant.split(","))}
+
+
+def reusable(asked: str, runner: str, tolerance: float) -> bool:
+    """May a request whose runner options are `asked` run on a runner loaded with `runner`, its
+    num_ctx rewritten? Only when both set num_ctx (a default context is the server's to choose,
+    and the sidecar does not know it), every other option agrees, and the runner's context is at
+    least the asked one, or below it by at most `tolerance` of it."""
+    want, have = parse_variant(asked), parse_variant(runner)
+    if "num_ctx" not in want or "num_ctx" not in have:
+        return False
+    if {k: v for k, v in want.items() if k != "num_ctx"} != {k: v for k, v in have.items() if k != "num_ctx"}:
+        return False
+    return have["num_ctx"] >= want["num_ctx"] * (1.0 - tolerance) - 1e-9
 
 
 def variant_of(options: Mapping[str, Any] | None) -> str:
@@ -99,6 +121,10 @@ class ResidencyModel:
     # follows each runner's use (busy first kept, then least recently used), so then every use
     # counts as a change; without such a term, attaching to a runner changes nothing a term reads.
     track_use: bool = False
+    # The active policy's num_ctx normalisation ([policies.NAME.num_ctx]): None = off, every
+    # num_ctx is a runner of its own; else a request may use its model's loaded (or loading)
+    # runner when `reusable` says so. Set by the scheduler from the policy it picks with.
+    ctx_tolerance: float | None = None
     # (VRAM used, resident count), asked for by every vram term evaluation; every mutation below
     # of where models are, their runners, sizes or limits calls _changed() (a request attaching
     # to, or leaving, a runner that stays as it was changes none of them). Callers that edit the
@@ -111,6 +137,21 @@ class ResidencyModel:
     def _changed(self) -> None:
         self._totals = None
         self.version += 1
+
+    def set_ctx_tolerance(self, tolerance: float | None) -> None:
+        if tolerance != self.ctx_tolerance:
+            self.ctx_tolerance = tolerance
+            self._changed()  # which runner a request would use is what model terms read
+
+    def runner_for(self, model: str, variant: str) -> str:
+        """The runner options a request asking `variant` runs with: its model's loaded (or
+        loading) runner's when normalisation lets it reuse that runner, else its own."""
+        if self.ctx_tolerance is None or not variant:
+            return variant
+        state = self.models.get(model)
+        if state is None or state.where not in ("loaded", "loading") or state.variant == variant:
+            return variant
+        return state.variant if reusable(variant, state.variant, self.ctx_tolerance) else variant
 
     def set_parallel(self, parallel: tuple[tuple[str, int], ...], default: int) -> None:
         """A reload's [models] num_parallel entries and backend.num_parallel."""
@@ -151,6 +192,7 @@ class ResidencyModel:
         state = self.models.get(model)
         if state is None:
             return "absent"
+        variant = self.runner_for(model, variant)
         if state.where in ("loaded", "loading") and state.variant != variant:
             return "absent"  # another runner of the model: Ollama reloads it for this request
         return state.where
@@ -192,6 +234,7 @@ class ResidencyModel:
         state = self.models.get(model)
         if state is None or state.where == "absent":
             return not self.load_pending()
+        variant = self.runner_for(model, variant)
         if state.variant != variant and state.where != "evicting":
             return not self.load_pending()  # a reload is a load: one at a time
         # An evicting model must not get new work (the swap would wait on it); a model at its
@@ -202,6 +245,7 @@ class ResidencyModel:
         """Why `eligible(model, variant)` is False, in words for the queue view; None when it is
         True. Follows `eligible` branch for branch. For views only: it walks every model."""
         state = self.models.get(model)
+        variant = self.runner_for(model, variant)
         if (
             state is None
             or state.where == "absent"

@@ -148,8 +148,17 @@ def dispatch_sequence(
     scheduler, clock = build(settings, scenario, policy)
     scheduler.resume()
     steps: list[dict[str, Any]] = []
+    # A policy's swap_hold keeps a swap back beside a free slot until time passes: move the clock
+    # as the sidecar's polls do (each one a dispatch), for at most the hold and two more polls.
+    poll = scheduler.settings.backend.poll_interval or 1.0
+    hold = scheduler.settings.active.swap_hold or 0.0
     while scheduler.depth:
         grants = scheduler.dispatch()
+        waited = 0.0
+        while not grants and waited <= hold + poll:
+            clock.advance(poll)
+            waited += poll
+            grants = scheduler.dispatch()
         if not grants:
             raise RuntimeError("the scheduler stalled with tickets waiting and a free slot")
         for g in grants:

@@ -18,8 +18,9 @@ from engine.clock import Clock
 from engine.grants import Grant, InFlight, RankedTicket, StateView
 from engine.ledger import ClientLedger
 from engine.picker import Picker
+from engine.queue_view import Busy, explain
 from engine.ranking import Ranking
-from engine.residency import Plan, ResidencyModel
+from engine.residency import Plan, ResidencyModel, parse_variant
 from engine.service import ServiceAccount, Usage, service_settings_of
 from policy.compile import OrderKey, Policy
 from policy.load import CompiledFile
@@ -195,6 +196,7 @@ class Scheduler:
         if self.paused:
             return grants
         policy = self._policy_source()
+        self.residency_model.set_ctx_tolerance(policy.num_ctx_tolerance)
         # A free cloud slot is worth a pick only when a cloud ticket waits: otherwise every local
         # group head would be looked at, and turned down, for nothing.
         while self._waiting and (
@@ -236,9 +238,22 @@ class Scheduler:
                 return choice  # evicts nothing
             mine = policy.order_key(ticket, score)
             victims = residency.plan(ticket.model, ticket.variant).evicts
+            if victims and self._swap_held(policy, ticket.model, ticket.variant, now):
+                # Not yet: others asking for this model meanwhile will share the one load. The
+                # next poll's dispatch looks again (a slot may idle until then).
+                held.add((ticket.model, ticket.variant))
+                continue
             if not any(self._ranks_ahead(v, mine, policy, now, barred) for v in victims):
                 return choice
             held.add((ticket.model, ticket.variant))
+
+    def _swap_held(self, policy: Policy, model: str, variant: str, now: float) -> bool:
+        """Does the policy's swap_hold keep this runner's swap back? Until the runner's oldest
+        waiting ticket has waited it out (a younger one may be the best-ranked)."""
+        if policy.swap_hold is None:
+            return False
+        oldest = self._picker.oldest_arrival((model, variant))
+        return oldest is not None and now - oldest < policy.swap_hold
 
     def _tick(self, now: float) -> None:
         if self.service.tick(now, self._picker.waiting_clients):
@@ -276,13 +291,17 @@ class Scheduler:
         self._ranking.left(ticket.id)
         self._ledger.leave(ticket.client)
         self.service.charge(ticket.id, ticket.client)  # the estimate now, the truth at finish
+        num_ctx: int | None = None
         if self.is_cloud(ticket.model):
             plan = Plan("attach")
             self._cloud_in_flight += 1
             self._in_flight[ticket.id] = InFlight(ticket, now, plan, cloud=True)
         else:
-            plan = self.residency_model.plan(ticket.model, ticket.variant)
-            self.residency_model.dispatched(ticket.model, plan, now, ticket.variant)
+            runner = self.residency_model.runner_for(ticket.model, ticket.variant)
+            if runner != ticket.variant:  # num_ctx normalisation: it joins the loaded runner
+                num_ctx = parse_variant(runner)["num_ctx"]
+            plan = self.residency_model.plan(ticket.model, runner)
+            self.residency_model.dispatched(ticket.model, plan, now, runner)
             self._in_flight[ticket.id] = InFlight(ticket, now, plan)
             self._classes.started(ticket.cls)
         return Grant(
@@ -295,6 +314,7 @@ class Scheduler:
             policy_name=policy.name,
             policy_version=policy.version,
             granted_at=now,
+            num_ctx=num_ctx,
         )
 
     def first_byte(self, request_id: str) -> None:
@@ -383,72 +403,14 @@ class Scheduler:
 
     def waiting(self) -> list[RankedTicket]:
         """Every waiting ticket in the order the policy ranks them now, with whether the picker
-        may choose it and why it still waits. A view (scores all, plans once per runner), never
-        called on the dispatch path, so `dispatch()` pays nothing for the reasons."""
+        may choose it and why it still waits. A view (engine/queue_view.py), never called on the
+        dispatch path, so `dispatch()` pays nothing for the reasons."""
         policy, now = self._policy_source(), self._clock()
         self._tick(now)
-        ranked = []
-        for t in self._waiting.values():
-            score = policy.score(t, self.state, now)
-            ranked.append((policy.order_key(t, score), t, score))
-        ranked.sort(key=lambda kts: kts[0])
-        residency = self.residency_model
-        # Per model, the best key among its tickets that need no load: what `_ranks_ahead` asks.
-        resident_best: dict[str, OrderKey] = {}
-        barred = self._barred(policy)
-        for key, t, _ in ranked:
-            if barred is not None and barred(t.cls, t.model):
-                continue  # kept out of the free slot: it holds no swap back
-            if t.model not in resident_best and residency.residency(t.model, t.variant) != "absent":
-                resident_best[t.model] = key
-        common = []
-        if self.paused:
-            common.append("dispatching is paused")
-        busy = len(self._in_flight) - self._cloud_in_flight
-        full = (
-            f"max_parallel reached ({busy} of {self.max_parallel} slots busy)"
-            if busy >= self.max_parallel
-            else None
-        )
-        cloud_full = (
-            f"cloud max_parallel reached ({self._cloud_in_flight} of {self.cloud_max_parallel} busy)"
-            if not self._cloud_free()
-            else None
-        )
-        blocked: dict[tuple[str, str], str | None] = {}  # per runner, decided at its best ticket
-        kept_for = ", ".join(sorted(policy.reserve))
-        out = []
-        for i, (key, t, score) in enumerate(ranked, start=1):
-            if self.is_cloud(t.model):
-                reasons = [*common, *([cloud_full] if cloud_full else [])]
-                out.append(RankedTicket(i, t, score, True, "; ".join(reasons) or None))
-                continue
-            runner = (t.model, t.variant)
-            if runner not in blocked:
-                blocked[runner] = residency.blocked_reason(*runner)
-                if blocked[runner] is None and not score.overdue:
-                    blocked[runner] = self._held_reason(t.model, t.variant, key, resident_best)
-            why = blocked[runner]
-            kept = barred is not None and barred(t.cls, t.model)
-            reasons = [*common, *([why] if why else []), *([full] if full else []),
-                       *([f"the free slot is kept for {kept_for} (reserve)"] if kept else [])]
-            out.append(RankedTicket(i, t, score, why is None and not kept, "; ".join(reasons) or None))
-        return out
-
-    def _held_reason(
-        self, model: str, variant: str, key: OrderKey, resident_best: dict[str, OrderKey]
-    ) -> str | None:
-        """`_choose`'s hold, for the view: a swap that would evict a model whose own waiting work
-        ranks ahead of this runner's best ticket."""
-        victims = [
-            v for v in self.residency_model.plan(model, variant).evicts
-            if v in resident_best and resident_best[v] < key
-        ]
-        if not victims:
-            return None
-        return (
-            f"held back: loading {model} would evict {', '.join(victims)},"
-            f" whose own waiting requests rank ahead"
+        return explain(
+            self, policy, now, self._barred(policy),
+            Busy(len(self._in_flight) - self._cloud_in_flight, self._cloud_in_flight),
+            lambda model, variant: self._swap_held(policy, model, variant, now),
         )
 
     def position(self, request_id: str) -> RankedTicket | None:

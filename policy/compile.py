@@ -48,6 +48,11 @@ class Policy:
     by_dependency: dict[str, tuple[TermFn, ...]] = field(default_factory=dict, compare=False)
     class_max_wait: dict[str, float] = field(default_factory=dict)  # per class, over max_wait
     reserve: dict[str, int] = field(default_factory=dict)  # local slots kept for a class
+    # [policies.NAME.num_ctx]: None = off; else how far below the asked num_ctx a loaded runner's
+    # may be and still be reused (engine/residency.py, `runner_for`).
+    num_ctx_tolerance: float | None = None
+    # Seconds a request whose dispatch would evict a model waits at least (None: no hold).
+    swap_hold: float | None = None
     # The shortest wait after which any ticket is overdue: where the picker's walk over the
     # oldest tickets may stop (set from the two above).
     first_overdue: float | None = field(init=False, default=None)

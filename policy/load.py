@@ -222,6 +222,8 @@ def compile_file(
         name: dataclasses.replace(
             compile_policy(name, version, spec.description, spec.clamp_min, terms[name]),
             reserve=dict(spec.reserve),
+            num_ctx_tolerance=spec.num_ctx.tolerance if spec.num_ctx.normalise else None,
+            swap_hold=None if spec.swap_hold is None else parse_duration(spec.swap_hold),
         )
         for name, spec in file.policies.items()
     }

@@ -65,6 +65,11 @@ class JournalRecord(Strict, frozen=True):
     load_duration: Count | None = None
     prompt_eval_duration: Count | None = None
     eval_duration: Count | None = None
+    # The `options.num_ctx` the client asked for (None: the model's default), and, when num_ctx
+    # normalisation sent the request to a loaded runner instead of a reload, the num_ctx it was
+    # forwarded with (None: forwarded as asked).
+    num_ctx: Count | None = None
+    num_ctx_forwarded: Count | None = None
     # Per `journal.store_prompts`: the text, "sha256:<hex>" of the text, or None.
     prompt: str | None = None
     response: str | None = None

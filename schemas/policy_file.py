@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from schemas.common import (
     Cidr,
@@ -122,6 +123,20 @@ class QueueStatus(Strict, frozen=True):
     every: Duration = "5s"  # between lines; the first after this long in the queue
 
 
+class NumCtx(Strict, frozen=True):
+    # Reuse a loaded runner of the model for a request that asks another `options.num_ctx`, by
+    # rewriting it in the body forwarded to Ollama, instead of letting Ollama reload the model.
+    # Off unless set. A runner with a larger context is reused as it is (the client gets more
+    # context than it asked for, never less); see `tolerance` for smaller ones. Only requests
+    # that set num_ctx are rewritten, and only to a runner loaded through this sidecar
+    # (docs/policy.md, "num_ctx normalisation").
+    normalise: bool = False
+    # Also reuse a runner whose context is smaller than asked, by up to this fraction of what was
+    # asked (0.25: a request for 8192 may run at 6144). That shrinks the client's context: a long
+    # prompt is cut sooner. 0 (the default) never shrinks one.
+    tolerance: Annotated[float, Meta(ge=0, le=0.5)] = 0.0
+
+
 class PolicySpec(Strict, frozen=True):
     description: str = ""
     # Scores below this are raised to it (the seed clamped at 0); ties then fall to arrival order.
@@ -129,6 +144,11 @@ class PolicySpec(Strict, frozen=True):
     # Slots (of backend.max_parallel) kept for a class: other classes cannot take the last ones,
     # so an interactive request never waits behind a full set of long batch generations.
     reserve: dict[str, PositiveInt] = msgspec.field(default_factory=dict)
+    num_ctx: NumCtx = msgspec.field(default_factory=NumCtx)  # rewrite num_ctx to a loaded runner's
+    # A request whose dispatch would evict another model waits at least this long, even beside a
+    # free slot, so that requests for its model arriving meanwhile share one load (unset: a swap
+    # goes as soon as it is the best choice). Loads that evict nothing, and overdue work, never wait.
+    swap_hold: Duration | None = None
     # TERM name -> its table. Decoded per term type by the policy package.
     terms: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 

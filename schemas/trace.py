@@ -12,6 +12,7 @@
 - `prompt_tokens`, `output_tokens`: Ollama's prompt_eval_count and eval_count; null when the
   request never produced them (rejected, cancelled, failed), and a replay then has to estimate.
 - `status`: how the original request ended, so a replay can choose to skip rejected ones.
+- `num_ctx`: the `options.num_ctx` the client asked for; null for the server's default.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class TraceRecord(Strict, frozen=True):
     prompt_tokens: Annotated[int, Meta(ge=0)] | None = None
     output_tokens: Annotated[int, Meta(ge=0)] | None = None
     status: Status = "completed"
+    num_ctx: Annotated[int, Meta(ge=1)] | None = None
 
 
 __all__ = ["TraceRecord"]

@@ -43,8 +43,12 @@ def test_every_metric_is_documented_with_its_type_and_labels(
     # Traffic, a reload and a waiting request, so every labelled series exists at least once.
     body = {"model": "llama3.2:1b", "prompt": "hi", "stream": False}
     assert httpx.post(proxy.url + "/api/generate", timeout=30, json=body).status_code == 200
-    proxy.policy_path.write_text(make_policy(max_parallel=3), encoding="utf-8")
+    normalise = "[policies.test.num_ctx]\nnormalise = true\n"
+    proxy.policy_path.write_text(make_policy(max_parallel=3, extra=normalise), encoding="utf-8")
     assert proxy.admin("POST", "/proxy/policy/reload").json()["ok"]
+    for num_ctx in (8192, 4096):  # the second runs on the first's runner: a num_ctx rewrite
+        sized = {**body, "options": {"num_ctx": num_ctx}}
+        assert httpx.post(proxy.url + "/api/generate", timeout=30, json=sized).status_code == 200
     proxy.admin("POST", "/proxy/pause")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(httpx.post, proxy.url + "/api/generate", timeout=30, json=body)

@@ -73,6 +73,13 @@ _V3_CLIENT_REQUEST_ID = (
 )
 
 
+# num_ctx normalisation: what the client asked, and what went to Ollama when it was rewritten.
+_V4_NUM_CTX = (
+    "ALTER TABLE requests ADD COLUMN num_ctx {BIGINT}",
+    "ALTER TABLE requests ADD COLUMN num_ctx_forwarded {BIGINT}",
+)
+
+
 class Migration(NamedTuple):
     version: int
     name: str
@@ -83,6 +90,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "requests table", (_V1_REQUESTS,)),
     Migration(2, "indexes for analytics and retention", _V2_INDEXES),
     Migration(3, "the client's own request id", _V3_CLIENT_REQUEST_ID),
+    Migration(4, "num_ctx asked and forwarded", _V4_NUM_CTX),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -12,7 +12,7 @@ from server.journal.store import Store
 
 _COLUMNS = (
     "request_id", "received_at", "client", "request_class", "model", "endpoint",
-    "prompt_eval_count", "eval_count", "status",
+    "prompt_eval_count", "eval_count", "status", "num_ctx",
 )
 
 
@@ -32,6 +32,7 @@ async def trace_lines(store: Store, since: float, until: float) -> Iterator[byte
             prompt_tokens=r["prompt_eval_count"],
             output_tokens=r["eval_count"],
             status=r["status"],
+            num_ctx=r["num_ctx"],
         )
         for r in rows
     )

@@ -27,7 +27,7 @@ from server.http.upstream_hop import UploadBroken, UpstreamAnswer, UpstreamBroke
 from server.proxy import queue_status
 from server.proxy.disconnect import ClientGone, DisconnectWatch
 from server.proxy.facts import StreamTap
-from server.proxy.intake import Admission, id_in_use
+from server.proxy.intake import Admission, id_in_use, with_num_ctx
 from server.runtime.connlimits import BODY_TIMED_OUT
 from server.runtime.dispatcher import Removed, ShuttingDown
 from server.runtime.events import ended
@@ -155,13 +155,11 @@ class Exchange:
                 outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
                 outcome.error = "client disconnected while queued"
                 return
-            # One clock for the wait: the scheduler's, which ordered the queue.
-            wait_ms = max(0.0, (grant.granted_at - grant.ticket.arrival) * 1000)
-            facts.queue_wait_ms = wait_ms
-            facts.dispatched_at = facts.received_at + wait_ms / 1000
-            facts.policy_name, facts.policy_version = grant.policy_name, grant.policy_version
-            facts.score, facts.score_terms = grant.score.total, grant.score.breakdown()
-            facts.queue_depth, facts.resident = grant.queue_depth, grant.resident
+            wait_ms = facts.granted(grant)
+            if grant.num_ctx is not None and isinstance(self.body, bytes):
+                # num_ctx normalisation: run on the loaded runner rather than reload the model.
+                self.body = with_num_ctx(self.body, grant.num_ctx)
+                extra.append((b"x-num-ctx-forwarded", str(grant.num_ctx).encode()))
             extra += [
                 (b"x-queue-wait-ms", f"{wait_ms:.0f}".encode()),
                 (b"x-dispatch-score", f"{grant.score.total:g}".encode()),

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from engine.grants import Grant
 from schemas.journal import JournalRecord, Status
 
 _COUNTERS = (
@@ -45,10 +46,24 @@ class RequestFacts:
     score_terms: dict[str, float] = field(default_factory=dict)
     queue_depth: int | None = None
     resident: bool | None = None
+    num_ctx: int | None = None  # options.num_ctx as the client asked
+    num_ctx_forwarded: int | None = None  # set when normalisation rewrote it
     prompt: str | None = None
     counters: dict[str, int] = field(default_factory=dict)
     response: str | None = None
     journal_id: str | None = None  # the journal's unique key; None: request_id is unique
+
+    def granted(self, grant: Grant) -> float:
+        """What its dispatch decided; the wait in milliseconds, on the scheduler's clock (the
+        one that ordered the queue)."""
+        wait_ms = max(0.0, (grant.granted_at - grant.ticket.arrival) * 1000)
+        self.queue_wait_ms = wait_ms
+        self.dispatched_at = self.received_at + wait_ms / 1000
+        self.policy_name, self.policy_version = grant.policy_name, grant.policy_version
+        self.score, self.score_terms = grant.score.total, grant.score.breakdown()
+        self.queue_depth, self.resident = grant.queue_depth, grant.resident
+        self.num_ctx_forwarded = grant.num_ctx
+        return wait_ms
 
     def admission(self) -> JournalRecord:
         """The record a crash would leave: written as the request is accepted, at revision 0, so
@@ -90,6 +105,8 @@ class RequestFacts:
             score_terms=self.score_terms,
             queue_depth=self.queue_depth,
             resident=self.resident,
+            num_ctx=self.num_ctx,
+            num_ctx_forwarded=self.num_ctx_forwarded,
             prompt=self.prompt,
             response=self.response,
             **self.counters,

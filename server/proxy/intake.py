@@ -88,6 +88,15 @@ def parse_scheduled(body: bytes) -> ScheduledBody:
     return parsed
 
 
+def with_num_ctx(body: bytes, num_ctx: int) -> bytes:
+    """The JSON body with `options.num_ctx` set to `num_ctx`, everything else as the client sent it
+    (num_ctx normalisation; `parse_scheduled` already checked it is an object whose options set
+    num_ctx). Only normalised requests pay for the second decode and encode."""
+    data = msgspec.json.decode(body)
+    data["options"]["num_ctx"] = num_ctx
+    return msgspec.json.encode(data)
+
+
 def parse_form(body: bytes, content_type: str) -> ScheduledBody:
     """A multipart form (an audio transcription): its `model` field is all scheduling needs; the
     audio is forwarded as sent and never decoded (or journaled)."""

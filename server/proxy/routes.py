@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from engine.residency import variant_of
+from engine.residency import parse_variant, variant_of
 from schemas.model_name import canonical_model
 from server.http.bodies import read_body
 from server.http.cross_site import cross_site
@@ -84,6 +84,7 @@ async def scheduled(request: Request) -> Response | _Ticketed:
             variant = variant_of(parsed.options)
         except ValueError as exc:
             raise ProxyError(400, str(exc)) from None
+        facts.num_ctx = parse_variant(variant).get("num_ctx")
         identity = sc.identify(request, caller)
         # One name per model from here on (queue, class rules, journal, metrics); the body
         # forwarded to Ollama keeps the client's spelling.

@@ -140,6 +140,12 @@ class Metrics:
         self.evictions = Counter(
             "smart_proxy_evictions", "Models the engine expected Ollama to unload", registry=r
         )
+        self.num_ctx_rewrites = Counter(
+            "smart_proxy_num_ctx_rewrites",
+            "Requests sent to a loaded runner with its num_ctx instead of the asked one (normalisation)",
+            ["model"],
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "smart_proxy_event_loop_lag_seconds",
             "How late a timer fires on the event loop every stream shares (sampled 20 times a second)",
@@ -179,6 +185,8 @@ class Metrics:
         self.dispatches.labels(grant.action).inc()
         if grant.evicts:
             self.evictions.inc(len(grant.evicts))
+        if grant.num_ctx is not None:
+            self.num_ctx_rewrites.labels(self.model_label(grant.ticket.model)).inc()
         self.queue_wait.labels(self.model_label(grant.ticket.model), grant.ticket.cls).observe(
             max(0.0, grant.granted_at - grant.ticket.arrival)
         )

@@ -20,7 +20,7 @@ from typing import Any
 from engine.admission import Refusal, admit
 from engine.clock import ManualClock
 from engine.eta import ServiceTimes
-from engine.residency import GIB
+from engine.residency import GIB, variant_of
 from engine.scheduler import Scheduler
 from engine.service import Usage
 from policy.load import CompiledFile
@@ -77,10 +77,14 @@ def _ps(backend: Backend) -> dict[str, Any]:
     return {"models": [{"name": r.spec.name, "size": r.vram} for r in backend.resident()]}
 
 
-def _submit(backend: Backend, now: float, spec: ModelSpec, request: Request) -> Job:
+def _submit(
+    backend: Backend, now: float, spec: ModelSpec, request: Request, num_ctx: int | None = None
+) -> Job:
+    """`num_ctx`: what num_ctx normalisation forwards in place of the request's own."""
     return backend.submit(
         now, spec, kind="embed" if request.embed else "generate",
         prompt_tokens=request.prompt_tokens, output_tokens=request.output_tokens,
+        num_ctx=num_ctx or request.num_ctx,
     )
 
 
@@ -186,7 +190,8 @@ def replay_policy(
                 out.shed(shed_request, shed_class, now)
             rid = str(request.index)
             scheduler.enqueue(request_id=rid, model=request.model, client=request.client, cls=cls,
-                              endpoint=request.endpoint)
+                              endpoint=request.endpoint,
+                              variant=variant_of({"num_ctx": request.num_ctx}))
             by_id[rid] = (request, cls)
             waiting.add(rid)
             heapq.heappush(deadlines, (now + limits.queue_timeout(cls), request.index, rid))
@@ -209,7 +214,7 @@ def replay_policy(
                 if on_grant is not None:
                     on_grant(request, now)
                 try:
-                    job = _submit(backend, now, specs[request.model], request)
+                    job = _submit(backend, now, specs[request.model], request, grant.num_ctx)
                 except QueueFull:  # Ollama's 503: the client gets an error, the slot is free
                     by_id.pop(rid)
                     granted_at.pop(rid, None)

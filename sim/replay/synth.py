@@ -20,8 +20,8 @@ T0 = 1_767_254_400.0  # 2026-01-01T08:00:00Z: `at` of the first arrival (a Thurs
 CHAT, GENERATE, EMBED = "/api/chat", "/api/generate", "/api/embed"
 
 # One arrival before it becomes a TraceRecord: (arrival, client, class, model, endpoint,
-# prompt_tokens, output_tokens).
-Arrival = tuple[float, str, str, str, str, int, int]
+# prompt_tokens, output_tokens), and the options.num_ctx it asks for where a preset sets one.
+Arrival = tuple[float, str, str, str, str, int, int] | tuple[float, str, str, str, str, int, int, int]
 Generator = Callable[[random.Random], Iterator[Arrival]]
 
 
@@ -154,6 +154,20 @@ def _classes(rng: random.Random) -> Iterator[Arrival]:
         events = [e for e in events if e[0] >= horizon]
 
 
+def _mixed_ctx(rng: random.Random) -> Iterator[Arrival]:
+    """Twelve people on two models that fit together, through three tools that each send their
+    own options.num_ctx (4k, 8k, 16k): every change of context at a model is a reload for Ollama,
+    though the runner already holding 16k could have served all three."""
+    tools = {"webui": 4096, "ide": 8192, "agent": 16384}
+    users = [(f"{tool}-{i}", ctx) for tool, ctx in tools.items() for i in range(1, 5)]
+    t = 0.0
+    while True:
+        t += rng.expovariate(1 / 6.0)
+        user, num_ctx = rng.choice(users)
+        model = "llama3.1:8b" if rng.random() < 0.7 else "gemma3:12b"
+        yield (t, user, "interactive", model, CHAT, _tokens(rng, 900), _tokens(rng, 250), num_ctx)
+
+
 TRACE_PRESETS: dict[str, TracePreset] = {
     "agents": TracePreset(
         "four agent workers cycling a 32B planner, an embedder and a 14B coder (24 GB card)",
@@ -170,6 +184,9 @@ TRACE_PRESETS: dict[str, TracePreset] = {
     "classes": TracePreset(
         "interactive people next to bursts of long batch generations on a 12B model (24 GB)",
         "workstation-24gb", _classes),
+    "mixed-ctx": TracePreset(
+        "12 people on two models through three tools sending num_ctx 4k, 8k or 16k (24 GB)",
+        "workstation-24gb", _mixed_ctx),
 }
 
 
@@ -184,9 +201,11 @@ def synthesize(preset: str, requests: int, seed: int) -> list[TraceRecord]:
     drawn.sort(key=lambda d: (d[0], d[1]))
     first = drawn[0][0] if drawn else 0.0
     out = []
-    for at, _, (_, client, cls, model, endpoint, prompt, output) in drawn:
+    for at, _, arrival in drawn:
+        _, client, cls, model, endpoint, prompt, output = arrival[:7]
         offset = round(at - first, 6)
         out.append(TraceRecord(arrival=offset, at=round(T0 + offset, 6), client=client,
                                model=model, endpoint=endpoint, request_class=cls,
-                               prompt_tokens=prompt, output_tokens=output))
+                               prompt_tokens=prompt, output_tokens=output,
+                               num_ctx=arrival[7] if len(arrival) > 7 else None))
     return out

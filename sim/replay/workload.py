@@ -39,6 +39,7 @@ class Request:
     embed: bool
     prompt_tokens: int
     output_tokens: int
+    num_ctx: int | None = None  # options.num_ctx as asked; None: the server's default context
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ def prepare(records: Iterable[TraceRecord]) -> Workload:
         if output is None:
             output = 0 if embed else estimate(output_by, model, r.endpoint, DEFAULT_OUTPUT_TOKENS)
         requests.append(Request(index, r.arrival, r.client, r.request_class, model, r.endpoint,
-                                embed, max(1, prompt), 0 if embed else output))
+                                embed, max(1, prompt), 0 if embed else output, r.num_ctx))
     return Workload(tuple(requests), len(records) - len(usable), estimated)
 
 

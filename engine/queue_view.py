@@ -1,0 +1,88 @@
+"""The queue as people read it: every waiting ticket in the policy's order, whether the picker may
+choose it now, and why it still waits, in words. Built from the scheduler's public state on
+demand (the queue route, the dashboards), never on the dispatch path, so picking pays nothing
+for the reasons. The holds explained here mirror `Scheduler._choose` rule for rule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from engine.classes import Barred
+from engine.grants import RankedTicket
+from policy.compile import OrderKey, Policy
+
+if TYPE_CHECKING:
+    from engine.scheduler import Scheduler
+
+
+class Busy(NamedTuple):
+    local: int  # requests holding a local slot
+    cloud: int  # requests out to Ollama's hosted models
+
+
+def explain(
+    s: Scheduler, policy: Policy, now: float, barred: Barred | None, busy: Busy,
+    swap_held: Callable[[str, str], bool],
+) -> list[RankedTicket]:
+    """`swap_held(model, variant)`: whether the policy's swap_hold keeps that runner's swap back."""
+    ranked = []
+    for t in s.tickets():
+        score = policy.score(t, s.state, now)
+        ranked.append((policy.order_key(t, score), t, score))
+    ranked.sort(key=lambda kts: kts[0])
+    residency = s.residency_model
+    # Per model, the best key among its tickets that need no load: what `_ranks_ahead` asks.
+    resident_best: dict[str, OrderKey] = {}
+    for key, t, _ in ranked:
+        if barred is not None and barred(t.cls, t.model):
+            continue  # kept out of the free slot: it holds no swap back
+        if t.model not in resident_best and residency.residency(t.model, t.variant) != "absent":
+            resident_best[t.model] = key
+    common = ["dispatching is paused"] if s.paused else []
+    full = (
+        f"max_parallel reached ({busy.local} of {s.max_parallel} slots busy)"
+        if busy.local >= s.max_parallel else None
+    )
+    cloud_full = (
+        f"cloud max_parallel reached ({busy.cloud} of {s.cloud_max_parallel} busy)"
+        if busy.cloud >= s.cloud_max_parallel else None
+    )
+    blocked: dict[tuple[str, str], str | None] = {}  # per runner, decided at its best ticket
+    kept_for = ", ".join(sorted(policy.reserve))
+    out = []
+    for i, (key, t, score) in enumerate(ranked, start=1):
+        if s.is_cloud(t.model):
+            reasons = [*common, *([cloud_full] if cloud_full else [])]
+            out.append(RankedTicket(i, t, score, True, "; ".join(reasons) or None))
+            continue
+        runner = (t.model, t.variant)
+        if runner not in blocked:
+            blocked[runner] = residency.blocked_reason(*runner)
+            if blocked[runner] is None and not score.overdue:
+                blocked[runner] = _held_reason(s, policy, runner, key, resident_best, swap_held)
+        why = blocked[runner]
+        kept = barred is not None and barred(t.cls, t.model)
+        reasons = [*common, *([why] if why else []), *([full] if full else []),
+                   *([f"the free slot is kept for {kept_for} (reserve)"] if kept else [])]
+        out.append(RankedTicket(i, t, score, why is None and not kept, "; ".join(reasons) or None))
+    return out
+
+
+def _held_reason(
+    s: Scheduler, policy: Policy, runner: tuple[str, str], key: OrderKey,
+    resident_best: dict[str, OrderKey], swap_held: Callable[[str, str], bool],
+) -> str | None:
+    """`_choose`'s holds: the policy's swap_hold, or a swap that would evict a model whose own
+    waiting work ranks ahead of this runner's best ticket."""
+    model, variant = runner
+    evicts = s.residency_model.plan(model, variant).evicts
+    if evicts and swap_held(model, variant):
+        return (
+            f"held back: loading {model} would evict {', '.join(evicts)}; the policy's swap_hold"
+            f" ({policy.swap_hold:g}s) lets more requests for {model} share the load"
+        )
+    victims = [v for v in evicts if v in resident_best and resident_best[v] < key]
+    if not victims:
+        return None
+    return f"held back: loading {model} would evict {', '.join(victims)}, whose own waiting requests rank ahead"
