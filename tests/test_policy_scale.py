@@ -57,6 +57,8 @@ EXPECTED_AT_A_HUNDREDTH: dict[str, float] = {
     "policies.fair.terms.fairness.window": 6.0,
     "policies.fair.terms.aging.max_wait": 3.0,
     "policies.fair.terms.aging.per_second": 100.0,
+    "policies.balanced.swap_hold": 0.7,  # "70s"
+    "policies.throughput.swap_hold": 1.2,  # "2m"
 }
 
 
@@ -82,7 +84,7 @@ def timing(compiled: CompiledFile) -> dict[str, Any]:
         "rate": [seconds for _, seconds, _ in compiled.limits.rate_windows],
         "windows": sorted(compiled.windows),
         "policies": {
-            name: (p.max_wait, p.wait_slope, sorted(p.windows))
+            name: (p.max_wait, p.wait_slope, sorted(p.windows), p.swap_hold)
             for name, p in compiled.policies.items()
         },
     }
@@ -290,4 +292,4 @@ def test_the_file_durations_scaled_and_not() -> None:
     assert found >= UNSCALED
     assert found - UNSCALED == {"backend.poll_interval", "backend.request_timeout",
                                 "backend.queue_timeout", "limits.rate.*.window",
-                                "limits.classes.*.queue_timeout"}
+                                "limits.classes.*.queue_timeout", "policies.*.swap_hold"}
