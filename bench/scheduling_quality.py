@@ -3,7 +3,12 @@ policy file as it was before the scheduling-quality work (`--before`, a git ref)
 
 - flood: a CI client dumps 300 batch requests every ten minutes beside four people. Refusals,
   people's wait p95 / max (and with the flooder left out of the trace), makespan.
-- agents and many-models: model loads and wait p95 against plain Ollama.
+  Again on the example file's own `max_parallel = 2`.
+- agents and many-models: model loads and wait p95 against plain Ollama (`balanced` now holds a
+  swap back for its `swap_hold`; `throughput` for longer).
+- mixed-ctx: three tools sending num_ctx 4k, 8k and 16k. Reloads for plain Ollama, `balanced`
+  (no normalisation), `balanced` with `[policies.balanced.num_ctx] normalise = true`, and
+  `throughput` (which normalises).
 
 The simulator replays each trace through the real scheduler on a virtual clock, so the figures do
 not depend on this machine's load. `--max-parallel` sets the sidecar's slots (default 6, the
@@ -47,7 +52,7 @@ def _figures(row: Any) -> dict[str, Any]:
     f = row.figures
     by_class = f["wait_s_by_class"]
     return {
-        "loads": f["loads"], "refused": sum(f["refused"].values()), "timed_out": f["timed_out"],
+        "loads": f["loads"], "reloads": f["reloads"], "refused": sum(f["refused"].values()), "timed_out": f["timed_out"],
         "completed": f["completed"], "makespan_s": f["makespan_s"], "wait_p95_s": f["wait_s"]["p95"],
         "interactive_wait_p95_s": by_class.get("interactive", {}).get("p95"),
         "interactive_wait_max_s": by_class.get("interactive", {}).get("max"),
@@ -55,11 +60,15 @@ def _figures(row: Any) -> dict[str, Any]:
     }
 
 
-def _run(workload: Workload, compiled: CompiledFile) -> dict[str, Any]:
+def _run(workload: Workload, compiled: CompiledFile, *others: str) -> dict[str, Any]:
+    """Plain Ollama, `balanced`, and `others` of the file's policies, on the trace's card."""
     gpu = choose(workload.models(), preset=None, config=None).settings
     policy = compiled.active
     plain = replay_plain(workload, gpu, policy.max_wait, None, policy.class_max_wait)
-    return {"plain": _figures(plain), "balanced": _figures(replay_policy(workload, gpu, compiled, "balanced"))}
+    out = {"plain": _figures(plain)}
+    for name in ("balanced", *others):
+        out[name] = _figures(replay_policy(workload, gpu, compiled, name))
+    return out
 
 
 def main() -> int:
@@ -81,14 +90,28 @@ def main() -> int:
         records = synthesize(preset, args.requests, seed=1)
         out: dict[str, Any] = {}
         for name, compiled in files.items():
-            rows = _run(classify(prepare(records), compiled), compiled)
+            rows = _run(classify(prepare(records), compiled), compiled, *(("throughput",) if name == "now" else ()))
             out["plain"] = rows["plain"]
             out[f"balanced_{name}"] = rows["balanced"]
+            if "throughput" in rows:
+                out["throughput_now"] = rows["throughput"]
         if preset == "flood":  # people's waits with the flooder absent: the 1.5× reference
             quiet = [r for r in records if r.client != FLOODER]
             compiled = files["now"]
             out["without_flooder"] = _run(classify(prepare(quiet), compiled), compiled)["balanced"]
+            # And on the example file's own two slots, where long batch answers fill every slot.
+            two = _compiled((ROOT / "policies.example.toml").read_text(encoding="utf-8"), 2)
+            both = _run(classify(prepare(records), two), two)
+            out["two_slots"] = {"plain": both["plain"], "balanced_now": both["balanced"],
+                                "without_flooder": _run(classify(prepare(quiet), two), two)["balanced"]}
         report["traces"][preset] = out
+    records = synthesize("mixed-ctx", args.requests, seed=1)
+    now_text = (ROOT / "policies.example.toml").read_text(encoding="utf-8")
+    normalising = _compiled(now_text + "\n[policies.balanced.num_ctx]\nnormalise = true\n", args.max_parallel)
+    off = _run(classify(prepare(records), files["now"]), files["now"], "throughput")
+    on = _run(classify(prepare(records), normalising), normalising)
+    report["traces"]["mixed-ctx"] = {"plain": off["plain"], "balanced_now": off["balanced"],
+                                     "balanced_normalised": on["balanced"], "throughput_now": off["throughput"]}
     write_report(Path(args.out), report)
     return 0
 
