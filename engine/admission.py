@@ -11,17 +11,22 @@ Order of the checks, and why (docs/policy.md, Admission):
 3. The client's own cap and the hard rate windows: 429, the only answers that mean "you, slow
    down" (a flood of well-behaved batch work is queued, not refused).
 4. The drain estimate: when the requests at least as urgent as this one would take longer to
-   serve than its class may wait, it is refused now (503 + Retry-After) rather than after
-   waiting out its timeout for nothing.
+   serve than its class may wait (its queue timeout), it is refused now (503 + Retry-After)
+   rather than after waiting out its timeout for nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from engine.eta import wait_estimate
+from engine.eta import ServiceTimes, wait_estimate
 from engine.scheduler import Scheduler
 from policy.load import CompiledFile
+
+# The least share of the drain left to a class when more urgent arrivals could take all of it: the
+# estimate then says "many times its wait limit", not infinity.
+MIN_SHARE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +68,26 @@ def _least_urgent_victim(compiled: CompiledFile, scheduler: Scheduler, cls: str)
     return None
 
 
+def served(times: ServiceTimes, scheduler: Scheduler, model: str, held: float, now: float) -> None:
+    """A request held its slot `held` seconds and ended at `now`: what the drain estimate learns
+    (a cloud model's answer says nothing about how fast the local queue drains)."""
+    times.observe(model, held)
+    if not scheduler.is_cloud(model):
+        times.completed(now, backlogged=scheduler.depth > scheduler.cloud_waiting)
+
+
 def admit(
     compiled: CompiledFile, scheduler: Scheduler, client: str, cls: str,
-    slot_seconds: float | None = None, model: str = "",
+    slot_seconds: float | None = None, model: str = "", gap_seconds: float | None = None,
+    arrival_rates: Mapping[str, float] | None = None,
 ) -> Refusal | Admitted:
     """Whether a new request of `client` in `cls` may wait now. `slot_seconds`: how long a
-    request holds a slot, measured (None: nothing measured yet, so no drain check). The drain
-    check applies to classes listed under [limits.classes], for local models (a cloud model's
-    slots are another queue)."""
+    request holds a slot, measured (None: nothing measured yet, so no drain check);
+    `gap_seconds`: the measured time between completions while requests waited (engine/eta.py),
+    which counts the loads and idle slots slot times miss; `arrival_rates`: each class's arrivals
+    per second, measured (more urgent classes arriving meanwhile go ahead and slow the drain).
+    The drain check applies to classes listed under [limits.classes], for local models (a cloud
+    model's slots are another queue)."""
     limits = compiled.limits
     own = limits.classes.get(cls)
     if own is not None and own.max_queue is not None and scheduler.waiting_in(cls) >= own.max_queue:
@@ -105,7 +122,14 @@ def admit(
         # The slots this class may use: the policy's reserve for other classes is not its own.
         kept = sum(n for c, n in compiled.active.reserve.items() if c != cls)
         slots = scheduler.max_parallel - kept if kept < scheduler.max_parallel else scheduler.max_parallel
-        drain = wait_estimate(ahead, slots, slot_seconds)
+        drain = wait_estimate(ahead, slots, slot_seconds)  # every slot busy: the fastest it drains
+        if gap_seconds is not None:  # as fast as the queue has really been draining, less what
+            # more urgent arrivals take of it while this one waits
+            mine = limits.queue_timeout(cls)
+            urgent = sum(r for c, r in (arrival_rates or {}).items() if limits.queue_timeout(c) < mine)
+            per_request = gap_seconds * scheduler.max_parallel / max(1, slots)
+            left = max(MIN_SHARE, 1.0 - urgent * per_request)
+            drain = max(drain, ahead * per_request / left)
         if drain > timeout:
             return Refusal(
                 503, f"server busy, please try again. the {ahead} requests ahead would take about "

@@ -6,12 +6,20 @@ to end), so the request in position p gets one after about `p × S / max_paralle
 average of the slot times observed: overall for the local queue (the requests ahead may be for any
 model), per model where every request ahead is for that model's own slots (a cloud model); until
 any is observed, a prior.
+
+The admission's drain estimate (engine/admission.py) reads two more measures from here: the time
+between answers while requests waited (loads and swaps stall every slot, which slot times miss),
+and each class's arrival rate (a more urgent class arriving meanwhile goes first).
 """
 
 from __future__ import annotations
 
+import math
+
 PRIOR_S = 10.0  # a slot time guessed before anything was observed
 ALPHA = 0.2  # weight of the newest observation in the moving averages
+GAP_ALPHA = 0.05  # the gaps between completions vary more (a load stalls every slot): a longer memory
+RATE_TAU = 300.0  # seconds: the memory of the per-class arrival rates
 
 
 class ServiceTimes:
@@ -20,6 +28,38 @@ class ServiceTimes:
         self._overall = prior
         self._seen = 0
         self._per_model: dict[str, float] = {}
+        self._last_done: float | None = None
+        self._gap: float | None = None
+        self._rates: dict[str, tuple[float, float]] = {}  # class -> (rate per second, as of when)
+
+
+    def arrived(self, cls: str, now: float) -> None:
+        """A request of `cls` joined the queue at `now` (a monotonic clock)."""
+        rate, when = self._rates.get(cls, (0.0, now))
+        if cls not in self._rates and len(self._rates) >= 64:
+            return  # classes come from the policy file; the table stays bounded anyway
+        self._rates[cls] = (rate * math.exp(-(now - when) / RATE_TAU) + 1.0 / RATE_TAU, now)
+
+    def arrival_rates(self, now: float) -> dict[str, float]:
+        """Each class's arrivals per second, an exponentially weighted average over ~RATE_TAU."""
+        return {c: rate * math.exp(-(now - when) / RATE_TAU) for c, (rate, when) in self._rates.items()}
+
+    def completed(self, now: float, backlogged: bool) -> None:
+        """A request holding a local slot ended at `now` (a monotonic clock). `backlogged`:
+        requests were waiting; only then does the gap since the previous completion say how fast
+        the queue drains, loads, swaps and idle slots included (what slot times alone miss)."""
+        last, self._last_done = self._last_done, now
+        if backlogged and last is not None:
+            gap = max(0.0, now - last)
+            # Started from the slot time (as if one slot served the queue alone): a cautious
+            # prior that the measured gaps pull down, rather than the first gap between two
+            # answers that ended together.
+            start = self._overall if self._gap is None else self._gap
+            self._gap = (1 - GAP_ALPHA) * start + GAP_ALPHA * gap
+
+    def gap(self) -> float | None:
+        """Seconds between completions while requests waited (a moving average); None until seen."""
+        return self._gap
 
     def observe(self, model: str, seconds: float) -> None:
         """A request for `model` held its slot `seconds` (grant to end)."""

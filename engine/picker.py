@@ -189,8 +189,10 @@ class Picker:
         if bound is not None and policy.class_max_wait and classes is not None:
             # Per-class limits: walk each class's own oldest while they are overdue (a single
             # walk would step over every ticket between the shortest limit and its own), and
-            # take the oldest found.
-            found: Ticket | None = None
+            # take the one of the class with the shortest limit, the oldest within it: under
+            # overload a backlog of batch work past its long limit must not hold people, past
+            # their short one, until they time out.
+            found: tuple[float, float, int, Ticket] | None = None
             for cls in classes():
                 limit = policy.wait_limit(cls)
                 if limit is None:
@@ -199,11 +201,12 @@ class Picker:
                     if now - ticket.arrival < limit:
                         break
                     if not barred(ticket.cls, ticket.model) and eligible(ticket.model, ticket.variant):
-                        if found is None or (ticket.arrival, ticket.seq) < (found.arrival, found.seq):
-                            found = ticket
+                        candidate = (limit, ticket.arrival, ticket.seq, ticket)
+                        if found is None or candidate[:3] < found[:3]:
+                            found = candidate
                         break
             if found is not None:
-                return found, policy.score(found, state, now)
+                return found[3], policy.score(found[3], state, now)
         elif bound is not None:
             # Overdue tickets go first, oldest first: walk arrival order while any could be.
             for ticket in oldest():

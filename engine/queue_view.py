@@ -23,13 +23,18 @@ class Busy(NamedTuple):
 
 def explain(
     s: Scheduler, policy: Policy, now: float, barred: Barred | None, busy: Busy,
-    swap_held: Callable[[str, str], bool],
 ) -> list[RankedTicket]:
-    """`swap_held(model, variant)`: whether the policy's swap_hold keeps that runner's swap back."""
     ranked = []
-    for t in s.tickets():
+    oldest: dict[tuple[str, str], float] = {}  # per runner: what its swap_hold counts from
+    for t in s.tickets():  # in arrival order
         score = policy.score(t, s.state, now)
         ranked.append((policy.order_key(t, score), t, score))
+        oldest.setdefault((t.model, t.variant), t.arrival)
+    hold = policy.swap_hold
+
+    def swap_held(model: str, variant: str) -> bool:
+        return hold is not None and now - oldest[(model, variant)] < hold
+
     ranked.sort(key=lambda kts: kts[0])
     residency = s.residency_model
     # Per model, the best key among its tickets that need no load: what `_ranks_ahead` asks.

@@ -7,7 +7,6 @@ is read once per `dispatch()` call, so a reload takes effect at the next decisio
 
 from __future__ import annotations
 
-import functools
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from typing import Any
 
 from engine.classes import Barred, ClassBooks
 from engine.clock import Clock
+from engine.cloud import CloudModels
 from engine.grants import Grant, InFlight, RankedTicket, StateView
 from engine.ledger import ClientLedger
 from engine.picker import Picker
@@ -24,12 +24,11 @@ from engine.residency import Plan, ResidencyModel, parse_variant
 from engine.service import ServiceAccount, Usage, service_settings_of
 from policy.compile import OrderKey, Policy
 from policy.load import CompiledFile
-from schemas.model_name import canonical_model, is_cloud
+from schemas.model_name import canonical_model
 from schemas.ticket import Score, Ticket
 
-# Cloud models run on Ollama's hosted service: no local VRAM, no local slot, no load. Asked per
-# group head on every pick, so cached (names come from clients: the cache is bounded).
-cloud_by_name = functools.lru_cache(maxsize=4096)(is_cloud)
+INF = float("inf")
+OVERDUE_PROBE = 256  # overdue tickets per class `_overdue_ahead` looks at
 
 
 class Scheduler:
@@ -59,8 +58,7 @@ class Scheduler:
         )
         # What Ollama's /api/tags says of a model, cloud or local, over what its name suggests;
         # and the answer per model, asked per group head on every pick (bounded below).
-        self._cloud_listed: dict[str, bool] = {}
-        self._cloud_of: dict[str, bool] = {}
+        self.is_cloud = CloudModels()  # is_cloud(model): runs on Ollama's hosted service
         self._cloud_waiting = 0  # waiting tickets for cloud models
         self._classes = ClassBooks()  # waiting tickets and running requests per class
         self.service = ServiceAccount(service_settings_of(settings))
@@ -99,15 +97,6 @@ class Scheduler:
     def cloud_waiting(self) -> int:
         """Waiting tickets for cloud models (the rest wait for local slots)."""
         return self._cloud_waiting
-
-    def is_cloud(self, model: str) -> bool:
-        known = self._cloud_of.get(model)
-        if known is None:
-            if len(self._cloud_of) > 4096:  # names come from clients
-                self._cloud_of.clear()
-            listed = self._cloud_listed.get(model)
-            known = self._cloud_of[model] = cloud_by_name(model) if listed is None else listed
-        return known
 
     def _local_free(self) -> bool:
         return len(self._in_flight) - self._cloud_in_flight < self.max_parallel
@@ -231,13 +220,21 @@ class Scheduler:
         while True:
             choice = self._picker.best(policy, self.state, now, eligible, self._oldest,
                                        residency.version, barred, self.waiting_classes)
-            if choice is None or choice[1].overdue:  # overdue work goes, whatever it costs
+            if choice is None:
                 return choice
             ticket, score = choice
             if self.is_cloud(ticket.model):
                 return choice  # evicts nothing
-            mine = policy.order_key(ticket, score)
             victims = residency.plan(ticket.model, ticket.variant).evicts
+            if score.overdue:  # overdue work goes whatever it costs, unless it would evict a
+                # model whose own overdue work goes before it: under overload a batch backlog
+                # past its limit would otherwise swap people's model out between every two
+                # answers while people wait past theirs.
+                if not any(self._overdue_ahead(v, ticket, policy, now) for v in victims):
+                    return choice
+                held.add((ticket.model, ticket.variant))
+                continue
+            mine = policy.order_key(ticket, score)
             if victims and self._swap_held(policy, ticket.model, ticket.variant, now):
                 # Not yet: others asking for this model meanwhile will share the one load. The
                 # next poll's dispatch looks again (a slot may idle until then).
@@ -246,6 +243,26 @@ class Scheduler:
             if not any(self._ranks_ahead(v, mine, policy, now, barred) for v in victims):
                 return choice
             held.add((ticket.model, ticket.variant))
+
+    def _overdue_ahead(self, model: str, ticket: Ticket, policy: Policy, now: float) -> bool:
+        """Whether overdue work for the resident `model` goes before the overdue `ticket` (the
+        picker's overdue order: the class with the shortest limit first, then the oldest). Looks
+        at most OVERDUE_PROBE overdue tickets per class, so a pick stays bounded."""
+        def key(t: Ticket) -> tuple[float, float, int]:
+            limit = policy.wait_limit(t.cls)
+            return (INF if limit is None else limit, t.arrival, t.seq)
+
+        mine, residency = key(ticket), self.residency_model
+        for cls in self.waiting_classes():
+            limit = policy.wait_limit(cls)
+            if limit is None:
+                continue
+            for looked, t in enumerate(self._oldest(cls)):
+                if looked >= OVERDUE_PROBE or now - t.arrival < limit or key(t) >= mine:
+                    break  # the rest of the class is younger: later in the overdue order
+                if t.model == model and residency.residency(t.model, t.variant) != "absent":
+                    return True
+        return False
 
     def _swap_held(self, policy: Policy, model: str, variant: str, now: float) -> bool:
         """Does the policy's swap_hold keep this runner's swap back? Until the runner's oldest
@@ -355,14 +372,8 @@ class Scheduler:
 
     def learn_tags(self, tags_payload: dict[str, Any]) -> None:
         self.residency_model.learn_tags(tags_payload)
-        listed: dict[str, bool] = {}
-        for entry in tags_payload.get("models") or ():
-            if isinstance(entry, dict) and isinstance(name := entry.get("name") or entry.get("model"), str):
-                listed[canonical_model(name)] = bool(entry.get("remote_host") or entry.get("remote_model"))
-        if listed != self._cloud_listed:
+        if self.is_cloud.learn(tags_payload):
             # Waiting tickets keep the kind they were counted as until they leave the queue.
-            self._cloud_listed = listed
-            self._cloud_of.clear()
             self._cloud_waiting = sum(self.is_cloud(t.model) for t in self._waiting.values())
 
     def pause(self) -> None:
@@ -407,11 +418,8 @@ class Scheduler:
         dispatch path, so `dispatch()` pays nothing for the reasons."""
         policy, now = self._policy_source(), self._clock()
         self._tick(now)
-        return explain(
-            self, policy, now, self._barred(policy),
-            Busy(len(self._in_flight) - self._cloud_in_flight, self._cloud_in_flight),
-            lambda model, variant: self._swap_held(policy, model, variant, now),
-        )
+        return explain(self, policy, now, self._barred(policy),
+                       Busy(len(self._in_flight) - self._cloud_in_flight, self._cloud_in_flight))
 
     def position(self, request_id: str) -> RankedTicket | None:
         """One waiting ticket's place, score and eligibility. Its score is exact (scored now);
@@ -429,7 +437,10 @@ class Scheduler:
                 yield policy.order_key(t, policy.score(t, self.state, now)), t.id
 
         place = self._ranking.position(request_id, mine, len(self._waiting), now, rank_all)
-        eligible = self.is_cloud(ticket.model) or self.residency_model.eligible(ticket.model, ticket.variant)
+        residency = self.residency_model
+        held = (not score.overdue and bool(residency.plan(ticket.model, ticket.variant).evicts)
+                and self._swap_held(policy, ticket.model, ticket.variant, now))
+        eligible = self.is_cloud(ticket.model) or (residency.eligible(ticket.model, ticket.variant) and not held)
         return RankedTicket(place, ticket, score, eligible)
 
     def in_flight(self) -> list[InFlight]:

@@ -112,6 +112,8 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
                 "least one that every class may take",
             ))
 
+    problems.extend(_hold_problems(policies or {}, backend, sections.get("limits")))
+
     limits = sections.get("limits")
     if limits is not None:
         defined = clients.classes if clients is not None else None
@@ -137,4 +139,32 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
                 f"is above limits.max_queue ({limits.max_queue}); one client could never reach it",
             )
         )
+    return problems
+
+
+def _hold_problems(policies: dict[str, Any], backend: Any, limits: Any) -> list[Problem]:
+    """A swap_hold must end before the queue timeouts: the hold counts from the longest-waiting
+    request for the model, so if that one always timed out first the hold would start again with
+    the next, and the model would never be loaded."""
+    timeouts: list[tuple[str, Any]] = []
+    if backend is not None:
+        timeouts.append(("backend.queue_timeout", backend.queue_timeout))
+    if limits is not None:
+        timeouts += [(f"limits.classes.{n}.queue_timeout", c.queue_timeout)
+                     for n, c in limits.classes.items() if c.queue_timeout is not None]
+    problems = []
+    for name, spec in policies.items():
+        if spec.swap_hold is None:
+            continue
+        try:
+            hold = parse_duration(spec.swap_hold)
+            shortest = min(((parse_duration(v), where) for where, v in timeouts), default=None)
+        except ValueError:
+            continue  # the decoder has said what is wrong with it
+        if shortest is not None and hold >= shortest[0]:
+            problems.append(Problem(
+                join_path(join_path("policies", name), "swap_hold"), spec.swap_hold,
+                f"is not shorter than {shortest[1]} ({shortest[0]:g}s): the longest-waiting request "
+                "would time out before the hold ends, and the hold start again with the next",
+            ))
     return problems

@@ -38,7 +38,7 @@ class TraceRecord(Strict, frozen=True):
     prompt_tokens: Annotated[int, Meta(ge=0)] | None = None
     output_tokens: Annotated[int, Meta(ge=0)] | None = None
     status: Status = "completed"
-    num_ctx: Annotated[int, Meta(ge=1)] | None = None
+    num_ctx: Annotated[int, Meta(ge=1, le=1 << 24)] | None = None  # as a request's options allow
 
 
 __all__ = ["TraceRecord"]

@@ -94,6 +94,26 @@ def test_a_request_that_could_not_be_served_in_time_is_told_at_once() -> None:
     assert admit(compiled, s, "alice", "interactive", slot_seconds=None) == Admitted()
 
 
+def test_the_measured_drain_counts_loads_and_more_urgent_arrivals() -> None:
+    """Slot times alone miss the seconds a swap stalls every slot: the gap between completions
+    while requests waited says how fast the queue really drains, and a more urgent class arriving
+    meanwhile takes its share of that before a batch request's turn."""
+    compiled, s = _scheduler(CLASSES.replace("max_queue = 6\nmax_queued_per_client = 6",
+                                             "max_queue = 200\nmax_queued_per_client = 200"))
+    _fill(s, "batch", 90, "b")  # 90 ahead of a new batch request, on one slot
+    # 10 s per request on a free slot: 900 s, inside batch's 30 minutes.
+    assert admit(compiled, s, "ci-1", "batch", slot_seconds=10.0) == Admitted()
+    # But an answer has been ending only every 15 s: 1,350 s, still inside.
+    assert admit(compiled, s, "ci-1", "batch", slot_seconds=10.0, gap_seconds=15.0) == Admitted()
+    # People arrive every 30 s and go first: half of that drain is theirs, 2,700 s.
+    refused = admit(compiled, s, "ci-1", "batch", slot_seconds=10.0, gap_seconds=15.0,
+                    arrival_rates={"interactive": 1 / 30, "batch": 1.0})
+    assert isinstance(refused, Refusal) and refused.reason == "drain" and "about 2700s" in refused.message
+    # Batch arrivals are not more urgent than batch: they do not slow its drain.
+    assert admit(compiled, s, "ci-1", "batch", slot_seconds=10.0, gap_seconds=15.0,
+                 arrival_rates={"batch": 1.0}) == Admitted()
+
+
 def test_classes_not_listed_keep_the_old_rules() -> None:
     """A file with no [limits.classes] admits as before: a queue bound, a per-client cap, the
     rate windows; no drain estimate."""

@@ -139,7 +139,7 @@ def test_snapshot_check_passes_when_nothing_moved(capsys, tmp_path):
 
 
 def test_snapshot_check_shows_what_moved(capsys, tmp_path):
-    """Raising balanced's `fits` cost moves a load behind the swap: exit 1 and a readable diff."""
+    """Raising balanced's `fits` cost moves loads behind the swap: exit 1 and a readable diff."""
     golden = tmp_path / "golden.json"
     run(capsys, "policy", "snapshot", EXAMPLE, "--scenarios", SCENARIOS, "-o", str(golden))
     edited = tmp_path / "edited.toml"
@@ -150,8 +150,8 @@ def test_snapshot_check_shows_what_moved(capsys, tmp_path):
         capsys, "policy", "snapshot", str(edited), "--scenarios", SCENARIOS, "--check", str(golden)
     )
     assert code == 1
-    assert "balanced / 03-large-swap-70b: order changed" in out
-    assert "  before: q1 g1 s1 big\n  after:  q1 g1 big s1" in out
+    assert "balanced / 02-loaded-vs-swaps: order changed" in out
+    assert "  before: b1 b2 c1 d1 a1\n  after:  b1 b2 a1 c1 d1" in out
     assert "seed /" not in out  # other policies did not move
 
 

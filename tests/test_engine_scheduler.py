@@ -3,8 +3,6 @@
 import dataclasses
 from pathlib import Path
 
-from policy_fixtures import without_swap_hold
-
 from engine.clock import ManualClock
 from engine.ledger import ClientLedger
 from engine.residency import GIB
@@ -16,7 +14,7 @@ EXAMPLE = load_policy_file(Path(__file__).resolve().parent.parent / "policies.ex
 
 def make(policy="balanced", loaded=(("llama3.1:8b", 6.0),), sizes=None):
     clock = ManualClock(100.0)
-    s = Scheduler(without_swap_hold(EXAMPLE.with_active(policy)), clock=clock)
+    s = Scheduler(EXAMPLE.with_active(policy), clock=clock)
     s.reconcile({"models": [{"name": n, "size": int(gb * GIB)} for n, gb in loaded]})
     s.residency_model.learn_sizes(sizes or {})
     return s, clock

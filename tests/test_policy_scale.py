@@ -57,7 +57,6 @@ EXPECTED_AT_A_HUNDREDTH: dict[str, float] = {
     "policies.fair.terms.fairness.window": 6.0,
     "policies.fair.terms.aging.max_wait": 3.0,
     "policies.fair.terms.aging.per_second": 100.0,
-    "policies.balanced.swap_hold": 0.7,  # "70s"
     "policies.throughput.swap_hold": 1.2,  # "2m"
 }
 

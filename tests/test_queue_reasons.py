@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from policy_fixtures import without_swap_hold
 from sidecar_fixtures import SidecarFactory, make_policy, wait_until
 
 from engine.clock import ManualClock
@@ -93,7 +92,7 @@ def test_residency_reason_says_why_a_model_is_not_eligible(
 
 def _scheduler() -> tuple[Scheduler, ManualClock]:
     clock = ManualClock(100.0)
-    s = Scheduler(without_swap_hold(EXAMPLE.with_active("balanced")), clock=clock)
+    s = Scheduler(EXAMPLE.with_active("balanced"), clock=clock)
     s.reconcile({"models": [{"name": "llama3.1:8b", "size": 6 * GIB}]})
     s.residency_model.learn_sizes({"qwq:32b": 23.0})
     return s, clock

@@ -281,10 +281,7 @@ def test_a_bad_trace_is_one_line(content: str, message: str, tmp_path: Path,
 def test_tune_beats_its_base_within_the_constraints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = write_trace(tmp_path / "t.jsonl", synthesize("many-models", 1200, seed=4))
     tuned = tmp_path / "tuned.toml"
-    # Without its swap_hold, which already leaves few loads for term weights to win back here.
-    base = tmp_path / "base.toml"
-    base.write_text(Path(EXAMPLE).read_text(encoding="utf-8").replace('swap_hold = "70s"', "", 1))
-    code = main(["policy", "tune", "--trace", str(trace), "--policy", str(base), "--base", "balanced",
+    code = main(["policy", "tune", "--trace", str(trace), "--policy", EXAMPLE, "--base", "balanced",
                  "--minimize", "loads", "--subject-to", "p95_wait<=150s,jain>=0.85",
                  "--budget", "16", "--seed", "3", "-o", str(tuned)])
     assert code == 0, capsys.readouterr()

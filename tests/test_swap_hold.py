@@ -108,14 +108,44 @@ def test_a_bad_hold_is_a_policy_error_naming_the_key() -> None:
 
 
 def test_on_the_agents_trace_it_cuts_loads() -> None:
-    """The simulator's agent workers: the example's balanced policy, with and without its hold."""
+    """The simulator's agent workers: the example's throughput policy, with and without its hold."""
     example = load_policy_file(Path(__file__).resolve().parent.parent / "policies.example.toml")
-    assert example.policies["balanced"].swap_hold == 70.0
+    assert example.policies["throughput"].swap_hold == 120.0
+    assert example.policies["balanced"].swap_hold is None  # the default never idles on purpose
     workload = classify(prepare(synthesize("agents", 400, seed=2)), example)
     gpu = choose(workload.models(), preset=None, config=None).settings
-    held = replay_policy(workload, gpu, example, "balanced").figures
-    policies = {**example.policies, "balanced": dataclasses.replace(example.policies["balanced"], swap_hold=None)}
-    plain = replay_policy(workload, gpu, dataclasses.replace(example, policies=policies), "balanced").figures
+    held = replay_policy(workload, gpu, example, "throughput").figures
+    unheld = dataclasses.replace(example.policies["throughput"], swap_hold=None)
+    policies = {**example.policies, "throughput": unheld}
+    plain = replay_policy(workload, gpu, dataclasses.replace(example, policies=policies), "throughput").figures
     assert held["loads"] < 0.6 * plain["loads"]
     assert held["completed"] == plain["completed"] == 400
     assert held["over_max_wait"] == 0
+
+
+def test_a_hold_as_long_as_a_queue_timeout_is_refused() -> None:
+    """The oldest request would time out before the hold ended, the hold would start again with the
+    next one, and the model would never be loaded."""
+    text = POLICY + '\n[limits.classes.interactive]\nqueue_timeout = "45s"\n'
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(text.encode(), "p.toml")
+    assert "policies.p.swap_hold" in str(caught.value)
+    assert "limits.classes.interactive.queue_timeout (45s)" in str(caught.value)
+
+
+def test_the_simulator_releases_a_held_swap_on_time_with_polls_at_every_event() -> None:
+    """poll_interval = 0 polls at every event; a hold ending between events must still end (the
+    replay wakes each second while work waits beside a free slot), not wait for the next arrival
+    or the loaded model's keep-alive."""
+    from schemas.trace import TraceRecord
+
+    example = load_policy_file(Path(__file__).resolve().parent.parent / "policies.example.toml")
+    example = dataclasses.replace(example, backend=dataclasses.replace(example.backend, poll_interval=0.0))
+    trace = [TraceRecord(arrival=t, at=1e9 + t, client=c, model=m, endpoint="/api/chat",
+                         request_class="interactive", prompt_tokens=100, output_tokens=20)
+             for t, c, m in ((0.0, "a", "llama3.1:8b"), (100.0, "b", "qwq:32b"))]
+    workload = classify(prepare(trace), example)
+    gpu = choose(workload.models(), preset="workstation-24gb", config=None).settings
+    granted: dict[str, float] = {}
+    replay_policy(workload, gpu, example, "throughput", on_grant=lambda r, now: granted.setdefault(r.model, now))
+    assert 220.0 <= granted["qwq:32b"] <= 221.0  # its 2-minute hold, to the second

@@ -141,6 +141,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def cmd_trace_export(args: argparse.Namespace) -> int:
     async def body(store: Store, target: Target) -> int:
+        version = max((m.version for m in await store.applied()), default=0)
+        if version < LATEST:  # its columns are not all there yet
+            raise CliError(f"the journal at {store.target} is at version {version} of {LATEST}; "
+                           "run `smart-proxy db migrate` first")
         until = time.time()
         out = sys.stdout.buffer
         for line in await trace_lines(store, until - args.since, until):

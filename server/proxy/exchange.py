@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from starlette.types import Message, Receive, Scope, Send
 
+from engine.admission import served
 from engine.scheduler import Grant
 from engine.service import Usage
 from schemas.events import FirstByte
@@ -155,19 +156,15 @@ class Exchange:
                 outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
                 outcome.error = "client disconnected while queued"
                 return
-            wait_ms = facts.granted(grant)
-            if grant.num_ctx is not None and isinstance(self.body, bytes):
+            extra += facts.granted(grant)
+            if grant.num_ctx is not None and (sent := with_num_ctx(self.body, grant.num_ctx)):
                 # num_ctx normalisation: run on the loaded runner rather than reload the model.
-                self.body = with_num_ctx(self.body, grant.num_ctx)
+                self.body, facts.num_ctx_forwarded = sent, grant.num_ctx
+                self.parts.metrics.num_ctx_rewritten(facts.model or "")
                 extra.append((b"x-num-ctx-forwarded", str(grant.num_ctx).encode()))
-            extra += [
-                (b"x-queue-wait-ms", f"{wait_ms:.0f}".encode()),
-                (b"x-dispatch-score", f"{grant.score.total:g}".encode()),
-                (b"x-dispatch-policy", f"{grant.policy_name}@{grant.policy_version}".encode()),
-            ]
             if self.span is not None:
                 self.span.set(
-                    smart_proxy__queue_wait_ms=round(wait_ms, 1), smart_proxy__score=grant.score.total,
+                    smart_proxy__queue_wait_ms=round(facts.queue_wait_ms or 0.0, 1), smart_proxy__score=grant.score.total,
                     smart_proxy__resident=grant.resident, smart_proxy__action=grant.action,
                     smart_proxy__evicted_models=list(grant.evicts),
                     smart_proxy__policy=f"{grant.policy_name}@{grant.policy_version}",
@@ -420,7 +417,8 @@ class Exchange:
         parts.journal.submit(record)
         if record.status == "completed" and record.dispatched_at is not None and record.completed_at:
             # How long it held its slot: what the queue-status estimates are made of.
-            parts.service_times.observe(record.model or "", record.completed_at - record.dispatched_at)
+            served(parts.service_times, parts.dispatcher.scheduler, record.model or "",
+                   record.completed_at - record.dispatched_at, time.monotonic())
         if self.span is not None:
             reason = self.tap.finish_reason()
             self.span.set(

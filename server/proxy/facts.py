@@ -53,17 +53,20 @@ class RequestFacts:
     response: str | None = None
     journal_id: str | None = None  # the journal's unique key; None: request_id is unique
 
-    def granted(self, grant: Grant) -> float:
-        """What its dispatch decided; the wait in milliseconds, on the scheduler's clock (the
-        one that ordered the queue)."""
+    def granted(self, grant: Grant) -> list[tuple[bytes, bytes]]:
+        """What its dispatch decided (the wait on the scheduler's clock, the one that ordered the
+        queue), and the response headers that say so."""
         wait_ms = max(0.0, (grant.granted_at - grant.ticket.arrival) * 1000)
         self.queue_wait_ms = wait_ms
         self.dispatched_at = self.received_at + wait_ms / 1000
         self.policy_name, self.policy_version = grant.policy_name, grant.policy_version
         self.score, self.score_terms = grant.score.total, grant.score.breakdown()
         self.queue_depth, self.resident = grant.queue_depth, grant.resident
-        self.num_ctx_forwarded = grant.num_ctx
-        return wait_ms
+        return [
+            (b"x-queue-wait-ms", f"{wait_ms:.0f}".encode()),
+            (b"x-dispatch-score", f"{grant.score.total:g}".encode()),
+            (b"x-dispatch-policy", f"{grant.policy_name}@{grant.policy_version}".encode()),
+        ]
 
     def admission(self) -> JournalRecord:
         """The record a crash would leave: written as the request is accepted, at revision 0, so
@@ -74,7 +77,7 @@ class RequestFacts:
             request_id=own,
             client_request_id=self.request_id if own != self.request_id else None,
             client=self.client, endpoint=self.endpoint, received_at=self.received_at,
-            status="interrupted", ip=self.ip, model=self.model, request_class=self.cls,
+            status="interrupted", ip=self.ip, model=self.model, request_class=self.cls, num_ctx=self.num_ctx,
             policy_name=self.policy_name, policy_version=self.policy_version,
             error=INTERRUPTED, revision=0,
         )

@@ -8,6 +8,8 @@ JSON and decoded only if the policy stores prompts at all.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,13 +90,25 @@ def parse_scheduled(body: bytes) -> ScheduledBody:
     return parsed
 
 
-def with_num_ctx(body: bytes, num_ctx: int) -> bytes:
+# Only the top level and `options` are decoded; every other value is kept as the client's bytes
+# (a number beyond a double's range, a long decimal, a 16 MB image stay exactly as sent).
+_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def with_num_ctx(body: bytes | AsyncIterator[bytes], num_ctx: int) -> bytes | None:
     """The JSON body with `options.num_ctx` set to `num_ctx`, everything else as the client sent it
-    (num_ctx normalisation; `parse_scheduled` already checked it is an object whose options set
-    num_ctx). Only normalised requests pay for the second decode and encode."""
-    data = msgspec.json.decode(body)
-    data["options"]["num_ctx"] = num_ctx
-    return msgspec.json.encode(data)
+    (num_ctx normalisation); None when it cannot be rewritten (not a JSON body held whole), and
+    the request then goes as sent."""
+    if not isinstance(body, bytes):
+        return None
+    try:
+        top = _OBJECT.decode(body)
+        options = _OBJECT.decode(top["options"])
+    except (msgspec.DecodeError, KeyError):  # ValidationError is a DecodeError
+        return None
+    options["num_ctx"] = msgspec.Raw(b"%d" % num_ctx)
+    top["options"] = msgspec.Raw(msgspec.json.encode(options))
+    return msgspec.json.encode(top)
 
 
 def parse_form(body: bytes, content_type: str) -> ScheduledBody:
@@ -125,7 +139,8 @@ def check_limits(
         raise ProxyError(503, "the proxy is shutting down", retry_after=5)
     scheduler = dispatcher.scheduler
     decided = admit(compiled, scheduler, client, cls,
-                    times.mean() if times.measured else None, model)
+                    times.mean() if times.measured else None, model, times.gap(),
+                    times.arrival_rates(time.monotonic()))
     if isinstance(decided, Refusal):
         raise ProxyError(decided.status, decided.message, retry_after=decided.retry_after)
     if decided.shed is not None:
@@ -137,3 +152,4 @@ def check_limits(
         if not dispatcher.remove(decided.shed, shed):  # it left or was granted meanwhile
             raise ProxyError(503, "server busy, please try again. the proxy's queue is full",
                              retry_after=10)
+    times.arrived(cls, time.monotonic())  # admitted: the arrival rates the drain estimate reads

@@ -185,11 +185,13 @@ class Metrics:
         self.dispatches.labels(grant.action).inc()
         if grant.evicts:
             self.evictions.inc(len(grant.evicts))
-        if grant.num_ctx is not None:
-            self.num_ctx_rewrites.labels(self.model_label(grant.ticket.model)).inc()
         self.queue_wait.labels(self.model_label(grant.ticket.model), grant.ticket.cls).observe(
             max(0.0, grant.granted_at - grant.ticket.arrival)
         )
+
+    def num_ctx_rewritten(self, model: str) -> None:
+        """A request was forwarded with its loaded runner's num_ctx (normalisation)."""
+        self.num_ctx_rewrites.labels(self.model_label(model)).inc()
 
     def started(self, model: str, seconds: float) -> None:
         """Ollama's first byte of a scheduled request, `seconds` after it arrived."""

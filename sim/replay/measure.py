@@ -48,7 +48,11 @@ class Collector:
     waits_by_class: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     refused_by_class: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Refused at arrival while requests of a less urgent class (a longer queue_timeout) waited:
+    # what admission should never do (it sheds those instead, engine/admission.py).
+    refused_over_less_urgent: int = 0
     timed_out: int = 0
+    timed_out_last_arrival: float | None = None  # the latest arrival among them (a warm-up's?)
     timed_out_by_class: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     completed: int = 0
     first_arrival: float | None = None
@@ -80,11 +84,14 @@ class Collector:
             self.first_arrival = now
         self._backlog[request.client] += 1
 
-    def refused_at_arrival(self, request: Request, reason: str, now: float, cls: str = "") -> None:
+    def refused_at_arrival(
+        self, request: Request, reason: str, now: float, cls: str = "", *, over_less_urgent: bool = False
+    ) -> None:
         if self.first_arrival is None:
             self.first_arrival = now
         self.refused[reason] += 1
         self.refused_by_class[cls] += 1
+        self.refused_over_less_urgent += over_less_urgent
 
     def shed(self, request: Request, cls: str, now: float) -> None:
         """Admitted, then given up for a more urgent arrival when the queue was full (a 503)."""
@@ -119,6 +126,7 @@ class Collector:
         self._backlog[request.client] -= 1
         self.timed_out += 1
         self.timed_out_by_class[cls] += 1
+        self.timed_out_last_arrival = max(self.timed_out_last_arrival or 0.0, request.arrival)
         self.last_done = max(self.last_done, now)
 
     def failed(self, request: Request, reason: str, now: float) -> None:
@@ -161,7 +169,12 @@ class Collector:
             "timed_out": self.timed_out,
             "refused": dict(sorted(self.refused.items())),
             "refused_by_class": dict(sorted(self.refused_by_class.items())),
+            "refused_over_less_urgent": self.refused_over_less_urgent,
             "timed_out_by_class": dict(sorted(self.timed_out_by_class.items())),
+            "timed_out_last_arrival_s": (
+                None if self.timed_out_last_arrival is None
+                else _r(self.timed_out_last_arrival - (self.first_arrival or 0.0))
+            ),
             "makespan_s": _r(max(0.0, self.last_done - start)),
             "wait_s": wait_figures(self.waits),
             "wait_s_by_class": {c: wait_figures(w) for c, w in sorted(self.waits_by_class.items())},

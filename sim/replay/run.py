@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.admission import Refusal, admit
+from engine.admission import Refusal, admit, served
 from engine.clock import ManualClock
 from engine.eta import ServiceTimes
 from engine.residency import GIB, variant_of
@@ -137,7 +137,7 @@ def replay_policy(
             # Ollama's load_duration: from the request's arrival at Ollama to its runner ready.
             loaded = (job.ready_at - job.arrival) if job.ready_at is not None else 0.0
             scheduler.finish(rid, Usage(request.prompt_tokens, request.output_tokens, held, loaded))
-            times.observe(request.model, held)
+            served(times, scheduler, request.model, held, now)
             out.finished(request, now)
             if on_finish is not None:
                 on_finish(request, now)
@@ -153,7 +153,10 @@ def replay_policy(
         t_backend = backend.next_event_time()
         t_event = min(t_arrival, INF if t_backend is None else t_backend,
                       deadlines[0][0] if deadlines else INF)
-        now = min(t_event, next_poll if dirty and poll > 0 else INF)
+        # Work waiting beside a free slot wakes the loop at the next poll; with polls at every
+        # event (0) a second later, as the live poller keeps polling (a held swap, an overdue
+        # ticket, a window expiring: time alone frees them).
+        now = min(t_event, (next_poll if poll > 0 else clock.now + 1.0) if dirty else INF)
         if now == INF:
             break
         if poll <= 0:
@@ -180,14 +183,18 @@ def replay_policy(
             i += 1
             cls = request.cls or settings.clients.default_class  # classified by `classify`
             decided = admit(settings, scheduler, request.client, cls,
-                            times.mean() if times.measured else None, request.model)
+                            times.mean() if times.measured else None, request.model, times.gap(),
+                            times.arrival_rates(now))
             if isinstance(decided, Refusal):
-                out.refused_at_arrival(request, decided.reason, now, cls)
+                mine = limits.queue_timeout(cls)
+                out.refused_at_arrival(request, decided.reason, now, cls, over_less_urgent=any(
+                    limits.queue_timeout(c) > mine for c in scheduler.waiting_classes()))
                 continue
             if decided.shed is not None and scheduler.cancel(decided.shed):
                 waiting.discard(decided.shed)
                 shed_request, shed_class = by_id.pop(decided.shed)
                 out.shed(shed_request, shed_class, now)
+            times.arrived(cls, now)
             rid = str(request.index)
             scheduler.enqueue(request_id=rid, model=request.model, client=request.client, cls=cls,
                               endpoint=request.endpoint,

@@ -168,6 +168,32 @@ def _mixed_ctx(rng: random.Random) -> Iterator[Arrival]:
         yield (t, user, "interactive", model, CHAT, _tokens(rng, 900), _tokens(rng, 250), num_ctx)
 
 
+def _overload(rng: random.Random) -> Iterator[Arrival]:
+    """More than the card can serve: six agent workers (batch) step between a 32B planner and an 8B
+    coder that do not fit together, every few seconds, beside four people chatting on the 8B."""
+    workers = [f"agent-{i}" for i in range(1, 7)]
+    people = [f"user-{i}" for i in range(1, 5)]
+    clocks = {w: rng.uniform(0, 10) for w in workers}
+    events: list[Arrival] = []
+    horizon, t = 0.0, 0.0
+    while True:
+        horizon += 120.0
+        for worker in workers:
+            while clocks[worker] < horizon:
+                at = clocks[worker]
+                events.append((at, worker, "batch", "qwq:32b", CHAT, _tokens(rng, 1500), _tokens(rng, 200)))
+                at += rng.uniform(1.0, 3.0)
+                events.append((at, worker, "batch", "llama3.1:8b", CHAT, _tokens(rng, 2000), _tokens(rng, 300)))
+                clocks[worker] = at + rng.uniform(5.0, 20.0)
+        while t < horizon:
+            t += rng.expovariate(1 / 10.0)
+            events.append((t, rng.choice(people), "interactive", "llama3.1:8b", CHAT,
+                           _tokens(rng, 500), _tokens(rng, 150)))
+        events.sort(key=lambda e: e[0])
+        yield from (e for e in events if e[0] < horizon)
+        events = [e for e in events if e[0] >= horizon]
+
+
 TRACE_PRESETS: dict[str, TracePreset] = {
     "agents": TracePreset(
         "four agent workers cycling a 32B planner, an embedder and a 14B coder (24 GB card)",
@@ -184,6 +210,9 @@ TRACE_PRESETS: dict[str, TracePreset] = {
     "classes": TracePreset(
         "interactive people next to bursts of long batch generations on a 12B model (24 GB)",
         "workstation-24gb", _classes),
+    "overload": TracePreset(
+        "six agent workers alternating a 32B and an 8B faster than a 24 GB card serves, beside people",
+        "workstation-24gb", _overload),
     "mixed-ctx": TracePreset(
         "12 people on two models through three tools sending num_ctx 4k, 8k or 16k (24 GB)",
         "workstation-24gb", _mixed_ctx),

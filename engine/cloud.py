@@ -1,0 +1,41 @@
+"""Which models are cloud models: run on Ollama's hosted service, so no local VRAM, no local slot
+and no load. Ollama's /api/tags says so (`remote_host`); before it has, the name does (`:cloud`,
+`-cloud`). Asked per group head on every pick, so the answers are cached (names come from
+clients: the caches are bounded)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from schemas.model_name import canonical_model, is_cloud
+
+cloud_by_name = functools.lru_cache(maxsize=4096)(is_cloud)
+MAX_CACHED = 4096
+
+
+class CloudModels:
+    def __init__(self) -> None:
+        self._listed: dict[str, bool] = {}  # from /api/tags: name -> remote
+        self._of: dict[str, bool] = {}  # the answers given
+
+    def __call__(self, model: str) -> bool:
+        known = self._of.get(model)
+        if known is None:
+            if len(self._of) > MAX_CACHED:
+                self._of.clear()
+            listed = self._listed.get(model)
+            known = self._of[model] = cloud_by_name(model) if listed is None else listed
+        return known
+
+    def learn(self, tags_payload: dict[str, Any]) -> bool:
+        """An /api/tags answer; whether it changed what is known to be a cloud model."""
+        listed: dict[str, bool] = {}
+        for entry in tags_payload.get("models") or ():
+            if isinstance(entry, dict) and isinstance(name := entry.get("name") or entry.get("model"), str):
+                listed[canonical_model(name)] = bool(entry.get("remote_host") or entry.get("remote_model"))
+        if listed == self._listed:
+            return False
+        self._listed = listed
+        self._of.clear()
+        return True

@@ -1,0 +1,34 @@
+"""What the drain estimate reads (engine/eta.py): the gap between completions while requests
+waited, started from the slot time, and each class's arrival rate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from engine.eta import GAP_ALPHA, RATE_TAU, ServiceTimes
+
+
+def test_the_gap_is_measured_only_while_requests_waited() -> None:
+    times = ServiceTimes()
+    times.observe("m", 20.0)
+    times.completed(100.0, backlogged=False)
+    times.completed(130.0, backlogged=False)  # nobody waited: idle time says nothing of drain
+    assert times.gap() is None
+    times.completed(134.0, backlogged=True)
+    # Started from the slot time (20 s), pulled toward the 4 s measured.
+    assert times.gap() == pytest.approx((1 - GAP_ALPHA) * 20.0 + GAP_ALPHA * 4.0)
+    for k in range(300):
+        times.completed(134.0 + 4.0 * (k + 1), backlogged=True)
+    assert times.gap() == pytest.approx(4.0, abs=0.01)
+
+
+def test_arrival_rates_per_class_decay_with_time() -> None:
+    times = ServiceTimes()
+    for k in range(600):  # one interactive request a second for ten minutes
+        times.arrived("interactive", float(k))
+    rates = times.arrival_rates(599.0)
+    assert rates["interactive"] == pytest.approx(1.0 - math.exp(-600 / RATE_TAU), rel=0.01)
+    assert times.arrival_rates(599.0 + RATE_TAU)["interactive"] == pytest.approx(rates["interactive"] / math.e)
+    assert "batch" not in rates
