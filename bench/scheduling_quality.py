@@ -4,8 +4,11 @@ policy file as it was before the scheduling-quality work (`--before`, a git ref)
 - flood: a CI client dumps 300 batch requests every ten minutes beside four people. Refusals,
   people's wait p95 / max (and with the flooder left out of the trace), makespan.
   Again on the example file's own `max_parallel = 2`.
-- agents and many-models: model loads and wait p95 against plain Ollama (`balanced` now holds a
-  swap back for its `swap_hold`; `throughput` for longer).
+- agents and many-models: model loads and wait p95 against plain Ollama; `throughput` holds a swap
+  back for its `swap_hold` (2 min), and `balanced` is also run with the hold its comments offer (70 s).
+- overload: six agent workers alternating a 32B and an 8B faster than the card serves, beside
+  people. Interactive waits against their class's limits, interactive refusals while batch work
+  waited, and requests that waited out their timeout (504) instead of being refused at once.
 - mixed-ctx: three tools sending num_ctx 4k, 8k and 16k. Reloads for plain Ollama, `balanced`
   (no normalisation), `balanced` with `[policies.balanced.num_ctx] normalise = true`, and
   `throughput` (which normalises).
@@ -57,6 +60,9 @@ def _figures(row: Any) -> dict[str, Any]:
         "interactive_wait_p95_s": by_class.get("interactive", {}).get("p95"),
         "interactive_wait_max_s": by_class.get("interactive", {}).get("max"),
         "over_max_wait": f["over_max_wait"], "jain": f["jain"],
+        "refused_by_class": f["refused_by_class"], "timed_out_by_class": f["timed_out_by_class"],
+        "refused_over_less_urgent": f["refused_over_less_urgent"],
+        "timed_out_last_arrival_s": f["timed_out_last_arrival_s"],
     }
 
 
@@ -86,9 +92,13 @@ def main() -> int:
     }
     report = report_header("scheduling_quality")
     report.update({"before": args.before, "max_parallel": args.max_parallel, "traces": {}})
-    for preset in ("flood", "agents", "many-models"):
+    now_text = (ROOT / "policies.example.toml").read_text(encoding="utf-8")
+    held = _compiled(now_text.replace('# swap_hold = "70s"', 'swap_hold = "70s"', 1), args.max_parallel)
+    for preset in ("flood", "agents", "many-models", "overload"):
         records = synthesize(preset, args.requests, seed=1)
         out: dict[str, Any] = {}
+        if preset in ("agents", "many-models"):
+            out["balanced_swap_hold_70s"] = _run(classify(prepare(records), held), held)["balanced"]
         for name, compiled in files.items():
             rows = _run(classify(prepare(records), compiled), compiled, *(("throughput",) if name == "now" else ()))
             out["plain"] = rows["plain"]
@@ -106,7 +116,6 @@ def main() -> int:
                                 "without_flooder": _run(classify(prepare(quiet), two), two)["balanced"]}
         report["traces"][preset] = out
     records = synthesize("mixed-ctx", args.requests, seed=1)
-    now_text = (ROOT / "policies.example.toml").read_text(encoding="utf-8")
     normalising = _compiled(now_text + "\n[policies.balanced.num_ctx]\nnormalise = true\n", args.max_parallel)
     off = _run(classify(prepare(records), files["now"]), files["now"], "throughput")
     on = _run(classify(prepare(records), normalising), normalising)
