@@ -54,6 +54,11 @@ class Picker:
         # "model" term reads only the runner and where models are (policy/terms/registry.py).
         self._model_parts: dict[Runner, float] = {}
         self._model_key: tuple[Policy, int] | None = None
+        # Each runner's tickets in arrival order, for its oldest (what swap_hold counts from): a
+        # ticket leaving from the middle is only noted (`_left`, by seq) and dropped when it
+        # reaches the head, so both ends stay O(1).
+        self._arrivals: dict[Runner, deque[Ticket]] = {}
+        self._left: set[int] = set()
 
     # -- membership -------------------------------------------------------------------------
 
@@ -66,10 +71,20 @@ class Picker:
         if not queue:
             self._dirty_groups.add(key)
         queue.append(ticket)
+        self._arrivals.setdefault(key[:2], deque()).append(ticket)
         self._dirty.add(ticket.client)
 
     def remove(self, ticket: Ticket) -> None:
         key = (ticket.model, ticket.variant, ticket.client, ticket.cls)
+        arrivals = self._arrivals[key[:2]]
+        if arrivals[0] is ticket:
+            arrivals.popleft()
+            while arrivals and arrivals[0].seq in self._left:
+                self._left.discard(arrivals.popleft().seq)
+            if not arrivals:
+                del self._arrivals[key[:2]]
+        else:
+            self._left.add(ticket.seq)
         queue = self._groups[key]
         if queue[0].id == ticket.id:
             queue.popleft()
@@ -96,12 +111,9 @@ class Picker:
         self._dirty |= set(self._client_groups)
 
     def oldest_arrival(self, runner: Runner) -> float | None:
-        """When the runner's longest-waiting ticket arrived (the oldest of its groups' heads, as
-        keyed at the last `refresh`); None if none waits."""
-        entries = self._by_model.get(runner)
-        if not entries:
-            return None
-        return min(self._groups[entry[3]][0].arrival for entry in entries)
+        """When the runner's longest-waiting ticket arrived; None if none waits."""
+        arrivals = self._arrivals.get(runner)
+        return arrivals[0].arrival if arrivals else None
 
     @property
     def waiting_clients(self) -> set[str]:
@@ -176,15 +188,18 @@ class Picker:
         version: int | None = None,
         barred: Callable[[str, str], bool] | None = None,
         classes: Callable[[], Iterable[str]] | None = None,
+        held: Callable[[str, str], bool] | None = None,
     ) -> tuple[Ticket, Score] | None:
         """The eligible ticket with the lowest order key; `refresh` must have run first.
         `oldest()` iterates the waiting tickets in arrival order, `oldest(cls)` one class's, and
         `classes()` names the classes waiting (both only needed when the policy has per-class
         wait limits). `version`: the residency's change count, when the caller has one (model
         parts are then reused until it moves). `barred(cls, model)`: a ticket that may not take
-        this slot (it is kept for another class)."""
+        this slot (it is kept for another class). `held(model, variant)`: a runner whose work may
+        not go yet unless overdue (the policy's swap_hold)."""
         if barred is None:
             barred = _never
+        ready = eligible if held is None else (lambda m, v: eligible(m, v) and not held(m, v))
         bound = policy.first_overdue
         if bound is not None and policy.class_max_wait and classes is not None:
             # Per-class limits: walk each class's own oldest while they are overdue (a single
@@ -222,7 +237,7 @@ class Picker:
             for looked, ticket in enumerate(oldest()):
                 if looked == CLAMP_PROBE:
                     break
-                if not barred(ticket.cls, ticket.model) and eligible(ticket.model, ticket.variant):
+                if not barred(ticket.cls, ticket.model) and ready(ticket.model, ticket.variant):
                     score = policy.score(ticket, state, now)
                     if score.total <= policy.clamp_min and not score.overdue:
                         return ticket, score
@@ -233,7 +248,7 @@ class Picker:
             self._model_key = None if version is None else (policy, version)
         parts = self._model_parts
         for runner, entries in self._by_model.items():
-            if not eligible(*runner):
+            if not ready(*runner):
                 continue
             part = parts.get(runner)
             if part is None:
@@ -257,7 +272,7 @@ class Picker:
                     # arrival order the first clamped ticket is that tie. (Long waiters all tie
                     # at the clamp, so this beats walking every one of their bounds.)
                     return self._oldest_at_clamp(
-                        policy, state, now, eligible, oldest, ticket, score, barred
+                        policy, state, now, ready, oldest, ticket, score, barred
                     )
         return None if best is None else (best[1], best[2])
 

@@ -8,11 +8,11 @@ Requests for a loading model attach to the load. The prediction is optimistic an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from functools import lru_cache
 from typing import Any, Literal
+
+from engine.variants import reusable
 
 # One rule for model names, shared with the server's intake and the policy (kept under its old name).
 from schemas.model_name import canonical_model as canonical
@@ -21,63 +21,6 @@ from schemas.ticket import Residency
 
 GIB = 1024**3
 Action = Literal["attach", "load", "swap", "reload"]
-
-# Request options that make Ollama reload a loaded model when they differ from its runner's.
-RELOAD_OPTIONS = ("num_ctx", "num_gpu")
-
-
-# What a client may ask for (inclusive). A runner key must be a plain, sane integer: a string, a
-# bool or a nested object is no runner Ollama could start, and must not reach the scheduler (whose
-# variant string would otherwise hold, and repr, whatever the client sent). num_gpu -1 is
-# Ollama's "as many layers as fit"; 2**24 tokens is beyond any model's context today.
-RELOAD_BOUNDS = {"num_ctx": (1, 1 << 24), "num_gpu": (-1, 1 << 20)}
-
-
-def reload_options(options: Mapping[str, Any] | None) -> dict[str, int]:
-    """The reload-forcing options a request sets, checked. ValueError naming the first bad one
-    (`options.num_ctx must be an integer`); a whole float (4096.0) counts as its integer."""
-    checked: dict[str, int] = {}
-    for key in RELOAD_OPTIONS:
-        value = None if not options else options.get(key)
-        if value is None:  # absent or null: the model's default
-            continue
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"options.{key} must be an integer")
-        low, high = RELOAD_BOUNDS[key]
-        if not low <= value <= high:
-            raise ValueError(f"options.{key} must be an integer from {low} to {high}")
-        checked[key] = value
-    return checked
-
-
-@lru_cache(maxsize=1024)
-def parse_variant(variant: str) -> dict[str, int]:
-    """`variant_of`'s string back as its options ({} for the model's defaults)."""
-    if not variant:
-        return {}
-    return {key: int(value) for key, _, value in (part.partition("=") for part in variant.split(","))}
-
-
-def reusable(asked: str, runner: str, tolerance: float) -> bool:
-    """May a request whose runner options are `asked` run on a runner loaded with `runner`, its
-    num_ctx rewritten? Only when both set num_ctx (a default context is the server's to choose,
-    and the sidecar does not know it), every other option agrees, and the runner's context is at
-    least the asked one, or below it by at most `tolerance` of it."""
-    want, have = parse_variant(asked), parse_variant(runner)
-    if "num_ctx" not in want or "num_ctx" not in have:
-        return False
-    if {k: v for k, v in want.items() if k != "num_ctx"} != {k: v for k, v in have.items() if k != "num_ctx"}:
-        return False
-    return have["num_ctx"] >= want["num_ctx"] * (1.0 - tolerance) - 1e-9
-
-
-def variant_of(options: Mapping[str, Any] | None) -> str:
-    """The reload-forcing part of a request's `options`, as a stable string ("" = defaults).
-    ValueError as `reload_options` when one of them is not a sane integer."""
-    return ",".join(f"{k}={v}" for k, v in reload_options(options).items())
-
 
 @dataclass(slots=True)
 class ModelState:
@@ -133,9 +76,15 @@ class ResidencyModel:
     # Counts those changes: what a "model" term reads is the same while it is (engine/picker.py
     # keeps each runner's model part until it moves).
     version: int = 0
+    # plan() per runner, asked by terms and holds for many tickets per pick; dropped on every
+    # change above and whenever a runner's use moves (its place in the eviction order does).
+    _plans: dict[tuple[str, str], Plan] = field(default_factory=dict)
+    _order: list[ModelState] | None = None  # the eviction order, for as long as _plans
 
     def _changed(self) -> None:
         self._totals = None
+        self._plans.clear()
+        self._order = None
         self.version += 1
 
     def set_ctx_tolerance(self, tolerance: float | None) -> None:
@@ -301,6 +250,14 @@ class ResidencyModel:
         self._changed()  # model parts read it: let them be recomputed
 
     def plan(self, model: str, variant: str = "") -> Plan:
+        found = self._plans.get((model, variant))
+        if found is None:
+            if len(self._plans) > 4096:  # names come from clients
+                self._plans.clear()
+            found = self._plans[(model, variant)] = self._plan(model, variant)
+        return found
+
+    def _plan(self, model: str, variant: str) -> Plan:
         if self.residency(model, variant) in ("loaded", "loading"):
             return Plan("attach")
         state = self.models.get(model)
@@ -310,25 +267,46 @@ class ResidencyModel:
         used, count = self.vram_used(), self.loaded_count()
         # An unknown size is assumed to fit if the count allows; the next poll corrects it.
         need = size or 0.0
-        candidates = sorted(
-            (m for m in self.models.values() if m.where == "loaded" and m.name != model),
-            key=lambda m: (m.in_flight > 0, m.last_used, m.name),  # idle first, as Ollama does
-        )
         victims: list[str] = []
-        while (used + need > self.vram_gb + 1e-9 or count >= self.max_loaded) and candidates:
-            victim = candidates.pop(0)
-            victims.append(victim.name)
-            used -= self.size_gb(victim.name) or 0.0
-            count -= 1
+        for victim in self._eviction_order():
+            if used + need <= self.vram_gb + 1e-9 and count < self.max_loaded:
+                break
+            if victim.name != model:
+                victims.append(victim.name)
+                used -= self.size_gb(victim.name) or 0.0
+                count -= 1
         return Plan("swap", tuple(victims)) if victims else Plan("load")
+
+    def _eviction_order(self) -> list[ModelState]:
+        """The loaded models in the order Ollama would evict them: idle first, then least
+        recently used."""
+        if self._order is None:
+            self._order = sorted((m for m in self.models.values() if m.where == "loaded"),
+                                 key=lambda m: (m.in_flight > 0, m.last_used, m.name))
+        return self._order
+
+    def _used(self) -> None:
+        """A runner's use moved (a request attached or ended), and with it maybe the eviction
+        order. What a model term reads (swap_cost reads whom a load evicts) changed only if a
+        plan made so far would now evict others: a plan with k victims looked at no more than
+        the first k + 1 of the order (one may be its own model), so if that much of the order
+        is the same, every plan is too, and they are kept."""
+        before, plans = self._order, self._plans
+        self._plans, self._order = {}, None
+        if before is None or not self.track_use:
+            return  # nothing was planned on it, or nothing reads whom a load evicts
+        depth = 1 + max((len(p.evicts) for p in plans.values()), default=0)
+        if [m.name for m in before[:depth]] != [m.name for m in self._eviction_order()[:depth]]:
+            self._changed()
+        else:
+            self._plans = plans
 
     def dispatched(self, model: str, plan: Plan, now: float, variant: str = "") -> None:
         state = self.get(model)
         state.in_flight += 1
         state.last_used = now
+        self._used()
         if plan.action == "attach":
-            if self.track_use:
-                self._changed()
             return
         self._changed()
         state.where, state.started, state.victims = "loading", False, plan.evicts
@@ -351,8 +329,7 @@ class ResidencyModel:
         state = self.get(model)
         state.in_flight = max(0, state.in_flight - 1)
         state.last_used = now
-        if self.track_use:
-            self._changed()
+        self._used()
         if state.where == "loading" and not state.started and state.in_flight == 0:
             self._changed()
             # The load never produced a byte (error or cancellation): Ollama holds nothing new,

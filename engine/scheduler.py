@@ -20,8 +20,9 @@ from engine.ledger import ClientLedger
 from engine.picker import Picker
 from engine.queue_view import Busy, explain
 from engine.ranking import Ranking
-from engine.residency import Plan, ResidencyModel, parse_variant
+from engine.residency import Plan, ResidencyModel
 from engine.service import ServiceAccount, Usage, service_settings_of
+from engine.variants import parse_variant
 from policy.compile import OrderKey, Policy
 from policy.load import CompiledFile
 from schemas.model_name import canonical_model
@@ -217,9 +218,23 @@ class Scheduler:
             return local_free and (model, variant) not in held and residency.eligible(model, variant)
 
         barred = self._barred(policy)
+        # The policy's swap_hold: a runner whose swap must wait for company is passed over unless
+        # overdue (the next poll's dispatch looks again; a slot may idle until then). Asked per
+        # runner once per choice: nothing moves meanwhile.
+        holds: dict[tuple[str, str], bool] = {}
+
+        def swap_held(model: str, variant: str) -> bool:
+            found = holds.get((model, variant))
+            if found is None:
+                found = holds[(model, variant)] = (  # the cheap questions first
+                    self._swap_held(policy, model, variant, now) and not self.is_cloud(model)
+                    and bool(residency.plan(model, variant).evicts))
+            return found
+
         while True:
             choice = self._picker.best(policy, self.state, now, eligible, self._oldest,
-                                       residency.version, barred, self.waiting_classes)
+                                       residency.version, barred, self.waiting_classes,
+                                       None if policy.swap_hold is None else swap_held)
             if choice is None:
                 return choice
             ticket, score = choice
@@ -234,12 +249,7 @@ class Scheduler:
                     return choice
                 held.add((ticket.model, ticket.variant))
                 continue
-            mine = policy.order_key(ticket, score)
-            if victims and self._swap_held(policy, ticket.model, ticket.variant, now):
-                # Not yet: others asking for this model meanwhile will share the one load. The
-                # next poll's dispatch looks again (a slot may idle until then).
-                held.add((ticket.model, ticket.variant))
-                continue
+            mine = policy.order_key(ticket, score)  # (a swap_hold's held swaps never get here)
             if not any(self._ranks_ahead(v, mine, policy, now, barred) for v in victims):
                 return choice
             held.add((ticket.model, ticket.variant))

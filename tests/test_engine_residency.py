@@ -3,7 +3,8 @@ an /api/ps poll (the seed believed the last dispatched model stayed loaded forev
 
 import pytest
 
-from engine.residency import GIB, Plan, ResidencyModel, canonical, variant_of
+from engine.residency import GIB, Plan, ResidencyModel, canonical
+from engine.variants import variant_of
 
 
 def model(vram=24.0, max_loaded=3, num_parallel=1, **sizes: float) -> ResidencyModel:

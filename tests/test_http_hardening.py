@@ -418,7 +418,7 @@ def test_sane_reload_options_still_pass(proxy: RunningSidecar, path: str) -> Non
     ],
 )
 def test_variant_of_sane_options(options: dict[str, Any], variant: str) -> None:
-    from engine.residency import variant_of
+    from engine.variants import variant_of
 
     assert variant_of(options) == variant
 

@@ -13,8 +13,9 @@ import pytest
 from sidecar_fixtures import SidecarFactory, make_policy
 
 from engine.clock import ManualClock
-from engine.residency import GIB, ResidencyModel, parse_variant, reusable, variant_of
+from engine.residency import GIB, ResidencyModel
 from engine.scheduler import Scheduler
+from engine.variants import parse_variant, reusable, variant_of
 from policy.errors import PolicyError
 from policy.load import load_policy_text
 

@@ -89,17 +89,25 @@ def test_a_tiny_load_duration_teaches_nothing() -> None:
     assert "m:7b" not in s.residency_model.load_times
 
 
-def test_a_policy_with_swap_cost_reprices_on_every_use_of_a_runner() -> None:
-    """Which model a load evicts follows each runner's use, so with swap_cost the cached model
-    parts are dropped whenever a request attaches to or leaves a runner (without it, they are
-    kept: nothing a term reads moved)."""
+def test_a_policy_with_swap_cost_reprices_when_a_use_changes_whom_a_load_evicts() -> None:
+    """Which model a load evicts follows each runner's use (idle first, then least recently
+    used), so with swap_cost a use that changes it drops the cached model parts; a use that
+    leaves every plan's victims as they were keeps them (each pick would otherwise reprice every
+    runner). Without swap_cost nothing a term reads moves with use."""
     s, _ = _scheduler()
     assert s.residency_model.track_use
-    s.reconcile({"models": [{"name": "a:7b", "size": 5 * GIB}]})
-    before = s.residency_model.version
-    s.enqueue(request_id="r", model="a:7b", client="c", cls="interactive")
-    (grant,) = s.dispatch()
-    assert grant.action == "attach" and s.residency_model.version > before
+    r = s.residency_model
+    r.reconcile({"models": [{"name": "a:7b", "size": 5 * GIB}, {"name": "b:7b", "size": 5 * GIB}]})
+    r.learn_sizes({"c:7b": 5.0})
+    for t, model in ((1.0, "a:7b"), (3.0, "b:7b")):
+        r.dispatched(model, r.plan(model), t)
+        r.finished(model, t + 1)
+    assert r.plan("c:7b").evicts == ("a:7b",)  # a is idle longest
+    before = r.version
+    r.dispatched("b:7b", r.plan("b:7b"), 5.0)  # b busy: a is still the first to go
+    assert r.version == before and r.plan("c:7b").evicts == ("a:7b",)
+    r.dispatched("a:7b", r.plan("a:7b"), 6.0)  # both busy: b, used longer ago, goes first now
+    assert r.version > before and r.plan("c:7b").evicts == ("b:7b",)
     plain = Scheduler(load_policy_text(make_policy().encode(), "p.toml"), clock=ManualClock(0.0))
     assert not plain.residency_model.track_use
 

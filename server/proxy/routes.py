@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from engine.residency import parse_variant, variant_of
+from engine.variants import parse_variant, variant_of
 from schemas.model_name import canonical_model
 from server.http.bodies import read_body
 from server.http.cross_site import cross_site

@@ -20,9 +20,10 @@ from typing import Any
 from engine.admission import Refusal, admit, served
 from engine.clock import ManualClock
 from engine.eta import ServiceTimes
-from engine.residency import GIB, variant_of
+from engine.residency import GIB
 from engine.scheduler import Scheduler
 from engine.service import Usage
+from engine.variants import variant_of
 from policy.load import CompiledFile
 from schemas.model_name import canonical_model
 from sim.backend import Backend, Job, QueueFull
