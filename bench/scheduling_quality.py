@@ -93,6 +93,7 @@ def main() -> int:
     report = report_header("scheduling_quality")
     report.update({"before": args.before, "max_parallel": args.max_parallel, "traces": {}})
     now_text = (ROOT / "policies.example.toml").read_text(encoding="utf-8")
+    assert '# swap_hold = "70s"' in now_text, "balanced's commented swap_hold moved: update this bench"
     held = _compiled(now_text.replace('# swap_hold = "70s"', 'swap_hold = "70s"', 1), args.max_parallel)
     for preset in ("flood", "agents", "many-models", "overload"):
         records = synthesize(preset, args.requests, seed=1)

@@ -68,10 +68,14 @@ def _least_urgent_victim(compiled: CompiledFile, scheduler: Scheduler, cls: str)
     return None
 
 
-def served(times: ServiceTimes, scheduler: Scheduler, model: str, held: float, now: float) -> None:
-    """A request held its slot `held` seconds and ended at `now`: what the drain estimate learns
-    (a cloud model's answer says nothing about how fast the local queue drains)."""
-    times.observe(model, held)
+def served(
+    times: ServiceTimes, scheduler: Scheduler, model: str, held: float | None, now: float
+) -> None:
+    """A dispatched request ended at `now`, its slot free: what the drain estimate learns. `held`:
+    the seconds it held the slot, when it completed (a cancelled or failed one is no measure of
+    service); a cloud model's end says nothing about how fast the local queue drains."""
+    if held is not None:
+        times.observe(model, held)
     if not scheduler.is_cloud(model):
         times.completed(now, backlogged=scheduler.depth > scheduler.cloud_waiting)
 

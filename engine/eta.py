@@ -20,6 +20,7 @@ PRIOR_S = 10.0  # a slot time guessed before anything was observed
 ALPHA = 0.2  # weight of the newest observation in the moving averages
 GAP_ALPHA = 0.05  # the gaps between completions vary more (a load stalls every slot): a longer memory
 RATE_TAU = 300.0  # seconds: the memory of the per-class arrival rates
+GAP_CAP = 4.0  # slot times: the longest gap between two answers counted (a load can stall them)
 
 
 class ServiceTimes:
@@ -29,6 +30,7 @@ class ServiceTimes:
         self._seen = 0
         self._per_model: dict[str, float] = {}
         self._last_done: float | None = None
+        self._last_backlogged = False
         self._gap: float | None = None
         self._rates: dict[str, tuple[float, float]] = {}  # class -> (rate per second, as of when)
 
@@ -46,11 +48,14 @@ class ServiceTimes:
 
     def completed(self, now: float, backlogged: bool) -> None:
         """A request holding a local slot ended at `now` (a monotonic clock). `backlogged`:
-        requests were waiting; only then does the gap since the previous completion say how fast
-        the queue drains, loads, swaps and idle slots included (what slot times alone miss)."""
+        requests were waiting. Only a gap between two completions that both found requests
+        waiting says how fast the queue drains, loads, swaps and idle slots included (what slot
+        times alone miss); one that began on an empty queue holds idle time. A gap is counted at
+        most GAP_CAP slot times: with every slot busy the next answer comes within about one."""
         last, self._last_done = self._last_done, now
-        if backlogged and last is not None:
-            gap = max(0.0, now - last)
+        was_backlogged, self._last_backlogged = self._last_backlogged, backlogged
+        if backlogged and was_backlogged and last is not None:
+            gap = min(max(0.0, now - last), GAP_CAP * self._overall)
             # Started from the slot time (as if one slot served the queue alone): a cautious
             # prior that the measured gaps pull down, rather than the first gap between two
             # answers that ended together.

@@ -36,6 +36,10 @@ Entry = tuple[float, float, int, GroupKey]  # (P, head arrival, head seq, group)
 _EPS = 1e-7  # float slack between the bound's arithmetic and the exact score's
 SLACK_STEPS = 3  # a falling client part is keyed this many of its last drops lower
 CLAMP_PROBE = 16  # oldest tickets looked at for a clamped one before the bounded search
+# Overdue tickets looked at (per class) for an eligible one: under overload thousands may be
+# overdue and blocked (their model being evicted, at its parallel limit, behind a load), and a
+# pick must stay bounded; an overdue ticket past this many goes by its score meanwhile.
+OVERDUE_WALK = 1024
 
 
 class Picker:
@@ -212,8 +216,8 @@ class Picker:
                 limit = policy.wait_limit(cls)
                 if limit is None:
                     continue
-                for ticket in oldest(cls):
-                    if now - ticket.arrival < limit:
+                for looked, ticket in enumerate(oldest(cls)):
+                    if looked == OVERDUE_WALK or now - ticket.arrival < limit:
                         break
                     if not barred(ticket.cls, ticket.model) and eligible(ticket.model, ticket.variant):
                         candidate = (limit, ticket.arrival, ticket.seq, ticket)
@@ -224,8 +228,8 @@ class Picker:
                 return found[3], policy.score(found[3], state, now)
         elif bound is not None:
             # Overdue tickets go first, oldest first: walk arrival order while any could be.
-            for ticket in oldest():
-                if now - ticket.arrival < bound:
+            for looked, ticket in enumerate(oldest()):
+                if looked == OVERDUE_WALK or now - ticket.arrival < bound:
                     break
                 if (policy.overdue(ticket, now) and not barred(ticket.cls, ticket.model)
                         and eligible(ticket.model, ticket.variant)):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from engine.classes import Barred
 from engine.grants import RankedTicket
+from engine.holds import overdue_ahead
 from policy.compile import OrderKey, Policy
 
 if TYPE_CHECKING:
@@ -66,6 +67,11 @@ def explain(
             blocked[runner] = residency.blocked_reason(*runner)
             if blocked[runner] is None and not score.overdue:
                 blocked[runner] = _held_reason(s, policy, runner, key, resident_best, swap_held)
+            elif blocked[runner] is None and (evicts := residency.plan(*runner).evicts):
+                who = overdue_ahead(s, evicts, t, policy, now, barred)
+                if who is not None:
+                    blocked[runner] = (f"held back: loading {t.model} would evict {who}, whose own"
+                                       " overdue requests go first")
         why = blocked[runner]
         kept = barred is not None and barred(t.cls, t.model)
         reasons = [*common, *([why] if why else []), *([full] if full else []),

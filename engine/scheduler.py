@@ -16,6 +16,7 @@ from engine.classes import Barred, ClassBooks
 from engine.clock import Clock
 from engine.cloud import CloudModels
 from engine.grants import Grant, InFlight, RankedTicket, StateView
+from engine.holds import overdue_ahead
 from engine.ledger import ClientLedger
 from engine.picker import Picker
 from engine.queue_view import Busy, explain
@@ -27,9 +28,6 @@ from policy.compile import OrderKey, Policy
 from policy.load import CompiledFile
 from schemas.model_name import canonical_model
 from schemas.ticket import Score, Ticket
-
-INF = float("inf")
-OVERDUE_PROBE = 256  # overdue tickets per class `_overdue_ahead` looks at
 
 
 class Scheduler:
@@ -232,7 +230,7 @@ class Scheduler:
             return found
 
         while True:
-            choice = self._picker.best(policy, self.state, now, eligible, self._oldest,
+            choice = self._picker.best(policy, self.state, now, eligible, self.oldest,
                                        residency.version, barred, self.waiting_classes,
                                        None if policy.swap_hold is None else swap_held)
             if choice is None:
@@ -245,7 +243,7 @@ class Scheduler:
                 # model whose own overdue work goes before it: under overload a batch backlog
                 # past its limit would otherwise swap people's model out between every two
                 # answers while people wait past theirs.
-                if not any(self._overdue_ahead(v, ticket, policy, now) for v in victims):
+                if not overdue_ahead(self, victims, ticket, policy, now, barred):
                     return choice
                 held.add((ticket.model, ticket.variant))
                 continue
@@ -253,26 +251,6 @@ class Scheduler:
             if not any(self._ranks_ahead(v, mine, policy, now, barred) for v in victims):
                 return choice
             held.add((ticket.model, ticket.variant))
-
-    def _overdue_ahead(self, model: str, ticket: Ticket, policy: Policy, now: float) -> bool:
-        """Whether overdue work for the resident `model` goes before the overdue `ticket` (the
-        picker's overdue order: the class with the shortest limit first, then the oldest). Looks
-        at most OVERDUE_PROBE overdue tickets per class, so a pick stays bounded."""
-        def key(t: Ticket) -> tuple[float, float, int]:
-            limit = policy.wait_limit(t.cls)
-            return (INF if limit is None else limit, t.arrival, t.seq)
-
-        mine, residency = key(ticket), self.residency_model
-        for cls in self.waiting_classes():
-            limit = policy.wait_limit(cls)
-            if limit is None:
-                continue
-            for looked, t in enumerate(self._oldest(cls)):
-                if looked >= OVERDUE_PROBE or now - t.arrival < limit or key(t) >= mine:
-                    break  # the rest of the class is younger: later in the overdue order
-                if t.model == model and residency.residency(t.model, t.variant) != "absent":
-                    return True
-        return False
 
     def _swap_held(self, policy: Policy, model: str, variant: str, now: float) -> bool:
         """Does the policy's swap_hold keep this runner's swap back? Until the runner's oldest
@@ -302,7 +280,7 @@ class Scheduler:
             self.state,
             now,
             lambda m, v: m == model and residency.residency(m, v) != "absent",
-            self._oldest,
+            self.oldest,
             residency.version,
             barred,
             self.waiting_classes,
@@ -394,7 +372,8 @@ class Scheduler:
 
     # -- views -------------------------------------------------------------------------------
 
-    def _oldest(self, cls: str | None = None) -> Iterator[Ticket]:
+    def oldest(self, cls: str | None = None) -> Iterator[Ticket]:
+        """The waiting tickets in arrival order: all, or one class's."""
         if cls is None:
             return iter(self._waiting.values())
         return self._classes.oldest(cls)
@@ -448,8 +427,10 @@ class Scheduler:
 
         place = self._ranking.position(request_id, mine, len(self._waiting), now, rank_all)
         residency = self.residency_model
-        held = (not score.overdue and bool(residency.plan(ticket.model, ticket.variant).evicts)
-                and self._swap_held(policy, ticket.model, ticket.variant, now))
+        evicts = () if self.is_cloud(ticket.model) else residency.plan(ticket.model, ticket.variant).evicts
+        held = bool(evicts) and (  # the holds of `_choose`
+            overdue_ahead(self, evicts, ticket, policy, now, self._barred(policy)) is not None
+            if score.overdue else self._swap_held(policy, ticket.model, ticket.variant, now))
         eligible = self.is_cloud(ticket.model) or (residency.eligible(ticket.model, ticket.variant) and not held)
         return RankedTicket(place, ticket, score, eligible)
 

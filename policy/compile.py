@@ -83,11 +83,11 @@ class Policy:
             return fns[0](ticket, state, now)
         return sum(fn(ticket, state, now) for fn in fns)
 
-    @staticmethod
-    def order_key(ticket: Ticket, score: Score) -> OrderKey:
-        # Overdue tickets go first, oldest first; then by score, arrival, and sequence number.
+    def order_key(self, ticket: Ticket, score: Score) -> OrderKey:
+        # Overdue tickets go first, those of the class with the shortest wait limit first, then
+        # the oldest (as the picker takes them); then by score, arrival, and sequence number.
         if score.overdue:
-            return (0, 0.0, ticket.arrival, ticket.seq)
+            return (0, self.class_max_wait.get(ticket.cls, self.max_wait) or 0.0, ticket.arrival, ticket.seq)
         return (1, score.total, ticket.arrival, ticket.seq)
 
 

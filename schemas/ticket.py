@@ -32,7 +32,7 @@ class TermScore(msgspec.Struct, frozen=True):
 class Score(msgspec.Struct, frozen=True):
     total: float
     parts: tuple[TermScore, ...]
-    overdue: bool = False  # waited past the policy's max_wait: goes first, oldest first
+    overdue: bool = False  # waited past its wait limit: goes first (shortest class limit, then oldest)
 
     def breakdown(self) -> dict[str, float]:
         return {p.term: p.points for p in self.parts}

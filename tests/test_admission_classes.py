@@ -272,14 +272,14 @@ def test_the_overdue_walk_steps_over_no_batch_ticket_that_is_not_overdue() -> No
     s.enqueue(request_id="person", model="llama3.2:1b", client="alice", cls="interactive")
     clock.advance(10.0)  # the person is overdue (5 s); no batch ticket is (60 s)
     seen = []
-    walk = s._oldest
+    walk = s.oldest
 
     def counted(cls: str | None = None) -> Any:
         for ticket in walk(cls):
             seen.append(ticket.id)
             yield ticket
 
-    s._oldest = counted  # type: ignore[method-assign]
+    s.oldest = counted  # type: ignore[method-assign]
     s.resume()
     assert [g.ticket.id for g in s.dispatch()] == ["person"]
     assert len(seen) <= 3, len(seen)

@@ -7,14 +7,14 @@ import math
 
 import pytest
 
-from engine.eta import GAP_ALPHA, RATE_TAU, ServiceTimes
+from engine.eta import GAP_ALPHA, GAP_CAP, RATE_TAU, ServiceTimes
 
 
-def test_the_gap_is_measured_only_while_requests_waited() -> None:
+def test_the_gap_is_measured_only_between_answers_that_both_found_requests_waiting() -> None:
     times = ServiceTimes()
     times.observe("m", 20.0)
     times.completed(100.0, backlogged=False)
-    times.completed(130.0, backlogged=False)  # nobody waited: idle time says nothing of drain
+    times.completed(130.0, backlogged=True)  # began on an empty queue: idle time, not drain
     assert times.gap() is None
     times.completed(134.0, backlogged=True)
     # Started from the slot time (20 s), pulled toward the 4 s measured.
@@ -22,6 +22,25 @@ def test_the_gap_is_measured_only_while_requests_waited() -> None:
     for k in range(300):
         times.completed(134.0 + 4.0 * (k + 1), backlogged=True)
     assert times.gap() == pytest.approx(4.0, abs=0.01)
+
+
+def test_a_quiet_night_is_not_a_slow_drain() -> None:
+    """An answer, eight idle hours, then answers while one request waits: no gap of 8 hours (a
+    later request would be refused as if the queue drained once a night)."""
+    times = ServiceTimes()
+    times.observe("m", 5.0)
+    times.completed(0.0, backlogged=False)
+    times.completed(8 * 3600.0, backlogged=True)
+    times.completed(8 * 3600.0 + 5.0, backlogged=True)
+    assert times.gap() is not None and times.gap() <= 5.0
+
+
+def test_one_long_gap_counts_at_most_a_few_slot_times() -> None:
+    times = ServiceTimes()
+    times.observe("m", 5.0)
+    times.completed(0.0, backlogged=True)
+    times.completed(1000.0, backlogged=True)  # a stall (a 70B load) while requests waited
+    assert times.gap() == pytest.approx((1 - GAP_ALPHA) * 5.0 + GAP_ALPHA * GAP_CAP * 5.0)
 
 
 def test_arrival_rates_per_class_decay_with_time() -> None:

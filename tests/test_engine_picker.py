@@ -39,7 +39,7 @@ def picked(s: Scheduler, now: float):
     s._picker.refresh(policy, s.state, now)
     # With the residency's version, as the scheduler calls it: cached model parts must follow
     # every change of where models are.
-    choice = s._picker.best(policy, s.state, now, s.residency_model.eligible, s._oldest,
+    choice = s._picker.best(policy, s.state, now, s.residency_model.eligible, s.oldest,
                             s.residency_model.version)
     return None if choice is None else choice[0].id
 

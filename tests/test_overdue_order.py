@@ -64,10 +64,36 @@ def test_an_overdue_swap_does_not_evict_a_model_with_more_urgent_overdue_work() 
     # One slot of llama3.1:8b: p1 runs, p2 waits for it; the free second slot must not go to the
     # swap, which would unload llama3.1:8b under p2.
     assert [(g.ticket.id, g.action) for g in s.dispatch()] == [("p1", "attach")]
-    (view,) = [r for r in s.waiting() if r.ticket.id == "p2"]
-    assert "num_parallel limit" in (view.reason or "")
+    views = {r.ticket.id: r for r in s.waiting()}
+    assert [r.ticket.id for r in s.waiting()] == ["p2", "qwq"]  # the view's order is the pick's
+    assert "num_parallel limit" in (views["p2"].reason or "")
+    assert not views["qwq"].eligible and views["qwq"].reason == (
+        "held back: loading qwq:32b would evict llama3.1:8b, whose own overdue requests go first")
+    position = s.position("qwq")
+    assert position is not None and not position.eligible
     s.first_byte("p1")
     s.finish("p1")
     # Nothing more urgent waits for llama3.1:8b once p2 has its slot: the overdue swap goes (Ollama
     # unloads llama3.1:8b when p2 is done).
     assert [(g.ticket.id, g.action) for g in s.dispatch()] == [("p2", "attach"), ("qwq", "swap")]
+
+
+def test_work_the_reserve_keeps_out_of_the_slot_does_not_hold_an_overdue_swap() -> None:
+    """An overdue batch request for the loaded model may not take the slot kept for people, so
+    it protects nothing there: the overdue person's swap takes it."""
+    text = POLICY.replace('[policies.p.terms.vram]', '[policies.p]\nreserve = { interactive = 1 }\n'
+                          '[policies.p.terms.vram]').replace('max_wait_by_class = { batch = "25m" }\n', '')
+    text += '[clients.classes.interactive]\n[clients.classes.batch]\n'
+    clock = ManualClock(0.0)
+    s = Scheduler(load_policy_text(text.encode(), "p.toml"), clock=clock)
+    s.reconcile({"models": [{"name": "llama3.1:8b", "size": 6 * GIB}]})
+    s.residency_model.learn_sizes({"qwq:32b": 20.0})
+    s.pause()
+    s.enqueue(request_id="busy", model="llama3.1:8b", client="x", cls="batch")
+    s.resume()
+    assert [g.ticket.id for g in s.dispatch()] == ["busy"]  # batch in one slot: the other is kept for people
+    s.enqueue(request_id="batch", model="llama3.1:8b", client="ci", cls="batch")
+    clock.set(100.0)
+    s.enqueue(request_id="person", model="qwq:32b", client="alice", cls="interactive")
+    clock.set(500.0)  # both past the one max_wait, batch first; but it may not take the last slot
+    assert [(g.ticket.id, g.action) for g in s.dispatch()] == [("person", "swap")]

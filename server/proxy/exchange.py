@@ -415,10 +415,9 @@ class Exchange:
             facts.response = self.tap.text()
         record = facts.finish(outcome.status, outcome.http_status, outcome.error)
         parts.journal.submit(record)
-        if record.status == "completed" and record.dispatched_at is not None and record.completed_at:
-            # How long it held its slot: what the queue-status estimates are made of.
-            served(parts.service_times, parts.dispatcher.scheduler, record.model or "",
-                   record.completed_at - record.dispatched_at, time.monotonic())
+        if record.dispatched_at is not None and record.completed_at:  # its slot is free again
+            held = record.completed_at - record.dispatched_at if record.status == "completed" else None
+            served(parts.service_times, parts.dispatcher.scheduler, record.model or "", held, time.monotonic())
         if self.span is not None:
             reason = self.tap.finish_reason()
             self.span.set(

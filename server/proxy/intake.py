@@ -152,4 +152,5 @@ def check_limits(
         if not dispatcher.remove(decided.shed, shed):  # it left or was granted meanwhile
             raise ProxyError(503, "server busy, please try again. the proxy's queue is full",
                              retry_after=10)
-    times.arrived(cls, time.monotonic())  # admitted: the arrival rates the drain estimate reads
+    if not scheduler.is_cloud(model):  # admitted to the local queue: the rates the drain reads
+        times.arrived(cls, time.monotonic())

@@ -188,14 +188,16 @@ def replay_policy(
                             times.arrival_rates(now))
             if isinstance(decided, Refusal):
                 mine = limits.queue_timeout(cls)
-                out.refused_at_arrival(request, decided.reason, now, cls, over_less_urgent=any(
-                    limits.queue_timeout(c) > mine for c in scheduler.waiting_classes()))
+                out.refused_at_arrival(request, decided.reason, now, cls, over_less_urgent=(
+                    decided.status == 503  # no room or no time (a 429 is about the client)
+                    and any(limits.queue_timeout(c) > mine for c in scheduler.waiting_classes())))
                 continue
             if decided.shed is not None and scheduler.cancel(decided.shed):
                 waiting.discard(decided.shed)
                 shed_request, shed_class = by_id.pop(decided.shed)
                 out.shed(shed_request, shed_class, now)
-            times.arrived(cls, now)
+            if not scheduler.is_cloud(request.model):
+                times.arrived(cls, now)
             rid = str(request.index)
             scheduler.enqueue(request_id=rid, model=request.model, client=request.client, cls=cls,
                               endpoint=request.endpoint,
