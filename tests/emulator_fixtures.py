@@ -41,3 +41,30 @@ def shared_ollama_emulator() -> Iterator[RunningEmulator]:
 
     with running_emulator(preset="workstation-24gb", time_scale=0.001) as emulator:
         yield emulator
+
+
+# One model at a time on an 8 GB card: every change of model, or of a runner's options, is a
+# (re)load the test can count.
+ONE_AT_A_TIME = """
+[node]
+vram_gb = 8
+num_parallel = 1
+max_loaded_models = 1
+time_scale = 0
+[[models]]
+name = "llama3.2:1b"
+[[models]]
+name = "llama3.2:3b"
+"""
+
+
+@pytest.fixture
+def one_model_emulator() -> Iterator[RunningEmulator]:
+    """A fresh emulator per test that holds one model at a time (ONE_AT_A_TIME), time scale 0."""
+    import time
+
+    from sim.config import load_text
+    from sim.testing import running_emulator
+
+    with running_emulator(load_text(ONE_AT_A_TIME, "one-at-a-time", time.time())) as emulator:
+        yield emulator

@@ -3,8 +3,6 @@ loaded runner's runs on that runner, its num_ctx rewritten, instead of making Ol
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,33 +144,14 @@ def test_the_example_throughput_policy_normalises() -> None:
 
 # ---- end to end: the sidecar in front of the emulator ---------------------------------------
 
-ONE_MODEL = """
-[node]
-vram_gb = 8
-num_parallel = 1
-max_loaded_models = 1
-time_scale = 0
-[[models]]
-name = "llama3.2:1b"
-"""
-
-
-@pytest.fixture
-def emulator() -> Iterator[Any]:
-    from sim.config import load_text
-    from sim.testing import running_emulator
-
-    with running_emulator(load_text(ONE_MODEL, "one-model", time.time())) as running:
-        yield running
-
-
 @pytest.mark.parametrize("normalise", [True, False])
 def test_the_sidecar_rewrites_num_ctx_and_ollama_does_not_reload(
-    sidecar_factory: SidecarFactory, emulator: Any, normalise: bool
+    sidecar_factory: SidecarFactory, one_model_emulator: Any, normalise: bool
 ) -> None:
     """8192, then 2048, 4096, 2048 one after another: with normalisation the three later requests
     run on the 8192 runner (one load); without it each change of context is a reload (four)."""
     extra = "[policies.test.num_ctx]\nnormalise = true\n" if normalise else ""
+    emulator = one_model_emulator
     proxy = sidecar_factory(upstream=emulator.url, policy=make_policy(max_parallel=1, extra=extra))
     sent = []
     for i, num_ctx in enumerate([8192, 2048, 4096, 2048]):

@@ -23,31 +23,6 @@ pytestmark = pytest.mark.anyio
 
 SMALL, MID, BIG = "llama3.2:1b", "llama3.2:3b", "llama3.1:8b"
 
-# One model at a time: every change of model is a swap.
-ONE_AT_A_TIME = """
-[node]
-vram_gb = 8
-num_parallel = 1
-max_loaded_models = 1
-time_scale = 0
-[[models]]
-name = "llama3.2:1b"
-[[models]]
-name = "llama3.2:3b"
-"""
-
-
-@pytest.fixture
-def one_model_emulator() -> Iterator[Any]:
-    import time
-
-    from sim.config import load_text
-    from sim.testing import running_emulator
-
-    with running_emulator(load_text(ONE_AT_A_TIME, "one-at-a-time", time.time())) as emulator:
-        yield emulator
-
-
 @pytest.fixture
 def workstation_emulator() -> Iterator[Any]:
     from sim.testing import running_emulator
