@@ -34,7 +34,6 @@ class ServiceTimes:
         self._gap: float | None = None
         self._rates: dict[str, tuple[float, float]] = {}  # class -> (rate per second, as of when)
 
-
     def arrived(self, cls: str, now: float) -> None:
         """A request of `cls` joined the queue at `now` (a monotonic clock)."""
         rate, when = self._rates.get(cls, (0.0, now))

@@ -5,7 +5,6 @@ for the reasons. The holds explained here mirror `Scheduler._choose` rule for ru
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from engine.classes import Barred
@@ -26,16 +25,9 @@ def explain(
     s: Scheduler, policy: Policy, now: float, barred: Barred | None, busy: Busy,
 ) -> list[RankedTicket]:
     ranked = []
-    oldest: dict[tuple[str, str], float] = {}  # per runner: what its swap_hold counts from
-    for t in s.tickets():  # in arrival order
+    for t in s.tickets():
         score = policy.score(t, s.state, now)
         ranked.append((policy.order_key(t, score), t, score))
-        oldest.setdefault((t.model, t.variant), t.arrival)
-    hold = policy.swap_hold
-
-    def swap_held(model: str, variant: str) -> bool:
-        return hold is not None and now - oldest[(model, variant)] < hold
-
     ranked.sort(key=lambda kts: kts[0])
     residency = s.residency_model
     # Per model, the best key among its tickets that need no load: what `_ranks_ahead` asks.
@@ -66,7 +58,7 @@ def explain(
         if runner not in blocked:
             blocked[runner] = residency.blocked_reason(*runner)
             if blocked[runner] is None and not score.overdue:
-                blocked[runner] = _held_reason(s, policy, runner, key, resident_best, swap_held)
+                blocked[runner] = _held_reason(s, policy, runner, key, resident_best, now)
             elif blocked[runner] is None and (evicts := residency.plan(*runner).evicts):
                 who = overdue_ahead(s, evicts, t, policy, now, barred)
                 if who is not None:
@@ -82,13 +74,13 @@ def explain(
 
 def _held_reason(
     s: Scheduler, policy: Policy, runner: tuple[str, str], key: OrderKey,
-    resident_best: dict[str, OrderKey], swap_held: Callable[[str, str], bool],
+    resident_best: dict[str, OrderKey], now: float,
 ) -> str | None:
     """`_choose`'s holds: the policy's swap_hold, or a swap that would evict a model whose own
     waiting work ranks ahead of this runner's best ticket."""
     model, variant = runner
     evicts = s.residency_model.plan(model, variant).evicts
-    if evicts and swap_held(model, variant):
+    if evicts and s.swap_held(policy, model, variant, now):
         return (
             f"held back: loading {model} would evict {', '.join(evicts)}; the policy's swap_hold"
             f" ({policy.swap_hold:g}s) lets more requests for {model} share the load"

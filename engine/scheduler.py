@@ -225,7 +225,7 @@ class Scheduler:
             found = holds.get((model, variant))
             if found is None:
                 found = holds[(model, variant)] = (  # the cheap questions first
-                    self._swap_held(policy, model, variant, now) and not self.is_cloud(model)
+                    self.swap_held(policy, model, variant, now) and not self.is_cloud(model)
                     and bool(residency.plan(model, variant).evicts))
             return found
 
@@ -252,7 +252,7 @@ class Scheduler:
                 return choice
             held.add((ticket.model, ticket.variant))
 
-    def _swap_held(self, policy: Policy, model: str, variant: str, now: float) -> bool:
+    def swap_held(self, policy: Policy, model: str, variant: str, now: float) -> bool:
         """Does the policy's swap_hold keep this runner's swap back? Until the runner's oldest
         waiting ticket has waited it out (a younger one may be the best-ranked)."""
         if policy.swap_hold is None:
@@ -430,7 +430,7 @@ class Scheduler:
         evicts = () if self.is_cloud(ticket.model) else residency.plan(ticket.model, ticket.variant).evicts
         held = bool(evicts) and (  # the holds of `_choose`
             overdue_ahead(self, evicts, ticket, policy, now, self._barred(policy)) is not None
-            if score.overdue else self._swap_held(policy, ticket.model, ticket.variant, now))
+            if score.overdue else self.swap_held(policy, ticket.model, ticket.variant, now))
         eligible = self.is_cloud(ticket.model) or (residency.eligible(ticket.model, ticket.variant) and not held)
         return RankedTicket(place, ticket, score, eligible)
 

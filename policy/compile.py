@@ -87,7 +87,7 @@ class Policy:
         # Overdue tickets go first, those of the class with the shortest wait limit first, then
         # the oldest (as the picker takes them); then by score, arrival, and sequence number.
         if score.overdue:
-            return (0, self.class_max_wait.get(ticket.cls, self.max_wait) or 0.0, ticket.arrival, ticket.seq)
+            return (0, self.wait_limit(ticket.cls) or 0.0, ticket.arrival, ticket.seq)
         return (1, score.total, ticket.arrival, ticket.seq)
 
 
