@@ -229,10 +229,15 @@ def quality_rows(r: dict[str, Any]) -> Iterator[Row]:
            "met" if now["interactive_wait_p95_s"] <= 600 and people == 0
            and now["refused_over_less_urgent"] == 0 else "missed")
     late = now["timed_out_last_arrival_s"]
+    seeds = r.get("overload_seeds", [])
+    over_seeds = (f"; seeds 1–{len(seeds)}: {sum(s['balanced']['timed_out'] for s in seeds):,} 504s of "
+                  f"{len(seeds) * r['requests']:,} requests, `throughput` "
+                  f"{sum(s['throughput']['timed_out'] for s in seeds):,}") if seeds else ""
     yield (f"overload: refused at once / waited out the timeout (504), `balanced` now (before) {src}",
            f"**{now['refused']:,} / {now['timed_out']:,}** ({t['balanced_before']['refused']:,} / "
            f"{t['balanced_before']['timed_out']:,})"
-           + (f"; the 504s arrived in the first {late / 60:.0f} min" if late is not None else ""),
+           + (f"; the 504s arrived in the first {late / 60:.0f} min" if late is not None else "")
+           + over_seeds,
            "every refusal at once (no 504)", "met" if now["timed_out"] == 0 else "missed")
     t = r["traces"]["mixed-ctx"]
     yield (f"mixed-ctx: reloads, plain Ollama / `balanced` / `balanced` normalising num_ctx / "

@@ -17,16 +17,17 @@ Order of the checks, and why (docs/policy.md, Admission):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from engine.eta import ServiceTimes, wait_estimate
+from engine.eta import ServiceTimes
 from engine.scheduler import Scheduler
 from policy.load import CompiledFile
 
 # The least share of the drain left to a class when more urgent arrivals could take all of it: the
 # estimate then says "many times its wait limit", not infinity.
 MIN_SHARE = 0.05
+MODELS_PRICED = 64  # distinct waiting models priced one by one (names come from clients)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +49,29 @@ class Admitted:
 def ahead_of(compiled: CompiledFile, scheduler: Scheduler, cls: str) -> int:
     """Waiting requests at least as urgent as a new one of `cls` (a queue timeout no longer than
     its own): what the policy will, roughly, serve before it."""
+    return sum(scheduler.waiting_in(c) for c in _as_urgent(compiled, scheduler, cls))
+
+
+def _as_urgent(compiled: CompiledFile, scheduler: Scheduler, cls: str) -> list[str]:
     limits = compiled.limits
     mine = limits.queue_timeout(cls)  # a class the file does not list has backend.queue_timeout
-    return sum(scheduler.waiting_in(c) for c in scheduler.waiting_classes()
-               if limits.queue_timeout(c) <= mine)
+    return [c for c in scheduler.waiting_classes() if limits.queue_timeout(c) <= mine]
+
+
+def work_ahead(
+    compiled: CompiledFile, scheduler: Scheduler, cls: str, slot_of: Callable[[str], float]
+) -> float:
+    """Slot seconds the requests ahead (as `ahead_of`) will hold, each at its own model's measured
+    slot time: the policy serves the cheap ones first (loaded models, short answers), so the
+    answers seen so far are faster than what is left, and an average over them is optimistic.
+    Bounded by the distinct models waiting; past MODELS_PRICED, the rest at the overall time."""
+    work = 0.0
+    for c in _as_urgent(compiled, scheduler, cls):
+        models = scheduler.waiting_models(c)
+        if len(models) > MODELS_PRICED:
+            return ahead_of(compiled, scheduler, cls) * slot_of("")
+        work += sum(n * slot_of(m) for m, n in models.items())
+    return work
 
 
 def _least_urgent_victim(compiled: CompiledFile, scheduler: Scheduler, cls: str) -> str | None:
@@ -83,13 +103,14 @@ def served(
 def admit(
     compiled: CompiledFile, scheduler: Scheduler, client: str, cls: str,
     slot_seconds: float | None = None, model: str = "", gap_seconds: float | None = None,
-    arrival_rates: Mapping[str, float] | None = None,
+    arrival_rates: Mapping[str, float] | None = None, slot_of: Callable[[str], float] | None = None,
 ) -> Refusal | Admitted:
     """Whether a new request of `client` in `cls` may wait now. `slot_seconds`: how long a
     request holds a slot, measured (None: nothing measured yet, so no drain check);
     `gap_seconds`: the measured time between completions while requests waited (engine/eta.py),
     which counts the loads and idle slots slot times miss; `arrival_rates`: each class's arrivals
-    per second, measured (more urgent classes arriving meanwhile go ahead and slow the drain).
+    per second, measured (more urgent classes arriving meanwhile go ahead and slow the drain);
+    `slot_of`: a model's measured slot time (the requests ahead are priced each by its own model).
     The drain check applies to classes listed under [limits.classes], for local models (a cloud
     model's slots are another queue)."""
     limits = compiled.limits
@@ -126,14 +147,18 @@ def admit(
         # The slots this class may use: the policy's reserve for other classes is not its own.
         kept = sum(n for c, n in compiled.active.reserve.items() if c != cls)
         slots = scheduler.max_parallel - kept if kept < scheduler.max_parallel else scheduler.max_parallel
-        drain = wait_estimate(ahead, slots, slot_seconds)  # every slot busy: the fastest it drains
+        # The slot seconds the requests ahead will hold, and every slot busy: the fastest it drains.
+        work = ahead * slot_seconds if slot_of is None else work_ahead(compiled, scheduler, cls, slot_of)
+        drain = work / max(1, slots)
         if gap_seconds is not None:  # as fast as the queue has really been draining, less what
             # more urgent arrivals take of it while this one waits
             mine = limits.queue_timeout(cls)
             urgent = sum(r for c, r in (arrival_rates or {}).items() if limits.queue_timeout(c) < mine)
             per_request = gap_seconds * scheduler.max_parallel / max(1, slots)
             left = max(MIN_SHARE, 1.0 - urgent * per_request)
-            drain = max(drain, ahead * per_request / left)
+            # The measured gap is per answer of the mix served so far (slot_seconds on average):
+            # scaled to the work ahead, priced per model.
+            drain = max(drain, per_request * work / max(slot_seconds, 1e-9) / left)
         if drain > timeout:
             return Refusal(
                 503, f"server busy, please try again. the {ahead} requests ahead would take about "

@@ -5,7 +5,7 @@ each class holds (what a policy's `reserve` is measured against)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from schemas.ticket import Ticket
 
@@ -16,17 +16,23 @@ class ClassBooks:
     def __init__(self) -> None:
         self._waiting: dict[str, dict[str, Ticket]] = {}  # insertion order = arrival order
         self._running: Counter[str] = Counter()
+        self._models: dict[str, Counter[str]] = {}  # class -> waiting tickets per model
 
     def waiting(self, ticket: Ticket) -> None:
         self._waiting.setdefault(ticket.cls, {})[ticket.id] = ticket
+        self._models.setdefault(ticket.cls, Counter())[ticket.model] += 1
 
     def left(self, ticket: Ticket) -> None:
         """A waiting ticket left the queue (granted or cancelled)."""
         of_class = self._waiting.get(ticket.cls)
-        if of_class is not None:
-            of_class.pop(ticket.id, None)
+        if of_class is not None and of_class.pop(ticket.id, None) is not None:
+            models = self._models[ticket.cls]
+            models[ticket.model] -= 1
+            if not models[ticket.model]:
+                del models[ticket.model]
             if not of_class:
                 del self._waiting[ticket.cls]
+                del self._models[ticket.cls]
 
     def started(self, cls: str) -> None:
         self._running[cls] += 1
@@ -36,6 +42,10 @@ class ClassBooks:
 
     def count(self, cls: str) -> int:
         return len(self._waiting.get(cls, ()))
+
+    def models(self, cls: str) -> Mapping[str, int]:
+        """Waiting tickets of the class per model (what the drain estimate prices per model)."""
+        return self._models.get(cls, {})
 
     def classes(self) -> list[str]:
         return list(self._waiting)

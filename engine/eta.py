@@ -20,6 +20,7 @@ PRIOR_S = 10.0  # a slot time guessed before anything was observed
 ALPHA = 0.2  # weight of the newest observation in the moving averages
 GAP_ALPHA = 0.05  # the gaps between completions vary more (a load stalls every slot): a longer memory
 RATE_TAU = 300.0  # seconds: the memory of the per-class arrival rates
+RATE_MIN_SPAN = 30.0  # seconds: the shortest span a rate is taken over (one arrival is no rate)
 GAP_CAP = 4.0  # slot times: the longest gap between two answers counted (a load can stall them)
 
 
@@ -33,9 +34,12 @@ class ServiceTimes:
         self._last_backlogged = False
         self._gap: float | None = None
         self._rates: dict[str, tuple[float, float]] = {}  # class -> (rate per second, as of when)
+        self._first_arrival: float | None = None
 
     def arrived(self, cls: str, now: float) -> None:
         """A request of `cls` joined the queue at `now` (a monotonic clock)."""
+        if self._first_arrival is None:
+            self._first_arrival = now
         rate, when = self._rates.get(cls, (0.0, now))
         if cls not in self._rates and len(self._rates) >= 64:
             return  # classes come from the policy file; the table stays bounded anyway
@@ -43,7 +47,14 @@ class ServiceTimes:
 
     def arrival_rates(self, now: float) -> dict[str, float]:
         """Each class's arrivals per second, an exponentially weighted average over ~RATE_TAU."""
-        return {c: rate * math.exp(-(now - when) / RATE_TAU) for c, (rate, when) in self._rates.items()}
+        if self._first_arrival is None:
+            return {}
+        # The average starts at zero: until it has watched for a few RATE_TAU it has counted only
+        # part of its window, so it is scaled up by the part it saw (as Adam corrects its moments).
+        seen = max(RATE_MIN_SPAN, now - self._first_arrival)
+        scale = 1.0 / (1.0 - math.exp(-seen / RATE_TAU))
+        return {c: scale * rate * math.exp(-(now - when) / RATE_TAU)
+                for c, (rate, when) in self._rates.items()}
 
     def completed(self, now: float, backlogged: bool) -> None:
         """A request holding a local slot ended at `now` (a monotonic clock). `backlogged`:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from engine.classes import Barred, ClassBooks
@@ -83,6 +83,10 @@ class Scheduler:
     def waiting_in(self, cls: str) -> int:
         """Waiting tickets of one request class."""
         return self._classes.count(cls)
+
+    def waiting_models(self, cls: str) -> Mapping[str, int]:
+        """Waiting tickets of one request class per model."""
+        return self._classes.models(cls)
 
     def waiting_classes(self) -> list[str]:
         """The request classes with a waiting ticket."""

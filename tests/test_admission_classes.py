@@ -114,6 +114,29 @@ def test_the_measured_drain_counts_loads_and_more_urgent_arrivals() -> None:
                  arrival_rates={"batch": 1.0}) == Admitted()
 
 
+def test_the_requests_ahead_are_priced_each_by_its_own_model() -> None:
+    """The answers measured so far are mostly the cheap ones the policy serves first (a loaded
+    8B); what is left ahead may be a 32B that holds its slot ten times as long. The drain prices
+    each waiting request by its model's own slot time, and scales the measured gap the same way."""
+    compiled, s = _scheduler(CLASSES.replace("max_queue = 6\nmax_queued_per_client = 6",
+                                             "max_queue = 200\nmax_queued_per_client = 200"))
+    for i in range(30):
+        s.enqueue(request_id=f"big{i}", model="qwq:32b", client=f"ci-{i}", cls="batch")
+    slot = {"qwq:32b": 100.0, "llama3.2:1b": 10.0}
+    # At the 10 s average, 30 ahead on one slot take 300 s: admitted.
+    assert admit(compiled, s, "ci-x", "batch", slot_seconds=10.0) == Admitted()
+    # Each at its own 100 s, 3,000 s: past batch's 30 minutes.
+    refused = admit(compiled, s, "ci-x", "batch", slot_seconds=10.0, slot_of=lambda m: slot.get(m, 10.0))
+    assert isinstance(refused, Refusal) and refused.reason == "drain" and "about 3000s" in refused.message
+    # The gap measured on the cheap answers (12 s each, 1.2× their slot time) scales with it.
+    refused = admit(compiled, s, "ci-x", "batch", slot_seconds=10.0, gap_seconds=12.0,
+                    slot_of=lambda m: slot.get(m, 10.0))
+    assert isinstance(refused, Refusal) and "about 3600s" in refused.message
+    # Interactive requests are not behind batch work: their drain does not count it.
+    assert admit(compiled, s, "alice", "interactive", slot_seconds=10.0,
+                 slot_of=lambda m: slot.get(m, 10.0)) == Admitted()
+
+
 def test_classes_not_listed_keep_the_old_rules() -> None:
     """A file with no [limits.classes] admits as before: a queue bound, a per-client cap, the
     rate windows; no drain estimate."""

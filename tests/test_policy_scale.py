@@ -51,7 +51,7 @@ EXPECTED_AT_A_HUNDREDTH: dict[str, float] = {
     "policies.throughput.terms.aging.max_wait_by_class.batch": 15.0,
     "policies.fair.terms.aging.max_wait_by_class.batch": 15.0,
     "policies.throughput.terms.fairness.window": 6.0,  # not written: the default "10m"
-    "policies.throughput.terms.aging.max_wait": 6.0,  # "10m"
+    "policies.throughput.terms.aging.max_wait": 3.0,  # "5m"
     "policies.throughput.terms.aging.per_second": 100.0,
     "policies.throughput.terms.swap_cost.per_second": 200.0,  # 2.0: a rate per second too
     "policies.fair.terms.fairness.window": 6.0,

@@ -185,7 +185,7 @@ def replay_policy(
             cls = request.cls or settings.clients.default_class  # classified by `classify`
             decided = admit(settings, scheduler, request.client, cls,
                             times.mean() if times.measured else None, request.model, times.gap(),
-                            times.arrival_rates(now))
+                            times.arrival_rates(now), times.mean)
             if isinstance(decided, Refusal):
                 mine = limits.queue_timeout(cls)
                 out.refused_at_arrival(request, decided.reason, now, cls, over_less_urgent=(
