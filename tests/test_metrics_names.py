@@ -12,12 +12,16 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_fixtures import SidecarFactory, make_policy
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "sidecar.md"
+from server.telemetry.model_server_protocol import NAMES
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def documented() -> dict[str, tuple[str, frozenset[str]]]:
-    text = DOC.read_text(encoding="utf-8")
-    table = text[text.index("| metric | type | labels | what |"):].split("\n\n", 1)[0]
+def documented(
+    doc: str = "sidecar.md", header: str = "| metric | type | labels | what |"
+) -> dict[str, tuple[str, frozenset[str]]]:
+    text = (DOCS / doc).read_text(encoding="utf-8")
+    table = text[text.index(header) :].split("\n\n", 1)[0]
     out = {}
     for row in table.splitlines()[2:]:
         name, kind, labels = (c.strip() for c in row.split("|")[1:4])
@@ -29,7 +33,9 @@ def exported(proxy: Any) -> dict[str, tuple[str, frozenset[str]]]:
     text = httpx.get(proxy.url + "/metrics", timeout=10).text
     out = {}
     for family in text_string_to_metric_families(text):
-        labels = {k for sample in family.samples for k in sample.labels if k not in ("le", "quantile")}
+        labels = {
+            k for sample in family.samples for k in sample.labels if k not in ("le", "quantile")
+        }
         name = family.name + ("_total" if family.type == "counter" else "")
         out[name] = (family.type, frozenset(labels))
     return out
@@ -56,6 +62,13 @@ def test_every_metric_is_documented_with_its_type_and_labels(
         seen = exported(proxy)
         proxy.admin("POST", "/proxy/resume")
         assert waiting.result().status_code == 200
+    # The model server protocol's gauges carry the names an endpoint picker reads by default
+    # (vLLM's), documented with their mapping in docs/many-hosts.md.
+    protocol = {name: seen.pop(name) for name in list(seen) if name in NAMES}
+    assert set(protocol) == set(NAMES)
+    assert protocol == documented(
+        "many-hosts.md", "| metric | type | labels | protocol field | what |"
+    )
     docs = documented()
     assert sorted(set(seen) - set(docs)) == [], "export documented nowhere"
     assert sorted(set(docs) - set(seen)) == [], "documented, not exported"
@@ -72,15 +85,20 @@ def test_model_labels_stay_bounded(sidecar_factory: SidecarFactory, ollama_emula
     proxy = sidecar_factory(upstream=ollama_emulator.url)
     proxy.wait_for(lambda h: h["upstream"]["up"])
     for n in range(30):  # invented names: Ollama never reported them
-        httpx.post(proxy.url + "/api/generate", timeout=30,
-                   json={"model": f"made-up-{n}", "prompt": "hi", "stream": False})
+        httpx.post(
+            proxy.url + "/api/generate",
+            timeout=30,
+            json={"model": f"made-up-{n}", "prompt": "hi", "stream": False},
+        )
     text = httpx.get(proxy.url + "/metrics", timeout=10).text
     assert "made-up" not in text and 'model="other"' in text
 
     from server.telemetry.metrics import MAX_MODEL_LABELS, Metrics
 
     metrics = Metrics(lambda: proxy.sidecar.scheduler)
-    metrics.learn_models({"models": [{"name": f"m{n}:latest"} for n in range(MAX_MODEL_LABELS + 50)]})
+    metrics.learn_models(
+        {"models": [{"name": f"m{n}:latest"} for n in range(MAX_MODEL_LABELS + 50)]}
+    )
     assert len(metrics.known_models) == MAX_MODEL_LABELS
     assert metrics.model_label(f"m{MAX_MODEL_LABELS + 10}:latest") == "other"
 

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from engine.scheduler import Grant, Scheduler
 from schemas.model_name import canonical_model
+from server.telemetry.model_server_protocol import ModelServerProtocol
 
 # The `_created` series prometheus_client adds beside every counter and histogram double the
 # series count and tell a scraper nothing it needs here.
@@ -165,6 +166,7 @@ class Metrics:
         for kind in mismatch_kinds:  # both series exist from the start, so an alert sees the 0
             self.policy_mismatch.labels(kind).set(0)
         r.register(_QueueCollector(scheduler, self.model_label))
+        r.register(ModelServerProtocol(scheduler, self.known_models.__contains__))
 
     def model_label(self, model: str) -> str:
         return model if model in self.known_models else "other"
