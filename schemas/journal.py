@@ -24,6 +24,9 @@ STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled", "rejected", "in
 Epoch = Annotated[float, Meta(ge=0)]
 Millis = Annotated[float, Meta(ge=0)]
 Count = Annotated[int, Meta(ge=0)]
+# A sidecar's name on its records (`--instance`): a host or pod name fits.
+INSTANCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+Instance = Annotated[str, Meta(pattern=INSTANCE_PATTERN)]
 
 
 class JournalRecord(Strict, frozen=True):
@@ -78,6 +81,9 @@ class JournalRecord(Strict, frozen=True):
     # The X-Request-Id the client sent, when the sidecar kept it (what the client knows its
     # request by); None when the sidecar chose the id, which is then `request_id` itself.
     client_request_id: str | None = None
+    # The sidecar that wrote it (`--instance`, default the host name): several sidecars may share
+    # one PostgreSQL journal, and analytics filter or group by it.
+    instance: Instance | None = None
 
 
 __all__ = ["STATUSES", "JournalRecord", "Status"]

@@ -30,6 +30,7 @@ ENV_VARS: dict[str, str] = {
     "SMART_PROXY_UPSTREAM": f"Ollama URL; overrides the policy's backend.url (default {DEFAULT_UPSTREAM})",
     "SMART_PROXY_DB": "journal database: a path, sqlite:///path or postgresql://… (default ./db/requests.db)",
     "SMART_PROXY_JOURNAL_FALLBACK": "directory for the journal's outage file (default beside the database)",
+    "SMART_PROXY_INSTANCE": "this sidecar's name on its journal records, for a journal several share (default: the host name)",
     "PROXY_ADMIN_KEY": "the admin key (the policy's admin.key_env names this variable); unset: admin networks only",
     "SMART_PROXY_API_KEYS": "client API keys, \"key=name,key=name\" (the policy's clients.api_keys_env)",
     "SMART_PROXY_HOST": "address to listen on (default 0.0.0.0)",

@@ -84,9 +84,10 @@ class Flaky:
         await self.inner.ping()
 
     async def fetch(
-        self, columns: Sequence[str], since: float, until: float, limit: int | None = None
+        self, columns: Sequence[str], since: float, until: float, limit: int | None = None,
+        instance: str | None = None,
     ) -> list[tuple[Any, ...]]:
-        return await self.inner.fetch(columns, since, until, limit)
+        return await self.inner.fetch(columns, since, until, limit, instance)
 
     async def purge(self, before: float) -> int:
         return await self.inner.purge(before)

@@ -110,7 +110,7 @@ async def test_known_answers(journal_dsn: str, tmp_path: Path) -> None:
     """Every figure of the report, field by field, on each database."""
     r = await seeded_report(journal_dsn, tmp_path, hours=1, group_by="model", limit=10)
 
-    assert r["window"] == {"hours": 1.0, "since": T0, "until": NOW, "group_by": "model", "limit": 10,
+    assert r["window"] == {"hours": 1.0, "since": T0, "until": NOW, "group_by": "model", "limit": 10, "instance": None,
                            "truncated": False, "rows": 7}
     assert r["totals"] == {"requests": 7, "completed": 3, "failed": 2, "cancelled": 1, "rejected": 1,
                            "interrupted": 0}

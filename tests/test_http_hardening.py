@@ -477,7 +477,7 @@ def test_analytics_parameters_given_twice_and_good_ones(proxy: RunningSidecar) -
     assert good.status_code == 200, good.text
     assert good.json()["window"] | {"since": 0, "until": 0, "rows": 0} == {
         "hours": 0.5, "group_by": "client", "limit": 1000, "since": 0, "until": 0,
-        "truncated": False, "rows": 0,
+        "truncated": False, "rows": 0, "instance": None,
     }
 
 

@@ -163,18 +163,19 @@ def test_bad_dsn_is_a_clear_error() -> None:
 
 
 async def test_migrations_over_a_v2_database_apply_once(journal_dsn: str) -> None:
-    """A database created at v2 (before client_request_id and the num_ctx columns) migrates to
-    the latest, and again is a no-op."""
+    """A database created at v2 (before client_request_id, the num_ctx columns and instance)
+    migrates to the latest, and again is a no-op."""
     store = open_store(resolve(journal_dsn))
     await store.open()
     try:
         with mock.patch.object(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2]):
             assert await store.migrate() == [1, 2]
-        assert await store.migrate() == [3, 4]
+        assert await store.migrate() == [3, 4, 5]
         assert await store.migrate() == []
-        await store.upsert([rec(1, client_request_id="mine", num_ctx=2048, num_ctx_forwarded=8192)])
-        assert await store.fetch(("client_request_id", "num_ctx", "num_ctx_forwarded"), 0.0, 1e12) == [
-            ("mine", 2048, 8192)]
+        await store.upsert([rec(1, client_request_id="mine", num_ctx=2048, num_ctx_forwarded=8192,
+                                instance="gpu-0")])
+        assert await store.fetch(("client_request_id", "num_ctx", "num_ctx_forwarded", "instance"),
+                                 0.0, 1e12) == [("mine", 2048, 8192, "gpu-0")]
     finally:
         await store.close()
 
@@ -193,7 +194,7 @@ async def test_a_migration_interrupted_midway_is_rolled_back_whole(journal_dsn: 
         with mock.patch.object(migrations, "MIGRATIONS", broken), pytest.raises(Exception):  # noqa: B017
             await store.migrate()
         assert [m.version for m in await store.applied()] == [1, 2]
-        assert await store.migrate() == [3, 4]
+        assert await store.migrate() == [3, 4, 5]
         assert [m.version for m in await store.applied()] == list(range(1, LATEST + 1))
     finally:
         await store.close()

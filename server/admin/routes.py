@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from schemas.events import Paused, Resumed
+from schemas.journal import INSTANCE_PATTERN
 from schemas.proxy_api import (
     AuthRequest,
     AuthToken,
@@ -33,7 +34,7 @@ from server.http.auth import SESSION_COOKIE
 from server.http.bodies import read_body
 from server.http.cross_site import cross_site
 from server.http.dialects import ProxyError, error_response
-from server.http.query_params import Param, number, one_of, takes, whole
+from server.http.query_params import Param, matching, number, one_of, takes, whole
 from server.http.rate import TokenBuckets
 from server.journal import AnalyticsBusy, AnalyticsError, StoreUnavailable
 from server.journal.analytics import GROUP_BY, MAX_HOURS, MAX_LIMIT
@@ -44,6 +45,8 @@ ANALYTICS_QUERY = {
     "hours": Param(number(above=0, at_most=MAX_HOURS, unit="hours"), 24.0),
     "group_by": Param(one_of(GROUP_BY), "model"),
     "limit": Param(whole(low=1, high=MAX_LIMIT), 10),
+    # One sidecar's records, in a journal several share.
+    "instance": Param(matching(INSTANCE_PATTERN, "a sidecar's instance name: letters, digits and . _ : -"), None),
 }
 
 
@@ -223,11 +226,12 @@ async def logout(request: Request) -> Response:
 @admin_only
 @takes(ANALYTICS_QUERY)
 async def analytics(request: Request) -> Response:
-    """The journal's report: ?hours=24&group_by=model&limit=10 (as the seed offered it)."""
+    """The journal's report: ?hours=24&group_by=model&limit=10 (as the seed offered it), and
+    &instance=NAME for one sidecar's records in a journal several share."""
     q = request.state.query
     try:
         report = await sidecar_of(request).journal.analytics(
-            hours=q["hours"], group_by=q["group_by"], limit=q["limit"]
+            hours=q["hours"], group_by=q["group_by"], limit=q["limit"], instance=q["instance"]
         )
     except AnalyticsError as exc:
         return error_response(request.url.path, 400, str(exc))

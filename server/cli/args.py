@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
+from schemas.journal import INSTANCE_PATTERN
 from server.journal.dsn import DEFAULT_DB, JournalConfigError, Target, resolve
 from sim.cli_args import (
     USAGE_ERROR,
@@ -69,6 +72,22 @@ def journal_dsn(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+@names_env
+def instance_name(text: str) -> str:
+    """A sidecar's name on its journal records: a host or pod name fits."""
+    if not re.match(INSTANCE_PATTERN, text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not an instance name: letters, digits and . _ : -, starting with a "
+            "letter or digit, at most 128")
+    return text
+
+
+def default_instance() -> str:
+    """The host name (a pod's name in Kubernetes), made to fit an instance name."""
+    name = re.sub(r"[^A-Za-z0-9._:-]", "-", socket.gethostname()).lstrip("._:-")[:128]
+    return name or "sidecar"
 
 
 def journal_fallback_dir(

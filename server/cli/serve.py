@@ -19,12 +19,14 @@ from server.app import create_app
 from server.cli.args import (
     CliError,
     choice,
+    default_instance,
     duration,
     env_default,
     existing_file_path,
     fail,
     host,
     http_url,
+    instance_name,
     journal_dsn,
     journal_fallback_dir,
     listen_problem,
@@ -83,6 +85,10 @@ def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], default_hos
                         help="1 to 65535, or 0 for any free port")
     parser.add_argument("--db", type=journal_dsn, default=env_default(env, "SMART_PROXY_DB", None),
                         help="journal database DSN")
+    parser.add_argument("--instance", type=instance_name, metavar="NAME",
+                        default=env_default(env, "SMART_PROXY_INSTANCE", None),
+                        help="this sidecar's name on its journal records, for a journal several "
+                        "share (default: the host name)")
     parser.add_argument("--log-format", type=choice("a log format", ("json", "human")), choices=("json", "human"),
                         default=env_default(env, "SMART_PROXY_LOG_FORMAT",
                                             "human" if sys.stderr.isatty() else "json"))
@@ -105,13 +111,16 @@ def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], default_hos
                         "(default: half of what the descriptor limit leaves)")
 
 
-def journal_factory(dsn: str | None, fallback: str | Path | None) -> Callable[[CompiledFile], Journal]:
+def journal_factory(
+    dsn: str | None, fallback: str | Path | None, instance: str | None = None
+) -> Callable[[CompiledFile], Journal]:
     def make(compiled: CompiledFile) -> Journal:
         return open_journal(
             dsn,
             store_prompts=compiled.journal.store_prompts,
             retention_seconds=compiled.journal.retention,
             fallback_dir=fallback,
+            instance=instance or default_instance(),
         )
 
     return make
@@ -132,7 +141,7 @@ async def serve_sidecar(
                         shutdown_grace=args.shutdown_grace)
     fallback = journal_fallback_dir(resolve(args.db).default_fallback_dir())
     try:
-        app = create_app(settings, journal=journal_factory(args.db, fallback))
+        app = create_app(settings, journal=journal_factory(args.db, fallback, args.instance))
     except TracingUnavailable as exc:  # OTEL_* asks for tracing the installation cannot do
         raise CliError(str(exc)) from None
     keys_env = app.state.sidecar.compiled.clients.api_keys_env

@@ -66,6 +66,17 @@ def one_of(allowed: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
+def matching(pattern: str, what: str) -> Callable[[str], str]:
+    compiled = re.compile(pattern)
+
+    def parse(text: str) -> str:
+        if not compiled.match(text):
+            raise BadValue(f"must be {what}")
+        return text
+
+    return parse
+
+
 def read_query(request: Request, params: Mapping[str, Param]) -> dict[str, Any]:
     """Every declared parameter, parsed (or its default); ProxyError 400 listing every problem."""
     query = request.query_params

@@ -44,6 +44,7 @@ def open_journal(
     retention_seconds: float | None = None,
     fallback_dir: Path | str | None = None,
     store_timeout: float = 5.0,
+    instance: str | None = None,
     **tuning: Any,
 ) -> Journal:
     """A Journal for `dsn` (None: $SMART_PROXY_DB, else ./db/requests.db); not started yet.
@@ -51,6 +52,7 @@ def open_journal(
     `retention_seconds` None or 0 keeps records forever. `store_timeout`: how long a write may
     wait for the database before its records go to the fallback file instead. `tuning` passes batch_size, max_pending,
     retry_initial, retry_max and purge_interval through to Journal. JournalConfigError on a bad DSN.
+    `instance`: the name this sidecar's records carry (several may share one database).
     """
     if store_prompts not in ("full", "hash", "none"):
         raise JournalConfigError(f"journal.store_prompts: {store_prompts!r}; use full, hash or none")
@@ -64,6 +66,7 @@ def open_journal(
         store_prompts=store_prompts,
         retention_seconds=retention_seconds,
         target=target,
+        instance=instance,
         **tuning,
     )
 

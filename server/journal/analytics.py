@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -22,11 +23,11 @@ from typing import Any
 import msgspec
 
 from schemas.figures import percentile
-from schemas.journal import STATUSES
+from schemas.journal import INSTANCE_PATTERN, STATUSES
 from server.journal.records import from_row
 from server.journal.store import Store
 
-GROUP_BY = ("model", "client", "ip", "class", "endpoint", "status")
+GROUP_BY = ("model", "client", "ip", "class", "endpoint", "status", "instance")
 MAX_HOURS = 24 * 366.0
 MAX_LIMIT = 1000
 MAX_ROWS = 500_000  # rows one report reads; beyond it the report covers the newest and says so
@@ -35,8 +36,9 @@ _MAX_BUCKETS = 48
 _HISTOGRAM_BINS = 10
 COLUMNS = (
     "request_id", "client", "ip", "model", "endpoint", "request_class", "status", "error",
-    "received_at", "dispatched_at", "queue_wait_ms", "duration_ms", "score", "resident",
+    "received_at", "dispatched_at", "queue_wait_ms", "duration_ms", "score", "resident", "instance",
 )
+INSTANCE = re.compile(INSTANCE_PATTERN)
 _FIELD_OF = {"class": "request_class"}
 _ERRORS = ("failed", "rejected", "interrupted")  # interrupted: the sidecar died under it
 
@@ -51,9 +53,10 @@ class AnalyticsQuery(msgspec.Struct, frozen=True):
     hours: float
     group_by: str
     limit: int
+    instance: str | None = None  # one sidecar's records only (a journal several share)
 
     @classmethod
-    def parse(cls, *, hours: Any, group_by: Any, limit: Any) -> AnalyticsQuery:
+    def parse(cls, *, hours: Any, group_by: Any, limit: Any, instance: Any = None) -> AnalyticsQuery:
         """Accepts query-string text or numbers; reports every bad parameter at once."""
         errors: list[str] = []
         h = _number(hours, float)
@@ -64,10 +67,13 @@ class AnalyticsQuery(msgspec.Struct, frozen=True):
         n = _number(limit, int)
         if n is None or not (1 <= n <= MAX_LIMIT):
             errors.append(f"limit: {limit!r} is not valid; give a whole number from 1 to {MAX_LIMIT}")
+        if instance is not None and not (isinstance(instance, str) and INSTANCE.match(instance)):
+            errors.append(f"instance: {instance!r} is not valid; give a sidecar's instance name "
+                          "(letters, digits and . _ : -, at most 128)")
         if errors:
             raise AnalyticsError("; ".join(errors))
         assert h is not None and n is not None
-        return cls(hours=h, group_by=str(group_by), limit=n)
+        return cls(hours=h, group_by=str(group_by), limit=n, instance=instance)
 
 
 def _number(value: Any, kind: Callable[[str], Any]) -> Any:
@@ -261,7 +267,7 @@ def report(
     return {
         "window": {
             "hours": query.hours, "since": since, "until": until,
-            "group_by": query.group_by, "limit": limit,
+            "group_by": query.group_by, "limit": limit, "instance": query.instance,
             # More than MAX_ROWS requests in the window: the report covers the newest of them.
             "truncated": truncated, "rows": len(rows),
         },
@@ -281,20 +287,11 @@ def report(
     }
 
 
-def window_sql(placeholder: str, limit: int | None) -> str:
-    """The one query analytics make: the window's rows, the newest `limit` of them."""
-    sql = (
-        f"SELECT {', '.join(COLUMNS)} FROM requests"
-        f" WHERE received_at >= {placeholder} AND received_at < {placeholder}"
-    )
-    return sql + (f" ORDER BY received_at DESC LIMIT {int(limit)}" if limit is not None else "")
-
-
 async def compute(
     store: Store, query: AnalyticsQuery, now: float, *, max_rows: int = MAX_ROWS
 ) -> dict[str, Any]:
     since = now - query.hours * 3600
-    raw = await store.fetch(COLUMNS, since, now, max_rows + 1)
+    raw = await store.fetch(COLUMNS, since, now, max_rows + 1, instance=query.instance)
     truncated = len(raw) > max_rows
 
     def build() -> dict[str, Any]:
@@ -306,5 +303,5 @@ async def compute(
 
 __all__ = [
     "COLUMNS", "GROUP_BY", "MAX_ROWS", "AnalyticsError", "AnalyticsQuery", "bucket_seconds", "compute", "percentile",
-    "report", "run_lengths", "stats", "window_sql",
+    "report", "run_lengths", "stats",
 ]

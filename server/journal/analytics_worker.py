@@ -19,9 +19,9 @@ from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from server.journal.analytics import COLUMNS, AnalyticsQuery, report, window_sql
+from server.journal.analytics import COLUMNS, AnalyticsQuery, report
 from server.journal.dsn import Target
-from server.journal.records import from_row
+from server.journal.records import from_row, window_sql
 from server.journal.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,18 @@ class AnalyticsBusy(StoreUnavailable):
     """A report is being computed; one at a time (the server answers 503, try again)."""
 
 
-def _fetch(target: Target, since: float, until: float, limit: int) -> list[tuple[Any, ...]]:
+def _fetch(
+    target: Target, since: float, until: float, limit: int, instance: str | None
+) -> list[tuple[Any, ...]]:
+    params: list[Any] = [since, until] + ([instance] if instance is not None else [])
+    sql = window_sql("?" if target.kind == "sqlite" else "%s", limit, COLUMNS, instance=instance is not None)
     if target.kind == "sqlite":
         try:
             # A path with '?' or '#' in it must not end up in the URI's query: as_uri escapes it.
             uri = Path(target.location).resolve().as_uri() + "?mode=ro"
             conn = sqlite3.connect(uri, uri=True, timeout=5)
             try:
-                return conn.execute(window_sql("?", limit), [since, until]).fetchall()
+                return conn.execute(sql, params).fetchall()
             finally:
                 conn.close()
         except sqlite3.Error as exc:
@@ -55,7 +59,7 @@ def _fetch(target: Target, since: float, until: float, limit: int) -> list[tuple
         with psycopg.connect(
             target.location, connect_timeout=5, options=f"-c statement_timeout={QUERY_TIMEOUT_S}s"
         ) as pg:
-            return pg.execute(window_sql("%s", limit), [since, until]).fetchall()
+            return pg.execute(sql, params).fetchall()
     except psycopg.Error as exc:
         raise StoreUnavailable(f"postgresql: {str(exc).strip()}") from None
 
@@ -63,7 +67,7 @@ def _fetch(target: Target, since: float, until: float, limit: int) -> list[tuple
 def report_for(target: Target, query: AnalyticsQuery, now: float, max_rows: int) -> dict[str, Any]:
     """Runs in the worker: the whole report for the window ending at `now`."""
     since = now - query.hours * 3600
-    raw = _fetch(target, since, now, max_rows + 1)
+    raw = _fetch(target, since, now, max_rows + 1, query.instance)
     rows = [from_row(COLUMNS, r) for r in raw[:max_rows]]  # newest first
     return report(rows, query, since, now, truncated=len(raw) > max_rows)
 

@@ -15,6 +15,8 @@ import time
 from collections import deque
 from typing import Any, Literal
 
+import msgspec
+
 from policy.load import JournalSettings
 from schemas.journal import JournalRecord
 from server.journal import analytics
@@ -48,13 +50,15 @@ class Journal:
         retry_max: float = 30.0,
         purge_interval: float = 3600.0,
         target: Target | None = None,
+        instance: str | None = None,
     ) -> None:
         self._store = store
+        self._instance = instance
         # Where the database is, for the analytics worker process (None: reports are computed in
         # a thread of this process, from `store` — for stores made by hand, as in tests).
         self._analytics = AnalyticsWorker(target) if target is not None else None
         self._spool = spool
-        self._stamper = Stamper(store_prompts)
+        self._stamper = Stamper(store_prompts, instance)
         self._retention = retention_seconds if retention_seconds else None
         self._batch_size = batch_size
         self._gather = gather
@@ -95,6 +99,8 @@ class Journal:
         if self._state != "running":
             return  # before start() or after stop(): no admission log to write to
         # Encoding a record we built and putting it on a queue: nothing here can fail.
+        if record.instance is None and self._instance is not None:
+            record = msgspec.structs.replace(record, instance=self._instance)
         self._admissions.admit(record)
 
     def submit(self, record: JournalRecord) -> None:
@@ -388,11 +394,13 @@ class Journal:
         return newest if newest is stored else self._stamper.redact([newest])[0]
 
     async def analytics(
-        self, hours: Any = 24, group_by: Any = "model", limit: Any = 10, *, now: float | None = None
+        self, hours: Any = 24, group_by: Any = "model", limit: Any = 10, *, now: float | None = None,
+        instance: Any = None,
     ) -> dict[str, Any]:
         """The analytics report (JSON-able). AnalyticsError on bad parameters (→ 400),
-        StoreUnavailable when the database does not answer (→ 503)."""
-        query = AnalyticsQuery.parse(hours=hours, group_by=group_by, limit=limit)
+        StoreUnavailable when the database does not answer (→ 503). `instance`: only the records
+        of that sidecar (None: every sidecar writing to this journal)."""
+        query = AnalyticsQuery.parse(hours=hours, group_by=group_by, limit=limit, instance=instance)
         at = time.time() if now is None else now
         if self._analytics is None:
             return await compute(self._store, query, at)
@@ -402,6 +410,7 @@ class Journal:
         return {
             "backend": self._store.dialect,
             "target": self._store.target,
+            "instance": self._instance,  # the name this sidecar's records carry
             "state": self._state,
             "connected": self._connected,
             "pending": len(self._pending) + (self._spill.qsize() if self._spill else 0),

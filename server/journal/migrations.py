@@ -80,6 +80,13 @@ _V4_NUM_CTX = (
 )
 
 
+# Several sidecars may share one journal (one per GPU server): which one wrote each record.
+_V5_INSTANCE = (
+    "ALTER TABLE requests ADD COLUMN instance {TEXT}",
+    "CREATE INDEX IF NOT EXISTS ix_requests_instance_received ON requests (instance, received_at)",
+)
+
+
 class Migration(NamedTuple):
     version: int
     name: str
@@ -91,6 +98,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "indexes for analytics and retention", _V2_INDEXES),
     Migration(3, "the client's own request id", _V3_CLIENT_REQUEST_ID),
     Migration(4, "num_ctx asked and forwarded", _V4_NUM_CTX),
+    Migration(5, "the sidecar instance that wrote the record", _V5_INSTANCE),
 )
 LATEST = MIGRATIONS[-1].version
 

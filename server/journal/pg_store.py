@@ -19,7 +19,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from schemas.journal import JournalRecord
 from server.journal.migrations import MIGRATIONS_TABLE, Dialect, pending, render
-from server.journal.records import COLUMN_NAMES, lookup_sql, record_from_row, to_row, upsert_sql
+from server.journal.records import (
+    COLUMN_NAMES,
+    lookup_sql,
+    record_from_row,
+    to_row,
+    upsert_sql,
+    window_sql,
+)
 from server.journal.store import AppliedMigration, StoreRejected, StoreUnavailable
 
 _UPSERT = upsert_sql("%s")
@@ -168,15 +175,13 @@ class PostgresStore:
             ) from exc
 
     async def fetch(
-        self, columns: Sequence[str], since: float, until: float, limit: int | None = None
+        self, columns: Sequence[str], since: float, until: float, limit: int | None = None,
+        instance: str | None = None,
     ) -> list[tuple[Any, ...]]:
-        sql = (
-            f"SELECT {', '.join(columns)} FROM requests WHERE received_at >= %s AND received_at < %s"
-            + (f" ORDER BY received_at DESC LIMIT {int(limit)}" if limit is not None else "")
-        )
+        sql = window_sql("%s", limit, columns, instance=instance is not None)
         rows: list[tuple[Any, ...]] = []
         async with self._connection() as conn:
-            cur = await conn.execute(sql, [since, until])
+            cur = await conn.execute(sql, [since, until] + ([instance] if instance is not None else []))
             # psycopg turns rows into Python objects as they are fetched, on the event loop: in
             # batches, yielding between them, so 200,000 rows never stall the streams beside.
             while batch := await cur.fetchmany(_FETCH_BATCH):

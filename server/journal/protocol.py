@@ -29,7 +29,9 @@ class Journal(Protocol):
         """A reload's `[journal]` settings, for every record handed over from now on."""
         ...
 
-    async def analytics(self, hours: Any, group_by: Any, limit: Any) -> dict[str, Any]:
+    async def analytics(
+        self, hours: Any, group_by: Any, limit: Any, *, instance: Any = None
+    ) -> dict[str, Any]:
         """server.journal's report; AnalyticsError (400) or StoreUnavailable (503)."""
         ...
 
@@ -60,7 +62,9 @@ class NullJournal:
     def configure(self, settings: JournalSettings) -> None:
         return None
 
-    async def analytics(self, hours: Any, group_by: Any, limit: Any) -> dict[str, Any]:
+    async def analytics(
+        self, hours: Any, group_by: Any, limit: Any, *, instance: Any = None
+    ) -> dict[str, Any]:
         raise StoreUnavailable("no journal is configured")
 
     async def lookup(self, request_id: str) -> JournalRecord | None:

@@ -94,6 +94,19 @@ def lookup_sql(placeholder: str) -> str:
     )
 
 
+def window_sql(
+    placeholder: str, limit: int | None, columns: Sequence[str], *, instance: bool = False
+) -> str:
+    """How the journal reads a time window: its rows (of one sidecar instance, when `instance`:
+    a third parameter), the newest `limit` of them (None: all)."""
+    sql = (
+        f"SELECT {', '.join(columns)} FROM requests"
+        f" WHERE received_at >= {placeholder} AND received_at < {placeholder}"
+        + (f" AND instance = {placeholder}" if instance else "")
+    )
+    return sql + (f" ORDER BY received_at DESC LIMIT {int(limit)}" if limit is not None else "")
+
+
 def upsert_sql(placeholder: str) -> str:
     """One portable statement for both dialects: insert, or replace a row with a LOWER revision.
 
@@ -136,8 +149,9 @@ class Stamper:
     max(+1) keeps them strictly rising within a process even if the clock steps back.
     """
 
-    def __init__(self, store_prompts: StorePrompts) -> None:
+    def __init__(self, store_prompts: StorePrompts, instance: str | None = None) -> None:
         self.store_prompts = store_prompts
+        self.instance = instance
         self._last = 0
 
     def next_revision(self) -> int:
@@ -150,6 +164,8 @@ class Stamper:
         the setting at hand-off and the setting at writing (a reload reaches waiting records)."""
         record = self._redact_one(record)
         changes: dict[str, Any] = {"revision": self.next_revision()}
+        if record.instance is None and self.instance is not None:
+            changes["instance"] = self.instance
         if record.queue_wait_ms is None and record.dispatched_at is not None:
             changes["queue_wait_ms"] = max(0.0, (record.dispatched_at - record.received_at) * 1000)
         if record.duration_ms is None and record.completed_at is not None:
@@ -190,4 +206,5 @@ __all__ = [
     "record_from_row",
     "to_row",
     "upsert_sql",
+    "window_sql",
 ]

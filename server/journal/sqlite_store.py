@@ -18,7 +18,14 @@ import sqlite_utils
 
 from schemas.journal import JournalRecord
 from server.journal.migrations import MIGRATIONS_TABLE, Dialect, pending, render
-from server.journal.records import COLUMN_NAMES, lookup_sql, record_from_row, to_row, upsert_sql
+from server.journal.records import (
+    COLUMN_NAMES,
+    lookup_sql,
+    record_from_row,
+    to_row,
+    upsert_sql,
+    window_sql,
+)
 from server.journal.store import AppliedMigration, StoreRejected, StoreUnavailable
 
 T = TypeVar("T")
@@ -132,13 +139,12 @@ class SqliteStore:
         await self._call(write)
 
     async def fetch(
-        self, columns: Sequence[str], since: float, until: float, limit: int | None = None
+        self, columns: Sequence[str], since: float, until: float, limit: int | None = None,
+        instance: str | None = None,
     ) -> list[tuple[Any, ...]]:
-        sql = (
-            f"SELECT {', '.join(columns)} FROM requests WHERE received_at >= ? AND received_at < ?"
-            + (f" ORDER BY received_at DESC LIMIT {int(limit)}" if limit is not None else "")
-        )
-        return await self._call(lambda db: [tuple(r) for r in db.execute(sql, [since, until])])
+        sql = window_sql("?", limit, columns, instance=instance is not None)
+        params = [since, until] + ([instance] if instance is not None else [])
+        return await self._call(lambda db: [tuple(r) for r in db.execute(sql, params)])
 
     async def purge(self, before: float) -> int:
         def delete(db: sqlite_utils.Database) -> int:

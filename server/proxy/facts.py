@@ -84,6 +84,7 @@ class RequestFacts:
 
     def finish(self, status: Status, http_status: int | None, error: str | None) -> JournalRecord:
         done = time.time()
+        counters: dict[str, Any] = self.counters  # Ollama's counter names, all int fields
         own = self.journal_id or self.request_id
         return JournalRecord(
             request_id=own,
@@ -112,7 +113,7 @@ class RequestFacts:
             num_ctx_forwarded=self.num_ctx_forwarded,
             prompt=self.prompt,
             response=self.response,
-            **self.counters,
+            **counters,
         )
 
 
