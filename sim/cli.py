@@ -6,13 +6,25 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 import time
 
-from sim.cli_args import choice, existing_file_path, fail, host, listen_problem, port, scale
+from sim.cli_args import (
+    choice,
+    count_in,
+    existing_file_path,
+    fail,
+    host,
+    listen_problem,
+    port,
+    scale,
+)
 from sim.config import Settings, SimConfigError, load_text
 from sim.presets import DEFAULT_PRESET, PRESETS
-from sim.serve import serve_emulator
+from sim.serve import NodeBindError, bind_nodes, serve_nodes
+
+MAX_NODES = 16
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--time-scale", type=scale, default=None, metavar="X",
         help="multiply every emulated duration by X (0.001: a 25 s load takes 25 ms; 0: instant)",
     )
+    parser.add_argument("--nodes", type=count_in(1, MAX_NODES), default=1, metavar="N",
+                        help=f"emulated Ollama servers, each with its own state, on --port, "
+                        f"--port + 1, … (0: any free ports); 1 to {MAX_NODES}")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.set_defaults(run=run, cli_prog=parser.prog)
 
@@ -64,25 +79,27 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     try:
-        asyncio.run(_main(settings, args.host, args.port, not args.access_log))
-    except OSError as exc:  # binding is the only I/O on the way up
-        return fail(args.cli_prog, listen_problem(args.host, args.port, exc))
+        sockets = bind_nodes(args.host, args.port, args.nodes)
+    except NodeBindError as exc:
+        return fail(args.cli_prog, listen_problem(args.host, exc.port, exc.cause))
+    asyncio.run(_main(settings, sockets, not args.access_log))
     return 0
 
 
-async def _main(settings: Settings, host: str, port: int, quiet: bool) -> None:
+async def _main(settings: Settings, sockets: list[socket.socket], quiet: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # platforms without signal support in loops
             loop.add_signal_handler(sig, stop.set)
 
-    def ready(url: str) -> None:
+    def ready(urls: list[str]) -> None:
         names = ", ".join(spec.name for spec in settings.models)
+        where = urls[0] if len(urls) == 1 else f"{len(urls)} nodes: {' '.join(urls)}"
         print(
-            f"Ollama emulator on {url} · {settings.vram / 1e9:g} GB VRAM · "
-            f"time scale {settings.time_scale:g} · models: {names}",
+            f"Ollama emulator on {where} · {settings.vram / 1e9:g} GB VRAM"
+            f"{' each' if len(urls) > 1 else ''} · time scale {settings.time_scale:g} · models: {names}",
             file=sys.stderr, flush=True,
         )
 
-    await serve_emulator(settings, host, port, shutdown_trigger=stop.wait, on_ready=ready, quiet=quiet)
+    await serve_nodes(settings, sockets, shutdown_trigger=stop.wait, on_ready=ready, quiet=quiet)

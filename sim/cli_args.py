@@ -150,6 +150,22 @@ def positive_count(text: str) -> int:
     return value
 
 
+def count_in(low: int, high: int) -> Callable[[str], int]:
+    """A whole number from `low` to `high`."""
+
+    @names_env
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be from {low} to {high}")
+        return value
+
+    return convert
+
+
 @names_env
 def scale(text: str) -> float:
     """A multiplier such as a time scale: zero or more, finite."""

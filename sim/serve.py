@@ -66,7 +66,19 @@ async def serve_app(
     quiet: bool = True,
 ) -> None:
     """Serve `app` (from build_app) until `shutdown_trigger` returns or the task is cancelled."""
-    sock = bind_socket(host, port)
+    await serve_on(app, bind_socket(host, port), shutdown_trigger=shutdown_trigger,
+                   on_ready=on_ready, quiet=quiet)
+
+
+async def serve_on(
+    app: Starlette,
+    sock: socket.socket,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    quiet: bool = True,
+) -> None:
+    """Serve `app` on a socket already bound (bind_socket), until told to stop or cancelled."""
     url = url_of(sock)
     config = hypercorn_config(sock, quiet)
     forever = asyncio.Event()
@@ -79,6 +91,46 @@ async def serve_app(
         await hypercorn_serve(asgi, config, shutdown_trigger=trigger)
     finally:
         emulator.close()
+
+
+class NodeBindError(OSError):
+    """A node's port could not be bound: which port, and why."""
+
+    def __init__(self, port: int, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.port = port
+        self.cause = cause
+
+
+def bind_nodes(host: str, port: int, nodes: int) -> list[socket.socket]:
+    """Sockets for `nodes` emulated servers: port, port + 1, … (port 0: any free port each). All
+    are bound before any serves, so a busy port fails the whole start, not the third node."""
+    bound: list[socket.socket] = []
+    for i in range(nodes):
+        at = 0 if port == 0 else port + i
+        try:
+            bound.append(bind_socket(host, at))
+        except OSError as exc:
+            for sock in bound:
+                sock.close()
+            raise NodeBindError(at, exc) from exc
+    return bound
+
+
+async def serve_nodes(
+    settings: Settings,
+    sockets: list[socket.socket],
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    on_ready: Callable[[list[str]], None] | None = None,
+    quiet: bool = True,
+) -> None:
+    """One emulated Ollama per socket, each with its own state (what it has loaded, its queue):
+    the servers of a box with one Ollama per GPU, or of a small cluster, from one config."""
+    if on_ready is not None:
+        on_ready([url_of(s) for s in sockets])
+    await asyncio.gather(*(serve_on(build_app(settings), s, shutdown_trigger=shutdown_trigger,
+                                    quiet=quiet) for s in sockets))
 
 
 async def serve_emulator(

@@ -76,6 +76,7 @@ CASES: list[tuple[tuple[str, ...], str]] = [
     (("sim", "--host", "a b"), "--host"),
     *[(("sim", "--time-scale", v), "--time-scale") for v in ("-1", "nan")],
     (("sim", "--preset", "nope"), "--preset"),
+    *[(("sim", "--nodes", v), "--nodes") for v in ("0", "17", "two", "-1")],
     (("sim", "--config", f"{MISSING}/sim.toml"), "--config"),
     (("policy", "check", f"{MISSING}/p.toml"), "FILE"),
     (("policy", "show", "{tmp}"), "FILE"),
@@ -180,7 +181,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
 
     monkeypatch.setattr("server.cli.serve.listen", refuse)
     monkeypatch.setattr("server.cli.serve.configure", lambda *_: None)  # global logging
-    monkeypatch.setattr("sim.cli.serve_emulator", refuse)
+    monkeypatch.setattr("sim.cli.bind_nodes", refuse)
     yield tmp_path
 
 
