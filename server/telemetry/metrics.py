@@ -70,9 +70,13 @@ class _QueueCollector(Collector):
         depth = GaugeMetricFamily(
             "smart_proxy_queue_depth", "Requests waiting in the queue, by model", labels=["model"]
         )
-        for model, count in sorted(
-            Tally(self._label(t.model) for t in scheduler.tickets()).items()
-        ):
+        # From the per-class model counts, not the tickets: an endpoint picker scrapes every
+        # 50 ms, and this runs on the event loop whatever the queue's length.
+        counts: Tally[str] = Tally()
+        for cls in scheduler.waiting_classes():
+            for model, n in scheduler.waiting_models(cls).items():
+                counts[self._label(model)] += n
+        for model, count in sorted(counts.items()):
             depth.add_metric([model], count)
         yield depth
         yield GaugeMetricFamily(
