@@ -31,6 +31,7 @@ BENCHMARKS = [
     ("loop_lag", "loop_lag.py", []),
     ("simulate", "simulate_speed.py", []),
     ("scheduling_quality", "scheduling_quality.py", []),
+    ("multi_gpu", "multi_gpu.py", []),
 ]
 
 

@@ -32,11 +32,12 @@ MODELS_PRICED = 64  # distinct waiting models priced one by one (names come from
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    status: int  # 503: no room or no time for this request; 429: this client is over a limit
+    status: int  # 503: no room or no time for this request; 429: this client is over a limit;
+    # 404: no backend may serve its model
     message: str
-    retry_after: float
+    retry_after: float | None
     # Short and stable, for counters: "queue_full", "class_queue", "client_queue", "rate:NAME",
-    # "drain" (it could not be served within its class's queue timeout).
+    # "drain" (it could not be served within its class's queue timeout), "not_served".
     reason: str
 
 
@@ -59,19 +60,23 @@ def _as_urgent(compiled: CompiledFile, scheduler: Scheduler, cls: str) -> list[s
 
 
 def work_ahead(
-    compiled: CompiledFile, scheduler: Scheduler, cls: str, slot_of: Callable[[str], float]
+    compiled: CompiledFile, scheduler: Scheduler, cls: str, slot_of: Callable[[str], float],
+    fallback: float,
 ) -> float:
     """Slot seconds the requests ahead (as `ahead_of`) will hold, each at its own model's measured
     slot time: the policy serves the cheap ones first (loaded models, short answers), so the
     answers seen so far are faster than what is left, and an average over them is optimistic.
-    Bounded by the distinct models waiting; past MODELS_PRICED, the rest at the overall time."""
-    work = 0.0
+    Bounded by the distinct models waiting: a class with more than MODELS_PRICED of them is
+    counted at `fallback` (the overall slot time) per request."""
+    work, unpriced = 0.0, 0
     for c in _as_urgent(compiled, scheduler, cls):
         models = scheduler.waiting_models(c)
         if len(models) > MODELS_PRICED:
-            return ahead_of(compiled, scheduler, cls) * slot_of("")
-        work += sum(n * slot_of(m) for m, n in models.items())
-    return work
+            unpriced += sum(models.values())
+            continue
+        # Cloud models' requests wait for other slots: not this drain.
+        work += sum(n * slot_of(m) for m, n in models.items() if not scheduler.is_cloud(m))
+    return work + unpriced * fallback
 
 
 def _least_urgent_victim(compiled: CompiledFile, scheduler: Scheduler, cls: str) -> str | None:
@@ -97,23 +102,29 @@ def served(
     if held is not None:
         times.observe(model, held)
     if not scheduler.is_cloud(model):
-        times.completed(now, backlogged=scheduler.depth > scheduler.cloud_waiting)
+        times.completed(now, backlogged=scheduler.depth > scheduler.cloud_waiting, held=held)
 
 
 def admit(
     compiled: CompiledFile, scheduler: Scheduler, client: str, cls: str,
     slot_seconds: float | None = None, model: str = "", gap_seconds: float | None = None,
     arrival_rates: Mapping[str, float] | None = None, slot_of: Callable[[str], float] | None = None,
+    gap_slot_seconds: float | None = None,
 ) -> Refusal | Admitted:
     """Whether a new request of `client` in `cls` may wait now. `slot_seconds`: how long a
     request holds a slot, measured (None: nothing measured yet, so no drain check);
     `gap_seconds`: the measured time between completions while requests waited (engine/eta.py),
     which counts the loads and idle slots slot times miss; `arrival_rates`: each class's arrivals
     per second, measured (more urgent classes arriving meanwhile go ahead and slow the drain);
-    `slot_of`: a model's measured slot time (the requests ahead are priced each by its own model).
+    `slot_of`: a model's measured slot time (the requests ahead are priced each by its own model);
+    `gap_slot_seconds`: the mean slot time of the answers the gap was measured over (None: the
+    overall `slot_seconds`).
     The drain check applies to classes listed under [limits.classes], for local models (a cloud
     model's slots are another queue)."""
     limits = compiled.limits
+    if model and not scheduler.serves(model):  # it would wait out its timeout for nothing
+        return Refusal(404, f"model {model!r} is not served here: no backend's models list "
+                       "([backends.NAME] models) includes it", None, "not_served")
     own = limits.classes.get(cls)
     if own is not None and own.max_queue is not None and scheduler.waiting_in(cls) >= own.max_queue:
         return Refusal(
@@ -148,7 +159,8 @@ def admit(
         kept = sum(n for c, n in compiled.active.reserve.items() if c != cls)
         slots = scheduler.max_parallel - kept if kept < scheduler.max_parallel else scheduler.max_parallel
         # The slot seconds the requests ahead will hold, and every slot busy: the fastest it drains.
-        work = ahead * slot_seconds if slot_of is None else work_ahead(compiled, scheduler, cls, slot_of)
+        work = (ahead * slot_seconds if slot_of is None
+                else work_ahead(compiled, scheduler, cls, slot_of, slot_seconds))
         drain = work / max(1, slots)
         if gap_seconds is not None:  # as fast as the queue has really been draining, less what
             # more urgent arrivals take of it while this one waits
@@ -156,9 +168,10 @@ def admit(
             urgent = sum(r for c, r in (arrival_rates or {}).items() if limits.queue_timeout(c) < mine)
             per_request = gap_seconds * scheduler.max_parallel / max(1, slots)
             left = max(MIN_SHARE, 1.0 - urgent * per_request)
-            # The measured gap is per answer of the mix served so far (slot_seconds on average):
-            # scaled to the work ahead, priced per model.
-            drain = max(drain, per_request * work / max(slot_seconds, 1e-9) / left)
+            # The measured gap is per answer of the local mix served so far (gap_slot_seconds on
+            # average, as slowly averaged): scaled to the work ahead, priced per model.
+            mix = gap_slot_seconds if gap_slot_seconds is not None else slot_seconds
+            drain = max(drain, per_request * work / max(mix, 1e-9) / left)
         if drain > timeout:
             return Refusal(
                 503, f"server busy, please try again. the {ahead} requests ahead would take about "

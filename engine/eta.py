@@ -33,6 +33,7 @@ class ServiceTimes:
         self._last_done: float | None = None
         self._last_backlogged = False
         self._gap: float | None = None
+        self._gap_slot: float | None = None  # local slot times, as slowly averaged as the gap
         self._rates: dict[str, tuple[float, float]] = {}  # class -> (rate per second, as of when)
         self._first_arrival: float | None = None
 
@@ -56,12 +57,17 @@ class ServiceTimes:
         return {c: scale * rate * math.exp(-(now - when) / RATE_TAU)
                 for c, (rate, when) in self._rates.items()}
 
-    def completed(self, now: float, backlogged: bool) -> None:
+    def completed(self, now: float, backlogged: bool, held: float | None = None) -> None:
         """A request holding a local slot ended at `now` (a monotonic clock). `backlogged`:
         requests were waiting. Only a gap between two completions that both found requests
         waiting says how fast the queue drains, loads, swaps and idle slots included (what slot
         times alone miss); one that began on an empty queue holds idle time. A gap is counted at
-        most GAP_CAP slot times: with every slot busy the next answer comes within about one."""
+        most GAP_CAP slot times: with every slot busy the next answer comes within about one.
+        `held`: the slot time of the answer, when it completed: averaged as slowly as the gap,
+        over the same (local) answers, it is what the gap is measured against (`gap_slot`)."""
+        if held is not None:
+            start = held if self._gap_slot is None else self._gap_slot
+            self._gap_slot = (1 - GAP_ALPHA) * start + GAP_ALPHA * max(0.0, held)
         last, self._last_done = self._last_done, now
         was_backlogged, self._last_backlogged = self._last_backlogged, backlogged
         if backlogged and was_backlogged and last is not None:
@@ -75,6 +81,11 @@ class ServiceTimes:
     def gap(self) -> float | None:
         """Seconds between completions while requests waited (a moving average); None until seen."""
         return self._gap
+
+    def gap_slot(self) -> float | None:
+        """The slot time of local answers, averaged as slowly as `gap`: the mix the gap was
+        measured on. None until a local answer completed."""
+        return self._gap_slot
 
     def observe(self, model: str, seconds: float) -> None:
         """A request for `model` held its slot `seconds` (grant to end)."""

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.ledger import ClientLedger
 from engine.residency import Action, Plan, ResidencyModel
 from engine.service import ServiceAccount
 from policy.state import SchedulingState
 from schemas.ticket import Residency, Score, Ticket
+
+if TYPE_CHECKING:
+    from engine.nodes import Node
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,7 @@ class Grant:
     # Set when num_ctx normalisation sends it to a loaded runner: the num_ctx to forward in place
     # of the client's (engine/residency.py, `runner_for`).
     num_ctx: int | None = None
+    backend: str = ""  # the backend it goes to (engine/nodes.py); "" for a cloud model
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,7 @@ class InFlight:
     plan: Plan
     started: bool = False
     cloud: bool = False  # holds a cloud slot ([cloud] max_parallel), not a local one
+    node: Node | None = None  # the backend it runs on (engine/nodes.py); None for a cloud request
 
 
 class StateView(SchedulingState):

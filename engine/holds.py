@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.classes import Barred
-from policy.compile import Policy
+from policy.compile import OrderKey, Policy
 from schemas.ticket import Score, Ticket
 
 if TYPE_CHECKING:
@@ -41,3 +41,16 @@ def overdue_ahead(
                     and not (barred is not None and barred(t.cls, t.model))):
                 return t.model
     return None
+
+
+def ranks_ahead(
+    s: Scheduler, model: str, key: OrderKey, policy: Policy, now: float, barred: Barred | None = None,
+) -> bool:
+    """Whether work for the loaded `model` that could take this slot ranks ahead of `key` (work
+    the reserve keeps out of this slot could not, so it holds no swap back)."""
+    residency = s.residency_model
+    best = s.picker.best(
+        policy, s.state, now, lambda m, v: m == model and residency.residency(m, v) != "absent",
+        s.oldest, residency.version, barred, s.waiting_classes, cache=s.node.name,
+    )
+    return best is not None and policy.order_key(*best) < key

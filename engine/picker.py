@@ -54,10 +54,10 @@ class Picker:
         self._dirty: set[str] = set()  # clients whose part may have changed
         self._dirty_groups: set[GroupKey] = set()  # new groups and groups with a new head
         self._policy: Policy | None = None
-        # Each runner's model part, valid while (policy, residency version) is `_model_key`: a
-        # "model" term reads only the runner and where models are (policy/terms/registry.py).
-        self._model_parts: dict[Runner, float] = {}
-        self._model_key: tuple[Policy, int] | None = None
+        # Each runner's model part, per backend (`cache`), valid while (policy, that backend's
+        # residency version) is its key: a "model" term reads only the runner and where models
+        # are (policy/terms/registry.py), and each backend has models of its own.
+        self._model_parts: dict[str, tuple[tuple[Policy, int] | None, dict[Runner, float]]] = {}
         # Each runner's tickets in arrival order, for its oldest (what swap_hold counts from): a
         # ticket leaving from the middle is only noted (`_left`, by seq) and dropped when it
         # reaches the head, so both ends stay O(1).
@@ -193,6 +193,7 @@ class Picker:
         barred: Callable[[str, str], bool] | None = None,
         classes: Callable[[], Iterable[str]] | None = None,
         held: Callable[[str, str], bool] | None = None,
+        cache: str = "",
     ) -> tuple[Ticket, Score] | None:
         """The eligible ticket with the lowest order key; `refresh` must have run first.
         `oldest()` iterates the waiting tickets in arrival order, `oldest(cls)` one class's, and
@@ -200,7 +201,8 @@ class Picker:
         wait limits). `version`: the residency's change count, when the caller has one (model
         parts are then reused until it moves). `barred(cls, model)`: a ticket that may not take
         this slot (it is kept for another class). `held(model, variant)`: a runner whose work may
-        not go yet unless overdue (the policy's swap_hold)."""
+        not go yet unless overdue (the policy's swap_hold). `cache`: which backend `state` and
+        `version` describe (model parts are kept per backend)."""
         if barred is None:
             barred = _never
         ready = eligible if held is None else (lambda m, v: eligible(m, v) and not held(m, v))
@@ -247,10 +249,11 @@ class Picker:
                         return ticket, score
         streams = []
         shift = policy.wait_slope * now
-        if version is None or self._model_key != (policy, version):
-            self._model_parts.clear()
-            self._model_key = None if version is None else (policy, version)
-        parts = self._model_parts
+        valid = None if version is None else (policy, version)
+        cached = self._model_parts.get(cache)
+        if cached is None or valid is None or cached[0] != valid:
+            cached = self._model_parts[cache] = (valid, {})
+        parts = cached[1]
         for runner, entries in self._by_model.items():
             if not ready(*runner):
                 continue

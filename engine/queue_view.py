@@ -5,12 +5,15 @@ for the reasons. The holds explained here mirror `Scheduler._choose` rule for ru
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from engine.classes import Barred
 from engine.grants import RankedTicket
 from engine.holds import overdue_ahead
+from engine.ranking import Ranking
 from policy.compile import OrderKey, Policy
+from schemas.ticket import Ticket
 
 if TYPE_CHECKING:
     from engine.scheduler import Scheduler
@@ -70,6 +73,29 @@ def explain(
                    *([f"the free slot is kept for {kept_for} (reserve)"] if kept else [])]
         out.append(RankedTicket(i, t, score, why is None and not kept, "; ".join(reasons) or None))
     return out
+
+
+def position(
+    s: Scheduler, ticket: Ticket, policy: Policy, now: float, ranking: Ranking,
+    barred: Barred | None,
+) -> RankedTicket:
+    """One waiting ticket's place, score and eligibility. Its score is exact (scored now); its
+    place comes from a ranking at most `engine.ranking.MAX_AGE` old (see there), so a crowd of
+    polling clients costs one whole-queue scoring per MAX_AGE, not one per poll."""
+    mine = policy.order_key(ticket, score := policy.score(ticket, s.state, now))
+
+    def rank_all() -> Iterator[tuple[OrderKey, str]]:
+        for t in s.oldest():
+            yield policy.order_key(t, policy.score(t, s.state, now)), t.id
+
+    place = ranking.position(ticket.id, mine, s.depth, now, rank_all)
+    residency = s.residency_model
+    evicts = () if s.is_cloud(ticket.model) else residency.plan(ticket.model, ticket.variant).evicts
+    held = bool(evicts) and (  # the holds of `_choose`
+        overdue_ahead(s, evicts, ticket, policy, now, barred) is not None
+        if score.overdue else s.swap_held(policy, ticket.model, ticket.variant, now))
+    eligible = s.is_cloud(ticket.model) or (residency.eligible(ticket.model, ticket.variant) and not held)
+    return RankedTicket(place, ticket, score, eligible)
 
 
 def _held_reason(

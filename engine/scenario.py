@@ -92,7 +92,8 @@ def build(
         max_loaded_models=b.max_loaded_models or settings.backend.max_loaded_models,
         num_parallel=b.num_parallel or settings.backend.num_parallel,
     )
-    settings = dataclasses.replace(settings, backend=backend)
+    # A scenario is one card's state: a file's several [backends] become this one.
+    settings = dataclasses.replace(settings, backend=backend, backends=())
     if policy is not None:
         settings = settings.with_active(policy)
     events: list[tuple[float, int, str, Any]] = []

@@ -12,16 +12,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from engine import nodes
 from engine.classes import Barred, ClassBooks
 from engine.clock import Clock
 from engine.cloud import CloudModels
-from engine.grants import Grant, InFlight, RankedTicket, StateView
-from engine.holds import overdue_ahead
+from engine.grants import Grant, InFlight, RankedTicket
+from engine.holds import overdue_ahead, ranks_ahead
 from engine.ledger import ClientLedger
+from engine.nodes import Node, reads_evictions
 from engine.picker import Picker
-from engine.queue_view import Busy, explain
+from engine.queue_view import Busy, explain, position
 from engine.ranking import Ranking
-from engine.residency import Plan, ResidencyModel
+from engine.residency import Plan
 from engine.service import ServiceAccount, Usage, service_settings_of
 from engine.variants import parse_variant
 from policy.compile import OrderKey, Policy
@@ -43,26 +45,21 @@ class Scheduler:
         self._seq = itertools.count(1)
         self._waiting: dict[str, Ticket] = {}  # insertion order = arrival order
         self._in_flight: dict[str, InFlight] = {}
-        self._picker = Picker()
+        self.picker = Picker()
         self._ranking = Ranking()  # positions for the public queue route, rebuilt when stale
-        b = settings.backend
         self._ledger = ClientLedger(settings.windows)
-        self.residency_model = ResidencyModel(
-            vram_gb=b.vram_gb,
-            max_loaded=b.max_loaded_models,
-            num_parallel=b.num_parallel,
-            parallel=settings.model_parallel,
-            overrides={canonical_model(k): v for k, v in settings.model_sizes.items()},
-            resident_factor=b.resident_factor,
-        )
         # What Ollama's /api/tags says of a model, cloud or local, over what its name suggests;
         # and the answer per model, asked per group head on every pick (bounded below).
         self.is_cloud = CloudModels()  # is_cloud(model): runs on Ollama's hosted service
         self._cloud_waiting = 0  # waiting tickets for cloud models
         self._classes = ClassBooks()  # waiting tickets and running requests per class
         self.service = ServiceAccount(service_settings_of(settings))
-        self.residency_model.track_use = _reads_evictions(settings)
-        self.state = StateView(self._ledger, self.residency_model, self.is_cloud, self.service)
+        # The backends by name (engine/nodes.py; read-only outside). `node`, `residency_model` and
+        # `state` are the one a choice is being made for, between choices the first: what views
+        # and metrics of one backend show.
+        self.backends: dict[str, Node] = nodes.configure(
+            {}, settings, self._ledger, self.is_cloud, self.service, reads_evictions(settings))
+        self._use(nodes.first(self.backends))
         self.paused = False
         self._cloud_in_flight = 0
 
@@ -72,9 +69,13 @@ class Scheduler:
     def settings(self) -> CompiledFile:
         return self._settings
 
+    def _use(self, node: Node) -> None:
+        self.node, self.residency_model, self.state = node, node.residency, node.state
+
     @property
     def max_parallel(self) -> int:
-        return self._settings.backend.max_parallel
+        """Local slots, every backend's together."""
+        return sum(n.slots for n in self.backends.values() if not n.retiring)
 
     @property
     def cloud_max_parallel(self) -> int:
@@ -83,6 +84,10 @@ class Scheduler:
     def waiting_in(self, cls: str) -> int:
         """Waiting tickets of one request class."""
         return self._classes.count(cls)
+
+    def serves(self, model: str) -> bool:
+        """Whether some backend may serve `model` (its `models` allow-list; cloud models: all)."""
+        return self.is_cloud(model) or any(n.serves(model) for n in self.backends.values() if not n.retiring)
 
     def waiting_models(self, cls: str) -> Mapping[str, int]:
         """Waiting tickets of one request class per model."""
@@ -101,31 +106,19 @@ class Scheduler:
         """Waiting tickets for cloud models (the rest wait for local slots)."""
         return self._cloud_waiting
 
-    def _local_free(self) -> bool:
-        return len(self._in_flight) - self._cloud_in_flight < self.max_parallel
-
     def _cloud_free(self) -> bool:
         return self._cloud_in_flight < self.cloud_max_parallel
 
     def apply_settings(self, settings: CompiledFile, *, new_host: bool = False) -> None:
-        """After a reload: the new file (its policy, slots, windows and size overrides) for every
-        decision from now on; the residency model's limits follow in the same call. `new_host`:
-        requests now go to another Ollama, whose card may give the same tag another size."""
+        """After a reload: the new file (policy, backends, windows, sizes) for every decision from
+        now on. `new_host`: requests go to another Ollama, whose card may size a tag otherwise."""
         self._settings = settings
-        b, r = settings.backend, self.residency_model
-        if new_host:  # sizes and load times the old one reported are not this one's
-            r.ps_sizes.clear()
-            r.tag_sizes.clear()
-            r.load_times.clear()
-        r.vram_gb, r.max_loaded = b.vram_gb, b.max_loaded_models
-        r.set_parallel(settings.model_parallel, b.num_parallel)
-        r.overrides = {canonical_model(k): v for k, v in settings.model_sizes.items()}
-        r.resident_factor = b.resident_factor
-        r._changed()
+        self.backends = nodes.configure(self.backends, settings, self._ledger, self.is_cloud, self.service,
+                                      reads_evictions(settings), new_host)
+        self._use(nodes.first(self.backends))
         self._ranking.invalidate()
         self._ledger.set_windows(settings.windows)
         self.service.configure(service_settings_of(settings))
-        r.track_use = _reads_evictions(settings)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -161,14 +154,14 @@ class Scheduler:
         self._ledger.arrive(client, now)
         # Advance the windows here too, not only in dispatch(): while paused or with every slot
         # busy, arrivals (even ones cancelled at once) would otherwise pile up in the ledger.
-        self._picker.mark_dirty(self._ledger.expire(now))
-        self._picker.add(ticket)
+        self.picker.mark_dirty(self._ledger.expire(now))
+        self.picker.add(ticket)
         return ticket
 
     def record_history(self, client: str, at: float) -> None:
         """Past arrivals that count in recent windows (scenarios, restarts)."""
         self._ledger.record_history(client, at)
-        self._picker.mark_dirty({client})
+        self.picker.mark_dirty({client})
 
     def cancel(self, request_id: str) -> bool:
         """Remove a waiting ticket at once. False if it is not waiting (granted or unknown)."""
@@ -177,7 +170,7 @@ class Scheduler:
             return False
         self._cloud_waiting -= self.is_cloud(ticket.model)
         self._classes.left(ticket)
-        self._picker.remove(ticket)
+        self.picker.remove(ticket)
         self._ranking.left(request_id)
         self._ledger.leave(ticket.client)
         return True
@@ -188,36 +181,64 @@ class Scheduler:
         if self.paused:
             return grants
         policy = self._policy_source()
-        self.residency_model.set_ctx_tolerance(policy.num_ctx_tolerance)
+        for node in self.backends.values():
+            node.residency.set_ctx_tolerance(policy.num_ctx_tolerance)
         # A free cloud slot is worth a pick only when a cloud ticket waits: otherwise every local
         # group head would be looked at, and turned down, for nothing.
         while self._waiting and (
-            (self._local_free() and len(self._waiting) > self._cloud_waiting)
+            (any(n.free() for n in self.backends.values()) and len(self._waiting) > self._cloud_waiting)
             or (self._cloud_free() and self._cloud_waiting)
         ):
             now = self._clock()
-            self._picker.mark_dirty(self._ledger.expire(now))
+            self.picker.mark_dirty(self._ledger.expire(now))
             self._tick(now)
-            self._picker.refresh(policy, self.state, now)
+            self.picker.refresh(policy, self.state, now)
+            try:
+                choice = self._choose_backend(policy, now)
+                if choice is None:
+                    break  # everything waiting is blocked behind a load or an eviction
+                node, ticket, score = choice
+                self._use(node)
+                grants.append(self._grant(ticket, score, policy, now))
+            finally:  # between choices, views and metrics see the first backend
+                self._use(nodes.first(self.backends))
+        return grants
+
+    def _choose_backend(self, policy: Policy, now: float) -> tuple[Node, Ticket, Score] | None:
+        """The (backend, ticket) pair to dispatch: each free backend's best ticket as the policy
+        sees that backend, then the best of those; between equals the least loaded backend. One
+        pick per free backend (after a request ends, usually one), never every ticket against
+        every backend."""
+        free = [n for n in self.backends.values() if n.free()]
+        if not free:  # only a cloud slot is free: any backend's view will do for cloud work
+            free = [nodes.first(self.backends)]
+        best: tuple[tuple[OrderKey, int, float, float, int], Node, Ticket, Score] | None = None
+        for node in free:
+            self._use(node)
             choice = self._choose(policy, now)
             if choice is None:
-                break  # everything waiting is blocked behind a load or an eviction
-            ticket, score = choice
-            grants.append(self._grant(ticket, score, policy, now))
-        return grants
+                continue
+            # Overdue and clamped tickets tie across backends on their order key: then where
+            # their model is (loaded, fits, must evict) decides, before the load.
+            key = (policy.order_key(*choice), nodes.cost_rank(self.residency_model, choice[0], self.is_cloud), node.load(), -node.weight,
+                   node.index)
+            if best is None or key < best[0]:
+                best = (key, node, *choice)
+        return None if best is None else best[1:]
 
     def _choose(self, policy: Policy, now: float) -> tuple[Ticket, Score] | None:
         """The policy's best eligible ticket, except a swap that would evict a model whose own
         waiting work ranks ahead of it: that work is only briefly blocked (its model is at its
         parallel limit), and evicting now would cost a second swap to bring it back."""
         held: set[tuple[str, str]] = set()
-        residency = self.residency_model
-        local_free, cloud_free = self._local_free(), self._cloud_free()
+        node, residency = self.node, self.residency_model
+        local_free, cloud_free = node.free(), self._cloud_free()
 
         def eligible(model: str, variant: str) -> bool:
             if self.is_cloud(model):
                 return cloud_free
-            return local_free and (model, variant) not in held and residency.eligible(model, variant)
+            return (local_free and (model, variant) not in held and node.serves(model)
+                    and residency.eligible(model, variant))
 
         barred = self._barred(policy)
         # The policy's swap_hold: a runner whose swap must wait for company is passed over unless
@@ -234,9 +255,9 @@ class Scheduler:
             return found
 
         while True:
-            choice = self._picker.best(policy, self.state, now, eligible, self.oldest,
+            choice = self.picker.best(policy, self.state, now, eligible, self.oldest,
                                        residency.version, barred, self.waiting_classes,
-                                       None if policy.swap_hold is None else swap_held)
+                                       None if policy.swap_hold is None else swap_held, node.name)
             if choice is None:
                 return choice
             ticket, score = choice
@@ -252,7 +273,7 @@ class Scheduler:
                 held.add((ticket.model, ticket.variant))
                 continue
             mine = policy.order_key(ticket, score)  # (a swap_hold's held swaps never get here)
-            if not any(self._ranks_ahead(v, mine, policy, now, barred) for v in victims):
+            if not any(ranks_ahead(self, v, mine, policy, now, barred) for v in victims):
                 return choice
             held.add((ticket.model, ticket.variant))
 
@@ -261,42 +282,24 @@ class Scheduler:
         waiting ticket has waited it out (a younger one may be the best-ranked)."""
         if policy.swap_hold is None:
             return False
-        oldest = self._picker.oldest_arrival((model, variant))
+        oldest = self.picker.oldest_arrival((model, variant))
         return oldest is not None and now - oldest < policy.swap_hold
 
     def _tick(self, now: float) -> None:
-        if self.service.tick(now, self._picker.waiting_clients):
-            self._picker.mark_all_dirty()  # fair_share's decay and floor moved for everyone
+        if self.service.tick(now, self.picker.waiting_clients):
+            self.picker.mark_all_dirty()  # fair_share's decay and floor moved for everyone
 
     def _barred(self, policy: Policy) -> Barred | None:
-        free = self.max_parallel - (len(self._in_flight) - self._cloud_in_flight)
+        # The reserve counts the sidecar's slots, every backend's together.
+        free = sum(n.slots - n.local for n in self.backends.values() if not n.retiring)
         return self._classes.barred(policy.reserve, free, self.max_parallel, self.is_cloud)
-
-    def _ranks_ahead(
-        self, model: str, key: tuple[int, float, float, int], policy: Policy, now: float,
-        barred: Barred | None = None,
-    ) -> bool:
-        """Whether work for the loaded `model` that could take this slot ranks ahead of `key`
-        (work the reserve keeps out of this slot could not, so it holds nothing back)."""
-        residency = self.residency_model
-        best = self._picker.best(
-            policy,
-            self.state,
-            now,
-            lambda m, v: m == model and residency.residency(m, v) != "absent",
-            self.oldest,
-            residency.version,
-            barred,
-            self.waiting_classes,
-        )
-        return best is not None and policy.order_key(*best) < key
 
     def _grant(self, ticket: Ticket, score: Score, policy: Policy, now: float) -> Grant:
         depth = len(self._waiting)
         del self._waiting[ticket.id]
         self._cloud_waiting -= self.is_cloud(ticket.model)
         self._classes.left(ticket)
-        self._picker.remove(ticket)
+        self.picker.remove(ticket)
         self._ranking.left(ticket.id)
         self._ledger.leave(ticket.client)
         self.service.charge(ticket.id, ticket.client)  # the estimate now, the truth at finish
@@ -311,7 +314,8 @@ class Scheduler:
                 num_ctx = parse_variant(runner)["num_ctx"]
             plan = self.residency_model.plan(ticket.model, runner)
             self.residency_model.dispatched(ticket.model, plan, now, runner)
-            self._in_flight[ticket.id] = InFlight(ticket, now, plan)
+            self._in_flight[ticket.id] = InFlight(ticket, now, plan, node=self.node)
+            self.node.local += 1
             self._classes.started(ticket.cls)
         return Grant(
             ticket=ticket,
@@ -324,6 +328,7 @@ class Scheduler:
             policy_version=policy.version,
             granted_at=now,
             num_ctx=num_ctx,
+            backend="" if self.is_cloud(ticket.model) else self.node.name,
         )
 
     def first_byte(self, request_id: str) -> None:
@@ -331,8 +336,8 @@ class Scheduler:
         flight = self._in_flight.get(request_id)
         if flight is not None and not flight.started:
             flight.started = True
-            if not flight.cloud:
-                self.residency_model.first_byte(flight.ticket.model)
+            if flight.node is not None:
+                flight.node.residency.first_byte(flight.ticket.model)
 
     def finish(self, request_id: str, usage: Usage | None = None) -> bool:
         """The request is over, whatever the outcome: free its slot. False if it held none.
@@ -342,28 +347,40 @@ class Scheduler:
         if flight is None:
             return False
         if (client := self.service.settle(request_id, usage)) is not None:
-            self._picker.mark_dirty({client})
+            self.picker.mark_dirty({client})
         if usage is not None and usage.load_seconds >= 0.1 and flight.plan.action in ("load", "swap"):
             # A tiny one means Ollama had the model after all. A swap's load_duration includes
             # waiting for busy victims to finish: at most three times what its size suggests is
             # taken (on a card that holds one model at a time, every load is a swap).
             model = flight.ticket.model
+            residency = (flight.node or self.node).residency
             seconds = usage.load_seconds
             if flight.plan.action == "swap":
-                seconds = min(seconds, 3 * self.residency_model.size_prior(model))
-            self.residency_model.learn_load(model, seconds)
+                seconds = min(seconds, 3 * residency.size_prior(model))
+            residency.learn_load(model, seconds)
         if flight.cloud:
             self._cloud_in_flight -= 1
         else:
             self._classes.ended(flight.ticket.cls)
-            self.residency_model.finished(flight.ticket.model, self._clock())
+            node = flight.node
+            assert node is not None  # every local request runs on a backend
+            node.local -= 1
+            node.residency.finished(flight.ticket.model, self._clock())
+            if node.retiring and node.local == 0 and self.backends.get(node.name) is node:
+                del self.backends[node.name]  # removed by a reload: its last request ended
         return True
 
-    def reconcile(self, ps_payload: dict[str, Any]) -> None:
-        self.residency_model.reconcile(ps_payload)
+    def reconcile(self, ps_payload: dict[str, Any], backend: str | None = None) -> None:
+        """A backend's /api/ps (None: the first backend's)."""
+        node = self.backends.get(backend) if backend is not None else nodes.first(self.backends)
+        if node is not None:
+            node.residency.reconcile(ps_payload)
 
-    def learn_tags(self, tags_payload: dict[str, Any]) -> None:
-        self.residency_model.learn_tags(tags_payload)
+    def learn_tags(self, tags_payload: dict[str, Any], backend: str | None = None) -> None:
+        """A backend's /api/tags (None: every backend's, as with one)."""
+        for node in self.backends.values():
+            if backend is None or node.name == backend:
+                node.residency.learn_tags(tags_payload)
         if self.is_cloud.learn(tags_payload):
             # Waiting tickets keep the kind they were counted as until they leave the queue.
             self._cloud_waiting = sum(self.is_cloud(t.model) for t in self._waiting.values())
@@ -412,38 +429,19 @@ class Scheduler:
         policy, now = self._policy_source(), self._clock()
         self._tick(now)
         return explain(self, policy, now, self._barred(policy),
-                       Busy(len(self._in_flight) - self._cloud_in_flight, self._cloud_in_flight))
+                       Busy(sum(n.local for n in self.backends.values() if not n.retiring), self._cloud_in_flight))
 
     def position(self, request_id: str) -> RankedTicket | None:
-        """One waiting ticket's place, score and eligibility. Its score is exact (scored now);
-        its place comes from a ranking at most `engine.ranking.MAX_AGE` old (see there), so a
-        crowd of polling clients costs one whole-queue scoring per MAX_AGE, not one per poll."""
+        """One waiting ticket's place, score and eligibility (engine/queue_view.py)."""
         ticket = self._waiting.get(request_id)
         if ticket is None:
             return None
         policy, now = self._policy_source(), self._clock()
         self._tick(now)
-        mine = policy.order_key(ticket, score := policy.score(ticket, self.state, now))
-
-        def rank_all() -> Iterator[tuple[OrderKey, str]]:
-            for t in self._waiting.values():
-                yield policy.order_key(t, policy.score(t, self.state, now)), t.id
-
-        place = self._ranking.position(request_id, mine, len(self._waiting), now, rank_all)
-        residency = self.residency_model
-        evicts = () if self.is_cloud(ticket.model) else residency.plan(ticket.model, ticket.variant).evicts
-        held = bool(evicts) and (  # the holds of `_choose`
-            overdue_ahead(self, evicts, ticket, policy, now, self._barred(policy)) is not None
-            if score.overdue else self.swap_held(policy, ticket.model, ticket.variant, now))
-        eligible = self.is_cloud(ticket.model) or (residency.eligible(ticket.model, ticket.variant) and not held)
-        return RankedTicket(place, ticket, score, eligible)
+        return position(self, ticket, policy, now, self._ranking, self._barred(policy))
 
     def in_flight(self) -> list[InFlight]:
         return list(self._in_flight.values())
 
     def residency(self) -> dict[str, Any]:
         return self.residency_model.view()
-
-
-def _reads_evictions(settings: CompiledFile) -> bool:
-    return any(t.type.name == "swap_cost" for t in settings.terms.get(settings.active.name, ()))

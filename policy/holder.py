@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +34,15 @@ class Candidate:
     digest: str
 
 
+# What a user of the file refuses in it beyond the file's own rules (the sidecar: the backends
+# it cannot serve yet); the problems are reported as the file's, at start-up and on reload.
+Accept = Callable[[CompiledFile], list[Problem]]
+
+
 class PolicyHolder:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, accept: Accept | None = None) -> None:
         self.path = Path(path)
+        self._accept = accept
         self._lock = threading.Lock()  # SIGHUP, the watcher and the endpoint may race
         # A bad file at start-up is fatal: raise its PolicyError to the caller.
         # Read once: the digest must be that of the bytes compiled, or an edit saved in between
@@ -47,7 +54,7 @@ class PolicyHolder:
             raise PolicyError(
                 str(self.path), [Problem("", MISSING, f"cannot read the policy file: {reason}")]
             ) from None
-        self._current = load_policy_text(data, str(self.path))
+        self._current = self._load(data)
         self._digest = hashlib.sha256(data).hexdigest()
         self.last_error: str | None = None
         self.reloads_ok = 0
@@ -69,11 +76,17 @@ class PolicyHolder:
             if digest == self._digest and (only_if_changed or self.last_error is None):
                 return ReloadResult(ok=True, changed=False, version=self._current.version)
             try:
-                compiled = load_policy_text(data, str(self.path))
+                compiled = self._load(data)
             except PolicyError as exc:
                 self._digest = digest  # do not re-report the same broken content every second
                 return self._failed(str(exc))
             return Candidate(compiled, digest)
+
+    def _load(self, data: bytes) -> CompiledFile:
+        compiled = load_policy_text(data, str(self.path))
+        if self._accept is not None and (problems := self._accept(compiled)):
+            raise PolicyError(str(self.path), problems)
+        return compiled
 
     def commit(self, candidate: Candidate) -> ReloadResult:
         """Put a prepared file in force: one reference swap."""

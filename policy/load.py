@@ -24,6 +24,8 @@ from policy.validate import validate
 from schemas.model_name import canonical_pattern
 from schemas.policy_file import IdentifyBy, PolicyFile, StorePrompts
 
+DEFAULT_BACKEND = "default"  # the name [backend] (the one-server shorthand) goes by
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -38,6 +40,20 @@ class BackendSettings:
     request_timeout: float
     queue_timeout: float
     resident_factor: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """One Ollama server the sidecar dispatches to: [backends.NAME], or [backend] as "default"."""
+
+    name: str
+    url: str
+    max_parallel: int
+    num_parallel: int
+    vram_gb: float
+    max_loaded_models: int
+    models: tuple[str, ...] = ()  # globs of the models it may serve; empty: all
+    weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +110,8 @@ class CompiledFile:
     policies: dict[str, Policy]
     active: Policy
     # Every section the server reads, compiled and typed: nothing outside policy/ reads `raw`.
+    # `backend`: the one Ollama server, or with several the first's (the timeouts, poll interval
+    # and resident factor, which every backend shares); `backends`: each server, in file order.
     backend: BackendSettings
     limits: LimitSettings
     clients: ClientSettings
@@ -107,6 +125,28 @@ class CompiledFile:
     model_parallel: tuple[tuple[str, int], ...] = ()
     cloud_max_parallel: int = 4  # [cloud] max_parallel: cloud requests in flight at once
     queue_status_every: float | None = None  # [queue_status]: seconds between lines; None: off
+    backends: tuple[NodeSettings, ...] = ()
+
+    @property
+    def nodes(self) -> tuple[NodeSettings, ...]:
+        """Every backend. One is read from `backend` (so a copy with another `backend`, as
+        scenarios and benchmarks make, changes it), keeping its name, allow-list and weight."""
+        if len(self.backends) > 1:
+            return self.backends
+        one = self.backends[0] if self.backends else NodeSettings(DEFAULT_BACKEND, "", 0, 0, 0.0, 0)
+        b = self.backend
+        return (NodeSettings(one.name, b.url, b.max_parallel, b.num_parallel, b.vram_gb,
+                             b.max_loaded_models, one.models, one.weight),)
+
+    def with_backend(self, **changes: Any) -> CompiledFile:
+        """The file with `changes` (max_parallel, vram_gb, num_parallel, max_loaded_models) made
+        to `backend` and to every one of several backends: what scenarios, the simulator and the
+        benchmarks use to set the hardware."""
+        node_fields = {k: v for k, v in changes.items() if k in NodeSettings.__dataclass_fields__}
+        return dataclasses.replace(
+            self, backend=dataclasses.replace(self.backend, **changes),
+            backends=tuple(dataclasses.replace(n, **node_fields) for n in self.backends),
+        )
 
     def classify(self, client: str, model: str, endpoint: str, requested: str | None) -> str:
         return self.classifier.classify(client, model, endpoint, requested)
@@ -163,6 +203,9 @@ def decode_sections(
             problems.append(
                 Problem(key, MISSING, unknown_key_rule(key, list(fields), "the top level"))
             )
+    if "backend" in raw and raw.get("backends"):
+        problems.append(Problem("backends", MISSING, "is set beside [backend]; keep one: [backend] "
+                                "for one Ollama server, or a [backends.NAME] table for each of several"))
     for name, info in fields.items():
         if name not in raw:
             if info.required:
@@ -227,7 +270,13 @@ def compile_file(
         )
         for name, spec in file.policies.items()
     }
-    b = file.backend
+    named: dict[str, Any] = dict(file.backends) or {DEFAULT_BACKEND: file.backend}
+    b = next(iter(named.values()))
+    nodes = tuple(
+        NodeSettings(name, n.url, n.max_parallel, n.num_parallel, n.vram_gb, n.max_loaded_models,
+                     tuple(getattr(n, "models", ())), getattr(n, "weight", 1.0))
+        for name, n in named.items()
+    )
     backend = BackendSettings(
         url=b.url,
         max_parallel=b.max_parallel,
@@ -253,6 +302,7 @@ def compile_file(
         policies=policies,
         active=policies[file.active],
         backend=backend,
+        backends=nodes,
         limits=LimitSettings(
             max_queue=file.limits.max_queue,
             max_queued_per_client=file.limits.max_queued_per_client,

@@ -74,6 +74,8 @@ def scale_policy(text: str, file: str, factor: float) -> dict[str, Any]:
     if refusals:
         raise PolicyError(file, refusals)
     _merge(raw, _scaled_durations(compiled.raw, "", factor))
+    if raw.get("backends"):  # the defaults of [backend] were written too: one form per file
+        raw.pop("backend", None)
     _scale_terms(compiled, raw, factor)
     return raw
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from policy.compile import DecodedTerm
 from policy.durations import parse_duration
 from policy.errors import MISSING, Problem, join_path, show_value
 from schemas.model_name import canonical_model, is_pattern
+from schemas.policy_file import BACKEND_NAME
+
+# Settings of [backend] that hold for the whole sidecar, not one server.
+SHARED_BACKEND_FIELDS = ("poll_interval", "request_timeout", "queue_timeout", "resident_factor")
 
 
 def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> list[Problem]:
     """Check what decoded; sections that failed to decode are simply absent here."""
     problems: list[Problem] = []
+    if sections.get("backends"):
+        problems.extend(_backend_problems(sections["backends"]))
     policies = sections.get("policies")
     if policies is not None and not policies:
         problems.append(
@@ -98,6 +105,11 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
             ))
 
     backend = sections.get("backend")
+    slots, slots_name = (backend.max_parallel if backend is not None else 0), "backend.max_parallel"
+    if sections.get("backends"):  # several servers: the first holds the shared settings
+        backend = next(iter(sections["backends"].values()))
+        slots = sum(b.max_parallel for b in sections["backends"].values())
+        slots_name = "every backend's max_parallel together"
     for name, spec in (policies or {}).items():
         for cls in spec.reserve:
             where = join_path(join_path(join_path("policies", name), "reserve"), cls)
@@ -105,11 +117,11 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
                 problems.append(Problem(where, cls, f"is not a class defined under [clients.classes]; "
                                         f"defined: {', '.join(clients.classes)}"))
         total = sum(spec.reserve.values())
-        if backend is not None and spec.reserve and total >= backend.max_parallel:
+        if backend is not None and spec.reserve and total >= slots:
             problems.append(Problem(
                 join_path(join_path("policies", name), "reserve"), dict(spec.reserve),
-                f"keeps {total} of backend.max_parallel ({backend.max_parallel}) slots; leave at "
-                "least one that every class may take",
+                f"keeps {total} of {slots_name} ({slots}) slots; leave at least one that every "
+                "class may take",
             ))
 
     problems.extend(_hold_problems(policies or {}, backend, sections.get("limits")))
@@ -139,6 +151,36 @@ def validate(sections: dict[str, Any], terms: dict[str, list[DecodedTerm]]) -> l
                 f"is above limits.max_queue ({limits.max_queue}); one client could never reach it",
             )
         )
+    return problems
+
+
+def _backend_problems(backends: dict[str, Any]) -> list[Problem]:
+    """Several [backends.NAME]: each a distinct server, sharing the sidecar-wide settings."""
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for name, node in backends.items():
+        for i, pattern in enumerate(node.models):
+            if not pattern.strip():
+                problems.append(Problem(f"backends.{name}.models[{i}]", pattern, "is empty; give a "
+                                        "model name or glob, or leave the list empty for every model"))
+        if not re.fullmatch(BACKEND_NAME, name):
+            problems.append(Problem(f"backends.{name}", name, "is not a backend name: letters, digits "
+                                    "and . _ -, starting with a letter or digit, at most 63 (it "
+                                    "goes in a header, metric labels and the journal)"))
+    for name, node in backends.items():
+        other = seen.setdefault(node.url.rstrip("/"), name)
+        if other != name:
+            problems.append(Problem(f"backends.{name}.url", node.url,
+                                    f"is also backends.{other}'s url; each backend is its own server"))
+    first_name, first = next(iter(backends.items()))
+    for field in SHARED_BACKEND_FIELDS:
+        for name, node in backends.items():
+            if getattr(node, field) != getattr(first, field):
+                problems.append(Problem(
+                    f"backends.{name}.{field}", getattr(node, field),
+                    f"differs from backends.{first_name}.{field} ({getattr(first, field)!r}); it "
+                    "belongs to the sidecar as a whole (one queue, one poller), so give every "
+                    "backend the same value"))
     return problems
 
 

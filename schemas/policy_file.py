@@ -33,6 +33,22 @@ class Backend(Strict, frozen=True):
     resident_factor: PositiveFloat = 1.2
 
 
+# A backend's name: in the X-Backend header, metric labels and the journal.
+BACKEND_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+BackendName = Annotated[str, Meta(pattern=f"^{BACKEND_NAME}$")]
+
+
+class BackendNode(Backend, frozen=True):
+    """One of several Ollama servers ([backends.NAME]); [backend] is the shorthand for one.
+    poll_interval, request_timeout, queue_timeout and resident_factor belong to the sidecar as a
+    whole: every backend that sets them must set the same value."""
+
+    # Models this server may serve (globs; empty: all): a box that holds only some of them.
+    models: list[str] = msgspec.field(default_factory=list)
+    # Its share when the pick is otherwise even (its load counts in_flight / slots / weight).
+    weight: PositiveFloat = 1.0
+
+
 class ModelInfo(Strict, frozen=True):
     # Resident size in GiB, used until Ollama reports the real one. One model only (no glob).
     vram_gb: PositiveFloat | None = None
@@ -156,6 +172,7 @@ class PolicySpec(Strict, frozen=True):
 class PolicyFile(Strict, frozen=True):
     active: str
     backend: Backend = msgspec.field(default_factory=Backend)
+    backends: dict[BackendName, BackendNode] = msgspec.field(default_factory=dict)
     models: dict[str, ModelInfo] = msgspec.field(default_factory=dict)
     clients: Clients = msgspec.field(default_factory=Clients)
     limits: Limits = msgspec.field(default_factory=Limits)
@@ -169,6 +186,7 @@ class PolicyFile(Strict, frozen=True):
 __all__ = [
     "Admin",
     "Backend",
+    "BackendNode",
     "ClassLimits",
     "ClassRule",
     "Clients",

@@ -21,6 +21,7 @@ from starlette.requests import Request
 
 from engine.eta import ServiceTimes
 from engine.scheduler import Grant, Scheduler
+from policy.errors import MISSING, Problem
 from policy.holder import PolicyHolder, ReloadResult
 from policy.load import CompiledFile
 from schemas.events import Dispatched, Enqueued, Heartbeat, LoadedModel, Reloaded, Residency
@@ -103,7 +104,8 @@ class Sidecar:
         self.settings = settings
         self.tracer = Tracer(tracer_provider if tracer_provider is not None else provider_from_env(settings.env))
         self.clock = clock
-        self.holder = PolicyHolder(settings.policy)  # a bad file at start-up raises PolicyError
+        # A bad file at start-up raises PolicyError.
+        self.holder = PolicyHolder(settings.policy, accept=servable)
         # The scheduler reads its settings and its policy from one CompiledFile reference, which
         # a reload replaces in the same step as the holder's (`_swap`).
         self.scheduler = Scheduler(settings=self.holder.current, clock=clock)
@@ -344,3 +346,13 @@ def _number(value: Any) -> float:
 def sidecar_of(request: Request) -> Sidecar:
     sc: Sidecar = request.app.state.sidecar
     return sc
+
+
+def servable(compiled: CompiledFile) -> list[Problem]:
+    """What the sidecar refuses in a valid file: several [backends] are scheduled by the engine
+    and replayed by `smart-proxy simulate`, but the sidecar forwards to one server so far."""
+    if len(compiled.nodes) == 1:
+        return []
+    return [Problem("backends", MISSING, f"lists {len(compiled.nodes)} servers; `smart-proxy serve` "
+                    "forwards to one so far (`smart-proxy simulate` replays several): keep one "
+                    "[backends.NAME] table, or [backend]")]

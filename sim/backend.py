@@ -82,14 +82,16 @@ class Runner:
 
 
 class Backend:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, first_id: int = 0) -> None:
+        """`first_id`: job ids count from here (several backends replayed together keep them
+        apart)."""
         self.settings = settings
         self.stats = Stats()
         self.now = 0.0
         self.runners: dict[str, Runner] = {}
         self.pending: deque[Job] = deque()
         self._started: list[Job] = []
-        self._next_id = 0
+        self._next_id = first_id
         self.cloud: list[Job] = []  # cloud requests in progress at the hosted service
         # Models read recently enough to still be in the host's page cache: name → bytes.
         self._page_cache: OrderedDict[str, int] = OrderedDict()

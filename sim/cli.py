@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     except SimConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.port and args.port + args.nodes - 1 > 65535:
+        return fail(args.cli_prog, f"--nodes {args.nodes} from --port {args.port} needs ports up to "
+                    f"{args.port + args.nodes - 1}; a port is at most 65535")
     try:
         sockets = bind_nodes(args.host, args.port, args.nodes)
     except NodeBindError as exc:

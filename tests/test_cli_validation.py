@@ -77,6 +77,7 @@ CASES: list[tuple[tuple[str, ...], str]] = [
     *[(("sim", "--time-scale", v), "--time-scale") for v in ("-1", "nan")],
     (("sim", "--preset", "nope"), "--preset"),
     *[(("sim", "--nodes", v), "--nodes") for v in ("0", "17", "two", "-1")],
+    (("sim", "--port", "65535", "--nodes", "2"), "--nodes"),
     (("sim", "--config", f"{MISSING}/sim.toml"), "--config"),
     (("policy", "check", f"{MISSING}/p.toml"), "FILE"),
     (("policy", "show", "{tmp}"), "FILE"),

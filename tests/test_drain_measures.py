@@ -6,8 +6,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from sidecar_fixtures import make_policy
 
+from engine.admission import Admitted, admit
+from engine.clock import ManualClock
 from engine.eta import GAP_ALPHA, GAP_CAP, RATE_MIN_SPAN, RATE_TAU, ServiceTimes
+from engine.scheduler import Scheduler
+from policy.load import load_policy_text
 
 
 def test_the_gap_is_measured_only_between_answers_that_both_found_requests_waiting() -> None:
@@ -65,3 +70,29 @@ def test_arrival_rates_are_not_underestimated_while_the_memory_fills() -> None:
     one = ServiceTimes()
     one.arrived("interactive", 0.0)  # one arrival is no rate: taken over RATE_MIN_SPAN at least
     assert one.arrival_rates(0.0)["interactive"] == pytest.approx(1.0 / RATE_MIN_SPAN, rel=0.1)
+
+
+def test_a_burst_of_short_answers_does_not_inflate_the_drain() -> None:
+    """The gap is a slow average; the overall slot time a fast one. Measured against the slot
+    time of the same answers, as slowly averaged (`gap_slot`), a burst of 50-ms embeddings after
+    20-s chats does not make the work ahead look like hours."""
+    extra = "[limits]\nmax_queue = 200\nmax_queued_per_client = 200\n[limits.classes.batch]\nqueue_timeout = \"30m\"\n"
+    compiled = load_policy_text(make_policy(max_parallel=2, extra=extra).encode(), "p.toml")
+    s = Scheduler(compiled, clock=ManualClock(0.0))
+    s.pause()
+    for i in range(10):
+        s.enqueue(request_id=f"b{i}", model="chat:8b", client=f"ci-{i}", cls="batch")
+    times = ServiceTimes()
+    t = 0.0
+    for _ in range(20):  # chats, two at a time, the queue never empty
+        times.observe("chat:8b", 20.0)
+        t += 10.0
+        times.completed(t, backlogged=True, held=20.0)
+    for _ in range(20):
+        times.observe("embed:small", 0.05)
+        t += 0.025
+        times.completed(t, backlogged=True, held=0.05)
+    assert times.mean() < 1.0  # the fast average forgot the chats
+    decided = admit(compiled, s, "ci-x", "batch", times.mean(), "chat:8b", times.gap(),
+                    times.arrival_rates(t), times.mean, times.gap_slot())
+    assert decided == Admitted()  # 10 chats ahead on 2 slots: minutes, not hours

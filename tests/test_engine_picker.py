@@ -35,11 +35,11 @@ def brute_force(s: Scheduler, now: float):
 
 def picked(s: Scheduler, now: float):
     policy = s._policy_source()
-    s._picker.mark_dirty(s._ledger.expire(now))
-    s._picker.refresh(policy, s.state, now)
+    s.picker.mark_dirty(s._ledger.expire(now))
+    s.picker.refresh(policy, s.state, now)
     # With the residency's version, as the scheduler calls it: cached model parts must follow
     # every change of where models are.
-    choice = s._picker.best(policy, s.state, now, s.residency_model.eligible, s.oldest,
+    choice = s.picker.best(policy, s.state, now, s.residency_model.eligible, s.oldest,
                             s.residency_model.version)
     return None if choice is None else choice[0].id
 
@@ -99,7 +99,7 @@ def replay(settings, seed: int, events: int = 150, reloads: bool = False) -> int
             )
         elif roll < 0.55 and s.depth:
             if reloads and rng.random() < 0.5:  # the head of a group: its key must move on
-                s.cancel(rng.choice([q[0].id for q in s._picker._groups.values()]))
+                s.cancel(rng.choice([q[0].id for q in s.picker._groups.values()]))
             else:
                 s.cancel(rng.choice(list(s._waiting)))
         elif roll < 0.75 and flying:

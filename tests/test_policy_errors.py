@@ -27,6 +27,8 @@ INLINE_SECRET = (
     "environment variable and name that variable in admin.key_env"
 )
 
+SHARED = "it belongs to the sidecar as a whole (one queue, one poller), so give every backend the same value"
+
 CASES = [
     # ---- the file itself: unreadable, not text, not TOML ------------------------------------
     pytest.param(
@@ -94,6 +96,29 @@ CASES = [
             "start with http:// or https://"
         ],
         id="url-not-http",
+    ),
+    pytest.param(
+        "backends_beside_backend.toml",
+        [
+            "backends_beside_backend.toml: backends: is set beside [backend]; keep one: [backend] "
+            "for one Ollama server, or a [backends.NAME] table for each of several"
+        ],
+        id="backends-beside-backend",
+    ),
+    pytest.param(
+        "backends_disagree.toml",
+        [
+            'backends_disagree.toml: backends.bad name: "bad name" is not a backend name: letters, '
+            "digits and . _ -, starting with a letter or digit, at most 63 (it goes in a header, "
+            "metric labels and the journal)",
+            'backends_disagree.toml: backends.gpu1.url: "http://127.0.0.1:11434/" is also '
+            "backends.gpu0's url; each backend is its own server",
+            'backends_disagree.toml: backends.gpu1.queue_timeout: "10m" differs from '
+            f"backends.gpu0.queue_timeout ('5m'); {SHARED}",
+            'backends_disagree.toml: backends.bad name.queue_timeout: "10m" differs from '
+            f"backends.gpu0.queue_timeout ('5m'); {SHARED}",
+        ],
+        id="backends-disagree",
     ),
     pytest.param(
         "url_port_out_of_range.toml",
@@ -229,7 +254,7 @@ CASES = [
         "many_errors.toml",
         [
             "many_errors.toml: favourite_colour: unknown key in the top level; known keys: active, "
-            "backend, models, clients, limits, admin, journal, cloud, queue_status, policies",
+            "backend, backends, models, clients, limits, admin, journal, cloud, queue_status, policies",
             "many_errors.toml: backend.max_parallel: 0 is out of range: must be >= 1",
             f'many_errors.toml: backend.poll_interval: "soon" {DURATION_RULE}',
             f"many_errors.toml: admin.key: {INLINE_SECRET}",

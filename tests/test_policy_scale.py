@@ -290,5 +290,14 @@ def test_the_file_durations_scaled_and_not() -> None:
     found = set(duration_fields(PolicyFile))
     assert found >= UNSCALED
     assert found - UNSCALED == {"backend.poll_interval", "backend.request_timeout",
-                                "backend.queue_timeout", "limits.rate.*.window",
-                                "limits.classes.*.queue_timeout", "policies.*.swap_hold"}
+                                "backend.queue_timeout", "backends.*.poll_interval",
+                                "backends.*.request_timeout", "backends.*.queue_timeout",
+                                "limits.rate.*.window", "limits.classes.*.queue_timeout",
+                                "policies.*.swap_hold"}
+
+
+def test_a_file_of_several_backends_scales_each() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "examples" / "two-gpus.toml").read_text()
+    scaled = scale_policy(text, "two-gpus.toml", 0.01)
+    assert "backend" not in scaled
+    assert {n: b["queue_timeout"] for n, b in scaled["backends"].items()} == {"gpu0": 6.0, "gpu1": 6.0}

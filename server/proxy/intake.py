@@ -140,7 +140,7 @@ def check_limits(
     scheduler = dispatcher.scheduler
     decided = admit(compiled, scheduler, client, cls,
                     times.mean() if times.measured else None, model, times.gap(),
-                    times.arrival_rates(time.monotonic()), times.mean)
+                    times.arrival_rates(time.monotonic()), times.mean, times.gap_slot())
     if isinstance(decided, Refusal):
         raise ProxyError(decided.status, decided.message, retry_after=decided.retry_after)
     if decided.shed is not None:

@@ -111,8 +111,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
     except PolicyError as exc:  # every line already names the file
         raise CliError("; ".join(exc.lines)) from None
     if args.max_parallel is not None:
-        backend = dataclasses.replace(compiled.backend, max_parallel=args.max_parallel)
-        compiled = dataclasses.replace(compiled, backend=backend)
+        compiled = compiled.with_backend(max_parallel=args.max_parallel)  # every backend's
     try:
         workload = classify(prepare(read_trace(args.trace)), compiled)
     except TraceError as exc:
@@ -180,7 +179,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     with progress_bar(len(setup.workload.requests), 1 + len(names)) as factory:
         rows = run_all(setup.workload, setup.gpu, setup.compiled, names, factory)
     report = report_json(rows, setup.workload, setup.gpu, str(args.trace), str(args.policy),
-                         setup.compiled.backend.max_parallel)
+                         setup.compiled.backend.max_parallel,
+                         [n.name for n in setup.compiled.nodes] if len(setup.compiled.nodes) > 1 else [])
     # With the JSON on stdout, the table goes to stderr: stdout stays one JSON document.
     to_stderr = args.json == "-"
     stream = sys.stderr if to_stderr else sys.stdout

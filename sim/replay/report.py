@@ -23,9 +23,11 @@ def run_all(
     workload: Workload, gpu: Gpu, compiled: CompiledFile, policies: list[str],
     progress: Callable[[str], Progress] | None = None,
 ) -> list[Row]:
-    """Plain Ollama first, then each policy, in the order asked."""
+    """Plain Ollama first (with several [backends], that many behind a least-outstanding
+    balancer), then each policy, in the order asked."""
     rows = [replay_plain(workload, gpu.settings, compiled.active.max_wait,
-                         progress(PLAIN) if progress else None, compiled.active.class_max_wait)]
+                         progress(PLAIN) if progress else None, compiled.active.class_max_wait,
+                         nodes=len(compiled.nodes), route="least-outstanding")]
     for name in policies:
         rows.append(replay_policy(workload, gpu.settings, compiled, name,
                                   progress(name) if progress else None))
@@ -33,7 +35,8 @@ def run_all(
 
 
 def report_json(rows: list[Row], workload: Workload, gpu: Gpu, trace: str, policy_file: str,
-                max_parallel: int) -> dict[str, Any]:
+                max_parallel: int, backends: list[str] | None = None) -> dict[str, Any]:
+    """`backends`: the file's [backends], each replayed as this GPU (empty: one server)."""
     requests = workload.requests
     return {
         "format": FORMAT,
@@ -46,6 +49,7 @@ def report_json(rows: list[Row], workload: Workload, gpu: Gpu, trace: str, polic
         "gpu": gpu.as_json(),
         "policy_file": policy_file,
         "max_parallel": max_parallel,
+        "backends": list(backends or []),
         "rows": [r.as_json() for r in rows],
     }
 
@@ -61,10 +65,12 @@ def render(report: dict[str, Any], console: Console) -> None:
         f"GPU {g['source']}: {g['vram_gb']:g} GB, num_parallel {g['num_parallel']}, "
         f"max_loaded_models {g['max_loaded_models']}"
         + (f", context {g['context_length']:,}" if "context_length" in g else "")
-        + f" · sidecar max_parallel {report['max_parallel']}"
+        + (f" · sidecar max_parallel {report['max_parallel']}" if not report.get("backends") else
+           f" · {len(report['backends'])} backends, each this GPU ({', '.join(report['backends'])});"
+           " plain Ollama behind a least-outstanding balancer")
     )
     slots = g["num_parallel"] * g["max_loaded_models"]
-    if report["max_parallel"] < slots:
+    if report["max_parallel"] < slots and not report.get("backends"):
         console.print(
             f"[yellow]note:[/] the policy's max_parallel ({report['max_parallel']}) is below the GPU's "
             f"{slots} slots (num_parallel × max_loaded_models): the sidecar holds back requests the "

@@ -29,6 +29,7 @@ from schemas.model_name import canonical_model
 from sim.backend import Backend, Job, QueueFull
 from sim.catalog import ModelSpec
 from sim.config import Settings
+from sim.replay.cluster import Cluster, Route, on_cluster
 from sim.replay.measure import Collector
 from sim.replay.workload import Request, Workload
 
@@ -59,17 +60,6 @@ def on_gpu(compiled: CompiledFile, gpu: Settings) -> CompiledFile:
     return dataclasses.replace(compiled, backend=backend)
 
 
-def _backend_figures(backend: Backend) -> dict[str, Any]:
-    stats = backend.stats
-    return {
-        "loads": stats.loads,
-        "evictions": stats.evictions,
-        "reloads": stats.reloads,
-        "gpu_load_s": round(stats.load_seconds, 3),
-        "gpu_generate_s": round(sum(m.busy_seconds for m in stats.per_model.values()), 3),
-    }
-
-
 def _tags(specs: dict[str, ModelSpec]) -> dict[str, Any]:
     return {"models": [{"name": s.name, "size": s.size} for s in specs.values()]}
 
@@ -93,17 +83,19 @@ def replay_policy(
     workload: Workload, gpu: Settings, compiled: CompiledFile, name: str,
     progress: Progress | None = None, on_grant: Callable[[Request, float], None] | None = None,
     on_admit: Callable[[Request, float, Scheduler], None] | None = None,
-    on_finish: Callable[[Request, float], None] | None = None,
+    on_finish: Callable[[Request, float], None] | None = None, nodes: int = 1,
 ) -> Row:
     """`on_grant`: told of every dispatch, in order, with its (virtual) time; `on_admit` of every
-    request queued (with the scheduler, to ask its place), `on_finish` of every one that ended."""
-    settings = on_gpu(compiled, gpu).with_active(name)
+    request queued (with the scheduler, to ask its place), `on_finish` of every one that ended.
+    `nodes`: the sidecar in front of that many of the GPU (at least the file's [backends])."""
+    nodes = max(nodes, len(compiled.nodes))
+    settings = (on_gpu(compiled, gpu) if nodes == 1 else on_cluster(compiled, gpu, nodes)).with_active(name)
     policy = settings.policies[name]
     clock = ManualClock(0.0)
     scheduler = Scheduler(settings, clock=clock)
     specs = {canonical_model(s.name): s for s in gpu.models}
     scheduler.learn_tags(_tags(specs))
-    backend = Backend(gpu)
+    backend = Cluster(gpu, [n.name for n in settings.nodes])
     out = Collector(policy.max_wait, dict(policy.class_max_wait))
     limits = settings.limits
     times = ServiceTimes()  # slot times as the sidecar measures them: the drain estimate's input
@@ -113,7 +105,7 @@ def replay_policy(
     requests = workload.requests
     by_id: dict[str, tuple[Request, str]] = {}  # waiting or in flight: (request, class)
     deadlines: list[tuple[float, int, str]] = []  # heap of queue timeouts (per class)
-    in_backend: dict[int, tuple[str, Job]] = {}  # job id → (request id, job), until done
+    in_backend: dict[int, tuple[str, Job]] = {}  # job id (unique in the cluster) → (request id, job)
     running: list[tuple[float, int, str]] = []  # heap of started jobs: (done_at, job id, request id)
     next_poll = poll
     i, n = 0, len(requests)
@@ -121,7 +113,7 @@ def replay_policy(
     def collect(now: float) -> None:
         """What the backend did up to `now`: jobs that got a slot (the first byte is near), jobs
         that finished (the slot is free)."""
-        for job in backend.take_started():
+        for _, job in backend.take_started():
             entry = in_backend.get(job.id)
             if entry is not None and job.state in ("running", "done"):
                 rid = entry[0]
@@ -169,7 +161,8 @@ def replay_policy(
         backend.advance(now)
         collect(now)
         if now >= next_poll:
-            scheduler.reconcile(_ps(backend))
+            for node, one in backend:
+                scheduler.reconcile(_ps(one), node)
             next_poll += poll
             dirty = False
         dirty = dirty or t_event <= now
@@ -185,7 +178,7 @@ def replay_policy(
             cls = request.cls or settings.clients.default_class  # classified by `classify`
             decided = admit(settings, scheduler, request.client, cls,
                             times.mean() if times.measured else None, request.model, times.gap(),
-                            times.arrival_rates(now), times.mean)
+                            times.arrival_rates(now), times.mean, times.gap_slot())
             if isinstance(decided, Refusal):
                 mine = limits.queue_timeout(cls)
                 out.refused_at_arrival(request, decided.reason, now, cls, over_less_urgent=(
@@ -224,7 +217,8 @@ def replay_policy(
                 if on_grant is not None:
                     on_grant(request, now)
                 try:
-                    job = _submit(backend, now, specs[request.model], request, grant.num_ctx)
+                    job = _submit(backend[grant.backend or backend.names[0]], now, specs[request.model],
+                                  request, grant.num_ctx)
                 except QueueFull:  # Ollama's 503: the client gets an error, the slot is free
                     by_id.pop(rid)
                     granted_at.pop(rid, None)
@@ -238,32 +232,33 @@ def replay_policy(
         dirty = dirty or bool(scheduler.depth and scheduler.in_flight_count < scheduler.max_parallel)
     if progress is not None:
         progress(n)
-    return Row(name, name, {**_backend_figures(backend), **out.figures()})
+    return Row(name, name, {**backend.figures(), **out.figures()})
 
 
 def replay_plain(
     workload: Workload, gpu: Settings, max_wait: float | None, progress: Progress | None = None,
-    class_max_wait: dict[str, float] | None = None,
+    class_max_wait: dict[str, float] | None = None, nodes: int = 1, route: Route = "round-robin",
 ) -> Row:
     """Every request straight into the backend model's own FIFO queue (Ollama without a
-    sidecar); more than OLLAMA_MAX_QUEUE pending are refused with 503, as Ollama does."""
+    sidecar); more than OLLAMA_MAX_QUEUE pending are refused with 503, as Ollama does. With
+    several `nodes`, a plain balancer sends each request to one by `route` (sim/replay/cluster.py)."""
     specs = {canonical_model(s.name): s for s in gpu.models}
-    backend = Backend(gpu)
+    backend = Cluster(gpu, [f"gpu{i}" for i in range(nodes)])
     out = Collector(max_wait, dict(class_max_wait or {}))
     requests = workload.requests
     running: dict[int, tuple[Request, Job]] = {}
-    submitted: dict[int, Request] = {}
+    submitted: dict[int, tuple[Request, str]] = {}  # job id → (request, node)
     i, n = 0, len(requests)
 
     def collect(now: float) -> None:
-        for job in backend.take_started():
-            request = submitted.get(job.id)
-            if request is not None and job.state in ("running", "done"):
-                running[job.id] = (request, job)
-                out.started(request, request.cls or "", now)  # classified by `classify`
+        for _, job in backend.take_started():
+            entry = submitted.get(job.id)
+            if entry is not None and job.state in ("running", "done"):
+                running[job.id] = (entry[0], job)
+                out.started(entry[0], entry[0].cls or "", now)  # classified by `classify`
         for job_id in [j for j, (_, job) in running.items() if job.state == "done"]:
             request, _ = running.pop(job_id)
-            del submitted[job_id]
+            backend.outstanding[submitted.pop(job_id)[1]] -= 1
             out.finished(request, now)
 
     while True:
@@ -278,16 +273,19 @@ def replay_plain(
         while i < n and requests[i].arrival <= now:
             request = requests[i]
             i += 1
+            node = backend.route(route)
             try:
-                job = _submit(backend, now, specs[request.model], request)
+                job = _submit(backend[node], now, specs[request.model], request)
             except QueueFull:
                 out.refused_at_arrival(request, "ollama_queue_full", now)
                 continue
-            submitted[job.id] = request
+            submitted[job.id] = (request, node)
+            backend.outstanding[node] += 1
             out.admitted(request, now)
             if progress is not None and i % 1000 == 0:
                 progress(i)
         collect(now)
     if progress is not None:
         progress(n)
-    return Row(PLAIN, "plain Ollama (no sidecar)", {**_backend_figures(backend), **out.figures()})
+    label = "plain Ollama (no sidecar)" if nodes == 1 else f"plain Ollama × {nodes}, {route}"
+    return Row(PLAIN, label, {**backend.figures(), **out.figures()})

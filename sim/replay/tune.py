@@ -137,8 +137,7 @@ def _compile(doc: dict[str, Any], max_parallel: int | None) -> CompiledFile:
 
     compiled = load_policy_text(tomli_w.dumps(doc).encode(), "<candidate>")
     if max_parallel is not None:
-        backend = dataclasses.replace(compiled.backend, max_parallel=max_parallel)
-        compiled = dataclasses.replace(compiled, backend=backend)
+        compiled = compiled.with_backend(max_parallel=max_parallel)
     return compiled
 
 

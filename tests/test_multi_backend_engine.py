@@ -1,0 +1,224 @@
+"""One queue, several Ollama servers (engine/nodes.py): a dispatch picks a (ticket, backend) pair,
+the policy's `vram` term read per backend, so a request goes where its model is loaded; a
+backend's allow-list is kept; between equals the less loaded backend; a reload adds, changes
+and removes backends, a removed one finishing what it runs."""
+
+from __future__ import annotations
+
+from engine.clock import ManualClock
+from engine.scheduler import Grant, Scheduler
+from policy.load import load_policy_text
+
+GB = 1024**3
+
+BACKENDS = """
+[backends.gpu0]
+url = "http://127.0.0.1:11434"
+max_parallel = 1
+vram_gb = 24.0
+max_loaded_models = 2
+
+[backends.gpu1]
+url = "http://127.0.0.1:11435"
+max_parallel = 1
+vram_gb = 24.0
+max_loaded_models = 2
+"""
+
+REST = """
+active = "main"
+
+[models]
+"big:70b" = { vram_gb = 20.0 }
+"a:8b" = { vram_gb = 6.0 }
+"b:8b" = { vram_gb = 6.0 }
+
+[policies.main.terms.vram]
+loaded = 0
+fits = 30
+swap = [{ up_to_gb = 40, points = 180 }]
+swap_above = 240
+
+[policies.main.terms.aging]
+per_second = 1.0
+max_wait = "5m"
+"""
+
+
+def _scheduler(backends: str = BACKENDS) -> tuple[Scheduler, ManualClock]:
+    clock = ManualClock(1000.0)
+    s = Scheduler(load_policy_text((REST + backends).encode(), "p.toml"), clock=clock)
+    s.pause()
+    return s, clock
+
+
+def _ps(*models: str) -> dict[str, object]:
+    return {"models": [{"name": m, "model": m, "size": 6 * GB, "size_vram": 6 * GB} for m in models]}
+
+
+def _where(grants: list[Grant]) -> dict[str, str]:
+    return {g.ticket.id: g.backend for g in grants}
+
+
+def test_each_request_goes_where_its_model_is_loaded() -> None:
+    s, _ = _scheduler()
+    s.reconcile(_ps("a:8b"), "gpu0")
+    s.reconcile(_ps("b:8b"), "gpu1")
+    s.enqueue(request_id="b1", model="b:8b", client="x", cls="interactive")
+    s.enqueue(request_id="a1", model="a:8b", client="y", cls="interactive")
+    s.resume()
+    grants = s.dispatch()
+    assert _where(grants) == {"a1": "gpu0", "b1": "gpu1"}
+    assert all(g.resident for g in grants)  # no load anywhere
+    assert s.max_parallel == 2 and s.in_flight_count == 2
+
+
+def test_a_busy_backend_leaves_the_work_to_the_other_one_rather_than_an_idle_slot() -> None:
+    s, _ = _scheduler()
+    s.reconcile(_ps("a:8b"), "gpu0")
+    for i in range(2):
+        s.enqueue(request_id=f"a{i}", model="a:8b", client=f"c{i}", cls="interactive")
+    s.resume()
+    grants = s.dispatch()
+    assert _where(grants) == {"a0": "gpu0", "a1": "gpu1"}
+    assert [g.action for g in grants] == ["attach", "load"]
+
+
+def test_the_allow_list_keeps_a_model_off_a_backend() -> None:
+    s, _ = _scheduler(BACKENDS.replace("[backends.gpu1]\n", '[backends.gpu1]\nmodels = ["big:*"]\n'))
+    s.enqueue(request_id="a0", model="a:8b", client="x", cls="interactive")
+    s.enqueue(request_id="a1", model="a:8b", client="y", cls="interactive")
+    s.resume()
+    # gpu1 serves only big:*: the second a:8b waits for gpu0 rather than going there.
+    assert _where(s.dispatch()) == {"a0": "gpu0"}
+    s.enqueue(request_id="big", model="big:70b", client="z", cls="interactive")
+    assert _where(s.dispatch()) == {"big": "gpu1"}
+    s.finish("a0")
+    assert _where(s.dispatch()) == {"a1": "gpu0"}
+
+
+def test_between_equal_backends_the_less_loaded_and_heavier_one_goes_first() -> None:
+    text = BACKENDS.replace("max_parallel = 1", "max_parallel = 4\nnum_parallel = 4").replace(
+        "[backends.gpu1]\n", "[backends.gpu1]\nweight = 3.0\n")
+    s, _ = _scheduler(text)
+    s.reconcile(_ps("a:8b"), "gpu0")
+    s.reconcile(_ps("a:8b"), "gpu1")
+    for i in range(4):
+        s.enqueue(request_id=f"a{i}", model="a:8b", client=f"c{i}", cls="interactive")
+    s.resume()
+    placed = [g.backend for g in s.dispatch()]
+    # load = in flight / slots / weight (0, then 1/4 on gpu0, 1/12 per request on gpu1), the
+    # heavier first on a tie: gpu1 (weight 3) takes three of the four.
+    assert placed == ["gpu1", "gpu0", "gpu1", "gpu1"]
+
+
+def test_a_reload_adds_and_removes_backends_and_a_removed_one_finishes_its_work() -> None:
+    s, _ = _scheduler()
+    s.reconcile(_ps("a:8b"), "gpu1")
+    s.enqueue(request_id="a0", model="a:8b", client="x", cls="interactive")
+    s.resume()
+    assert _where(s.dispatch()) == {"a0": "gpu1"}
+    only_gpu0_and_gpu2 = BACKENDS.replace("[backends.gpu1]", "[backends.gpu2]").replace("11435", "11436")
+    s.apply_settings(load_policy_text((REST + only_gpu0_and_gpu2).encode(), "p.toml"))
+    assert set(s.backends) == {"gpu0", "gpu1", "gpu2"} and s.backends["gpu1"].retiring
+    assert s.max_parallel == 2  # the retiring backend's slot is no longer offered
+    for i in (1, 2, 3):
+        s.enqueue(request_id=f"a{i}", model="a:8b", client=f"c{i}", cls="interactive")
+    assert sorted(_where(s.dispatch()).values()) == ["gpu0", "gpu2"]  # none to gpu1
+    assert s.finish("a0")
+    assert "gpu1" not in s.backends  # its last request ended: gone
+    s.reconcile(_ps("a:8b"), "gpu1")  # a late poll of the removed backend changes nothing
+    assert s.depth == 1
+
+
+def test_one_backend_shorthand_is_one_backend_named_default() -> None:
+    s = Scheduler(load_policy_text((REST + "[backend]\nmax_parallel = 3\n").encode(), "p.toml"),
+                  clock=ManualClock(0.0))
+    assert list(s.backends) == ["default"] and s.max_parallel == 3
+    s.enqueue(request_id="a", model="a:8b", client="x", cls="interactive")
+    assert _where(s.dispatch()) == {"a": "default"}
+
+
+def test_a_request_goes_to_the_one_backend_that_has_its_model_and_the_views_return_to_the_first() -> None:
+    """b:8b is loaded only on gpu1 (both backends' residency versions alike): it attaches there.
+    And between choices the views see the first backend again, whichever took the last grant."""
+    s, _ = _scheduler()
+    s.reconcile(_ps("a:8b"), "gpu0")
+    s.reconcile(_ps("b:8b"), "gpu1")
+    s.enqueue(request_id="b1", model="b:8b", client="x", cls="interactive")
+    s.resume()
+    (grant,) = s.dispatch()
+    assert (grant.backend, grant.action) == ("gpu1", "attach")
+    assert s.residency_model is s.backends["gpu0"].residency and s.node.name == "gpu0"
+
+
+def test_an_overdue_request_goes_where_its_model_is_loaded() -> None:
+    """An overdue ticket's order key is the same on every backend: where its model is decides."""
+    s, clock = _scheduler(BACKENDS.replace("max_parallel = 1", "max_parallel = 2"))
+    s.reconcile(_ps("a:8b"), "gpu1")
+    s.enqueue(request_id="old", model="a:8b", client="x", cls="interactive")
+    clock.advance(400.0)  # past max_wait (5 min)
+    s.resume()
+    (grant,) = s.dispatch()
+    assert grant.score.overdue and (grant.backend, grant.action) == ("gpu1", "attach")
+
+
+def test_renaming_the_only_backend_keeps_what_it_learned_and_its_requests() -> None:
+    clock = ManualClock(0.0)
+    s = Scheduler(load_policy_text((REST + "[backend]\nmax_parallel = 1\n").encode(), "p.toml"), clock=clock)
+    s.reconcile(_ps("a:8b"))
+    s.enqueue(request_id="a0", model="a:8b", client="x", cls="interactive")
+    assert _where(s.dispatch()) == {"a0": "default"}
+    renamed = '[backends.gpu0]\nurl = "http://127.0.0.1:11434"\nmax_parallel = 1\n'
+    s.apply_settings(load_policy_text((REST + renamed).encode(), "p.toml"))
+    assert list(s.backends) == ["gpu0"] and s.max_parallel == 1
+    s.enqueue(request_id="a1", model="a:8b", client="y", cls="interactive")
+    assert s.dispatch() == []  # its one slot is still taken by a0: no second request at once
+    assert s.finish("a0")
+    (grant,) = s.dispatch()
+    assert (grant.backend, grant.action) == ("gpu0", "attach")  # it still knows a:8b is loaded
+
+
+def test_a_model_no_backend_serves_is_refused_at_once() -> None:
+    from engine.admission import Refusal, admit
+
+    text = REST + BACKENDS.replace("[backends.gpu0]\n", '[backends.gpu0]\nmodels = ["a:*"]\n').replace(
+        "[backends.gpu1]\n", '[backends.gpu1]\nmodels = ["big:*"]\n')
+    compiled = load_policy_text(text.encode(), "p.toml")
+    s = Scheduler(compiled, clock=ManualClock(0.0))
+    refused = admit(compiled, s, "x", "interactive", model="b:8b")
+    assert isinstance(refused, Refusal) and (refused.status, refused.reason) == (404, "not_served")
+    assert not isinstance(admit(compiled, s, "x", "interactive", model="a:8b"), Refusal)
+
+
+def test_the_reserve_is_checked_against_every_backends_slots() -> None:
+    text = REST + BACKENDS + "\n[policies.main]\nreserve = { interactive = 1 }\n"
+    assert load_policy_text(text.encode(), "p.toml").active.reserve == {"interactive": 1}  # 1 of 2
+
+
+def test_the_hardware_of_every_backend_can_be_set_at_once() -> None:
+    compiled = load_policy_text((REST + BACKENDS).encode(), "p.toml").with_backend(max_parallel=3)
+    assert [n.max_parallel for n in compiled.nodes] == [3, 3]
+
+
+def test_the_picker_keeps_model_parts_per_backend() -> None:
+    """Asked for two backends whose residency versions are equal, the picker prices each
+    runner by the backend it is asked for. With a cache shared between them, gpu1 would be
+    priced with gpu0's parts (a:8b loaded, b:8b a load), and its search would stop at a1."""
+    s, clock = _scheduler()
+    s.reconcile(_ps("a:8b"), "gpu0")
+    s.reconcile(_ps("b:8b"), "gpu1")
+    s.enqueue(request_id="a1", model="a:8b", client="x", cls="interactive")
+    clock.advance(1.0)
+    s.enqueue(request_id="b1", model="b:8b", client="y", cls="interactive")
+    policy = s.settings.active
+    assert s.backends["gpu0"].residency.version == s.backends["gpu1"].residency.version
+    picks = {}
+    for name in ("gpu0", "gpu1"):
+        node = s.backends[name]
+        s.picker.refresh(policy, node.state, clock.now)
+        found = s.picker.best(policy, node.state, clock.now, lambda m, v: True, s.oldest,
+                              node.residency.version, cache=name)
+        assert found is not None
+        picks[name] = found[0].id
+    assert picks == {"gpu0": "a1", "gpu1": "b1"}
