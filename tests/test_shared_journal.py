@@ -8,14 +8,13 @@ started under them, and each sidecar's own fallback directory."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pg_fixtures import PgServer
-from sidecar_fixtures import RunningSidecar, SidecarFactory
+from sidecar_fixtures import RunningSidecar, SidecarFactory, wait_until
 
 from server.journal import open_journal, open_store, resolve
 
@@ -76,10 +75,8 @@ def test_two_sidecars_share_one_postgres_journal_through_its_outage(
     for name, proxy in sidecars.items():
         sent[name] += _send(proxy, 10)
 
-    deadline = time.monotonic() + 60
-    while not all(_drained(p) for p in sidecars.values()):
-        assert time.monotonic() < deadline, {n: _journal_health(p) for n, p in sidecars.items()}
-        time.sleep(0.05)
+    wait_until(lambda: all(_drained(p) for p in sidecars.values()), within=60,
+               what="both sidecars' fallback files replayed")
     for proxy in sidecars.values():
         assert _journal_health(proxy)["replayed"] > 0
 
