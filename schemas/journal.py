@@ -25,7 +25,7 @@ Epoch = Annotated[float, Meta(ge=0)]
 Millis = Annotated[float, Meta(ge=0)]
 Count = Annotated[int, Meta(ge=0)]
 # A sidecar's name on its records (`--instance`): a host or pod name fits.
-INSTANCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+INSTANCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z"  # \Z: no trailing newline
 Instance = Annotated[str, Meta(pattern=INSTANCE_PATTERN)]
 
 

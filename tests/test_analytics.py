@@ -21,6 +21,7 @@ from server.journal.analytics import (
     bucket_seconds,
     compute,
     percentile,
+    report,
     run_lengths,
 )
 
@@ -248,3 +249,18 @@ async def test_a_database_the_worker_cannot_read_is_unavailable_not_a_crash(tmp_
             await journal.analytics(hours=1, now=NOW)
     finally:
         await journal.stop()
+
+
+def test_runs_are_counted_per_sidecar_in_a_shared_journal() -> None:
+    """Two sidecars, each serving one model in a row: interleaved by time they would look like a
+    switch at every request; each sidecar's own stream has none."""
+    rows = [{"request_id": f"r{i}", "client": "c", "ip": None, "model": "a" if i % 2 else "b",
+             "endpoint": "/api/chat", "request_class": "interactive", "status": "completed",
+             "error": None, "received_at": T0 + i, "dispatched_at": T0 + i, "queue_wait_ms": 0.0,
+             "duration_ms": 1.0, "score": 0.0, "resident": True, "instance": "gpu-a" if i % 2 else "gpu-b"}
+            for i in range(8)]
+    query = AnalyticsQuery.parse(hours=1, group_by="instance", limit=10)
+    r = report(rows, query, T0, T0 + 3600)
+    assert r["residency"]["model_switches"] == 0
+    assert r["grouping"]["dispatch_runs"]["mean"] == 4.0
+    assert {g["key"]: g["requests"] for g in r["groups"]["rows"]} == {"gpu-a": 4, "gpu-b": 4}

@@ -66,3 +66,21 @@ def test_an_endpoint_picker_reads_them_from_the_live_sidecar(
         assert found[QUEUED][0].value == 1 and found[RUNNING][0].value == 0
         proxy.admin("POST", "/proxy/resume")
         assert waiting.result().status_code == 200
+
+
+def test_cloud_models_are_no_adapters_and_the_vram_share_stays_within_one() -> None:
+    compiled = load_policy_file(EXAMPLE)  # vram_gb 24
+    s = Scheduler(compiled, clock=ManualClock(0.0))
+    s.pause()
+    s.reconcile({"models": [
+        {"name": "qwq:32b", "model": "qwq:32b", "size": 30 * GB, "size_vram": 30 * GB},  # over the card
+        {"name": "gpt-oss:120b-cloud", "model": "gpt-oss:120b-cloud", "size": 0, "size_vram": 0},
+    ]})
+    s.enqueue(request_id="c", model="gpt-oss:120b-cloud", client="x", cls="interactive")
+    metrics = Metrics(lambda: s)
+    metrics.learn_models({"models": [{"name": "qwq:32b"}, {"name": "gpt-oss:120b-cloud"}]})
+    found = _samples(metrics.render().decode())
+    assert found[CACHE][0].value == 1.0
+    assert found[QUEUED][0].value == 0  # a cloud request waits for no local GPU
+    labels = found[ADAPTERS][0].labels
+    assert labels["running_lora_adapters"] == "qwq:32b" and labels["waiting_lora_adapters"] == ""

@@ -8,17 +8,19 @@ started under them, and each sidecar's own fallback directory."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pg_fixtures import PgServer
-from sidecar_fixtures import RunningSidecar, SidecarFactory, wait_until
+from sidecar_fixtures import RunningSidecar, SidecarFactory, cli_process, wait_until
 
 from server.journal import open_journal, open_store, resolve
 
 BODY = {"model": "llama3.2:1b", "prompt": "hi", "stream": False}
+EXAMPLE = Path(__file__).resolve().parent.parent / "policies.example.toml"
 
 
 def _journal(dsn: str, fallback: Path, instance: str) -> Any:
@@ -68,9 +70,9 @@ def test_two_sidecars_share_one_postgres_journal_through_its_outage(
     pg_server_running.stop()  # both sidecars keep serving; their records go to their fallback files
     for name, proxy in sidecars.items():
         sent[name] += _send(proxy, 10)
-    for proxy in sidecars.values():
-        proxy.wait_for(lambda h: True)
-        assert _journal_health(proxy)["fallback_lines"] > 0, "the outage sent records to the file"
+    for proxy in sidecars.values():  # the writer gives up on the dead database within 0.3 s
+        wait_until(lambda p=proxy: _journal_health(p)["fallback_lines"] > 0, within=10,
+                   what="the outage sent records to the fallback file")
     pg_server_running.start()
     for name, proxy in sidecars.items():
         sent[name] += _send(proxy, 10)
@@ -103,3 +105,29 @@ def test_two_sidecars_share_one_postgres_journal_through_its_outage(
     assert only_b["totals"]["requests"] == 30 and only_b["window"]["instance"] == "gpu-b"
     bad = a.admin("GET", "/proxy/analytics?instance=not%20a%20name")
     assert bad.status_code == 400 and "instance" in bad.json()["error"]
+
+
+def test_a_sidecar_named_from_the_environment_serves_and_journals_under_that_name(
+    ollama_emulator: Any, tmp_path: Path
+) -> None:
+    """SMART_PROXY_INSTANCE, as the Kubernetes example sets it from the pod's name: the whole
+    path, from the variable through the CLI to a record and /proxy/journal, in a process."""
+    env = {**os.environ, "SMART_PROXY_INSTANCE": "ollama-pool-0", "SMART_PROXY_DB": str(tmp_path / "j.db")}
+    args = ["serve", "--policy", str(EXAMPLE), "--upstream", ollama_emulator.url, "--host", "127.0.0.1",
+            "--port", "0", "--log-format", "json"]
+    with cli_process(args, env) as process:
+        assert process.stderr is not None
+        url = next(line.split()[3] for line in process.stderr
+                   if line.startswith("smart-proxy listening on "))
+        response = httpx.post(url + "/api/generate", json=BODY, timeout=30)
+        assert response.status_code == 200, response.text
+        journal = httpx.get(url + "/proxy/journal", timeout=10)
+        assert journal.status_code == 200 and journal.json()["instance"] == "ollama-pool-0"
+        rid = response.headers["x-request-id"]
+
+        def record() -> dict[str, Any] | None:
+            found: dict[str, Any] | None = httpx.get(f"{url}/proxy/requests/{rid}", timeout=10).json().get("record")
+            return found
+
+        wait_until(lambda: (record() or {}).get("status") == "completed", within=10, what="the request's record")
+        assert (record() or {})["instance"] == "ollama-pool-0"

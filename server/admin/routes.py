@@ -46,7 +46,8 @@ ANALYTICS_QUERY = {
     "group_by": Param(one_of(GROUP_BY), "model"),
     "limit": Param(whole(low=1, high=MAX_LIMIT), 10),
     # One sidecar's records, in a journal several share.
-    "instance": Param(matching(INSTANCE_PATTERN, "a sidecar's instance name: letters, digits and . _ : -"), None),
+    "instance": Param(matching(INSTANCE_PATTERN, "a sidecar's instance name: letters, digits and "
+                               ". _ : -, starting with a letter or digit, at most 128"), None),
 }
 
 

@@ -81,7 +81,7 @@ def instance_name(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text[:40]!r} is not an instance name: letters, digits and . _ : -, starting with a "
             "letter or digit, at most 128")
-    return text
+    return str(text)  # not the EnvValue it may arrive as: it is encoded into every record
 
 
 def default_instance() -> str:

@@ -232,11 +232,16 @@ def _residency(rows: Sequence[Row]) -> dict[str, Any]:
     )
     known = [r for r in dispatched if r["resident"] is not None]
     hits = sum(1 for r in known if r["resident"])
-    by_dispatch = run_lengths([r["model"] for r in dispatched])
+    # Runs are per sidecar: several writing to one journal each order their own GPU's stream, and
+    # their streams interleaved would be runs of nothing.
+    streams: dict[Any, list[Row]] = {}
+    for r in dispatched:
+        streams.setdefault(r.get("instance"), []).append(r)
+    by_dispatch = [n for rs in streams.values() for n in run_lengths([r["model"] for r in rs])]
     # The seed's "bunching": runs of the same model in ARRIVAL order — what clients sent, not what
     # the scheduler did. Same requests, two orders; the ratio is the scheduler's grouping gain.
-    arrivals = sorted(dispatched, key=lambda r: (r["received_at"], r["request_id"]))
-    by_arrival = run_lengths([r["model"] for r in arrivals])
+    by_arrival = [n for rs in streams.values() for n in run_lengths(
+        [r["model"] for r in sorted(rs, key=lambda r: (r["received_at"], r["request_id"]))])]
     dispatch_summary, arrival_summary = _runs_summary(by_dispatch), _runs_summary(by_arrival)
     gain = None
     if dispatch_summary["mean"] and arrival_summary["mean"]:
@@ -248,7 +253,7 @@ def _residency(rows: Sequence[Row]) -> dict[str, Any]:
             "resident_hits": hits,
             "hit_rate": _r(hits / len(known)) if known else None,
             "model_loads": len(known) - hits,
-            "model_switches": max(0, len(by_dispatch) - 1),
+            "model_switches": max(0, len(by_dispatch) - len(streams)),  # within each stream
         },
         "grouping": {
             "dispatch_runs": dispatch_summary,

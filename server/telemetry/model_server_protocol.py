@@ -62,7 +62,8 @@ class ModelServerProtocol(Collector):
         for name in (CACHE, CACHE_BEFORE_V1):
             yield GaugeMetricFamily(name, "VRAM the loaded models hold over the policy's vram_gb, 0 to 1 "
                                     "(model server protocol: KVCacheUtilization)", value=share)
-        running = sorted(m.name for m in residency.resident() if self._known(m.name))
+        running = sorted(m.name for m in residency.resident()
+                         if self._known(m.name) and not s.is_cloud(m.name))
         held = set(running)
         waiting = sorted({m for c in s.waiting_classes() for m in s.waiting_models(c)
                           if m not in held and not s.is_cloud(m) and self._known(m)})
