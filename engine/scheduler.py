@@ -220,8 +220,8 @@ class Scheduler:
                 continue
             # Overdue and clamped tickets tie across backends on their order key: then where
             # their model is (loaded, fits, must evict) decides, before the load.
-            key = (policy.order_key(*choice), nodes.cost_rank(self.residency_model, choice[0], self.is_cloud), node.load(), -node.weight,
-                   node.index)
+            cost = nodes.cost_rank(self.residency_model, choice[0], self.is_cloud)
+            key = (policy.order_key(*choice), cost, node.load(), -node.weight, node.index)
             if best is None or key < best[0]:
                 best = (key, node, *choice)
         return None if best is None else best[1:]
