@@ -37,7 +37,8 @@ def overdue_ahead(
             if (looked >= OVERDUE_PROBE or now - t.arrival < limit
                     or policy.order_key(t, OVERDUE) >= mine):
                 break  # the rest of the class is younger: later in the overdue order
-            if (t.model in victims and residency.residency(t.model, t.variant) != "absent"
+            if (t.model in victims and s.node.serves(t.model)  # after a reload narrowed a list
+                    and residency.residency(t.model, t.variant) != "absent"
                     and not (barred is not None and barred(t.cls, t.model))):
                 return t.model
     return None
@@ -50,7 +51,8 @@ def ranks_ahead(
     the reserve keeps out of this slot could not, so it holds no swap back)."""
     residency = s.residency_model
     best = s.picker.best(
-        policy, s.state, now, lambda m, v: m == model and residency.residency(m, v) != "absent",
+        policy, s.state, now,
+        lambda m, v: m == model and s.node.serves(m) and residency.residency(m, v) != "absent",
         s.oldest, residency.version, barred, s.waiting_classes, cache=s.node.name,
     )
     return best is not None and policy.order_key(*best) < key
