@@ -117,7 +117,7 @@ def admit(
     which counts the loads and idle slots slot times miss; `arrival_rates`: each class's arrivals
     per second, measured (more urgent classes arriving meanwhile go ahead and slow the drain);
     `slot_of`: a model's measured slot time (the requests ahead are priced each by its own model);
-    `gap_slot_seconds`: the mean slot time of the answers the gap was measured over (None: the
+    `gap_slot_seconds`: the local answers' slot time, averaged as slowly as the gap (None: the
     overall `slot_seconds`).
     The drain check applies to classes listed under [limits.classes], for local models (a cloud
     model's slots are another queue)."""

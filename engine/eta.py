@@ -7,8 +7,9 @@ average of the slot times observed: overall for the local queue (the requests ah
 model), per model where every request ahead is for that model's own slots (a cloud model); until
 any is observed, a prior.
 
-The admission's drain estimate (engine/admission.py) reads two more measures from here: the time
-between answers while requests waited (loads and swaps stall every slot, which slot times miss),
+The admission's drain estimate (engine/admission.py) reads three more measures from here: the
+time between answers while requests waited (loads and swaps stall every slot, which slot times
+miss), the slot time of the local answers averaged as slowly (the mix that gap was measured on),
 and each class's arrival rate (a more urgent class arriving meanwhile goes first).
 """
 
@@ -63,8 +64,9 @@ class ServiceTimes:
         waiting says how fast the queue drains, loads, swaps and idle slots included (what slot
         times alone miss); one that began on an empty queue holds idle time. A gap is counted at
         most GAP_CAP slot times: with every slot busy the next answer comes within about one.
-        `held`: the slot time of the answer, when it completed: averaged as slowly as the gap,
-        over the same (local) answers, it is what the gap is measured against (`gap_slot`)."""
+        `held`: the slot time of the answer, when it completed: averaged as slowly as the gap, over
+        every local answer that completed (the gap itself counts only those that found a queue),
+        it is the mix the gap is set against (`gap_slot`)."""
         if held is not None:
             start = held if self._gap_slot is None else self._gap_slot
             self._gap_slot = (1 - GAP_ALPHA) * start + GAP_ALPHA * max(0.0, held)
