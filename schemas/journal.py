@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.common import Strict
+from schemas.policy_file import BACKEND_NAME
 
 # How the request ended. A server that journals a request before it ends uses its expected state
 # and submits again at the end; the later revision wins. `interrupted`: the sidecar process died
@@ -27,6 +28,10 @@ Count = Annotated[int, Meta(ge=0)]
 # A sidecar's name on its records (`--instance`): a host or pod name fits.
 INSTANCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z"  # \Z: no trailing newline
 Instance = Annotated[str, Meta(pattern=INSTANCE_PATTERN)]
+# The Ollama server of the policy's backends that served it: the policy's own name rule, anchored
+# so a query-string filter cannot carry a trailing newline past it.
+BACKEND_PATTERN = rf"^{BACKEND_NAME}\Z"
+ServingBackend = Annotated[str, Meta(pattern=BACKEND_PATTERN)]
 
 
 class JournalRecord(Strict, frozen=True):
@@ -84,6 +89,11 @@ class JournalRecord(Strict, frozen=True):
     # The sidecar that wrote it (`--instance`, default the host name): several sidecars may share
     # one PostgreSQL journal, and analytics filter or group by it.
     instance: Instance | None = None
+    # The Ollama server it was dispatched to (`[backends.NAME]`; "default" for a `[backend]`
+    # file): one sidecar may feed several, and analytics filter or group by it. None: never sent
+    # to one (rejected, cancelled while queued, passed through, a cloud model) or written before
+    # the column existed.
+    backend: ServingBackend | None = None
 
 
-__all__ = ["STATUSES", "JournalRecord", "Status"]
+__all__ = ["BACKEND_PATTERN", "STATUSES", "JournalRecord", "Status"]

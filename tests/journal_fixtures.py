@@ -85,9 +85,9 @@ class Flaky:
 
     async def fetch(
         self, columns: Sequence[str], since: float, until: float, limit: int | None = None,
-        instance: str | None = None,
+        instance: str | None = None, backend: str | None = None,
     ) -> list[tuple[Any, ...]]:
-        return await self.inner.fetch(columns, since, until, limit, instance)
+        return await self.inner.fetch(columns, since, until, limit, instance, backend)
 
     async def purge(self, before: float) -> int:
         return await self.inner.purge(before)

@@ -7,16 +7,18 @@ dispatch runs are longer than the arrival runs, which is exactly what the groupi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from pg_fixtures import PgServer
 
 from schemas.journal import JournalRecord
 from server.journal import AnalyticsError, Journal, analytics, open_journal
 from server.journal.analytics import (
+    GROUP_BY,
     AnalyticsQuery,
     bucket_seconds,
     compute,
@@ -70,12 +72,23 @@ C_ROW = {"key": "C", "requests": 1, "errors": 1, "error_rate": 1.0,
          "wait_ms": stat(1, 50.0, 50.0, 50.0, 50.0), "duration_ms": stat(1, 100.0, 100.0, 100.0, 100.0)}
 
 
+# SEED as two sidecars (host-1, host-2) with two backends each would write it: models A and C ran
+# on gpu0, B on gpu1; e (rejected) and h (cancelled while queued) reached no backend.
+PLACED = {"a": ("host-1", "gpu0"), "b": ("host-1", "gpu1"), "c": ("host-2", "gpu0"),
+          "d": ("host-2", "gpu1"), "e": ("host-1", None), "f": ("host-2", "gpu0"),
+          "h": ("host-2", None), "old": ("host-1", "gpu1")}
+SEED_ON_BACKENDS = [msgspec.structs.replace(r, instance=PLACED[r.request_id][0],
+                                            backend=PLACED[r.request_id][1]) for r in SEED]
+
+
 @contextlib.asynccontextmanager
-async def seeded_journal(dsn: str, tmp_path: Path) -> AsyncIterator[Journal]:
-    """A started journal holding SEED, stopped however the block ends."""
+async def seeded_journal(
+    dsn: str, tmp_path: Path, seed: Sequence[JournalRecord] = SEED
+) -> AsyncIterator[Journal]:
+    """A started journal holding `seed`, stopped however the block ends."""
     journal = open_journal(dsn, fallback_dir=tmp_path / "fallback")
     await journal.start()
-    for record in SEED:
+    for record in seed:
         journal.submit(record)
     await journal.flush()
     try:
@@ -84,8 +97,10 @@ async def seeded_journal(dsn: str, tmp_path: Path) -> AsyncIterator[Journal]:
         await journal.stop()
 
 
-async def seeded_report(dsn: str, tmp_path: Path, **params: Any) -> dict[str, Any]:
-    async with seeded_journal(dsn, tmp_path) as journal:
+async def seeded_report(
+    dsn: str, tmp_path: Path, seed: Sequence[JournalRecord] = SEED, **params: Any
+) -> dict[str, Any]:
+    async with seeded_journal(dsn, tmp_path, seed) as journal:
         return await journal.analytics(now=NOW, **params)
 
 
@@ -112,7 +127,7 @@ async def test_known_answers(journal_dsn: str, tmp_path: Path) -> None:
     r = await seeded_report(journal_dsn, tmp_path, hours=1, group_by="model", limit=10)
 
     assert r["window"] == {"hours": 1.0, "since": T0, "until": NOW, "group_by": "model", "limit": 10, "instance": None,
-                           "truncated": False, "rows": 7}
+                           "backend": None, "truncated": False, "rows": 7}
     assert r["totals"] == {"requests": 7, "completed": 3, "failed": 2, "cancelled": 1, "rejected": 1,
                            "interrupted": 0}
     # -- who asked
@@ -168,14 +183,46 @@ async def test_group_by_and_limit(journal_dsn: str, tmp_path: Path) -> None:
                                           {"message": "queue full", "count": 1}]
 
 
+@pytest.mark.parametrize("where", ["worker process", "thread"])
+async def test_group_by_backend_and_the_backend_filter(
+    journal_dsn: str, tmp_path: Path, where: str
+) -> None:
+    """group_by=backend compares the Ollama servers (requests no backend served under null);
+    backend=NAME keeps one server's records, in the database, alone or with instance=NAME — from
+    the worker process (the sidecar's path) and from a thread (a store made by hand)."""
+    async with seeded_journal(journal_dsn, tmp_path, SEED_ON_BACKENDS) as journal:
+
+        async def run(**params: Any) -> dict[str, Any]:
+            params = {"hours": 1, "group_by": "model", "limit": 10} | params
+            if where == "thread":
+                return await compute(journal._store, AnalyticsQuery.parse(**params), NOW)
+            return await journal.analytics(now=NOW, **params)
+
+        grouped = await run(group_by="backend")
+        assert [(g["key"], g["requests"], g["errors"]) for g in grouped["groups"]["rows"]] == [
+            ("gpu0", 3, 1), (None, 2, 1), ("gpu1", 2, 1)]
+        assert grouped["groups"]["rows"][0]["wait_ms"] == stat(3, 116.667, 100.0, 200.0, 200.0)
+
+        gpu1 = await run(backend="gpu1")
+        assert gpu1["window"]["backend"] == "gpu1" and gpu1["window"]["rows"] == 2
+        assert gpu1["by_model"] == [{"key": "B", "requests": 2}]  # "old" is outside the window
+        assert gpu1["totals"]["failed"] == 1
+
+        both = await run(backend="gpu0", instance="host-2", group_by="backend")
+        assert [(g["key"], g["requests"]) for g in both["groups"]["rows"]] == [("gpu0", 2)]
+        assert (both["window"]["instance"], both["window"]["backend"]) == ("host-2", "gpu0")
+        assert (await run(backend="gpu9"))["totals"]["requests"] == 0
+
+
 @pytest.mark.postgres
 async def test_sqlite_and_postgresql_answer_identically(pg_server: PgServer, tmp_path: Path) -> None:
     """The whole report, compared as one value, for every group_by."""
-    for group_by in ("model", "client", "ip", "class", "endpoint", "status"):
+    assert "backend" in GROUP_BY
+    for group_by in GROUP_BY:
         lite = await seeded_report(f"sqlite:///{tmp_path / group_by / 'r.db'}", tmp_path / group_by,
-                                   hours=2, group_by=group_by, limit=3)
-        pg = await seeded_report(pg_server.new_database(), tmp_path / group_by, hours=2,
-                                 group_by=group_by, limit=3)
+                                   SEED_ON_BACKENDS, hours=2, group_by=group_by, limit=3)
+        pg = await seeded_report(pg_server.new_database(), tmp_path / group_by, SEED_ON_BACKENDS,
+                                 hours=2, group_by=group_by, limit=3)
         assert lite == pg
 
 
@@ -193,6 +240,10 @@ async def test_sqlite_and_postgresql_answer_identically(pg_server: PgServer, tmp
         ({"limit": "0"}, "limit: '0' is not valid; give a whole number from 1 to 1000"),
         ({"limit": "2.5"}, "limit: '2.5' is not valid"),
         ({"limit": 1.0}, "limit: 1.0 is not valid"),
+        ({"backend": "gpu 0"}, "backend: 'gpu 0' is not valid; give a backend's name"),
+        ({"backend": "gpu0\n"}, r"backend: 'gpu0\\n' is not valid"),  # \Z, not $
+        ({"backend": "x" * 64}, "backend: 'xxxx"),
+        ({"backend": 3}, "backend: 3 is not valid"),
     ],
 )
 def test_bad_parameters_are_named(params: dict[str, Any], message: str) -> None:
@@ -203,10 +254,10 @@ def test_bad_parameters_are_named(params: dict[str, Any], message: str) -> None:
 
 
 def test_all_bad_parameters_reported_at_once() -> None:
-    """Three bad parameters, one error listing all three."""
+    """Four bad parameters, one error listing all four."""
     with pytest.raises(AnalyticsError) as info:
-        AnalyticsQuery.parse(hours="-1", group_by="x", limit="many")
-    assert str(info.value).count("is not valid") == 3
+        AnalyticsQuery.parse(hours="-1", group_by="x", limit="many", backend="-gpu")
+    assert str(info.value).count("is not valid") == 4
 
 
 # -- building blocks -------------------------------------------------------------------------------
@@ -264,3 +315,17 @@ def test_runs_are_counted_per_sidecar_in_a_shared_journal() -> None:
     assert r["residency"]["model_switches"] == 0
     assert r["grouping"]["dispatch_runs"]["mean"] == 4.0
     assert {g["key"]: g["requests"] for g in r["groups"]["rows"]} == {"gpu-a": 4, "gpu-b": 4}
+
+
+def test_runs_are_counted_per_backend_of_one_sidecar() -> None:
+    """One sidecar, two backends each serving one model in a row: interleaved by time they would
+    look like a switch at every dispatch; each backend's own stream has none."""
+    rows = [{"request_id": f"r{i}", "client": "c", "ip": None, "model": "a" if i % 2 else "b",
+             "endpoint": "/api/chat", "request_class": "interactive", "status": "completed",
+             "error": None, "received_at": T0 + i, "dispatched_at": T0 + i, "queue_wait_ms": 0.0,
+             "duration_ms": 1.0, "score": 0.0, "resident": True, "instance": "host",
+             "backend": "gpu1" if i % 2 else "gpu0"} for i in range(8)]
+    r = report(rows, AnalyticsQuery.parse(hours=1, group_by="backend", limit=10), T0, T0 + 3600)
+    assert r["residency"]["model_switches"] == 0
+    assert r["grouping"]["dispatch_runs"] == {"runs": 2, "mean": 4.0, "p50": 4, "max": 4}
+    assert {g["key"]: g["requests"] for g in r["groups"]["rows"]} == {"gpu0": 4, "gpu1": 4}

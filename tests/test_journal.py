@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from unittest import mock
 
 import msgspec
+import psycopg
 import pytest
 from journal_fixtures import T0, Flaky, ids, rec, until
 
@@ -47,7 +49,7 @@ async def test_every_field_round_trips(journal_dsn: str, tmp_path: Path) -> None
         score_terms={"vram": 100.0, "fairness": 10.0, "aging": -122.5}, rank=0, queue_depth=4,
         resident=True, prompt_eval_count=42, eval_count=310, total_duration=2_000_000_000,
         load_duration=1_000_000, prompt_eval_duration=50_000_000, eval_duration=1_900_000_000,
-        prompt="why is the sky blue?\x00", response="Rayleigh scattering.",
+        prompt="why is the sky blue?\x00", response="Rayleigh scattering.", backend="gpu1",
     )
     journal = open_journal(journal_dsn, store_prompts="full", fallback_dir=tmp_path / "fb")
     await journal.start()
@@ -61,6 +63,7 @@ async def test_every_field_round_trips(journal_dsn: str, tmp_path: Path) -> None
     expected = msgspec.structs.replace(full, prompt="why is the sky blue?\ufffd", revision=found["r1"].revision)
     assert found["r1"] == expected
     assert found["r2"].resident is False and found["r2"].error == "queue full"
+    assert (found["r1"].backend, found["r2"].backend) == ("gpu1", None)
     assert found["r1"].revision > 0
 
 
@@ -163,19 +166,57 @@ def test_bad_dsn_is_a_clear_error() -> None:
 
 
 async def test_migrations_over_a_v2_database_apply_once(journal_dsn: str) -> None:
-    """A database created at v2 (before client_request_id, the num_ctx columns and instance)
-    migrates to the latest, and again is a no-op."""
+    """A database created at v2 (before client_request_id, the num_ctx columns, instance and
+    backend) migrates to the latest, and again is a no-op."""
     store = open_store(resolve(journal_dsn))
     await store.open()
     try:
         with mock.patch.object(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2]):
             assert await store.migrate() == [1, 2]
-        assert await store.migrate() == [3, 4, 5]
+        assert await store.migrate() == [3, 4, 5, 6]
         assert await store.migrate() == []
         await store.upsert([rec(1, client_request_id="mine", num_ctx=2048, num_ctx_forwarded=8192,
-                                instance="gpu-0")])
-        assert await store.fetch(("client_request_id", "num_ctx", "num_ctx_forwarded", "instance"),
-                                 0.0, 1e12) == [("mine", 2048, 8192, "gpu-0")]
+                                instance="gpu-0", backend="gpu1")])
+        assert await store.fetch(("client_request_id", "num_ctx", "num_ctx_forwarded", "instance",
+                                  "backend"), 0.0, 1e12) == [("mine", 2048, 8192, "gpu-0", "gpu1")]
+    finally:
+        await store.close()
+
+
+async def _sql(dsn: str, statement: str) -> list[tuple[Any, ...]]:
+    """One statement straight to the database, past the store: what an older sidecar wrote."""
+    target = resolve(dsn)
+    if target.kind == "sqlite":
+        with sqlite3.connect(target.location) as conn:
+            return conn.execute(statement).fetchall()
+    async with await psycopg.AsyncConnection.connect(target.location, autocommit=True) as conn:
+        cur = await conn.execute(statement)
+        return await cur.fetchall() if cur.description else []
+
+
+async def test_a_v5_database_gains_the_backend_column_and_keeps_its_rows(journal_dsn: str) -> None:
+    """A journal a v5 sidecar wrote (no backend column) migrates to v6 once: its rows read back
+    with no backend, new rows keep theirs and filter by it, and the filter's index is there."""
+    store = open_store(resolve(journal_dsn))
+    await store.open()
+    try:
+        with mock.patch.object(migrations, "MIGRATIONS", migrations.MIGRATIONS[:5]):
+            assert await store.migrate() == [1, 2, 3, 4, 5]
+        await _sql(journal_dsn, "INSERT INTO requests (request_id, client, endpoint, received_at, "
+                   f"status, revision, instance) VALUES ('old', 'c', '/api/chat', {T0}, 'completed', 1, 'h')")
+        assert await store.migrate() == [6]
+        assert await store.migrate() == []
+        assert [m.version for m in await store.applied()] == [1, 2, 3, 4, 5, 6]
+        await store.upsert([rec(1, backend="gpu0"), rec(2, backend="gpu1")])
+        assert sorted(await store.fetch(("request_id", "backend"), 0.0, 1e12)) == [
+            ("old", None), ("r1", "gpu0"), ("r2", "gpu1")]
+        assert await store.fetch(("request_id",), 0.0, 1e12, backend="gpu1") == [("r2",)]
+        assert (await store.get("old")) == JournalRecord(
+            request_id="old", client="c", endpoint="/api/chat", received_at=T0, status="completed",
+            revision=1, instance="h")
+        index = ("SELECT name FROM sqlite_master WHERE type = 'index'" if store.dialect == "sqlite"
+                 else "SELECT indexname FROM pg_indexes WHERE tablename = 'requests'")
+        assert ("ix_requests_backend_received",) in await _sql(journal_dsn, index)
     finally:
         await store.close()
 
@@ -194,7 +235,7 @@ async def test_a_migration_interrupted_midway_is_rolled_back_whole(journal_dsn: 
         with mock.patch.object(migrations, "MIGRATIONS", broken), pytest.raises(Exception):  # noqa: B017
             await store.migrate()
         assert [m.version for m in await store.applied()] == [1, 2]
-        assert await store.migrate() == [3, 4, 5]
+        assert await store.migrate() == [3, 4, 5, 6]
         assert [m.version for m in await store.applied()] == list(range(1, LATEST + 1))
     finally:
         await store.close()

@@ -135,6 +135,26 @@ async def test_replaying_the_same_file_twice_changes_nothing(journal_dsn: str, t
         await store.close()
 
 
+async def test_the_backend_survives_the_fallback_file_and_old_lines_replay_without_one(
+    journal_dsn: str, tmp_path: Path
+) -> None:
+    """A record spooled during an outage keeps its backend; a line a sidecar wrote before the
+    field existed (no `backend` key) still replays, with none."""
+    path = write_spool(tmp_path, [rec(1, backend="gpu1")])
+    old = msgspec.json.decode(msgspec.json.encode(rec(2)))
+    del old["backend"]
+    with path.open("ab") as out:
+        out.write(msgspec.json.encode(old) + b"\n")
+    store = await migrated(journal_dsn)
+    try:
+        report = await replay_all(store, FallbackSpool(tmp_path))
+        assert (report.records, report.bad_lines) == (2, 0)
+        assert sorted(await store.fetch(("request_id", "backend"), 0.0, 1e12)) == [
+            ("r1", "gpu1"), ("r2", None)]
+    finally:
+        await store.close()
+
+
 async def test_counter_too_big_for_bigint_is_moved_aside_not_a_dead_writer(journal_dsn: str, tmp_path: Path) -> None:
     """Ollama's counters are unbounded in the schema; one beyond BIGINT is refused by both databases
     alike (moved to .bad) and the writer carries on with every other record."""

@@ -23,11 +23,11 @@ from typing import Any
 import msgspec
 
 from schemas.figures import percentile
-from schemas.journal import INSTANCE_PATTERN, STATUSES
+from schemas.journal import BACKEND_PATTERN, INSTANCE_PATTERN, STATUSES
 from server.journal.records import from_row
 from server.journal.store import Store
 
-GROUP_BY = ("model", "client", "ip", "class", "endpoint", "status", "instance")
+GROUP_BY = ("model", "client", "ip", "class", "endpoint", "status", "instance", "backend")
 MAX_HOURS = 24 * 366.0
 MAX_LIMIT = 1000
 MAX_ROWS = 500_000  # rows one report reads; beyond it the report covers the newest and says so
@@ -37,8 +37,10 @@ _HISTOGRAM_BINS = 10
 COLUMNS = (
     "request_id", "client", "ip", "model", "endpoint", "request_class", "status", "error",
     "received_at", "dispatched_at", "queue_wait_ms", "duration_ms", "score", "resident", "instance",
+    "backend",
 )
 INSTANCE = re.compile(INSTANCE_PATTERN)
+BACKEND = re.compile(BACKEND_PATTERN)
 _FIELD_OF = {"class": "request_class"}
 _ERRORS = ("failed", "rejected", "interrupted")  # interrupted: the sidecar died under it
 
@@ -54,9 +56,12 @@ class AnalyticsQuery(msgspec.Struct, frozen=True):
     group_by: str
     limit: int
     instance: str | None = None  # one sidecar's records only (a journal several share)
+    backend: str | None = None  # one Ollama server's records only (a sidecar may feed several)
 
     @classmethod
-    def parse(cls, *, hours: Any, group_by: Any, limit: Any, instance: Any = None) -> AnalyticsQuery:
+    def parse(
+        cls, *, hours: Any, group_by: Any, limit: Any, instance: Any = None, backend: Any = None
+    ) -> AnalyticsQuery:
         """Accepts query-string text or numbers; reports every bad parameter at once."""
         errors: list[str] = []
         h = _number(hours, float)
@@ -70,10 +75,13 @@ class AnalyticsQuery(msgspec.Struct, frozen=True):
         if instance is not None and not (isinstance(instance, str) and INSTANCE.match(instance)):
             errors.append(f"instance: {instance!r} is not valid; give a sidecar's instance name "
                           "(letters, digits and . _ : -, at most 128)")
+        if backend is not None and not (isinstance(backend, str) and BACKEND.match(backend)):
+            errors.append(f"backend: {backend!r} is not valid; give a backend's name "
+                          "(letters, digits and . _ -, at most 63)")
         if errors:
             raise AnalyticsError("; ".join(errors))
         assert h is not None and n is not None
-        return cls(hours=h, group_by=str(group_by), limit=n, instance=instance)
+        return cls(hours=h, group_by=str(group_by), limit=n, instance=instance, backend=backend)
 
 
 def _number(value: Any, kind: Callable[[str], Any]) -> Any:
@@ -232,11 +240,12 @@ def _residency(rows: Sequence[Row]) -> dict[str, Any]:
     )
     known = [r for r in dispatched if r["resident"] is not None]
     hits = sum(1 for r in known if r["resident"])
-    # Runs are per sidecar: several writing to one journal each order their own GPU's stream, and
-    # their streams interleaved would be runs of nothing.
+    # Runs are per GPU, i.e. per (instance, backend): each sidecar sharing a journal, and each
+    # backend of one sidecar, orders its own stream; interleaved, their streams would be runs of
+    # nothing.
     streams: dict[Any, list[Row]] = {}
     for r in dispatched:
-        streams.setdefault(r.get("instance"), []).append(r)
+        streams.setdefault((r.get("instance"), r.get("backend")), []).append(r)
     by_dispatch = [n for rs in streams.values() for n in run_lengths([r["model"] for r in rs])]
     # The seed's "bunching": runs of the same model in ARRIVAL order — what clients sent, not what
     # the scheduler did. Same requests, two orders; the ratio is the scheduler's grouping gain.
@@ -273,6 +282,7 @@ def report(
         "window": {
             "hours": query.hours, "since": since, "until": until,
             "group_by": query.group_by, "limit": limit, "instance": query.instance,
+            "backend": query.backend,
             # More than MAX_ROWS requests in the window: the report covers the newest of them.
             "truncated": truncated, "rows": len(rows),
         },
@@ -296,7 +306,8 @@ async def compute(
     store: Store, query: AnalyticsQuery, now: float, *, max_rows: int = MAX_ROWS
 ) -> dict[str, Any]:
     since = now - query.hours * 3600
-    raw = await store.fetch(COLUMNS, since, now, max_rows + 1, instance=query.instance)
+    raw = await store.fetch(COLUMNS, since, now, max_rows + 1, instance=query.instance,
+                            backend=query.backend)
     truncated = len(raw) > max_rows
 
     def build() -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from server.journal.analytics import COLUMNS, AnalyticsQuery, report
 from server.journal.dsn import Target
-from server.journal.records import from_row, window_sql
+from server.journal.records import from_row, window_query
 from server.journal.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,10 @@ class AnalyticsBusy(StoreUnavailable):
 
 
 def _fetch(
-    target: Target, since: float, until: float, limit: int, instance: str | None
+    target: Target, since: float, until: float, limit: int, query: AnalyticsQuery
 ) -> list[tuple[Any, ...]]:
-    params: list[Any] = [since, until] + ([instance] if instance is not None else [])
-    sql = window_sql("?" if target.kind == "sqlite" else "%s", limit, COLUMNS, instance=instance is not None)
+    sql, params = window_query("?" if target.kind == "sqlite" else "%s", COLUMNS, since, until,
+                               limit, instance=query.instance, backend=query.backend)
     if target.kind == "sqlite":
         try:
             # A path with '?' or '#' in it must not end up in the URI's query: as_uri escapes it.
@@ -67,7 +67,7 @@ def _fetch(
 def report_for(target: Target, query: AnalyticsQuery, now: float, max_rows: int) -> dict[str, Any]:
     """Runs in the worker: the whole report for the window ending at `now`."""
     since = now - query.hours * 3600
-    raw = _fetch(target, since, now, max_rows + 1, query.instance)
+    raw = _fetch(target, since, now, max_rows + 1, query)
     rows = [from_row(COLUMNS, r) for r in raw[:max_rows]]  # newest first
     return report(rows, query, since, now, truncated=len(raw) > max_rows)
 

@@ -395,12 +395,14 @@ class Journal:
 
     async def analytics(
         self, hours: Any = 24, group_by: Any = "model", limit: Any = 10, *, now: float | None = None,
-        instance: Any = None,
+        instance: Any = None, backend: Any = None,
     ) -> dict[str, Any]:
         """The analytics report (JSON-able). AnalyticsError on bad parameters (→ 400),
         StoreUnavailable when the database does not answer (→ 503). `instance`: only the records
-        of that sidecar (None: every sidecar writing to this journal)."""
-        query = AnalyticsQuery.parse(hours=hours, group_by=group_by, limit=limit, instance=instance)
+        of that sidecar (None: every sidecar writing to this journal); `backend`: only those one
+        Ollama server served (None: whichever, and none)."""
+        query = AnalyticsQuery.parse(hours=hours, group_by=group_by, limit=limit, instance=instance,
+                                     backend=backend)
         at = time.time() if now is None else now
         if self._analytics is None:
             return await compute(self._store, query, at)

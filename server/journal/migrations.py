@@ -87,6 +87,13 @@ _V5_INSTANCE = (
 )
 
 
+# One sidecar may feed several Ollama servers ([backends.NAME]): which one served each request.
+_V6_BACKEND = (
+    "ALTER TABLE requests ADD COLUMN backend {TEXT}",
+    "CREATE INDEX IF NOT EXISTS ix_requests_backend_received ON requests (backend, received_at)",
+)
+
+
 class Migration(NamedTuple):
     version: int
     name: str
@@ -99,6 +106,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the client's own request id", _V3_CLIENT_REQUEST_ID),
     Migration(4, "num_ctx asked and forwarded", _V4_NUM_CTX),
     Migration(5, "the sidecar instance that wrote the record", _V5_INSTANCE),
+    Migration(6, "the backend that served the request", _V6_BACKEND),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -25,7 +25,7 @@ from server.journal.records import (
     record_from_row,
     to_row,
     upsert_sql,
-    window_sql,
+    window_query,
 )
 from server.journal.store import AppliedMigration, StoreRejected, StoreUnavailable
 
@@ -176,12 +176,13 @@ class PostgresStore:
 
     async def fetch(
         self, columns: Sequence[str], since: float, until: float, limit: int | None = None,
-        instance: str | None = None,
+        instance: str | None = None, backend: str | None = None,
     ) -> list[tuple[Any, ...]]:
-        sql = window_sql("%s", limit, columns, instance=instance is not None)
+        sql, params = window_query("%s", columns, since, until, limit,
+                                   instance=instance, backend=backend)
         rows: list[tuple[Any, ...]] = []
         async with self._connection() as conn:
-            cur = await conn.execute(sql, [since, until] + ([instance] if instance is not None else []))
+            cur = await conn.execute(sql, params)
             # psycopg turns rows into Python objects as they are fetched, on the event loop: in
             # batches, yielding between them, so 200,000 rows never stall the streams beside.
             while batch := await cur.fetchmany(_FETCH_BATCH):

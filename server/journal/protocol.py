@@ -30,7 +30,7 @@ class Journal(Protocol):
         ...
 
     async def analytics(
-        self, hours: Any, group_by: Any, limit: Any, *, instance: Any = None
+        self, hours: Any, group_by: Any, limit: Any, *, instance: Any = None, backend: Any = None
     ) -> dict[str, Any]:
         """server.journal's report; AnalyticsError (400) or StoreUnavailable (503)."""
         ...
@@ -63,7 +63,7 @@ class NullJournal:
         return None
 
     async def analytics(
-        self, hours: Any, group_by: Any, limit: Any, *, instance: Any = None
+        self, hours: Any, group_by: Any, limit: Any, *, instance: Any = None, backend: Any = None
     ) -> dict[str, Any]:
         raise StoreUnavailable("no journal is configured")
 

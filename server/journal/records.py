@@ -94,17 +94,22 @@ def lookup_sql(placeholder: str) -> str:
     )
 
 
-def window_sql(
-    placeholder: str, limit: int | None, columns: Sequence[str], *, instance: bool = False
-) -> str:
-    """How the journal reads a time window: its rows (of one sidecar instance, when `instance`:
-    a third parameter), the newest `limit` of them (None: all)."""
-    sql = (
-        f"SELECT {', '.join(columns)} FROM requests"
-        f" WHERE received_at >= {placeholder} AND received_at < {placeholder}"
-        + (f" AND instance = {placeholder}" if instance else "")
-    )
-    return sql + (f" ORDER BY received_at DESC LIMIT {int(limit)}" if limit is not None else "")
+def window_query(
+    placeholder: str, columns: Sequence[str], since: float, until: float, limit: int | None, *,
+    instance: str | None = None, backend: str | None = None,
+) -> tuple[str, list[Any]]:
+    """How the journal reads a time window, as SQL and its parameters: the rows (of one sidecar
+    instance and of one backend, when given), the newest `limit` of them (None: all)."""
+    where = [f"received_at >= {placeholder}", f"received_at < {placeholder}"]
+    params: list[Any] = [since, until]
+    for column, value in (("instance", instance), ("backend", backend)):
+        if value is not None:
+            where.append(f"{column} = {placeholder}")
+            params.append(value)
+    sql = f"SELECT {', '.join(columns)} FROM requests WHERE {' AND '.join(where)}"
+    if limit is not None:
+        sql += f" ORDER BY received_at DESC LIMIT {int(limit)}"
+    return sql, params
 
 
 def upsert_sql(placeholder: str) -> str:
@@ -206,5 +211,5 @@ __all__ = [
     "record_from_row",
     "to_row",
     "upsert_sql",
-    "window_sql",
+    "window_query",
 ]

@@ -24,7 +24,7 @@ from server.journal.records import (
     record_from_row,
     to_row,
     upsert_sql,
-    window_sql,
+    window_query,
 )
 from server.journal.store import AppliedMigration, StoreRejected, StoreUnavailable
 
@@ -140,10 +140,10 @@ class SqliteStore:
 
     async def fetch(
         self, columns: Sequence[str], since: float, until: float, limit: int | None = None,
-        instance: str | None = None,
+        instance: str | None = None, backend: str | None = None,
     ) -> list[tuple[Any, ...]]:
-        sql = window_sql("?", limit, columns, instance=instance is not None)
-        params = [since, until] + ([instance] if instance is not None else [])
+        sql, params = window_query("?", columns, since, until, limit,
+                                   instance=instance, backend=backend)
         return await self._call(lambda db: [tuple(r) for r in db.execute(sql, params)])
 
     async def purge(self, before: float) -> int:

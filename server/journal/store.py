@@ -58,11 +58,11 @@ class Store(Protocol):
 
     async def fetch(
         self, columns: Sequence[str], since: float, until: float, limit: int | None = None,
-        instance: str | None = None,
+        instance: str | None = None, backend: str | None = None,
     ) -> list[tuple[Any, ...]]:
-        """Rows with since <= received_at < until (of one sidecar instance, when given), in no
-        particular order; the newest `limit` of them when there are more (None: all). Never
-        converts many rows on the event loop in one go."""
+        """Rows with since <= received_at < until (of one sidecar instance and one backend, when
+        given), in no particular order; the newest `limit` of them when there are more (None:
+        all). Never converts many rows on the event loop in one go."""
         ...
 
     async def purge(self, before: float) -> int:
