@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 from sidecar_fixtures import SidecarFactory, make_policy
+
+from schemas.overview import LiveFigures, Overview
+from schemas.proxy_api import BackendHealth, Health, PolicyInfo, QueueView, UpstreamHealth
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 MODELS = ("llama3.2:1b", "llama3.2:3b", "llama3.1:8b")
@@ -158,6 +162,62 @@ def test_once_says_why_ollama_is_down(sidecar_factory: SidecarFactory) -> None:
     assert "upstream DOWN" in shown.stdout and "no poll has succeeded yet" in line
     assert "ConnectError" in line  # the poll's own error
     assert "see upstream.last_error" not in shown.stdout
+
+
+def _overview(backends: list[BackendHealth]) -> dict[str, Any]:
+    """A snapshot as GET /proxy/overview gives it, built from its schema: nothing queued."""
+    policy = PolicyInfo(name="two-gpus", version="abc123")
+    in_flight = sum(b.in_flight for b in backends)
+    slots = sum(b.max_parallel for b in backends)
+    overview = Overview(
+        at=1_700_000_000.0, last_event_id=7,
+        health=Health(status="ok", queue_depth=0, in_flight=in_flight, max_parallel=slots,
+                      paused=False, upstream=UpstreamHealth(up=any(b.up for b in backends)),
+                      policy=policy, backends=backends),
+        queue=QueueView(paused=False, depth=0, max_parallel=slots, policy=policy, waiting=[],
+                        in_flight=[]),
+        residency={"vram_total_gb": 24.0, "vram_used_gb": 0.0, "loaded_count": 0,
+                   "max_loaded_models": 2, "models": []},
+        recent_dispatches=[],
+        figures=LiveFigures(requests=0, since=None, errors=0, error_rate=None, rejected=0,
+                            cancelled=0, wait_p50_s=None, wait_p95_s=None, wait_p99_s=None,
+                            wait_max_s=None, top_clients=[], top_models=[]),
+        series=[], event_subscribers=0, event_subscribers_dropped=0,
+    )
+    overview_json: dict[str, Any] = msgspec.to_builtins(overview)
+    return overview_json
+
+
+def test_the_backends_table_shows_each_backend_and_why_one_is_down() -> None:
+    """Two backends, the second down: both are listed in the policy's order, the down one with its
+    error (which rich must print, not read as markup) and how long ago it last answered."""
+    import io
+
+    from rich.console import Console
+
+    from server.cli.dashboard_view import render
+
+    def shown(backends: list[BackendHealth], plain: bool = True) -> list[str]:
+        out = io.StringIO()
+        console = Console(file=out, width=160, highlight=False, no_color=True, force_terminal=False)
+        console.print(render(_overview(backends), source="snapshot", plain=plain))
+        return out.getvalue().splitlines()
+
+    error = "ConnectError: [Errno 111] Connection refused"
+    up = BackendHealth(name="gpu-a", up=True, last_poll_age_s=1.0, in_flight=1, max_parallel=2)
+    down = BackendHealth(name="gpu-b", up=False, last_error=error, last_poll_age_s=42.0,
+                         in_flight=0, max_parallel=4)
+    lines = shown([up, down])
+    table = lines[lines.index(next(x for x in lines if x.startswith("Backends"))):]
+    rows = [[c.strip() for c in x.strip("|").split("|")] for x in table if x.startswith("|gpu-")]
+    assert rows == [["gpu-a", "up", "1/2"],
+                    ["gpu-b", f"down: {error} (last good poll 42s ago)", "0/4"]], lines
+    coloured = shown([up, down], plain=False)  # the live view's boxes, same words
+    assert any("gpu-b" in x and f"down: {error}" in x for x in coloured), coloured
+
+    retiring = shown([up, msgspec.structs.replace(down, up=True, retiring=True)])
+    assert any(x.startswith("|gpu-b") and "up, retiring" in x for x in retiring), retiring
+    assert not any(x.startswith("Backends") for x in shown([]))  # a sidecar listing none
 
 
 def test_load_sends_requests_from_several_clients(

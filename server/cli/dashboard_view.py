@@ -22,6 +22,10 @@ def _num(value: float | None, digits: int = 1, unit: str = "") -> str:
     return "–" if value is None else f"{value:.{digits}f}{unit}"
 
 
+def _polled(age: float | None) -> str:
+    return "no poll has succeeded yet" if age is None else f"last good poll {age:.0f}s ago"
+
+
 def _table(title: str, plain: bool, *columns: str) -> Table:
     table = Table(title=title, title_justify="left", box=box.ASCII2 if plain else box.SIMPLE_HEAD,
                   expand=False, pad_edge=False)
@@ -63,8 +67,7 @@ def header(ov: dict[str, Any], source: str) -> Text:
     text.append(f"  [{source}, {time.strftime('%H:%M:%S', time.localtime(ov['at']))}]", style="dim")
     upstream = h["upstream"]
     if not upstream["up"]:  # what the health reason only points at: the error itself
-        age = upstream.get("last_poll_age_s")
-        polled = "no poll has succeeded yet" if age is None else f"last good poll {age:.0f}s ago"
+        polled = _polled(upstream.get("last_poll_age_s"))
         text.append(f"\n  ! Ollama: {upstream.get('last_error') or 'not reached yet'} ({polled})",
                     style="red")
     for reason in h.get("reasons") or ():
@@ -75,6 +78,25 @@ def header(ov: dict[str, Any], source: str) -> Text:
         first = policy["last_reload_error"].strip().splitlines()[0]
         text.append(f"\n  ! policy reload failed: {first}", style="red")
     return text
+
+
+def backends(ov: dict[str, Any], plain: bool) -> RenderableType | None:
+    """Each Ollama server of the policy, in its order: up or down (with the error), its slots."""
+    listed = ov["health"].get("backends") or []
+    if not listed:  # a sidecar from before backends were listed
+        return None
+    table = _table("Backends", plain, "backend", "state", "in flight")
+    for b in listed:
+        if b["up"]:
+            state = Text("up", style="" if plain else "green")
+        else:
+            error = b.get("last_error") or "not reached yet"
+            state = Text(f"down: {error} ({_polled(b.get('last_poll_age_s'))})",
+                         style="" if plain else "red")
+        if b.get("retiring"):
+            state.append(", retiring", style="" if plain else "yellow")
+        _row(table, b["name"], state, f"{b['in_flight']}/{b['max_parallel']}")
+    return table
 
 
 def residency(ov: dict[str, Any], plain: bool) -> Table:
@@ -161,7 +183,8 @@ def figures(ov: dict[str, Any], plain: bool) -> RenderableType:
 
 
 def render(ov: dict[str, Any], *, source: str, plain: bool = False) -> RenderableType:
-    return Group(
-        header(ov, source), residency(ov, plain), queue(ov, plain), in_flight(ov, plain),
-        recent(ov, plain), figures(ov, plain),
+    parts = (
+        header(ov, source), backends(ov, plain), residency(ov, plain), queue(ov, plain),
+        in_flight(ov, plain), recent(ov, plain), figures(ov, plain),
     )
+    return Group(*(part for part in parts if part is not None))

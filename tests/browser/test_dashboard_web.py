@@ -120,6 +120,18 @@ def test_the_dashboard_in_a_real_browser(
     expect(page.locator("#board")).to_be_visible()
     expect(page.locator("#live")).to_contain_text("live")
     expect(page.locator("#status")).to_have_text("ok")
+    # A one-backend file's backend is "default"; a "backend" event turns its row at once, and
+    # the snapshot the page then re-reads says it is up again (as it really is).
+    backend = page.locator('#backends tbody tr[data-backend="default"]')
+    expect(page.locator("#backends tbody tr")).to_have_count(1)
+    expect(backend.locator(".backend-up")).to_have_text("up")
+    flipped = page.evaluate("""() => {
+      onEvent("backend", { at: Date.now() / 1000, backend: "default", up: false, error: "refused" });
+      return document.querySelector('#backends tr[data-backend="default"]').textContent;
+    }""")
+    assert "down" in flipped and "refused" in flipped, flipped
+    expect(backend.locator(".backend-up")).to_have_text("up")
+    expect(page.locator("#events")).to_contain_text("backend default down refused")
 
     page.click("#pause")
     expect(page.locator("#resume")).to_be_visible()

@@ -5,7 +5,7 @@
 
 const CSRF = { "X-Smart-Proxy-Csrf": "1" };
 const EVENT_TYPES = ["enqueue", "dispatch", "first_byte", "complete", "cancel", "reject", "reload",
-  "residency", "pause", "resume", "queue_cleared", "heartbeat", "reset", "dropped"];
+  "residency", "pause", "resume", "queue_cleared", "heartbeat", "reset", "dropped", "backend"];
 const KIND = { attach: "hit", load: "load", swap: "swap", reload: "reload" };
 const MAX_LOG = 200;
 const $ = (id) => document.getElementById(id);
@@ -14,6 +14,7 @@ let source = null;
 let refreshTimer = null;
 let series = [];
 let reloadError = null;
+let backends = []; // the last snapshot's health.backends, with the "backend" events since
 
 function el(tag, props, ...children) {
   const node = document.createElement(tag);
@@ -117,6 +118,9 @@ function onEvent(type, ev) {
     reloadError = ev.ok ? null : ev.error;
     banner();
   }
+  if (type === "backend") { // at once; the refresh below brings its slots and poll age
+    renderBackends(backends.map((b) => (b.name === ev.backend ? { ...b, up: ev.up, last_error: ev.error ?? null } : b)));
+  }
   if (type === "dropped") return; // the stream ends; the browser reconnects with Last-Event-ID
   scheduleRefresh();
 }
@@ -133,8 +137,11 @@ function scheduleRefresh() {
 
 function logEvent(type, ev) {
   const time = new Date(ev.at * 1000).toLocaleTimeString();
-  const what = [ev.request_id, ev.client, ev.model, ev.action, ev.status, ev.http_status, ev.error, ev.version]
-    .filter((x) => x !== undefined && x !== null && x !== "").join(" ");
+  const what = [
+    type === "backend" || (type === "residency" && backends.length > 1) ? ev.backend : null,
+    type === "backend" ? (ev.up ? "up" : "down") : null,
+    ev.request_id, ev.client, ev.model, ev.action, ev.status, ev.http_status, ev.error, ev.version,
+  ].filter((x) => x !== undefined && x !== null && x !== "").join(" ");
   const list = $("events");
   list.prepend(el("li", { class: `event-${type}` }, `${time} ${type} ${what}`));
   while (list.children.length > MAX_LOG) list.lastChild.remove();
@@ -154,6 +161,7 @@ function render(ov) {
   const shown = ov.queue.waiting.length < ov.queue.depth ? `, the first ${ov.queue.waiting.length} shown` : "";
   $("depth").textContent = `(${ov.queue.depth} waiting${shown}${h.paused ? ", dispatching paused" : ""})`;
   renderFigures(ov);
+  renderBackends(h.backends || []);
   renderResidency(ov.residency);
   renderInFlight(ov.queue.in_flight);
   renderQueue(ov.queue.waiting);
@@ -173,6 +181,20 @@ function renderFigures(ov) {
     ["requests", f.requests], ["rejected", f.rejected], ["cancelled", f.cancelled],
   ];
   $("figure-list").replaceChildren(...items.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, String(v)))));
+}
+
+// One row per backend, in the policy's order; the panel is hidden when the sidecar lists none.
+function renderBackends(list) {
+  backends = list;
+  $("backends-panel").hidden = list.length === 0;
+  const rows = list.map((b) => el("tr", { "data-backend": b.name },
+    el("td", {}, b.name, b.retiring ? el("span", { class: "tag" }, "retiring") : ""),
+    el("td", { title: b.last_poll_age_s === null || b.last_poll_age_s === undefined
+      ? "no poll has succeeded yet" : `last good poll ${fmt(b.last_poll_age_s, 0)} s ago` },
+    el("span", { class: b.up ? "backend-up" : "backend-down" }, b.up ? "up" : "down"),
+    !b.up && b.last_error ? el("span", { class: "terms" }, ` ${b.last_error}`) : ""),
+    el("td", { class: "num" }, `${b.in_flight} / ${b.max_parallel}`)));
+  $("backends").tBodies[0].replaceChildren(...rows);
 }
 
 function renderResidency(res) {
