@@ -19,7 +19,7 @@ class ClassBooks:
         self._models: dict[str, Counter[str]] = {}  # class -> waiting tickets per model
 
     def waiting(self, ticket: Ticket) -> None:
-        self._waiting.setdefault(ticket.cls, {})[ticket.id] = ticket
+        insert_in_order(self._waiting.setdefault(ticket.cls, {}), ticket)
         self._models.setdefault(ticket.cls, Counter())[ticket.model] += 1
 
     def left(self, ticket: Ticket) -> None:
@@ -70,3 +70,14 @@ class ClassBooks:
         if free <= 0 or free > kept:
             return None  # no slot to keep, or every class may take this one
         return lambda cls, model: free - (kept - outstanding.get(cls, 0)) < 1 and not is_cloud(model)
+
+
+def insert_in_order(tickets: dict[str, Ticket], ticket: Ticket) -> None:
+    """Add to tickets kept in arrival order. A new arrival goes last at no cost; a ticket put
+    back after its grant failed to connect (rare) rebuilds the order."""
+    last = next(reversed(tickets.values()), None)
+    tickets[ticket.id] = ticket
+    if last is not None and last.seq > ticket.seq:
+        ordered = sorted(tickets.values(), key=lambda t: t.seq)
+        tickets.clear()
+        tickets.update((t.id, t) for t in ordered)

@@ -17,7 +17,14 @@ MAX_CACHED = 4096
 class CloudModels:
     def __init__(self) -> None:
         self._listed: dict[str, bool] = {}  # from /api/tags: name -> remote
+        self._per_backend: dict[str, dict[str, bool]] = {}  # each backend's /api/tags
         self._of: dict[str, bool] = {}  # the answers given
+
+    def keep(self, backends: set[str]) -> None:
+        """After a reload: forget the lists of backends no longer there (at their next answer
+        the merged list is rebuilt without them)."""
+        for name in set(self._per_backend) - backends - {""}:
+            del self._per_backend[name]
 
     def __call__(self, model: str) -> bool:
         known = self._of.get(model)
@@ -28,12 +35,15 @@ class CloudModels:
             known = self._of[model] = cloud_by_name(model) if listed is None else listed
         return known
 
-    def learn(self, tags_payload: dict[str, Any]) -> bool:
-        """An /api/tags answer; whether it changed what is known to be a cloud model."""
-        listed: dict[str, bool] = {}
+    def learn(self, tags_payload: dict[str, Any], backend: str = "") -> bool:
+        """A backend's /api/tags answer; whether it changed what is known to be a cloud model.
+        Several backends' lists are merged: each answer replaces only its own backend's."""
+        mine: dict[str, bool] = {}
         for entry in tags_payload.get("models") or ():
             if isinstance(entry, dict) and isinstance(name := entry.get("name") or entry.get("model"), str):
-                listed[canonical_model(name)] = bool(entry.get("remote_host") or entry.get("remote_model"))
+                mine[canonical_model(name)] = bool(entry.get("remote_host") or entry.get("remote_model"))
+        self._per_backend[backend] = mine
+        listed = {k: v for lists in self._per_backend.values() for k, v in lists.items()}
         if listed == self._listed:
             return False
         self._listed = listed

@@ -59,14 +59,17 @@ class InFlight:
 class StateView(SchedulingState):
     """The read-only state a policy sees."""
 
-    __slots__ = ("_cloud", "_ledger", "_residency", "_service")
+    __slots__ = ("_cloud", "_ledger", "_load", "_residency", "_service")
 
     def __init__(
         self, ledger: ClientLedger, residency: ResidencyModel, cloud: Callable[[str], bool],
-        service: ServiceAccount,
+        service: ServiceAccount, load: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._ledger, self._residency, self._cloud = ledger, residency, cloud
-        self._service = service
+        self._service, self._load = service, load
+
+    def backend_load(self) -> float:
+        return self._load()
 
     # A cloud model is always "loaded" to a policy: it never costs a load, a swap or VRAM.
     def residency(self, model: str, variant: str = "") -> Residency:

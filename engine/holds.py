@@ -2,7 +2,8 @@
 costs, except a swap that would evict a model whose own overdue work goes before it (under
 overload a batch backlog past its long limit would otherwise swap people's model out between
 every two of their answers). Asked by the scheduler's pick and, for the reasons a ticket waits,
-by the queue views."""
+by the queue views. `choose` is the scheduler's pick for one backend, with those holds, the
+policy's swap_hold, and with several backends the affinity hold (`loaded_elsewhere`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from policy.compile import OrderKey, Policy
 from schemas.ticket import Score, Ticket
 
 if TYPE_CHECKING:
+    from engine.nodes import Node
     from engine.scheduler import Scheduler
 
 OVERDUE_PROBE = 256  # overdue tickets per class looked at: a pick stays bounded
@@ -56,3 +58,102 @@ def ranks_ahead(
         s.oldest, residency.version, barred, s.waiting_classes, cache=s.node.name,
     )
     return best is not None and policy.order_key(*best) < key
+
+
+def choose(s: Scheduler, policy: Policy, now: float) -> tuple[Ticket, Score] | None:
+    """The policy's best eligible ticket, except a swap that would evict a model whose own
+    waiting work ranks ahead of it: that work is only briefly blocked (its model is at its
+    parallel limit), and evicting now would cost a second swap to bring it back."""
+    held: set[tuple[str, str]] = set()
+    node, residency = s.node, s.residency_model
+    local_free, cloud_free = node.free(), s._cloud_free()
+
+    def eligible(model: str, variant: str) -> bool:
+        if s.is_cloud(model):
+            return cloud_free
+        return (local_free and (model, variant) not in held and node.serves(model)
+                and residency.eligible(model, variant))
+
+    barred = s._barred(policy)
+    # The policy's swap_hold: a runner whose swap must wait for company is passed over unless
+    # overdue (the next poll's dispatch looks again; a slot may idle until then). Asked per
+    # runner once per choice: nothing moves meanwhile.
+    holds: dict[tuple[str, str], bool] = {}
+
+    def swap_held(model: str, variant: str) -> bool:
+        found = holds.get((model, variant))
+        if found is None:
+            found = holds[(model, variant)] = (  # the cheap questions first
+                s.swap_held(policy, model, variant, now) and not s.is_cloud(model)
+                and bool(residency.plan(model, variant).evicts))
+        return found
+
+    # With several backends: no second copy of a model another backend has loaded while that
+    # one can take its backlog (`loaded_elsewhere`). Asked per runner once per choice.
+    several = affinity_holds(s, policy)
+    away: dict[tuple[str, str], bool] = {}
+
+    def kept_back(model: str, variant: str) -> bool:
+        if policy.swap_hold is not None and swap_held(model, variant):
+            return True
+        found = away.get((model, variant))
+        if found is None:
+            found = away[(model, variant)] = loaded_elsewhere(s, policy, node, model, variant) is not None
+        return found
+
+    while True:
+        choice = s.picker.best(policy, s.state, now, eligible, s.oldest,
+                               residency.version, barred, s.waiting_classes,
+                               kept_back if several else None if policy.swap_hold is None else swap_held,
+                               node.name)
+        if choice is None:
+            return choice
+        ticket, score = choice
+        if s.is_cloud(ticket.model):
+            return choice  # evicts nothing
+        victims = residency.plan(ticket.model, ticket.variant).evicts
+        if score.overdue:  # overdue work goes whatever it costs, unless it would evict a
+            # model whose own overdue work goes before it: under overload a batch backlog
+            # past its limit would otherwise swap people's model out between every two
+            # answers while people wait past theirs.
+            if not overdue_ahead(s, victims, ticket, policy, now, barred):
+                return choice
+            held.add((ticket.model, ticket.variant))
+            continue
+        mine = policy.order_key(ticket, score)  # (a swap_hold's held swaps never get here)
+        if not any(ranks_ahead(s, v, mine, policy, now, barred) for v in victims):
+            return choice
+        held.add((ticket.model, ticket.variant))
+
+
+AFFINITY_BACKLOG = 2  # slots' worth of waiting work a backend with the model loaded keeps to itself
+
+
+def affinity_holds(s: Scheduler, policy: Policy) -> bool:
+    """Whether the affinity hold applies: with several backends, unless the policy weighs
+    spreading itself (a backend_load term)."""
+    return len(s.backends) > 1 and "backend" not in policy.by_dependency
+
+
+def loaded_elsewhere(s: Scheduler, policy: Policy, node: Node, model: str, variant: str) -> Node | None:
+    """The backend (up, not retiring, allowed the model) that has this runner loaded or loading
+    while `node` has not, and whose slots can take the model's waiting work soon (at most
+    AFFINITY_BACKLOG times its max_parallel): `node` does not load a second copy meanwhile.
+    Measured on the simulator's traces, a second copy is what a free card loads most, and it
+    costs a swap there now and another when the card is needed for something else (a plain
+    balancer loads every model everywhere). More work than that spills over; overdue work goes
+    anywhere (the holds never keep it); a policy with a backend_load term decides itself."""
+    if (not affinity_holds(s, policy) or s.is_cloud(model)
+            or node.residency.residency(model, variant) in ("loaded", "loading")):
+        return None
+    backlog: int | None = None
+    for other in s.backends.values():
+        if other is node or other.retiring or other.down or not other.serves(model):
+            continue
+        if other.residency.residency(model, variant) not in ("loaded", "loading"):
+            continue
+        if backlog is None:
+            backlog = sum(s.waiting_models(c).get(model, 0) for c in s.waiting_classes())
+        if backlog <= AFFINITY_BACKLOG * other.slots:
+            return other
+    return None

@@ -84,6 +84,10 @@ class ClientLedger:
         self._arrivals.setdefault(client, _Times()).append(t, self._max_per_client)
         self._log.append((t, client))
 
+    def returned(self, client: str) -> None:
+        """A ticket of this client waits again after its grant failed: not a new arrival."""
+        self._queued[client] = self._queued.get(client, 0) + 1
+
     def leave(self, client: str) -> None:
         """A ticket of this client stopped waiting (dispatched, cancelled, timed out)."""
         left = self._queued.get(client, 0) - 1

@@ -37,10 +37,11 @@ class Node:
     url: str = ""
     local: int = 0  # local requests in flight here
     retiring: bool = False  # removed by a reload: finishes what it runs, takes nothing new
+    down: bool = False  # its server does not answer: no dispatches until it does (the sidecar)
     _serves: dict[str, bool] = field(default_factory=dict)
 
     def free(self) -> bool:
-        return not self.retiring and self.local < self.slots
+        return not self.retiring and not self.down and self.local < self.slots
 
     def serves(self, model: str) -> bool:
         """Whether the backend's `models` allow-list lets it serve `model`."""
@@ -52,6 +53,10 @@ class Node:
             if len(self._serves) < MAX_SERVES_CACHE:
                 self._serves[model] = found
         return found
+
+    def busy(self) -> float:
+        """Its share of slots in use (what the policy's backend_load term reads)."""
+        return min(1.0, self.local / self.slots) if self.slots > 0 else 1.0
 
     def load(self) -> float:
         """Its share of slots in use, over its weight: between two backends the policy scores
@@ -80,6 +85,7 @@ def configure(
         if node is None:
             residency = _residency(spec)
             node = Node(spec.name, residency, StateView(ledger, residency, is_cloud, service), 1)
+            node.state = StateView(ledger, residency, is_cloud, service, load=node.busy)  # its own
         claimed.add(id(node))
         # With one backend the sidecar says when the server changed (the upstream may be given
         # from outside the file); with several, a backend's URL is its server.

@@ -78,6 +78,24 @@ class Picker:
         self._arrivals.setdefault(key[:2], deque()).append(ticket)
         self._dirty.add(ticket.client)
 
+    def restore(self, ticket: Ticket) -> None:
+        """A granted ticket back in the queue (its backend refused the connection), in its
+        arrival place in its group and its runner's arrivals. Usually that is the front (groups
+        go in arrival order); several of a group refused by one backend come back in any order,
+        so the place is looked for (rare: a walk over the group)."""
+        key = (ticket.model, ticket.variant, ticket.client, ticket.cls)
+        queue = self._groups.get(key)
+        if queue is None:
+            queue = self._groups[key] = deque()
+            self._client_groups.setdefault(ticket.client, set()).add(key)
+        _insert_by_seq(queue, ticket)
+        self._dirty_groups.add(key)
+        if ticket.seq in self._left:  # never dropped from its runner's arrivals: still in place
+            self._left.discard(ticket.seq)
+        else:
+            _insert_by_seq(self._arrivals.setdefault(key[:2], deque()), ticket)
+        self._dirty.add(ticket.client)
+
     def remove(self, ticket: Ticket) -> None:
         key = (ticket.model, ticket.variant, ticket.client, ticket.cls)
         arrivals = self._arrivals[key[:2]]
@@ -249,6 +267,11 @@ class Picker:
                         return ticket, score
         streams = []
         shift = policy.wait_slope * now
+        if "backend" in policy.by_dependency and self._by_model:
+            # The same for every ticket of this choice (the backend's load), so it moves every
+            # bound alike; it matters only when choices for two backends are compared.
+            any_head = self._groups[next(iter(self._by_model.values()))[0][3]][0]
+            shift -= policy.partial("backend", any_head, state, now)
         valid = None if version is None else (policy, version)
         cached = self._model_parts.get(cache)
         if cached is None or valid is None or cached[0] != valid:
@@ -313,3 +336,8 @@ def _bounds(base: float, entries: SortedList) -> Iterator[tuple[float, GroupKey]
 
 def _never(cls: str, model: str) -> bool:
     return False
+
+
+def _insert_by_seq(tickets: deque[Ticket], ticket: Ticket) -> None:
+    at = next((i for i, t in enumerate(tickets) if t.seq > ticket.seq), len(tickets))
+    tickets.insert(at, ticket)

@@ -1,7 +1,7 @@
 """The queue as people read it: every waiting ticket in the policy's order, whether the picker may
 choose it now, and why it still waits, in words. Built from the scheduler's public state on
 demand (the queue route, the dashboards), never on the dispatch path, so picking pays nothing
-for the reasons. The holds explained here mirror `Scheduler._choose` rule for rule."""
+for the reasons. The holds explained here mirror `engine.holds.choose` rule for rule."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from engine.classes import Barred
 from engine.grants import RankedTicket
-from engine.holds import overdue_ahead
+from engine.holds import loaded_elsewhere, overdue_ahead
 from engine.ranking import Ranking
 from policy.compile import OrderKey, Policy
 from schemas.ticket import Ticket
@@ -91,9 +91,10 @@ def position(
     place = ranking.position(ticket.id, mine, s.depth, now, rank_all)
     residency = s.residency_model
     evicts = () if s.is_cloud(ticket.model) else residency.plan(ticket.model, ticket.variant).evicts
-    held = bool(evicts) and (  # the holds of `_choose`
+    held = bool(evicts) and (  # the holds of `choose`
         overdue_ahead(s, evicts, ticket, policy, now, barred) is not None
         if score.overdue else s.swap_held(policy, ticket.model, ticket.variant, now))
+    held = held or (not score.overdue and loaded_elsewhere(s, policy, s.node, ticket.model, ticket.variant) is not None)
     eligible = s.is_cloud(ticket.model) or (residency.eligible(ticket.model, ticket.variant) and not held)
     return RankedTicket(place, ticket, score, eligible)
 
@@ -102,9 +103,12 @@ def _held_reason(
     s: Scheduler, policy: Policy, runner: tuple[str, str], key: OrderKey,
     resident_best: dict[str, OrderKey], now: float,
 ) -> str | None:
-    """`_choose`'s holds: the policy's swap_hold, or a swap that would evict a model whose own
+    """`choose`'s holds: the policy's swap_hold, or a swap that would evict a model whose own
     waiting work ranks ahead of this runner's best ticket."""
     model, variant = runner
+    if (other := loaded_elsewhere(s, policy, s.node, model, variant)) is not None:
+        return (f"waits for backend {other.name}, which has {model} loaded: no other backend loads"
+                f" a second copy while {other.name} can take its waiting requests")
     evicts = s.residency_model.plan(model, variant).evicts
     if evicts and s.swap_held(policy, model, variant, now):
         return (

@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from engine import nodes
-from engine.classes import Barred, ClassBooks
+from engine.classes import Barred, ClassBooks, insert_in_order
 from engine.clock import Clock
 from engine.cloud import CloudModels
 from engine.grants import Grant, InFlight, RankedTicket
-from engine.holds import overdue_ahead, ranks_ahead
+from engine.holds import choose
 from engine.ledger import ClientLedger
 from engine.nodes import Node, reads_evictions
 from engine.picker import Picker
@@ -116,6 +116,7 @@ class Scheduler:
         self.backends = nodes.configure(self.backends, settings, self._ledger, self.is_cloud, self.service,
                                       reads_evictions(settings), new_host)
         self._use(nodes.first(self.backends))
+        self.is_cloud.keep(set(self.backends))
         self._ranking.invalidate()
         self._ledger.set_windows(settings.windows)
         self.service.configure(service_settings_of(settings))
@@ -227,55 +228,7 @@ class Scheduler:
         return None if best is None else best[1:]
 
     def _choose(self, policy: Policy, now: float) -> tuple[Ticket, Score] | None:
-        """The policy's best eligible ticket, except a swap that would evict a model whose own
-        waiting work ranks ahead of it: that work is only briefly blocked (its model is at its
-        parallel limit), and evicting now would cost a second swap to bring it back."""
-        held: set[tuple[str, str]] = set()
-        node, residency = self.node, self.residency_model
-        local_free, cloud_free = node.free(), self._cloud_free()
-
-        def eligible(model: str, variant: str) -> bool:
-            if self.is_cloud(model):
-                return cloud_free
-            return (local_free and (model, variant) not in held and node.serves(model)
-                    and residency.eligible(model, variant))
-
-        barred = self._barred(policy)
-        # The policy's swap_hold: a runner whose swap must wait for company is passed over unless
-        # overdue (the next poll's dispatch looks again; a slot may idle until then). Asked per
-        # runner once per choice: nothing moves meanwhile.
-        holds: dict[tuple[str, str], bool] = {}
-
-        def swap_held(model: str, variant: str) -> bool:
-            found = holds.get((model, variant))
-            if found is None:
-                found = holds[(model, variant)] = (  # the cheap questions first
-                    self.swap_held(policy, model, variant, now) and not self.is_cloud(model)
-                    and bool(residency.plan(model, variant).evicts))
-            return found
-
-        while True:
-            choice = self.picker.best(policy, self.state, now, eligible, self.oldest,
-                                       residency.version, barred, self.waiting_classes,
-                                       None if policy.swap_hold is None else swap_held, node.name)
-            if choice is None:
-                return choice
-            ticket, score = choice
-            if self.is_cloud(ticket.model):
-                return choice  # evicts nothing
-            victims = residency.plan(ticket.model, ticket.variant).evicts
-            if score.overdue:  # overdue work goes whatever it costs, unless it would evict a
-                # model whose own overdue work goes before it: under overload a batch backlog
-                # past its limit would otherwise swap people's model out between every two
-                # answers while people wait past theirs.
-                if not overdue_ahead(self, victims, ticket, policy, now, barred):
-                    return choice
-                held.add((ticket.model, ticket.variant))
-                continue
-            mine = policy.order_key(ticket, score)  # (a swap_hold's held swaps never get here)
-            if not any(ranks_ahead(self, v, mine, policy, now, barred) for v in victims):
-                return choice
-            held.add((ticket.model, ticket.variant))
+        return choose(self, policy, now)  # engine/holds.py
 
     def swap_held(self, policy: Policy, model: str, variant: str, now: float) -> bool:
         """Does the policy's swap_hold keep this runner's swap back? Until the runner's oldest
@@ -290,8 +243,8 @@ class Scheduler:
             self.picker.mark_all_dirty()  # fair_share's decay and floor moved for everyone
 
     def _barred(self, policy: Policy) -> Barred | None:
-        # The reserve counts the sidecar's slots, every backend's together.
-        free = sum(n.slots - n.local for n in self.backends.values() if not n.retiring)
+        # The reserve counts the sidecar's slots, every backend's together (a down one's are not free).
+        free = sum(n.slots - n.local for n in self.backends.values() if not n.retiring and not n.down)
         return self._classes.barred(policy.reserve, free, self.max_parallel, self.is_cloud)
 
     def _grant(self, ticket: Ticket, score: Score, policy: Policy, now: float) -> Grant:
@@ -370,6 +323,32 @@ class Scheduler:
                 del self.backends[node.name]  # removed by a reload: its last request ended
         return True
 
+    def requeue(self, request_id: str) -> Ticket | None:
+        """A granted request whose backend refused the connection before any byte was sent:
+        back in the queue where it was (its arrival, its place), its slot and charge returned,
+        for another backend. None if it is not in flight, has begun, or is a cloud request."""
+        flight = self._in_flight.get(request_id)
+        if flight is None or flight.started or flight.cloud:
+            return None
+        self.service.refund(request_id)
+        self.finish(request_id)
+        ticket = flight.ticket
+        insert_in_order(self._waiting, ticket)
+        self._classes.waiting(ticket)
+        self._cloud_waiting += self.is_cloud(ticket.model)  # as cancel() will take it off
+        self._ledger.returned(ticket.client)
+        self.picker.restore(ticket)
+        self._ranking.invalidate()
+        return ticket
+
+    def set_down(self, backend: str, down: bool) -> bool:
+        """A backend stopped answering (no dispatches to it) or answers again. Whether it moved."""
+        node = self.backends.get(backend)
+        if node is None or node.down == down:
+            return False
+        node.down = down
+        return True
+
     def reconcile(self, ps_payload: dict[str, Any], backend: str | None = None) -> None:
         """A backend's /api/ps (None: the first backend's)."""
         node = self.backends.get(backend) if backend is not None else nodes.first(self.backends)
@@ -381,7 +360,7 @@ class Scheduler:
         for node in self.backends.values():
             if backend is None or node.name == backend:
                 node.residency.learn_tags(tags_payload)
-        if self.is_cloud.learn(tags_payload):
+        if self.is_cloud.learn(tags_payload, backend or ""):
             # Waiting tickets keep the kind they were counted as until they leave the queue.
             self._cloud_waiting = sum(self.is_cloud(t.model) for t in self._waiting.values())
 

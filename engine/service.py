@@ -120,6 +120,13 @@ class ServiceAccount:
         self._charged[request_id] = (client, estimate)
         self._value[client] = self._value.get(client, 0.0) + estimate
 
+    def refund(self, request_id: str) -> None:
+        """The grant came to nothing (its backend refused the connection): take back its charge."""
+        charged = self._charged.pop(request_id, None)
+        if charged is not None:
+            client, estimate = charged
+            self._value[client] = max(0.0, self._value.get(client, 0.0) - estimate)
+
     def settle(self, request_id: str, usage: Usage | None) -> str | None:
         """The request ended: its actual service replaces the estimate (none known: the
         estimate stands). The client whose counter moved, or None."""

@@ -52,3 +52,8 @@ class SchedulingState(ABC):
     @abstractmethod
     def evicts(self, model: str, variant: str = "") -> tuple[str, ...]:
         """The models loading this one now would evict (none when it is loaded or fits)."""
+
+    @abstractmethod
+    def backend_load(self) -> float:
+        """The share of slots in use on the backend this choice is for: local requests in
+        flight over its max_parallel, 0 to 1 (the same for every ticket of one choice)."""

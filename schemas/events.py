@@ -96,6 +96,15 @@ class Residency(Event, frozen=True, kw_only=True, tag="residency"):
     models: list[LoadedModel]
     loaded: list[str]
     unloaded: list[str]
+    backend: str = "default"  # which backend's /api/ps ("default": a [backend] file's one)
+
+
+class BackendState(Event, frozen=True, kw_only=True, tag="backend"):
+    """A backend went down (a failed poll, or a refused connection) or came back up."""
+
+    backend: str
+    up: bool
+    error: str | None = None
 
 
 class Paused(Event, frozen=True, kw_only=True, tag="pause"):
@@ -141,16 +150,16 @@ class Dropped(Event, frozen=True, kw_only=True, tag="dropped"):
 
 AnyEvent = (
     Enqueued | Dispatched | FirstByte | Completed | Cancelled | Rejected | Reloaded | Residency
-    | Paused | Resumed | QueueCleared | Heartbeat | Reset | Dropped
+    | Paused | Resumed | QueueCleared | Heartbeat | Reset | Dropped | BackendState
 )
 
 EVENT_TYPES: tuple[str, ...] = (
     "enqueue", "dispatch", "first_byte", "complete", "cancel", "reject", "reload", "residency",
-    "pause", "resume", "queue_cleared", "heartbeat", "reset", "dropped",
+    "pause", "resume", "queue_cleared", "heartbeat", "reset", "dropped", "backend",
 )
 
 __all__ = [
-    "EVENT_TYPES", "AnyEvent", "Cancelled", "Completed", "Dispatched", "Dropped", "Enqueued",
+    "EVENT_TYPES", "AnyEvent", "BackendState", "Cancelled", "Completed", "Dispatched", "Dropped", "Enqueued",
     "Event", "FirstByte", "Heartbeat", "LoadedModel", "Paused", "QueueCleared", "Rejected",
     "Reloaded", "Reset", "Residency", "Resumed",
 ]

@@ -19,6 +19,18 @@ class UpstreamHealth(msgspec.Struct, frozen=True, kw_only=True):
     last_poll_age_s: float | None = None  # None: no poll has succeeded yet
 
 
+class BackendHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """One Ollama server of the policy's backends: whether it answers, and its slots in use."""
+
+    name: str
+    up: bool  # its last poll succeeded and no request since failed to connect to it
+    last_error: str | None = None
+    last_poll_age_s: float | None = None  # None: no poll has succeeded yet
+    in_flight: int  # local requests running there
+    max_parallel: int
+    retiring: bool = False  # removed by a reload: finishes what it runs, takes nothing new
+
+
 class PolicyInfo(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     version: str
@@ -39,6 +51,9 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     # vram_gb is 24; ...": Ollama unreachable, a refused policy edit, or Ollama's /api/ps
     # contradicting the policy's [backend]. Empty when the status is "ok".
     reasons: list[str] = msgspec.field(default_factory=list)
+    # Every backend, in the file's order (one, "default", for a [backend] file). `upstream` sums
+    # them up: up while any one is.
+    backends: list[BackendHealth] = msgspec.field(default_factory=list)
 
 
 class QueueEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,12 +115,23 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
     policy: PolicyInfo
 
 
+class BackendVram(msgspec.Struct, frozen=True, kw_only=True):
+    up: bool
+    residency: dict[str, Any]
+    last_ps: dict[str, Any] | None
+    last_poll_age_s: float | None
+    in_flight: int
+    max_parallel: int
+
+
 class VramView(msgspec.Struct, frozen=True, kw_only=True):
     """`GET /proxy/vram` (admin): the engine's residency model and the last `/api/ps` it saw."""
 
     residency: dict[str, Any]
     last_ps: dict[str, Any] | None
     last_poll_age_s: float | None
+    # Per backend by name (the fields above are the first backend's, as with one).
+    backends: dict[str, BackendVram] = msgspec.field(default_factory=dict)
 
 
 class PolicyView(msgspec.Struct, frozen=True, kw_only=True):

@@ -79,6 +79,12 @@ class SwapCostParams(Strict, frozen=True):
     cap: NonNegativePoints = 600.0  # the term never exceeds this
 
 
+class BackendLoadParams(Strict, frozen=True):
+    # Points at a fully busy backend, scaled by its share of slots in use (half busy: half of
+    # them). Positive spreads work over backends; negative packs it onto the busy ones.
+    points: Points = 100.0
+
+
 class ClassOffsetParams(Strict, frozen=True):
     offsets: dict[str, Points] = msgspec.field(default_factory=dict)  # class name -> points
 

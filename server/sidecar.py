@@ -1,7 +1,7 @@
 """The running sidecar: every long-lived part in one owner, started and stopped in order.
 
 Owns the policy holder, the scheduler and its dispatcher, the forwarded requests' pool to
-Ollama, the upstream poller, the policy watcher, admin auth, metrics and the journal hand-off. The
+Ollama, a poller per backend, the policy watcher, admin auth, metrics and the journal hand-off. The
 routes reach it through `sidecar_of(request)`; a request's trip gets only `Parts`, and reads the policy
 once (`Caller.compiled`), so a reload never splits one request between two files.
 """
@@ -23,8 +23,16 @@ from engine.eta import ServiceTimes
 from engine.scheduler import Grant, Scheduler
 from policy.errors import MISSING, Problem
 from policy.holder import PolicyHolder, ReloadResult
-from policy.load import CompiledFile
-from schemas.events import Dispatched, Enqueued, Heartbeat, LoadedModel, Reloaded, Residency
+from policy.load import CompiledFile, NodeSettings
+from schemas.events import (
+    BackendState,
+    Dispatched,
+    Enqueued,
+    Heartbeat,
+    LoadedModel,
+    Reloaded,
+    Residency,
+)
 from schemas.ticket import Ticket
 from server.http.auth import AdminAuth
 from server.http.identity import (
@@ -37,8 +45,8 @@ from server.http.identity import (
 )
 from server.http.upstream_hop import UpstreamHop
 from server.journal.protocol import Journal, NullJournal
+from server.runtime.backends import Backends
 from server.runtime.consistency import KINDS as MISMATCH_KINDS
-from server.runtime.consistency import PolicyConsistency
 from server.runtime.dispatcher import Dispatcher
 from server.runtime.events import EventBus
 from server.runtime.holds import CUT_WAIT_S, Holds
@@ -78,7 +86,7 @@ class Parts:
     events: EventBus
     tracer: Tracer  # OpenTelemetry spans, when configured (server/telemetry/tracing.py)
     service_times: ServiceTimes  # how long requests hold a slot: the queue-status estimates
-    poll_soon: Callable[[], None]  # an upstream error: learn about the outage now
+    backends: Backends  # where each backend is, its health; an upstream error polls it at once
 
 
 class _NoCookies(DefaultCookiePolicy):
@@ -105,7 +113,7 @@ class Sidecar:
         self.tracer = Tracer(tracer_provider if tracer_provider is not None else provider_from_env(settings.env))
         self.clock = clock
         # A bad file at start-up raises PolicyError.
-        self.holder = PolicyHolder(settings.policy, accept=servable)
+        self.holder = PolicyHolder(settings.policy, accept=lambda c: servable(c, settings.upstream))
         # The scheduler reads its settings and its policy from one CompiledFile reference, which
         # a reload replaces in the same step as the holder's (`_swap`).
         self.scheduler = Scheduler(settings=self.holder.current, clock=clock)
@@ -114,7 +122,8 @@ class Sidecar:
         self.live = LiveStats()
         self.events = EventBus(heartbeat=self._heartbeat, interval=settings.heartbeat_interval)
         self.events.listen(self.live)
-        self._loaded: tuple[tuple[str, float], ...] | None = None  # /api/ps at the last poll
+        self._loaded: dict[str, tuple[tuple[str, float], ...]] = {}  # /api/ps at each backend's last poll
+        self._labelled: set[str] = set()  # backends with their own metric series
         self.dispatcher = Dispatcher(self.scheduler, on_grant=self._granted, on_enqueue=self._enqueued)
         self.holds = Holds()  # every request in progress (an Exchange), for the shutdown
         self.auth = AdminAuth(settings.env, clock)
@@ -131,17 +140,16 @@ class Sidecar:
             # request goes back to that client, and must never ride along on anyone else's.
             cookies=CookieJar(policy=_NoCookies()),
         )
-        self.poller = UpstreamPoller(
+        # A poller per backend; each one's reports against the policy's promises (/proxy/health,
+        # a gauge, the log) and whether it answers (server/runtime/backends.py).
+        self.backends = Backends(
             self.client,
-            base_url=self.upstream_url,
+            nodes=lambda: self.holder.current.nodes,
+            url=self._node_url,
             interval=lambda: self.holder.current.backend.poll_interval,
             on_state=self._upstream_state,
-            on_health=lambda up: self.metrics.upstream_up.set(int(up)),
-        )
-        # Ollama's own reports against the policy's [backend]: /proxy/health, a gauge, the log.
-        self.consistency = PolicyConsistency(
-            lambda: self.holder.current.backend,
-            on_change=lambda kind, on: self.metrics.policy_mismatch.labels(kind).set(int(on)),
+            on_change=self._backend_changed,
+            on_mismatch=lambda kind, on: self.metrics.policy_mismatch.labels(kind).set(int(on)),
         )
         self.reloader = Reloader(
             self.holder,
@@ -149,12 +157,12 @@ class Sidecar:
             on_result=self._reloaded,
             interval=settings.watch_interval,
         )
+        self._label_backends()
         self.lag_probe = LoopLagProbe(self.metrics.loop_lag.observe)
         self.parts = Parts(
             hop=self.hop, dispatcher=self.dispatcher, journal=self.journal,
             holds=self.holds, metrics=self.metrics, events=self.events, tracer=self.tracer,
-            service_times=ServiceTimes(),
-            poll_soon=self.poller.poll_soon,
+            service_times=ServiceTimes(), backends=self.backends,
         )
         self._keys_source: tuple[str, str] | None = None
         self.api_keys_problem: str | None = None  # why the API keys variable was refused
@@ -164,13 +172,13 @@ class Sidecar:
 
     async def start(self) -> None:
         await self.journal.start()
-        self.poller.start()
+        self.backends.start()
         self.reloader.start()
         self.lag_probe.start()
         self.events.start()
         log.info(
             "sidecar ready: upstream %s, policy %s version %s (active %s)",
-            self.upstream_url(), self.holder.path, self.holder.current.version,
+            self.describe_upstream(), self.holder.path, self.holder.current.version,
             self.holder.current.active.name,
         )
 
@@ -210,7 +218,7 @@ class Sidecar:
         await self.reloader.stop()
         await self.events.stop()
         await self.lag_probe.stop()
-        await self.poller.stop()
+        await self.backends.stop()
         await self.client.aclose()
         await self.hop.aclose()
         await self.journal.stop()
@@ -224,8 +232,26 @@ class Sidecar:
         return self.holder.current
 
     def upstream_url(self, compiled: CompiledFile | None = None) -> str:
+        """The one backend's URL (`--upstream` wins over the file's); with several, the first's."""
         backend = (compiled or self.holder.current).backend
         return (self.settings.upstream or backend.url).rstrip("/")
+
+    def describe_upstream(self) -> str:
+        """Where requests go, for the start-up line: the URL, or each backend's by name."""
+        if len(self.backends) == 1:
+            return self.upstream_url()
+        return ", ".join(f"{b.spec.name}={self.backends.url(b.spec.name)}" for b in self.backends)
+
+    def _node_url(self, spec: NodeSettings) -> str:
+        # `--upstream` names the one server of a one-backend file (`servable` refuses it with more).
+        if len(self.holder.current.nodes) == 1:
+            return self.upstream_url()
+        return spec.url
+
+    @property
+    def poller(self) -> UpstreamPoller:
+        """The first backend's poller: what a view of one backend shows."""
+        return self.backends.first.poller
 
     def caller(self, request: Request) -> Caller:
         compiled = self.holder.current
@@ -265,20 +291,48 @@ class Sidecar:
 
     # -- events -------------------------------------------------------------------------------
 
-    def _upstream_state(self, ps: dict[str, Any], tags: dict[str, Any] | None) -> None:
-        self.consistency.check(ps)  # first: a payload reconcile refuses must not skip it
+    def _upstream_state(self, name: str, ps: dict[str, Any], tags: dict[str, Any] | None) -> None:
         if tags is not None:
-            self.scheduler.learn_tags(tags)
+            self.scheduler.learn_tags(tags, backend=name)
             self.metrics.learn_models(tags)
-        self.scheduler.reconcile(ps)
+        self.scheduler.reconcile(ps, backend=name)
         self.metrics.learn_models(ps)
-        self._residency_changed(ps)
+        self._residency_changed(name, ps)
         self.dispatcher.pump()
 
-    def _residency_changed(self, ps: dict[str, Any]) -> None:
-        """A `residency` event when /api/ps lists other models (or sizes) than at the last poll.
-        Lenient like the reconcile before it: an odd entry is shown as best it can be, never
-        raised (the poller would log it every poll)."""
+    def _backend_changed(self, name: str, up: bool, error: str | None) -> None:
+        """A backend went down or came back: its gauge, the event stream, and — with several —
+        the scheduler, which gives a down one nothing (with one there is nowhere else to go)."""
+        self.metrics.backend_up.labels(name).set(int(up))
+        self.metrics.upstream_up.set(int(self.backends.any_up()))
+        self._apply_down()
+        self.events.publish(BackendState(at=time.time(), backend=name, up=up, error=error))
+        if len(self.backends) > 1:  # with one, the poller's own lines say it
+            if up:
+                log.info("backend %s is up", name)
+            else:
+                log.warning("backend %s is down: %s", name, error)
+        self.dispatcher.pump()
+
+    def _label_backends(self) -> None:
+        """Every backend's series exist from the start (an alert sees the 0); a removed one's go."""
+        names = {n.name for n in self.holder.current.nodes}
+        for name in self._labelled - names:
+            self.metrics.forget_backend(name)
+        for name in names - self._labelled:
+            self.metrics.backend_up.labels(name).set(0)
+            self.metrics.redispatches.labels(name)
+        self._labelled = names
+
+    def _apply_down(self) -> None:
+        several = len(self.backends) > 1  # listed ones: a retiring backend is no second choice
+        for backend in self.backends:
+            self.scheduler.set_down(backend.spec.name, several and backend.up is False)
+
+    def _residency_changed(self, name: str, ps: dict[str, Any]) -> None:
+        """A `residency` event when a backend's /api/ps lists other models (or sizes) than at its
+        last poll. Lenient like the reconcile before it: an odd entry is shown as best it can be,
+        never raised (the poller would log it every poll)."""
         gb = 1024**3
         models = [
             LoadedModel(
@@ -289,12 +343,14 @@ class Sidecar:
             for m in ps.get("models") or () if isinstance(m, dict)
         ] if isinstance(ps.get("models") or (), list) else []
         listed = tuple(sorted((m.name, m.vram_gb) for m in models))
-        before, self._loaded = self._loaded, listed
+        before = self._loaded.get(name)
+        self._loaded[name] = listed
         if (before is None and not listed) or before == listed:
             return
         names, was = {n for n, _ in listed}, {n for n, _ in before or ()}
         self.events.publish(Residency(
             at=time.time(), models=models, loaded=sorted(names - was), unloaded=sorted(was - names),
+            backend=name,
         ))
 
     def _enqueued(self, ticket: Ticket) -> None:
@@ -332,10 +388,16 @@ class Sidecar:
         swap and these, so no request or dispatch sees half of the new file."""
         moved = self.upstream_url(compiled) != self.upstream_url(self.scheduler.settings)
         self.scheduler.apply_settings(compiled, new_host=moved)
+        self.backends.sync()  # pollers for added backends, none for removed ones
+        for name in set(self._loaded) - {n.name for n in compiled.nodes}:
+            del self._loaded[name]
+        self._label_backends()
+        self.metrics.upstream_up.set(int(self.backends.any_up()))
+        self._apply_down()
         if moved:
-            self.poller.poll_soon()  # what the new Ollama holds, now rather than at the next tick
+            self.backends.poll_soon()  # what the new Ollama holds, now rather than at the next tick
         self.journal.configure(compiled.journal)
-        self.consistency.check(self.poller.last_ps)  # a fixed vram_gb clears health at once
+        self.backends.recheck()  # a fixed vram_gb clears health at once
         self.dispatcher.pump()
 
 
@@ -348,11 +410,10 @@ def sidecar_of(request: Request) -> Sidecar:
     return sc
 
 
-def servable(compiled: CompiledFile) -> list[Problem]:
-    """What the sidecar refuses in a valid file: several [backends] are scheduled by the engine
-    and replayed by `smart-proxy simulate`, but the sidecar forwards to one server so far."""
-    if len(compiled.nodes) == 1:
+def servable(compiled: CompiledFile, upstream: str | None) -> list[Problem]:
+    """What the sidecar refuses in a valid file: `--upstream` names one server, so it cannot
+    stand for several backends."""
+    if upstream is None or len(compiled.nodes) == 1:
         return []
-    return [Problem("backends", MISSING, f"lists {len(compiled.nodes)} servers; `smart-proxy serve` "
-                    "forwards to one so far (`smart-proxy simulate` replays several): keep one "
-                    "[backends.NAME] table, or [backend]")]
+    return [Problem("backends", MISSING, f"lists {len(compiled.nodes)} servers, and --upstream "
+                    "(or SMART_PROXY_UPSTREAM) names one; drop --upstream, each backend's url is its own")]

@@ -108,7 +108,7 @@ class RecordingJournal:
     def configure(self, settings: Any) -> None:
         self.settings.append(settings)
 
-    async def analytics(self, hours: Any, group_by: Any, limit: Any) -> dict[str, Any]:
+    async def analytics(self, hours: Any, group_by: Any, limit: Any, **filters: Any) -> dict[str, Any]:
         from server.journal import StoreUnavailable
 
         raise StoreUnavailable("the recording journal keeps no database")
@@ -183,7 +183,7 @@ class RunningSidecar:
 @contextmanager
 def running_sidecar(
     policy_path: Path,
-    upstream: str,
+    upstream: str | None,
     *,
     env: Mapping[str, str] | None = None,
     hosts: Sequence[str] = ("127.0.0.1",),
@@ -333,7 +333,8 @@ def sidecar_factory(tmp_path: Path) -> Iterator[SidecarFactory]:
     with contextlib.ExitStack() as stack:
         counter = iter(range(1000))
 
-        def start(*, upstream: str, policy: str = BASE_POLICY, **kwargs: Any) -> RunningSidecar:
+        def start(*, upstream: str | None, policy: str = BASE_POLICY, **kwargs: Any) -> RunningSidecar:
+            """`upstream=None`: the policy's own URLs (several [backends])."""
             path = tmp_path / f"policy-{next(counter)}.toml"
             path.write_text(policy, encoding="utf-8")
             return stack.enter_context(running_sidecar(path, upstream, **kwargs))

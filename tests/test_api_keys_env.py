@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sidecar_fixtures import BASE_POLICY, SidecarFactory, cli_process
+from sidecar_fixtures import BASE_POLICY, RunningSidecar, SidecarFactory, cli_process, wait_until
 
 from server.http.identity import ApiKeysError, parse_api_keys
 
@@ -69,13 +69,13 @@ def test_a_reload_to_a_malformed_variable_fails_closed_and_says_so_once(
     body = {"model": "llama3.2:1b", "prompt": "hi", "stream": False}
     auth = {"authorization": f"Bearer {SECRET}", "x-request-id": "before"}
     assert httpx.post(proxy.url + "/api/generate", json=body, headers=auth, timeout=30).status_code == 200
-    assert proxy.journal.records[-1].client == "alice"
+    assert _record(proxy, "before").client == "alice"
     proxy.policy_path.write_text(BASE_POLICY + '\n[clients]\napi_keys_env = "OTHER_KEYS"\n', encoding="utf-8")
     assert proxy.admin("POST", "/proxy/policy/reload").json()["ok"] is True
     for rid in ("after-1", "after-2"):
         headers = {**auth, "x-request-id": rid}
         assert httpx.post(proxy.url + "/api/generate", json=body, headers=headers, timeout=30).status_code == 200
-        assert proxy.journal.records[-1].client == "127.0.0.1", "no key identifies anyone"
+        assert _record(proxy, rid).client == "127.0.0.1", "no key identifies anyone"
     health = proxy.health()
     assert health["status"] == "degraded"
     assert any("OTHER_KEYS was refused" in reason for reason in health["reasons"]), health
@@ -83,3 +83,12 @@ def test_a_reload_to_a_malformed_variable_fails_closed_and_says_so_once(
     assert refused == ["clients.api_keys_env OTHER_KEYS: entry 2 has no '=' (write key=name); "
                        "no API key identifies a client until it is fixed"]
     assert all(SECRET not in r.getMessage() for r in caplog.records)
+
+
+def _record(proxy: RunningSidecar, request_id: str) -> Any:
+    """The request's journal record: handed over just after its last byte, so waited for."""
+    def found() -> list[Any]:
+        return [r for r in proxy.journal.records if request_id in (r.request_id, r.client_request_id)]
+
+    wait_until(lambda: bool(found()), within=10, what=f"the record of {request_id}")
+    return found()[-1]

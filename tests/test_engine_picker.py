@@ -71,6 +71,8 @@ threshold = {rng.randint(0, 5)}
 per_request = {rng.uniform(0, 30):.2f}
 [policies.r.terms.class_offset]
 offsets = {{ batch = {rng.randint(-50, 300)} }}
+[policies.r.terms.backend_load]
+points = {rng.randint(-100, 300)}
 [policies.r.terms.aging]
 per_second = {rng.choice([0.0, 0.5, 1.0, 3.0])}
 whole_seconds = {str(rng.random() < 0.5).lower()}

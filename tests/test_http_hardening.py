@@ -477,8 +477,14 @@ def test_analytics_parameters_given_twice_and_good_ones(proxy: RunningSidecar) -
     assert good.status_code == 200, good.text
     assert good.json()["window"] | {"since": 0, "until": 0, "rows": 0} == {
         "hours": 0.5, "group_by": "client", "limit": 1000, "since": 0, "until": 0,
-        "truncated": False, "rows": 0, "instance": None,
+        "truncated": False, "rows": 0, "instance": None, "backend": None,
     }
+    one = httpx.get(proxy.url + "/proxy/analytics?group_by=backend&backend=gpu-1", headers=ADMIN, timeout=10)
+    assert one.status_code == 200, one.text
+    assert (one.json()["window"]["backend"], one.json()["groups"]["by"]) == ("gpu-1", "backend")
+    for bad in ("gpu%200", "-gpu", "x" * 64, "gpu%2F0"):
+        refused = httpx.get(proxy.url + f"/proxy/analytics?backend={bad}", headers=ADMIN, timeout=10)
+        assert refused.status_code == 400 and "'backend'" in refused.json()["error"], bad
 
 
 def test_a_non_admin_learns_nothing_from_a_bad_query(proxy: RunningSidecar) -> None:

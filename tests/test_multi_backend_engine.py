@@ -73,15 +73,25 @@ def test_each_request_goes_where_its_model_is_loaded() -> None:
     assert s.max_parallel == 2 and s.in_flight_count == 2
 
 
-def test_a_busy_backend_leaves_the_work_to_the_other_one_rather_than_an_idle_slot() -> None:
-    s, _ = _scheduler()
-    s.reconcile(_ps("a:8b"), "gpu0")
-    for i in range(2):
+def test_a_busy_backend_keeps_a_short_backlog_and_spills_a_longer_one_to_an_idle_slot() -> None:
+    s, clock = _scheduler()
+    s.reconcile(_ps("a:8b"), "gpu1")
+    for i in range(3):
         s.enqueue(request_id=f"a{i}", model="a:8b", client=f"c{i}", cls="interactive")
     s.resume()
-    grants = s.dispatch()
-    assert _where(grants) == {"a0": "gpu0", "a1": "gpu1"}
-    assert [g.action for g in grants] == ["attach", "load"]
+    # Two waiting are within gpu1's two slots' worth (AFFINITY_BACKLOG): no second copy on gpu0.
+    assert _where(s.dispatch()) == {"a0": "gpu1"}
+    reasons = {r.ticket.id: r.reason for r in s.waiting()}  # as gpu0, the first, sees them
+    assert "waits for backend gpu1, which has a:8b loaded" in (reasons["a1"] or ""), reasons
+    s.enqueue(request_id="a3", model="a:8b", client="c3", cls="interactive")
+    grants = s.dispatch()  # three waiting: more than gpu1 takes soon, so gpu0 loads it too
+    assert _where(grants) == {"a1": "gpu0"} and [g.action for g in grants] == ["load"]
+    s.finish("a0")
+    assert _where(s.dispatch()) == {"a2": "gpu1"}
+    clock.advance(301)  # a3 is overdue: overdue work goes anywhere, the holds never keep it
+    s.finish("a1")
+    s.reconcile(_ps(), "gpu0")
+    assert _where(s.dispatch()) == {"a3": "gpu0"}
 
 
 def test_the_allow_list_keeps_a_model_off_a_backend() -> None:
@@ -122,7 +132,7 @@ def test_a_reload_adds_and_removes_backends_and_a_removed_one_finishes_its_work(
     s.apply_settings(load_policy_text((REST + only_gpu0_and_gpu2).encode(), "p.toml"))
     assert set(s.backends) == {"gpu0", "gpu1", "gpu2"} and s.backends["gpu1"].retiring
     assert s.max_parallel == 2  # the retiring backend's slot is no longer offered
-    for i in (1, 2, 3):
+    for i in (1, 2, 3, 4):  # enough that the second copy is not held back (AFFINITY_BACKLOG)
         s.enqueue(request_id=f"a{i}", model="a:8b", client=f"c{i}", cls="interactive")
     assert sorted(_where(s.dispatch()).values()) == ["gpu0", "gpu2"]  # none to gpu1
     assert s.finish("a0")
@@ -222,3 +232,94 @@ def test_the_picker_keeps_model_parts_per_backend() -> None:
         assert found is not None
         picks[name] = found[0].id
     assert picks == {"gpu0": "a1", "gpu1": "b1"}
+
+
+def test_a_down_backend_gets_nothing_and_its_work_waits_until_it_is_back() -> None:
+    s, _ = _scheduler(BACKENDS.replace("[backends.gpu1]\n", '[backends.gpu1]\nmodels = ["big:*"]\n')
+                      .replace("[backends.gpu0]\n", '[backends.gpu0]\nmodels = ["a:*"]\n'))
+    assert s.set_down("gpu1", True) and not s.set_down("gpu1", True)  # says whether it moved
+    s.enqueue(request_id="big", model="big:70b", client="z", cls="interactive")
+    s.enqueue(request_id="a0", model="a:8b", client="x", cls="interactive")
+    s.resume()
+    assert s.serves("big:70b")  # a down backend still serves its models: admitted, and waits
+    assert _where(s.dispatch()) == {"a0": "gpu0"}
+    assert [t.id for t in s.tickets()] == ["big"]
+    s.set_down("gpu1", False)
+    assert _where(s.dispatch()) == {"big": "gpu1"}
+
+
+def test_a_requeued_request_keeps_its_place_and_gives_back_its_slot_and_charge() -> None:
+    s, clock = _scheduler()
+    s.reconcile(_ps("a:8b"), "gpu1")
+    s.enqueue(request_id="first", model="a:8b", client="x", cls="interactive")
+    s.resume()
+    assert _where(s.dispatch()) == {"first": "gpu1"}
+    charged = s.service.value("x")
+    s.pause()
+    clock.advance(1.0)
+    for i in range(3):  # later arrivals, the same client and model among them
+        s.enqueue(request_id=f"later{i}", model="a:8b", client="x" if i == 0 else f"c{i}", cls="interactive")
+    s.set_down("gpu1", True)
+    assert s.requeue("first") and not s.requeue("first")
+    assert s.service.value("x") < charged and s.queued("x") == 2
+    assert [t.id for t in s.tickets()] == ["first", "later0", "later1", "later2"]
+    assert next(t.id for t in s.oldest("interactive")) == "first"
+    assert s.picker.oldest_arrival(("a:8b", "")) == 1000.0
+    assert s.in_flight_count == 0 and s.backends["gpu1"].local == 0
+    s.resume()
+    grants = s.dispatch()
+    assert grants[0].ticket.id == "first" and grants[0].backend == "gpu0"
+    assert grants[0].ticket.arrival == 1000.0  # its whole wait counts
+
+
+def test_a_started_or_unknown_request_is_not_requeued() -> None:
+    s, _ = _scheduler()
+    s.enqueue(request_id="a", model="a:8b", client="x", cls="interactive")
+    s.resume()
+    s.dispatch()
+    s.first_byte("a")
+    assert not s.requeue("a") and not s.requeue("nobody")
+    assert s.in_flight_count == 1
+
+
+def _busy_gpu0(points: int | None) -> Scheduler:
+    """gpu0 (4 slots) holds a:8b with 3 of its slots busy; gpu1 (4 slots) is idle."""
+    term = "" if points is None else f"\n[policies.main.terms.backend_load]\npoints = {points}\n"
+    s, _ = _scheduler(BACKENDS.replace("max_parallel = 1", "max_parallel = 4\nnum_parallel = 4") + term)
+    s.reconcile(_ps("a:8b"), "gpu0")
+    s.resume()
+    for i in range(3):
+        s.enqueue(request_id=f"busy{i}", model="a:8b", client=f"c{i}", cls="interactive")
+    assert set(_where(s.dispatch()).values()) == {"gpu0"}
+    return s
+
+
+def test_backend_load_weighs_spreading_against_affinity() -> None:
+    # vram: loaded 0, fits 30. At three quarters busy gpu0 costs 0.75 × points.
+    for points, where in ((None, "gpu0"), (20, "gpu0"), (60, "gpu1")):
+        s = _busy_gpu0(points)
+        s.enqueue(request_id="next", model="a:8b", client="d", cls="interactive")
+        grant = s.dispatch()[0]
+        assert grant.backend == where, points
+        if points is not None:
+            terms = grant.score.breakdown()
+            assert terms["backend_load"] == (0.75 * points if where == "gpu0" else 0.0)
+
+
+def test_two_requests_of_one_group_requeued_out_of_order_get_their_places_back() -> None:
+    s, clock = _scheduler(BACKENDS.replace("max_parallel = 1", "max_parallel = 2\nnum_parallel = 2"))
+    s.reconcile(_ps("a:8b"), "gpu1")
+    s.set_down("gpu0", True)
+    for i in range(3):
+        s.enqueue(request_id=f"t{i}", model="a:8b", client="x", cls="interactive")
+        clock.advance(1.0)
+    s.resume()
+    assert sorted(_where(s.dispatch())) == ["t0", "t1"]
+    s.pause()
+    s.set_down("gpu1", True)
+    assert s.requeue("t0") and s.requeue("t1")  # refused as granted: each was its group's head
+    assert [t.id for t in s.tickets()] == ["t0", "t1", "t2"]
+    assert s.picker.oldest_arrival(("a:8b", "")) == 1000.0
+    s.set_down("gpu0", False)
+    s.resume()
+    assert [g.ticket.id for g in s.dispatch()] == ["t0", "t1"]  # gpu0 has two slots

@@ -20,7 +20,7 @@ DURATION_RULE = (
     'is not a duration; write seconds as a number or a string like "500ms", "30s", "5m", '
     '"1h30m", "7d"'
 )
-KNOWN_TERM_TYPES = "known types: aging, class_offset, fair_share, fairness, rate_penalty, swap_cost, vram"
+KNOWN_TERM_TYPES = "known types: aging, backend_load, class_offset, fair_share, fairness, rate_penalty, swap_cost, vram"
 DEFAULT_CLASSES = "defined: interactive, batch"
 INLINE_SECRET = (
     "holds a secret written inline; never put a secret in the policy file — set it in an "

@@ -272,6 +272,7 @@ NOT_TIME = {
     "aging": {"whole_seconds"},
     "fair_share": {"per_unit", "unit", "input_weight", "output_weight", "cap"},
     "swap_cost": {"evict_weight", "cap"},
+    "backend_load": {"points"},
 }
 
 

@@ -159,7 +159,7 @@ def test_public_endpoints_need_no_admin(sidecars: dict[str, RunningSidecar]) -> 
     assert health.status_code == 200
     assert set(health.json()) == {
         "status", "queue_depth", "in_flight", "max_parallel", "paused", "upstream", "policy",
-        "reasons",
+        "reasons", "backends",
     }
     assert httpx.get(proxy.url + "/metrics", timeout=10).status_code == 200
 

@@ -27,7 +27,7 @@ from schemas.ticket import Residency, Ticket
 
 EXAMPLE = Path(__file__).parent.parent / "policies.example.toml"
 NOW = 1000.0
-KNOWN_TYPES = "known types: aging, class_offset, fair_share, fairness, rate_penalty, swap_cost, vram"
+KNOWN_TYPES = "known types: aging, backend_load, class_offset, fair_share, fairness, rate_penalty, swap_cost, vram"
 
 
 # ---- a hand-written scheduling state ------------------------------------------------------------
@@ -47,6 +47,7 @@ class StubState(SchedulingState):
     leads_by_client: dict[str, float] = field(default_factory=dict)
     load_times: dict[str, float] = field(default_factory=dict)
     evictions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    load: float = 0.5  # of the backend being chosen for
 
     def residency(self, model: str, variant: str = "") -> Residency:
         return self.residencies.get(model, "absent")
@@ -74,6 +75,9 @@ class StubState(SchedulingState):
 
     def evicts(self, model: str, variant: str = "") -> tuple[str, ...]:
         return self.evictions.get(model, ())
+
+    def backend_load(self) -> float:
+        return self.load
 
 
 MODELS = ["llama3.2:3b", "qwen2.5:14b", "mixtral:8x7b", "llama3.3:70b", "mystery:latest", "phi3"]
@@ -122,7 +126,9 @@ OTHER_CLIENTS = replace(
     arrivals_by_client={"alice": tuple(NOW - i * 1.0 for i in range(50)), "bob": ()},
     leads_by_client={"alice": 2500.0},
 )
-STATES = [BASE, OTHER_MODELS, OTHER_CLIENTS]
+# The same GPU and clients, another backend's load: only a backend term reads it.
+OTHER_BACKEND = replace(BASE, load=1.0)
+STATES = [BASE, OTHER_MODELS, OTHER_CLIENTS, OTHER_BACKEND]
 
 TICKETS = [
     Ticket(
@@ -144,8 +150,9 @@ TICKET_FIELDS = {
     "client": ("client",),
     "class": ("cls",),
     "wait": ("arrival",),
+    "backend": (),  # the same for every ticket of one choice
 }
-READS_STATE = {"model": OTHER_MODELS, "client": OTHER_CLIENTS}
+READS_STATE = {"model": OTHER_MODELS, "client": OTHER_CLIENTS, "backend": OTHER_BACKEND}
 ALTERNATIVES: dict[str, list[Any]] = {
     "model": MODELS,
     "client": CLIENTS,
@@ -308,7 +315,7 @@ def test_registering_a_duplicate_name_lists_known_types() -> None:
     with pytest.raises(ValueError) as caught:
         REGISTRY.register(REGISTRY.get("vram"))
     assert str(caught.value) == f"term type 'vram' is already registered; {KNOWN_TYPES}"
-    assert REGISTRY.names() == ["aging", "class_offset", "fair_share", "fairness", "rate_penalty", "swap_cost", "vram"]
+    assert REGISTRY.names() == ["aging", "backend_load", "class_offset", "fair_share", "fairness", "rate_penalty", "swap_cost", "vram"]
 
 
 def test_duplicate_in_a_fresh_registry_keeps_the_first() -> None:

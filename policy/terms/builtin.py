@@ -11,6 +11,7 @@ from policy.state import SchedulingState
 from policy.terms.registry import REGISTRY, TermFn, TermType
 from schemas.terms import (
     AgingParams,
+    BackendLoadParams,
     ClassOffsetParams,
     FairnessParams,
     FairShareParams,
@@ -232,5 +233,26 @@ REGISTRY.register(
         build=_build_swap_cost,
         summary="Per model: per_second points per second a load would take (learned from "
         "Ollama's load_duration), plus evict_weight of each evicted model's reload.",
+    )
+)
+
+# ---- backend_load: where the request would go, as busy as it is ---------------------------------
+
+
+def _build_backend_load(p: BackendLoadParams) -> TermFn:
+    def backend_load(ticket: Ticket, state: SchedulingState, now: float) -> float:
+        return p.points * state.backend_load()
+
+    return backend_load
+
+
+REGISTRY.register(
+    TermType(
+        name="backend_load",
+        params=BackendLoadParams,
+        depends_on="backend",
+        build=_build_backend_load,
+        summary="Per backend: points × the share of its slots in use, so that with several "
+        "backends a policy can weigh spreading work against keeping it where its model is.",
     )
 )

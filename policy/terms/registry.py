@@ -2,7 +2,7 @@
 registered once by name; a duplicate name or an unknown type is an error listing the known ones.
 
 Each type declares the one thing its points depend on besides `now`: the ticket's model, client,
-class, or how long it has waited. The engine relies on that to avoid rescoring the whole queue.
+class, how long it has waited, or nothing of the ticket but the backend it is being placed on. The engine relies on that to avoid rescoring the whole queue.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from policy.state import SchedulingState
 from schemas.ticket import Ticket
 
 TermFn = Callable[[Ticket, SchedulingState, float], float]
-DependsOn = Literal["model", "client", "class", "wait"]
+DependsOn = Literal["model", "client", "class", "wait", "backend"]
 
 
 def _none(_params: Any) -> None:

@@ -23,7 +23,13 @@ from starlette.types import Receive, Scope, Send
 
 from schemas.events import Dispatched, QueueCleared
 from schemas.overview import Overview, RequestDetail
-from schemas.proxy_api import CancelOutcome, Health, QueueClearOutcome, UpstreamHealth
+from schemas.proxy_api import (
+    BackendHealth,
+    CancelOutcome,
+    Health,
+    QueueClearOutcome,
+    UpstreamHealth,
+)
 from server.admin import views
 from server.admin.guard import admin_only, json_response
 from server.http.dialects import error_response
@@ -125,14 +131,41 @@ async def events(request: Request) -> Response:
     return EventStream(bus, sub, backlog, lambda: sc.is_admin(request, sc.caller(request)))
 
 
+def backends_health(sc: Sidecar) -> list[BackendHealth]:
+    """Each backend as the scheduler and its poller see it, in the file's order; then any a reload
+    removed that still finishes its requests."""
+    nodes = sc.scheduler.backends
+    out = []
+    for backend in sc.backends:
+        node, poller = nodes.get(backend.spec.name), backend.poller
+        out.append(BackendHealth(
+            name=backend.spec.name, up=poller.up, last_error=poller.last_error,
+            last_poll_age_s=poller.last_poll_age(), in_flight=node.local if node else 0,
+            max_parallel=node.slots if node else backend.spec.max_parallel,
+        ))
+    listed = {b.name for b in out}
+    out += [BackendHealth(name=n.name, up=True, in_flight=n.local, max_parallel=n.slots, retiring=True)
+            for n in nodes.values() if n.retiring and n.name not in listed]
+    return out
+
+
 def health_of(sc: Sidecar) -> Health:
     """/proxy/health's body: public, so it names no client and no model."""
-    poller = sc.poller
     sc.api_keys()  # re-read if a reload named another variable
+    backends = backends_health(sc)
+    up = [b for b in backends if b.up and not b.retiring]
+    # With one backend, its poller's figures; with several, up while any one answers (the
+    # reasons name each one that does not).
+    first = sc.poller
+    upstream = UpstreamHealth(up=first.up, last_error=first.last_error, last_poll_age_s=first.last_poll_age()) \
+        if len(backends) == 1 else UpstreamHealth(
+            up=bool(up), last_error=None if up else "no backend answers",
+            last_poll_age_s=min((b.last_poll_age_s for b in backends if b.last_poll_age_s is not None), default=None))
     reasons = views.health_reasons(
-        upstream_up=poller.up, upstream_error=poller.last_error,
-        reload_error=sc.holder.last_error, mismatches=sc.consistency.reasons,
+        upstream_up=first.up, upstream_error=first.last_error,
+        reload_error=sc.holder.last_error, mismatches=sc.backends.mismatches(),
         api_keys_env=sc.compiled.clients.api_keys_env if sc.api_keys_problem else None,
+        backends=backends if len(backends) > 1 else None,
     )
     return Health(
         status="stopping" if sc.stopping else "degraded" if reasons else "ok",
@@ -140,11 +173,10 @@ def health_of(sc: Sidecar) -> Health:
         in_flight=sc.dispatcher.in_flight,
         max_parallel=sc.scheduler.max_parallel,
         paused=sc.scheduler.paused,
-        upstream=UpstreamHealth(
-            up=poller.up, last_error=poller.last_error, last_poll_age_s=poller.last_poll_age(),
-        ),
+        upstream=upstream,
         policy=views.policy_info(sc.compiled, sc.holder.last_error),
         reasons=reasons,
+        backends=backends,
     )
 
 

@@ -39,7 +39,7 @@ def ready_checks(sc: Sidecar) -> list[tuple[str, bool]]:
     return [
         ("policy", sc.holder.current is not None),
         ("journal", journal_ok(sc.journal.health())),
-        ("upstream", sc.poller.up),
+        ("upstream", sc.backends.any_up()),  # with several, one that answers is enough to serve
         ("shutdown", not sc.stopping),
     ]
 

@@ -16,10 +16,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from schemas.events import Paused, Resumed
-from schemas.journal import INSTANCE_PATTERN
+from schemas.journal import BACKEND_PATTERN, INSTANCE_PATTERN
 from schemas.proxy_api import (
     AuthRequest,
     AuthToken,
+    BackendVram,
     Cancelled,
     PauseState,
     PolicyInfo,
@@ -48,6 +49,9 @@ ANALYTICS_QUERY = {
     # One sidecar's records, in a journal several share.
     "instance": Param(matching(INSTANCE_PATTERN, "a sidecar's instance name: letters, digits and "
                                ". _ : -, starting with a letter or digit, at most 128"), None),
+    # The requests one Ollama server served, of the several a sidecar may feed.
+    "backend": Param(matching(BACKEND_PATTERN, "a backend's name: letters, digits and . _ -, "
+                              "starting with a letter or digit, at most 63"), None),
 }
 
 
@@ -130,10 +134,18 @@ async def remove(request: Request) -> Response:
 @takes()
 async def vram(request: Request) -> Response:
     sc = sidecar_of(request)
+    nodes = sc.scheduler.backends
+    backends = {
+        b.spec.name: BackendVram(
+            up=b.poller.up, residency=node.residency.view(), last_ps=b.poller.last_ps,
+            last_poll_age_s=b.poller.last_poll_age(), in_flight=node.local, max_parallel=node.slots,
+        )
+        for b in sc.backends if (node := nodes.get(b.spec.name)) is not None
+    }
     return _json(
         VramView(
             residency=sc.scheduler.residency(), last_ps=sc.poller.last_ps,
-            last_poll_age_s=sc.poller.last_poll_age(),
+            last_poll_age_s=sc.poller.last_poll_age(), backends=backends,
         )
     )
 
@@ -232,7 +244,8 @@ async def analytics(request: Request) -> Response:
     q = request.state.query
     try:
         report = await sidecar_of(request).journal.analytics(
-            hours=q["hours"], group_by=q["group_by"], limit=q["limit"], instance=q["instance"]
+            hours=q["hours"], group_by=q["group_by"], limit=q["limit"], instance=q["instance"],
+            backend=q["backend"],
         )
     except AnalyticsError as exc:
         return error_response(request.url.path, 400, str(exc))

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from engine.scheduler import Scheduler
 from policy.load import CompiledFile
-from schemas.proxy_api import InFlightEntry, PolicyInfo, Position, QueueEntry, QueueView
+from schemas.proxy_api import (
+    BackendHealth,
+    InFlightEntry,
+    PolicyInfo,
+    Position,
+    QueueEntry,
+    QueueView,
+)
 from server.runtime.queue_ids import QueueIds
 
 
@@ -22,11 +29,16 @@ def health_reasons(
     reload_error: str | None,
     mismatches: list[str],
     api_keys_env: str | None,
+    backends: list[BackendHealth] | None = None,
 ) -> list[str]:
     """Why /proxy/health says degraded, in words; public, so it says where to look, never what
-    a secret or a client is. `api_keys_env`: the variable's name when its value was refused."""
+    a secret or a client is. `api_keys_env`: the variable's name when its value was refused.
+    `backends`: with several, each one that does not answer is a reason of its own."""
     reasons: list[str] = []
-    if not upstream_up:
+    if backends is not None:
+        reasons += [f"backend {b.name} is down (see backends[].last_error)" if b.last_error
+                    else f"no poll of backend {b.name} has succeeded yet" for b in backends if not b.up]
+    elif not upstream_up:
         reasons.append(
             "Ollama did not answer the last poll (see upstream.last_error)" if upstream_error
             else "no poll of Ollama has succeeded yet"

@@ -50,14 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # not subscriptab
     env = os.environ
     serve = subparsers.add_parser(
         "serve", help="run the sidecar in front of Ollama",
-        description="Run the scheduling sidecar in front of one Ollama server. Environment: "
+        description="Run the scheduling sidecar in front of Ollama: one server, or the policy's [backends]. "
+        "Environment: "
         + "; ".join(f"{k}: {v}" for k, v in ENV_VARS.items()),
     )
     serve.add_argument("--policy", type=existing_file_path, metavar="FILE",
                        default=env_default(env, "SMART_PROXY_POLICY", "policies.example.toml"))
     serve.add_argument("--upstream", type=http_url, metavar="URL",
                        default=env_default(env, "SMART_PROXY_UPSTREAM", None),
-                       help="Ollama URL, http:// or https:// (overrides the policy's backend.url)")
+                       help="Ollama URL, http:// or https:// (overrides the policy's backend.url; "
+                       "not with several [backends])")
     _common(serve, env, default_host="0.0.0.0")
     serve.set_defaults(run=run_serve, cli_prog=serve.prog)
 
@@ -154,7 +156,7 @@ async def serve_sidecar(
     except OSError as exc:  # busy port, an address this machine does not have, a bad name
         raise CliError(listen_problem(args.host, args.port, exc)) from None
     url = url_of(sock)
-    print(f"smart-proxy listening on {url} -> {app.state.sidecar.upstream_url()}", file=sys.stderr)
+    print(f"smart-proxy listening on {url} -> {app.state.sidecar.describe_upstream()}", file=sys.stderr)
     if on_ready is not None:
         on_ready(url)
     limits = ServingLimits(header_timeout=args.header_timeout, body_timeout=args.body_timeout,

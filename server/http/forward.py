@@ -29,9 +29,10 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED = _HOP_BY_HOP | ADMIN_HEADERS | {"host", "content-length", "cookie"}
+# X-Backend picks the sidecar's backend; Ollama (or a sidecar behind) never sees it.
+_NOT_FORWARDED = _HOP_BY_HOP | ADMIN_HEADERS | {"host", "content-length", "cookie", "x-backend"}
 # The ASGI server writes its own framing and date.
-_NOT_RETURNED = _HOP_BY_HOP | {"date", "server", "x-request-id"}
+_NOT_RETURNED = _HOP_BY_HOP | {"date", "server", "x-request-id", "x-backend"}
 
 
 def request_headers(headers: Headers, *, keep_length: bool = False) -> list[tuple[bytes, bytes]]:

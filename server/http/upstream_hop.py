@@ -33,6 +33,15 @@ READ_AHEAD = 128 * 1024
 WHOLE_BODY_LIMIT = 1024 * 1024  # a request body above this is written in slices
 
 
+class Unreachable(ProxyError):
+    """No connection to Ollama could be made, so nothing of the request reached it (it may be
+    sent to another backend). `reason`: why, without the URL (health and events are public)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(502, message)
+        self.reason = reason
+
+
 class UpstreamBroken(Exception):
     """Ollama's answer broke off after its status line: reset, closed early, or no byte within
     the upstream timeout. The message says which."""
@@ -167,7 +176,7 @@ class UpstreamHop:
                     if pace is not None:
                         pace.live = False  # the upload may go on in aiohttp's task; the deadline ends here
         except aiohttp.ConnectionTimeoutError as exc:  # no connection at all: unreachable, not slow
-            raise ProxyError(502, f"Ollama is unreachable at {where}: {describe(exc)}") from None
+            raise Unreachable(f"Ollama is unreachable at {where}: {describe(exc)}", describe(exc)) from None
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             if upload:
                 raise UploadBroken(describe(upload[0])) from None
@@ -177,7 +186,11 @@ class UpstreamHop:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             if upload:  # the client's body broke off, not the connection to Ollama
                 raise UploadBroken(describe(upload[0])) from None
-            raise ProxyError(502, f"Ollama is unreachable at {where}: {describe(exc)}") from None
+            # Refused or not found before a connection existed: not one byte of it was sent.
+            message = f"Ollama is unreachable at {where}: {describe(exc)}"
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise Unreachable(message, describe(exc)) from None
+            raise ProxyError(502, message) from None
         return UpstreamAnswer(response)
 
 

@@ -9,29 +9,27 @@ whole trip and can race every step against the client going away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 
 from starlette.types import Message, Receive, Scope, Send
 
-from engine.admission import served
 from engine.scheduler import Grant
 from engine.service import Usage
 from schemas.events import FirstByte
-from schemas.journal import Status
 from server.http.dialects import ProxyError, error_response, ollama_message, stream_error
 from server.http.forward import relay
-from server.http.upstream_hop import UploadBroken, UpstreamAnswer, UpstreamBroken
+from server.http.upstream_hop import Unreachable, UploadBroken, UpstreamAnswer, UpstreamBroken
 from server.proxy import queue_status
 from server.proxy.disconnect import ClientGone, DisconnectWatch
 from server.proxy.facts import StreamTap
 from server.proxy.intake import Admission, id_in_use, with_num_ctx
+from server.proxy.outcome import Outcome, record_trip
 from server.runtime.connlimits import BODY_TIMED_OUT
 from server.runtime.dispatcher import Removed, ShuttingDown
-from server.runtime.events import ended
 from server.runtime.holds import Cut, Hold
 from server.sidecar import Parts
 
@@ -44,11 +42,8 @@ RETRY_AFTER_S = 5  # what a request refused or cut by a shutdown is told
 ERROR_BODY_LIMIT = 65536  # bytes of Ollama's error body read for its message
 
 
-@dataclass(slots=True)
-class _Outcome:
-    status: Status = "failed"
-    http_status: int | None = None
-    error: str | None = None
+class SendAgain(Exception):
+    """The backend refused the connection and the request waits for another grant."""
 
 
 class Exchange:
@@ -58,7 +53,8 @@ class Exchange:
         admission: Admission,
         *,
         method: str,
-        url: str,  # the upstream's, with the path and query as they came
+        target: str,  # the path and query as they came
+        backend: str | None = None,  # where it goes; None: where the scheduler grants it
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes],
     ) -> None:
@@ -66,9 +62,10 @@ class Exchange:
         # Timeouts: the request's own policy snapshot.
         self.backend, self.limits = admission.compiled.backend, admission.compiled.limits
         self.method = method
-        self.url = url
+        self.target, self.backend_name = target, backend
         self.headers = headers
-        self.body = body
+        self.body = self._sent_body = body  # what num_ctx normalisation rewrites: a copy
+        self._regrant: asyncio.Future[Grant] | None = None  # after a refused connection (once)
         self.facts = admission.facts
         self.scheduling = admission.scheduling
         self.tap = StreamTap(keep_text=admission.keep_text)
@@ -113,7 +110,7 @@ class Exchange:
     async def _serve(self, receive: Receive) -> None:
         # A streamed upload still owns `receive`; watch for disconnects once it is done.
         watch = DisconnectWatch(receive) if isinstance(self.body, bytes) else None
-        outcome = _Outcome()
+        outcome = Outcome()
         try:
             await self._run(watch, outcome)
         except asyncio.CancelledError:
@@ -137,57 +134,73 @@ class Exchange:
 
     # -- the trip ---------------------------------------------------------------------------
 
-    async def _run(self, watch: DisconnectWatch | None, outcome: _Outcome) -> None:
-        facts = self.facts
-        extra = [(b"x-request-id", facts.request_id.encode())]
-        if self.scheduling is not None:
-            assert watch is not None
-            try:
-                grant = await self._wait_grant(watch)
-            except ProxyError as exc:
-                return await self._fail(outcome, exc)
-            except Removed as removed:  # by an admin, or shed for a more urgent request
-                self._settled()
+    async def _run(self, watch: DisconnectWatch | None, outcome: Outcome) -> None:
+        while True:  # at most twice: a second grant after a refused connection (`_forward`)
+            extra = [(b"x-request-id", self.facts.request_id.encode())]
+            if self.scheduling is not None:
+                assert watch is not None
                 try:
-                    return await self._fail(outcome, ProxyError(503, removed.message, retry_after=removed.retry_after))
-                finally:  # even when the client is gone before its 503 is written
-                    outcome.status = removed.status
-            except ClientGone:
-                outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
-                outcome.error = "client disconnected while queued"
-                return
-            extra += facts.granted(grant)
-            if grant.num_ctx is not None and (sent := with_num_ctx(self.body, grant.num_ctx)):
-                # num_ctx normalisation: run on the loaded runner rather than reload the model.
-                self.body, facts.num_ctx_forwarded = sent, grant.num_ctx
-                self.parts.metrics.num_ctx_rewritten(facts.model or "")
-                extra.append((b"x-num-ctx-forwarded", str(grant.num_ctx).encode()))
-            if self.span is not None:
-                self.span.set(
-                    smart_proxy__queue_wait_ms=round(facts.queue_wait_ms or 0.0, 1), smart_proxy__score=grant.score.total,
-                    smart_proxy__resident=grant.resident, smart_proxy__action=grant.action,
-                    smart_proxy__evicted_models=list(grant.evicts),
-                    smart_proxy__policy=f"{grant.policy_name}@{grant.policy_version}",
-                )
-        span = self.span.upstream(self.method, self.url, self.headers) if self.span else nullcontext()
-        with span:  # the client span around Ollama's part; its traceparent goes to Ollama
-            await self._forward(watch, outcome, extra)
+                    grant = await self._wait_grant(watch)
+                except ProxyError as exc:
+                    return await self._fail(outcome, exc)
+                except Removed as removed:  # by an admin, or shed for a more urgent request
+                    self._settled()
+                    try:
+                        return await self._fail(outcome, ProxyError(503, removed.message, retry_after=removed.retry_after))
+                    finally:  # even when the client is gone before its 503 is written
+                        outcome.status = removed.status
+                except ClientGone:
+                    outcome.status, outcome.http_status = "cancelled", CLIENT_CLOSED
+                    outcome.error = "client disconnected while queued"
+                    return
+                extra += self._granted(grant)
+            name = self.backend_name or self.parts.backends.pick_up().spec.name
+            self.facts.backend = name
+            extra.append((b"x-backend", name.encode()))
+            url = self.parts.backends.url(name) + self.target
+            span = self.span.upstream(self.method, url, self.headers) if self.span else nullcontext()
+            with contextlib.suppress(SendAgain), span:  # the client span around Ollama's part
+                return await self._forward(watch, outcome, extra, url, name)  # its traceparent goes too
+
+    def _granted(self, grant: Grant) -> list[tuple[bytes, bytes]]:
+        """The grant's headers; the body with the loaded runner's num_ctx, if that differs."""
+        facts, extra = self.facts, self.facts.granted(grant)
+        self.backend_name = grant.backend or None  # a cloud model's: through any backend
+        self.body, facts.num_ctx_forwarded = self._sent_body, None
+        if grant.num_ctx is not None and (sent := with_num_ctx(self._sent_body, grant.num_ctx)):
+            # num_ctx normalisation: run on the loaded runner rather than reload the model.
+            self.body, facts.num_ctx_forwarded = sent, grant.num_ctx
+            self.parts.metrics.num_ctx_rewritten(facts.model or "")
+            extra.append((b"x-num-ctx-forwarded", str(grant.num_ctx).encode()))
+        if self.span is not None:
+            self.span.set(
+                smart_proxy__queue_wait_ms=round(facts.queue_wait_ms or 0.0, 1), smart_proxy__score=grant.score.total,
+                smart_proxy__resident=grant.resident, smart_proxy__action=grant.action, smart_proxy__backend=grant.backend,
+                smart_proxy__evicted_models=list(grant.evicts), smart_proxy__policy=f"{grant.policy_name}@{grant.policy_version}")
+        return extra
 
     async def _forward(
-        self, watch: DisconnectWatch | None, outcome: _Outcome, extra: list[tuple[bytes, bytes]]
+        self, watch: DisconnectWatch | None, outcome: Outcome, extra: list[tuple[bytes, bytes]],
+        url: str, backend: str,
     ) -> None:
+        """Forward and relay the answer. SendAgain: its backend refused the connection, so
+        nothing was sent, and the request went back to the queue for another backend (once)."""
         parts, facts = self.parts, self.facts
         timeout = self.backend.request_timeout
         deadline = time.monotonic() + timeout
         try:
             with self._guard(watch), self._armed():
-                opening = parts.hop.open(method=self.method, url=self.url, headers=self.headers,
+                opening = parts.hop.open(method=self.method, url=url, headers=self.headers,
                                          content=self.body, upstream_timeout=timeout)
                 # A model load can outlast a proxy's idle timeout too: status lines go on.
                 upstream = await queue_status.await_with_status(
                     opening, self._status_every, self._say_dispatched, UpstreamAnswer.aclose)
         except ProxyError as exc:
-            parts.poll_soon()  # learn about the outage now, not at the next tick
+            if isinstance(exc, Unreachable):  # down: no dispatches until a poll says otherwise
+                parts.backends.failed(backend, exc.reason)
+                if self._requeued(backend):
+                    raise SendAgain from None
+            parts.backends.poll_soon(backend)  # learn about the outage now, not at the next tick
             return await self._fail(outcome, exc)
         except UploadBroken as exc:  # the client's streamed body broke off: nobody to answer
             stalled = self._scope.get("state", {}).get(BODY_TIMED_OUT, False)
@@ -224,7 +237,7 @@ class Exchange:
                 return await self._abort(outcome.error)
             except UpstreamBroken as exc:
                 outcome.error = f"Ollama broke off the answer: {exc}"
-                parts.poll_soon()
+                parts.backends.poll_soon(backend)
                 return await self._abort(outcome.error)
             if upstream.status_code < 400:
                 outcome.status = "completed"
@@ -234,7 +247,7 @@ class Exchange:
             await upstream.aclose()
 
     async def _after_status(
-        self, upstream: UpstreamAnswer, outcome: _Outcome, watch: DisconnectWatch | None,
+        self, upstream: UpstreamAnswer, outcome: Outcome, watch: DisconnectWatch | None,
         deadline: float,
     ) -> None:
         """Ollama's answer when queue-status lines have begun the response: its events follow
@@ -292,30 +305,49 @@ class Exchange:
             await upstream.aclose()
 
     async def _wait_grant(self, watch: DisconnectWatch) -> Grant:
+        """Its grant: submitted now, or, after a refused connection, its requeued ticket's —
+        within the class's queue timeout again (that wait was the backend's fault, not its own)."""
         dispatcher, s, rid = self.parts.dispatcher, self.scheduling, self.facts.request_id
         assert s is not None
         queue_timeout = self.limits.queue_timeout(s.cls)
-        if dispatcher.known(rid):
-            raise id_in_use(rid)
-        try:
-            _, fut = dispatcher.submit(
-                request_id=rid, model=s.model, client=s.client, cls=s.cls,
-                endpoint=self.facts.endpoint, variant=s.variant,
-            )
-        except ShuttingDown:
-            raise ProxyError(503, "the proxy is shutting down", retry_after=RETRY_AFTER_S) from None
-        self._submitted = True
-        every = self._status_every
+        fut = self._regrant
+        if fut is None:
+            if dispatcher.known(rid):
+                raise id_in_use(rid)
+            try:
+                _, fut = dispatcher.submit(
+                    request_id=rid, model=s.model, client=s.client, cls=s.cls,
+                    endpoint=self.facts.endpoint, variant=s.variant,
+                )
+            except ShuttingDown:
+                raise ProxyError(503, "the proxy is shutting down", retry_after=RETRY_AFTER_S) from None
+            self._submitted = True
         try:
             with watch.guard():
                 async with asyncio.timeout(queue_timeout):
-                    return await queue_status.await_with_status(fut, every, self._say_status)
+                    return await queue_status.await_with_status(fut, self._status_every, self._say_status)
         except TimeoutError:
             raise ProxyError(
                 504, f"waited longer than the queue timeout ({queue_timeout:g}s) for a slot"
             ) from None
         except ShuttingDown:
             raise ProxyError(503, "the proxy is shutting down", retry_after=RETRY_AFTER_S) from None
+
+    def _requeued(self, backend: str) -> bool:
+        """Its backend refused the connection, so nothing reached Ollama: back in the queue in
+        its place, once, with several backends. After a connection it is never sent again:
+        Ollama may have generated, or run a tool call's side effects, already."""
+        if self._regrant is not None or self.scheduling is None or len(self.parts.backends) < 2:
+            return False
+        self._regrant = self.parts.dispatcher.requeue(self.facts.request_id)
+        if self._regrant is None:
+            return False
+        self.facts.backend = self.facts.dispatched_at = self.facts.queue_wait_ms = None  # waits again
+        if self.parts.backends.get(backend) is not None:  # not removed meanwhile: no stale series
+            self.parts.metrics.redispatches.labels(backend).inc()
+        log.warning("backend %s refused the connection; request sent back to the queue", backend,
+                    extra={"request_id": self.facts.request_id, "model": self.facts.model})
+        return True
 
     async def _say_status(self, body: bytes | None = None) -> None:
         """One queue-status comment; the first one commits the 200 and the stream's headers."""
@@ -363,14 +395,14 @@ class Exchange:
         if self._hold is not None:
             self._hold.cancellable = False
 
-    async def _fail(self, outcome: _Outcome, exc: ProxyError) -> None:
+    async def _fail(self, outcome: Outcome, exc: ProxyError) -> None:
         # Refused before a slot (a duplicate id, a shutdown): rejected. Timeouts, Ollama: failed.
         self._settled()
         outcome.status = "rejected" if exc.status in (400, 503) else "failed"
         outcome.http_status, outcome.error = exc.status, exc.message
         await self._answer(exc)
 
-    async def _cut(self, outcome: _Outcome) -> None:
+    async def _cut(self, outcome: Outcome) -> None:
         """The shutdown grace ran out, or an administrator cancelled the request: a 503 if the
         answer had not begun, else an error chunk. (The upstream request is closed by the caller's
         `finally`, which frees Ollama's slot too.)"""
@@ -396,7 +428,8 @@ class Exchange:
         assert self._send is not None
         response = error_response(
             self.facts.endpoint, exc.status, exc.message, retry_after=exc.retry_after,
-            headers={"x-request-id": self.facts.request_id},
+            headers={"x-request-id": self.facts.request_id,
+                     **({"x-backend": self.facts.backend} if self.facts.backend else {})},
         )
         await response({"type": "http"}, _no_receive, self._send)
 
@@ -408,38 +441,9 @@ class Exchange:
         line = stream_error(self.facts.endpoint, message, tail=self._tail)
         await self._send({"type": "http.response.body", "body": line, "more_body": False})
 
-    def _record(self, outcome: _Outcome) -> None:
-        facts, parts = self.facts, self.parts
-        if outcome.status == "completed" or outcome.http_status is not None:
-            facts.counters = self.tap.counters()
-            facts.response = self.tap.text()
-        record = facts.finish(outcome.status, outcome.http_status, outcome.error)
-        parts.journal.submit(record)
-        if record.dispatched_at is not None and record.completed_at:  # its slot is free again
-            held = record.completed_at - record.dispatched_at if record.status == "completed" else None
-            served(parts.service_times, parts.dispatcher.scheduler, record.model or "", held, time.monotonic())
-        if self.span is not None:
-            reason = self.tap.finish_reason()
-            self.span.set(
-                gen_ai__usage__input_tokens=record.prompt_eval_count,
-                gen_ai__usage__output_tokens=record.eval_count,
-                gen_ai__response__finish_reasons=[reason] if reason else None,
-                smart_proxy__status=record.status,
-            )
-            self.span.end(http_status=outcome.http_status, error=outcome.error)
-        if self.scheduling is not None:  # pass-through calls (/api/tags polls) are not events
-            parts.events.publish(ended(record))
-        seconds = (record.duration_ms or 0.0) / 1000
-        parts.metrics.finished(facts.endpoint, facts.model, outcome.status, seconds, facts.counters)
-        log.info(
-            "%s %s %s %s",
-            self.method, facts.endpoint, outcome.http_status or "-", outcome.status,
-            extra={
-                "client": facts.client, "model": facts.model,
-                "queue_wait_ms": None if record.queue_wait_ms is None else round(record.queue_wait_ms),
-                "duration_ms": round(record.duration_ms or 0.0), "error": outcome.error,
-            },
-        )
+    def _record(self, outcome: Outcome) -> None:
+        record_trip(self.parts, self.facts, self.tap, self.span, outcome, self.method,
+                    scheduled=self.scheduling is not None)
 
 
 async def _no_receive() -> Message:

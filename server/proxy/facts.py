@@ -52,6 +52,7 @@ class RequestFacts:
     counters: dict[str, int] = field(default_factory=dict)
     response: str | None = None
     journal_id: str | None = None  # the journal's unique key; None: request_id is unique
+    backend: str | None = None  # the backend it was sent to (the last, if it was sent again)
 
     def granted(self, grant: Grant) -> list[tuple[bytes, bytes]]:
         """What its dispatch decided (the wait on the scheduler's clock, the one that ordered the
@@ -113,6 +114,7 @@ class RequestFacts:
             num_ctx_forwarded=self.num_ctx_forwarded,
             prompt=self.prompt,
             response=self.response,
+            backend=self.backend,
             **counters,
         )
 

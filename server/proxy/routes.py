@@ -107,7 +107,7 @@ async def scheduled(request: Request) -> Response | _Ticketed:
     exchange = Exchange(
         sc.parts, admission,
         method=request.method,
-        url=sc.upstream_url(compiled) + _target(request),
+        target=_target(request),  # on the backend its grant names
         headers=request_headers(request.headers),
         body=body,
     )
@@ -160,11 +160,16 @@ async def _passthrough(request: Request, *, admin: bool) -> Response | Exchange:
             upload = await read_body(request, caller.compiled.limits.max_body)
         except ProxyError as exc:
             return refuse(sc, facts, exc)
+    backend = request.headers.get("x-backend")  # a pull or a model list of one backend
+    if backend is not None and sc.backends.get(backend) is None:
+        names = ", ".join(b.spec.name for b in sc.backends)
+        return refuse(sc, facts, ProxyError(400, f"X-Backend: no backend {backend[:64]!r}; the policy has {names}"))
     admission = Admission(compiled=caller.compiled, facts=facts, scheduling=None, keep_text=False)
     return Exchange(
         sc.parts, admission,
         method=request.method,
-        url=sc.upstream_url(caller.compiled) + _target(request),
+        target=_target(request),
+        backend=backend,  # None: the first that answers
         headers=request_headers(request.headers, keep_length=streamed),
         body=upload,
     )

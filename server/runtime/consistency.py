@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policy.load import BackendSettings
+from policy.load import BackendSettings, NodeSettings
 
 log = logging.getLogger("smart_proxy.upstream")
 
@@ -60,7 +60,7 @@ def observe(ps: Mapping[str, Any]) -> Observed | None:
     return Observed(vram_gb=used / GIB, loaded=count)
 
 
-def contradictions(seen: Observed, backend: BackendSettings) -> dict[Kind, str]:
+def contradictions(seen: Observed, backend: BackendSettings | NodeSettings) -> dict[Kind, str]:
     """Each contradiction of the policy by Ollama's report, as a sentence for a person. The
     sentences name no model: /proxy/health is public."""
     found: dict[Kind, str] = {}
@@ -84,7 +84,7 @@ class PolicyConsistency:
 
     def __init__(
         self,
-        backend: Callable[[], BackendSettings],
+        backend: Callable[[], BackendSettings | NodeSettings],
         on_change: Callable[[Kind, bool], None] | None = None,
     ) -> None:
         self._backend = backend
@@ -127,7 +127,7 @@ def _setting(kind: Kind) -> str:
     return "vram_gb" if kind == "vram" else "max_loaded_models"
 
 
-def _figures(kind: Kind, seen: Observed, backend: BackendSettings) -> str:
+def _figures(kind: Kind, seen: Observed, backend: BackendSettings | NodeSettings) -> str:
     if kind == "vram":
         return f"{seen.vram_gb:.1f} GiB in use, vram_gb {backend.vram_gb:g}"
     return f"{seen.loaded} models loaded, max_loaded_models {backend.max_loaded_models}"

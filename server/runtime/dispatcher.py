@@ -107,6 +107,18 @@ class Dispatcher:
         else:
             self.finish(request_id, usage)
 
+    def requeue(self, request_id: str) -> asyncio.Future[Grant] | None:
+        """A granted request whose backend refused the connection waits again, in its old place
+        (engine: `Scheduler.requeue`): the future of its next grant. None: it cannot (it began,
+        is a cloud request, or the sidecar is stopping)."""
+        if self.closed or (ticket := self.scheduler.requeue(request_id)) is None:
+            return None
+        fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._futures[request_id] = fut
+        self._on_enqueue(ticket)  # waiting again: the event stream and dashboards see it
+        self.pump()
+        return fut
+
     def known(self, request_id: str) -> bool:
         """Whether a request with this id is waiting or in flight."""
         return (

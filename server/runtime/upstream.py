@@ -30,8 +30,11 @@ class UpstreamPoller:
         interval: Callable[[], float],
         on_state: Callable[[dict[str, Any], dict[str, Any] | None], None],
         on_health: Callable[[bool], None],
+        name: str = "",
     ) -> None:
+        """`name`: the backend's, for the log (several backends each have a poller)."""
         self._client = client
+        self._where = f" (backend {name})" if name else ""
         self._base_url = base_url
         self._interval = interval
         self._on_state = on_state
@@ -43,6 +46,7 @@ class UpstreamPoller:
         self.last_ok: float | None = None  # monotonic
         self.last_ps: dict[str, Any] | None = None
         self._tags_at = -1e18
+        self._warned = False  # this outage's first failed poll has been logged
 
     def last_poll_age(self) -> float | None:
         return None if self.last_ok is None else max(0.0, time.monotonic() - self.last_ok)
@@ -55,10 +59,19 @@ class UpstreamPoller:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        if (task := self.detach()) is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def detach(self) -> asyncio.Task[None] | None:
+        """Hand its task to whoever stops it (a reload removing its backend cannot await)."""
+        task, self._task = self._task, None
+        return task
+
+    def down(self, reason: str) -> None:
+        """A request could not connect: down until a poll succeeds (whose failure is logged)."""
+        self.up, self.last_error, self._warned = False, reason, False
+        self._tags_at = -1e18
 
     async def _run(self) -> None:
         while True:
@@ -90,16 +103,18 @@ class UpstreamPoller:
             # An exception is always truthy, so `exc or name` kept an empty message empty; say
             # which exception it was. (Not the URL: /proxy/health is public and shows this.)
             reason = describe(exc)
-            if self.up or self.last_error is None:
-                log.warning("Ollama poll failed: %s", reason)
+            if self.up or not self._warned:
+                log.warning("Ollama poll failed%s: %s", self._where, reason)
+                self._warned = True
             self.up = False
             self.last_error = reason
             self._tags_at = -1e18  # re-read tags as soon as it is back
             self._on_health(False)
             return
         if not self.up:
-            log.info("Ollama is up at %s", self._base_url())
+            log.info("Ollama is up at %s%s", self._base_url(), self._where)
         self.up, self.last_error, self.last_ok, self.last_ps = True, None, time.monotonic(), ps
+        self._warned = False
         self._on_health(True)
         try:
             self._on_state(ps, tags)

@@ -12,7 +12,9 @@ are the routes, with parameters folded into the route's template.
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import typing
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from importlib import metadata
@@ -28,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from engine.residency import Action
 from engine.scheduler import Grant, Scheduler
 from schemas.model_name import canonical_model
 from server.telemetry.model_server_protocol import ModelServerProtocol
@@ -88,16 +91,42 @@ class _QueueCollector(Collector):
         yield GaugeMetricFamily(
             "smart_proxy_paused", "1 while dispatching is paused", value=int(scheduler.paused)
         )
-        residency = scheduler.residency_model
+        nodes = [n for n in scheduler.backends.values() if not n.retiring]
         yield GaugeMetricFamily(
             "smart_proxy_vram_used_bytes",
-            "VRAM the residency model counts as taken by loaded and loading models",
-            value=residency.vram_used() * GB,
+            "VRAM the residency model counts as taken by loaded and loading models (every backend's)",
+            value=sum(n.residency.vram_used() for n in nodes) * GB,
         )
         yield GaugeMetricFamily(
-            "smart_proxy_vram_total_bytes", "VRAM the policy's backend.vram_gb gives Ollama",
-            value=residency.vram_gb * GB,
+            "smart_proxy_vram_total_bytes", "VRAM the policy's vram_gb gives Ollama (every backend's)",
+            value=sum(n.residency.vram_gb for n in nodes) * GB,
         )
+        yield from _per_backend(scheduler)
+
+
+def _per_backend(scheduler: Scheduler) -> Iterable[Metric]:
+    """The same figures for each backend, labelled by its name (a removed one until it is idle)."""
+    families = {
+        "in_flight": GaugeMetricFamily("smart_proxy_backend_in_flight",
+                                       "Local requests running on the backend", labels=["backend"]),
+        "slots": GaugeMetricFamily("smart_proxy_backend_max_parallel",
+                                   "The backend's slots (its max_parallel)", labels=["backend"]),
+        "used": GaugeMetricFamily("smart_proxy_backend_vram_used_bytes",
+                                  "VRAM taken on the backend, as the residency model counts it",
+                                  labels=["backend"]),
+        "total": GaugeMetricFamily("smart_proxy_backend_vram_total_bytes",
+                                   "The backend's vram_gb", labels=["backend"]),
+        "loaded": GaugeMetricFamily("smart_proxy_backend_loaded_models",
+                                    "Models loaded or loading on the backend", labels=["backend"]),
+    }
+    for node in scheduler.backends.values():
+        r = node.residency
+        families["in_flight"].add_metric([node.name], node.local)
+        families["slots"].add_metric([node.name], 0 if node.retiring else node.slots)
+        families["used"].add_metric([node.name], r.vram_used() * GB)
+        families["total"].add_metric([node.name], r.vram_gb * GB)
+        families["loaded"].add_metric([node.name], len(r.resident()))
+    yield from families.values()
 
 
 class Metrics:
@@ -160,7 +189,20 @@ class Metrics:
         self.reloads = Counter(
             "smart_proxy_policy_reloads", "Policy reload attempts by result", ["result"], registry=r
         )
-        self.upstream_up = Gauge("smart_proxy_upstream_up", "1 if the last poll of Ollama succeeded", registry=r)
+        self.upstream_up = Gauge("smart_proxy_upstream_up",
+                                 "1 if the last poll of Ollama (of any one backend) succeeded", registry=r)
+        self.backend_up = Gauge("smart_proxy_backend_up",
+                                "1 while the backend answers (its last poll succeeded, no connection refused since)",
+                                ["backend"], registry=r)
+        self.backend_dispatches = Counter(
+            "smart_proxy_backend_dispatches", "Dispatches to each backend by what Ollama had to do",
+            ["backend", "action"], registry=r,
+        )
+        self.redispatches = Counter(
+            "smart_proxy_redispatches",
+            "Requests sent back to the queue because their backend refused the connection", ["backend"],
+            registry=r,
+        )
         self.policy_mismatch = Gauge(
             "smart_proxy_policy_mismatch",
             "1 while Ollama's /api/ps contradicts the policy's [backend] (vram_gb, max_loaded_models)",
@@ -171,6 +213,13 @@ class Metrics:
             self.policy_mismatch.labels(kind).set(0)
         r.register(_QueueCollector(scheduler, self.model_label))
         r.register(ModelServerProtocol(scheduler, self.known_models.__contains__))
+
+    def forget_backend(self, name: str) -> None:
+        """A reload removed the backend: its series go (a dashboard would show it forever)."""
+        for labelled, labels in ((self.backend_up, (name,)), (self.redispatches, (name,)),
+                                 *((self.backend_dispatches, (name, a)) for a in typing.get_args(Action))):
+            with contextlib.suppress(KeyError):
+                labelled.remove(*labels)
 
     def model_label(self, model: str) -> str:
         return model if model in self.known_models else "other"
@@ -189,6 +238,8 @@ class Metrics:
 
     def granted(self, grant: Grant) -> None:
         self.dispatches.labels(grant.action).inc()
+        if grant.backend:  # a cloud model's runs on no backend
+            self.backend_dispatches.labels(grant.backend, grant.action).inc()
         if grant.evicts:
             self.evictions.inc(len(grant.evicts))
         self.queue_wait.labels(self.model_label(grant.ticket.model), grant.ticket.cls).observe(

@@ -51,19 +51,21 @@ class ModelServerProtocol(Collector):
 
     def collect(self) -> Iterable[Metric]:
         s = self._scheduler()
-        residency = s.residency_model
+        # One sidecar, one "model server" to the picker: with several backends, their sums.
+        nodes = [n for n in s.backends.values() if not n.retiring]
         local_waiting = s.depth - s.cloud_waiting
         local_running = sum(1 for f in s.in_flight() if not f.cloud)
         yield GaugeMetricFamily(QUEUED, "Requests waiting in the sidecar's queue for this Ollama "
                                 "(model server protocol: TotalQueuedRequests)", value=local_waiting)
         yield GaugeMetricFamily(RUNNING, "Requests sent to this Ollama and not finished "
                                 "(model server protocol: TotalRunningRequests)", value=local_running)
-        share = min(1.0, residency.vram_used() / residency.vram_gb) if residency.vram_gb > 0 else 0.0
+        total = sum(n.residency.vram_gb for n in nodes)
+        share = min(1.0, sum(n.residency.vram_used() for n in nodes) / total) if total > 0 else 0.0
         for name in (CACHE, CACHE_BEFORE_V1):
             yield GaugeMetricFamily(name, "VRAM the loaded models hold over the policy's vram_gb, 0 to 1 "
                                     "(model server protocol: KVCacheUtilization)", value=share)
-        running = sorted(m.name for m in residency.resident()
-                         if self._known(m.name) and not s.is_cloud(m.name))
+        running = sorted({m.name for n in nodes for m in n.residency.resident()
+                          if self._known(m.name) and not s.is_cloud(m.name)})
         held = set(running)
         waiting = sorted({m for c in s.waiting_classes() for m in s.waiting_models(c)
                           if m not in held and not s.is_cloud(m) and self._known(m)})
@@ -72,6 +74,6 @@ class ModelServerProtocol(Collector):
             "adapters; the value is when this was read (model server protocol: LoRA affinity)",
             labels=ADAPTER_LABELS,
         )
-        adapters.add_metric([str(residency.max_loaded), ",".join(running[:MAX_LISTED]),
+        adapters.add_metric([str(sum(n.residency.max_loaded for n in nodes)), ",".join(running[:MAX_LISTED]),
                              ",".join(waiting[:MAX_LISTED])], self._clock())
         yield adapters
