@@ -17,15 +17,20 @@ class ClassBooks:
         self._waiting: dict[str, dict[str, Ticket]] = {}  # insertion order = arrival order
         self._running: Counter[str] = Counter()
         self._models: dict[str, Counter[str]] = {}  # class -> waiting tickets per model
+        self._per_model: Counter[str] = Counter()  # waiting tickets per model, every class
 
     def waiting(self, ticket: Ticket) -> None:
         insert_in_order(self._waiting.setdefault(ticket.cls, {}), ticket)
         self._models.setdefault(ticket.cls, Counter())[ticket.model] += 1
+        self._per_model[ticket.model] += 1
 
     def left(self, ticket: Ticket) -> None:
         """A waiting ticket left the queue (granted or cancelled)."""
         of_class = self._waiting.get(ticket.cls)
         if of_class is not None and of_class.pop(ticket.id, None) is not None:
+            self._per_model[ticket.model] -= 1
+            if not self._per_model[ticket.model]:
+                del self._per_model[ticket.model]
             models = self._models[ticket.cls]
             models[ticket.model] -= 1
             if not models[ticket.model]:
@@ -42,6 +47,10 @@ class ClassBooks:
 
     def count(self, cls: str) -> int:
         return len(self._waiting.get(cls, ()))
+
+    def of_model(self, model: str) -> int:
+        """Waiting tickets for the model, every class's."""
+        return self._per_model.get(model, 0)
 
     def models(self, cls: str) -> Mapping[str, int]:
         """Waiting tickets of the class per model (what the drain estimate prices per model)."""

@@ -20,6 +20,10 @@ class CloudModels:
         self._per_backend: dict[str, dict[str, bool]] = {}  # each backend's /api/tags
         self._of: dict[str, bool] = {}  # the answers given
 
+    def listed_on(self, model: str) -> set[str]:
+        """The backends whose /api/tags list the model (a cloud model is signed in per server)."""
+        return {b for b, listed in self._per_backend.items() if model in listed}
+
     def keep(self, backends: set[str]) -> None:
         """After a reload: forget the lists of backends no longer there (at their next answer
         the merged list is rebuilt without them)."""

@@ -91,6 +91,7 @@ def choose(s: Scheduler, policy: Policy, now: float) -> tuple[Ticket, Score] | N
     # With several backends: no second copy of a model another backend has loaded while that
     # one can take its backlog (`loaded_elsewhere`). Asked per runner once per choice.
     several = affinity_holds(s, policy)
+    others = holding_backends(s, node) if several else []
     away: dict[tuple[str, str], bool] = {}
 
     def kept_back(model: str, variant: str) -> bool:
@@ -98,7 +99,7 @@ def choose(s: Scheduler, policy: Policy, now: float) -> tuple[Ticket, Score] | N
             return True
         found = away.get((model, variant))
         if found is None:
-            found = away[(model, variant)] = loaded_elsewhere(s, policy, node, model, variant) is not None
+            found = away[(model, variant)] = loaded_elsewhere(s, policy, node, model, variant, now, others) is not None
         return found
 
     while True:
@@ -127,6 +128,11 @@ def choose(s: Scheduler, policy: Policy, now: float) -> tuple[Ticket, Score] | N
 
 
 AFFINITY_BACKLOG = 2  # slots' worth of waiting work a backend with the model loaded keeps to itself
+# For how many load times of the model a free backend leaves its work to the one that has it: a
+# second copy costs its load now and, later, a swap (evicting it, or bringing back what it
+# evicted). Measured on the simulator's traces against 1 and unbounded: 1 loads 2 to 3.3 times
+# as often (agents, and the long tail on four GPUs); unbounded holds work with no max_wait for good.
+AFFINITY_HOLD_LOADS = 3
 
 
 def affinity_holds(s: Scheduler, policy: Policy) -> bool:
@@ -135,25 +141,32 @@ def affinity_holds(s: Scheduler, policy: Policy) -> bool:
     return len(s.backends) > 1 and "backend" not in policy.by_dependency
 
 
-def loaded_elsewhere(s: Scheduler, policy: Policy, node: Node, model: str, variant: str) -> Node | None:
+def loaded_elsewhere(
+    s: Scheduler, policy: Policy, node: Node, model: str, variant: str, now: float,
+    others: list[Node] | None = None,
+) -> Node | None:
     """The backend (up, not retiring, allowed the model) that has this runner loaded or loading
-    while `node` has not, and whose slots can take the model's waiting work soon (at most
-    AFFINITY_BACKLOG times its max_parallel): `node` does not load a second copy meanwhile.
-    Measured on the simulator's traces, a second copy is what a free card loads most, and it
-    costs a swap there now and another when the card is needed for something else (a plain
+    while `node` has not, and can take the model's waiting work soon (at most AFFINITY_BACKLOG
+    times the requests it runs of the model at once): `node` does not load a second copy
+    meanwhile — for no longer than AFFINITY_HOLD_LOADS times that load would take. Measured on the simulator's traces, a second copy is what a free card loads most, and
+    it costs a swap there now and another when the card is needed for something else (a plain
     balancer loads every model everywhere). More work than that spills over; overdue work goes
-    anywhere (the holds never keep it); a policy with a backend_load term decides itself."""
+    anywhere; a policy with a backend_load term decides itself. `others`: the candidates
+    (`holding_backends`), when the caller asks for many runners."""
     if (not affinity_holds(s, policy) or s.is_cloud(model)
             or node.residency.residency(model, variant) in ("loaded", "loading")):
         return None
-    backlog: int | None = None
-    for other in s.backends.values():
-        if other is node or other.retiring or other.down or not other.serves(model):
-            continue
-        if other.residency.residency(model, variant) not in ("loaded", "loading"):
-            continue
-        if backlog is None:
-            backlog = sum(s.waiting_models(c).get(model, 0) for c in s.waiting_classes())
-        if backlog <= AFFINITY_BACKLOG * other.slots:
+    oldest = s.picker.oldest_arrival((model, variant))
+    if oldest is not None and now - oldest >= AFFINITY_HOLD_LOADS * node.residency.load_seconds(model):
+        return None
+    backlog = s.waiting_for(model)
+    for other in holding_backends(s, node) if others is None else others:
+        if (other.serves(model) and other.residency.residency(model, variant) in ("loaded", "loading")
+                and backlog <= AFFINITY_BACKLOG * min(other.slots, other.residency.slots(model))):
             return other
     return None
+
+
+def holding_backends(s: Scheduler, node: Node) -> list[Node]:
+    """The backends whose loaded models `node` leaves to them: up, not retiring, not itself."""
+    return [n for n in s.backends.values() if n is not node and not n.retiring and not n.down]

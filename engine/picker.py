@@ -16,6 +16,12 @@ falling, one dispatch at a time (a queued-count term loses a step per dispatch o
 the re-keying builds on the part minus SLACK_STEPS such steps: the next few dispatches of that
 client re-key nothing, for bounds a few points looser. New groups and groups whose head changed
 are keyed on their own.
+
+A head the search visits is not scored through every term: its total is the sum of the parts the
+picker keeps exact anyway (its runner's model part, its client's part as of this refresh, its
+class's part, the backend's) and its own wait terms. Only the winner gets a full `Score` with
+every term by name; two heads whose totals are within float slack of each other are told apart by
+their full scores, so the choice is the one a full rescoring makes (tests/test_engine_picker.py).
 """
 
 from __future__ import annotations
@@ -267,11 +273,12 @@ class Picker:
                         return ticket, score
         streams = []
         shift = policy.wait_slope * now
+        backend = 0.0
         if "backend" in policy.by_dependency and self._by_model:
             # The same for every ticket of this choice (the backend's load), so it moves every
             # bound alike; it matters only when choices for two backends are compared.
             any_head = self._groups[next(iter(self._by_model.values()))[0][3]][0]
-            shift -= policy.partial("backend", any_head, state, now)
+            backend = policy.partial("backend", any_head, state, now)
         valid = None if version is None else (policy, version)
         cached = self._model_parts.get(cache)
         if cached is None or valid is None or cached[0] != valid:
@@ -284,27 +291,50 @@ class Picker:
             if part is None:
                 head = self._groups[entries[0][3]][0]
                 part = parts[runner] = policy.partial("model", head, state, now)
-            streams.append(_bounds(part - shift, entries))
-        best: tuple[OrderKey, Ticket, Score] | None = None
+            streams.append(_bounds(part + backend - shift, entries))
+        # A head's total from the parts already at hand (its runner's, its client's and class's,
+        # the backend's) and its own wait terms: the exact score, all terms with their names, is
+        # made for the winner only. Sums in another order may differ in the last bits, so heads
+        # whose totals are that close are told apart by their exact scores.
+        clamp = policy.clamp_min
+        best: tuple[OrderKey, Ticket, Score | None] | None = None
         for bound, key in heapq.merge(*streams, key=lambda item: item[0]):
-            if best is not None and bound > best[2].total + _EPS:
+            if best is not None and bound > best[0][1] + _EPS:
                 break
             if barred(key[3], key[0]):
                 continue
             ticket = self._groups[key][0]
-            score = policy.score(ticket, state, now)
-            order = policy.order_key(ticket, score)
-            if best is None or order < best[0]:
-                best = (order, ticket, score)
-                # Exact: a clamped total IS clamp_min (max() returns it unchanged).
-                if policy.clamp_min is not None and score.total <= policy.clamp_min:
-                    # Nothing scores below the clamp: only an older tie can still win, and in
-                    # arrival order the first clamped ticket is that tie. (Long waiters all tie
-                    # at the clamp, so this beats walking every one of their bounds.)
-                    return self._oldest_at_clamp(
-                        policy, state, now, ready, oldest, ticket, score, barred
-                    )
-        return None if best is None else (best[1], best[2])
+            exact: Score | None = None
+            if policy.overdue(ticket, now):  # rare here (overdue ones went first): exactly
+                exact = policy.score(ticket, state, now)
+                order = policy.order_key(ticket, exact)
+            else:
+                total = (parts[key[:2]] + self._client_part[key[2]] + self._class_part_of(ticket, policy, state)
+                         + policy.partial("wait", ticket, state, now) + backend)
+                if clamp is not None and total < clamp:
+                    total = clamp
+                order = (1, total, ticket.arrival, ticket.seq)
+            if best is not None and best[0][0] == order[0] == 1 and abs(order[1] - best[0][1]) <= _EPS:
+                if exact is None:
+                    exact = policy.score(ticket, state, now)
+                if best[2] is None:
+                    best = (best[0], best[1], policy.score(best[1], state, now))
+                assert best[2] is not None
+                if policy.order_key(ticket, exact) >= policy.order_key(best[1], best[2]):
+                    continue
+            elif best is not None and order >= best[0]:
+                continue
+            best = (order, ticket, exact)
+            if clamp is not None and order[0] == 1 and order[1] <= clamp:
+                # Nothing scores below the clamp: only an older tie can still win, and in
+                # arrival order the first clamped ticket is that tie. (Long waiters all tie at
+                # the clamp, so this beats walking every one of their bounds.)
+                score = exact or policy.score(ticket, state, now)
+                if score.total <= clamp:
+                    return self._oldest_at_clamp(policy, state, now, ready, oldest, ticket, score, barred)
+        if best is None:
+            return None
+        return best[1], best[2] or policy.score(best[1], state, now)
 
     @staticmethod
     def _oldest_at_clamp(

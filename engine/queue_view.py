@@ -94,7 +94,7 @@ def position(
     held = bool(evicts) and (  # the holds of `choose`
         overdue_ahead(s, evicts, ticket, policy, now, barred) is not None
         if score.overdue else s.swap_held(policy, ticket.model, ticket.variant, now))
-    held = held or (not score.overdue and loaded_elsewhere(s, policy, s.node, ticket.model, ticket.variant) is not None)
+    held = held or (not score.overdue and loaded_elsewhere(s, policy, s.node, ticket.model, ticket.variant, now) is not None)
     eligible = s.is_cloud(ticket.model) or (residency.eligible(ticket.model, ticket.variant) and not held)
     return RankedTicket(place, ticket, score, eligible)
 
@@ -106,7 +106,7 @@ def _held_reason(
     """`choose`'s holds: the policy's swap_hold, or a swap that would evict a model whose own
     waiting work ranks ahead of this runner's best ticket."""
     model, variant = runner
-    if (other := loaded_elsewhere(s, policy, s.node, model, variant)) is not None:
+    if (other := loaded_elsewhere(s, policy, s.node, model, variant, now)) is not None:
         return (f"waits for backend {other.name}, which has {model} loaded: no other backend loads"
                 f" a second copy while {other.name} can take its waiting requests")
     evicts = s.residency_model.plan(model, variant).evicts

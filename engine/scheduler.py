@@ -89,6 +89,10 @@ class Scheduler:
         """Whether some backend may serve `model` (its `models` allow-list; cloud models: all)."""
         return self.is_cloud(model) or any(n.serves(model) for n in self.backends.values() if not n.retiring)
 
+    def waiting_for(self, model: str) -> int:
+        """Waiting tickets for the model."""
+        return self._classes.of_model(model)
+
     def waiting_models(self, cls: str) -> Mapping[str, int]:
         """Waiting tickets of one request class per model."""
         return self._classes.models(cls)
@@ -361,6 +365,8 @@ class Scheduler:
             if backend is None or node.name == backend:
                 node.residency.learn_tags(tags_payload)
         if self.is_cloud.learn(tags_payload, backend or ""):
+            for node in self.backends.values():  # every backend's cached model parts read it
+                node.residency._changed()
             # Waiting tickets keep the kind they were counted as until they leave the queue.
             self._cloud_waiting = sum(self.is_cloud(t.model) for t in self._waiting.values())
 

@@ -41,6 +41,7 @@ class Dispatched(Event, frozen=True, kw_only=True, tag="dispatch"):
     evicts: list[str]  # models this dispatch is predicted to push out of VRAM
     waited_s: float
     depth: int  # tickets waiting when it was chosen, itself included
+    backend: str = ""  # the backend it was sent to ("": a cloud model's, through any)
 
 
 class FirstByte(Event, frozen=True, kw_only=True, tag="first_byte"):

@@ -150,6 +150,7 @@ class Sidecar:
             on_state=self._upstream_state,
             on_change=self._backend_changed,
             on_mismatch=lambda kind, on: self.metrics.policy_mismatch.labels(kind).set(int(on)),
+            listed_on=lambda model: self.scheduler.is_cloud.listed_on(model),
         )
         self.reloader = Reloader(
             self.holder,
@@ -367,6 +368,7 @@ class Sidecar:
             score=grant.score.total, terms=grant.score.breakdown(), resident=grant.resident,
             action=grant.action, evicts=list(grant.evicts),
             waited_s=round(max(0.0, grant.granted_at - t.arrival), 3), depth=grant.queue_depth,
+            backend=grant.backend,
         ))
 
     def _reloaded(self, result: ReloadResult) -> None:

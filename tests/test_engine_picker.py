@@ -152,3 +152,66 @@ def test_matches_brute_force_across_reloads_and_head_cancels(seed):
     recorded history: every key is rebuilt or stays a lower bound."""
     settings = EXAMPLE.with_active(sorted(EXAMPLE.policies)[seed % len(EXAMPLE.policies)])
     assert replay(settings, 200 + seed, events=300, reloads=True) > 30
+
+
+TWO_BACKENDS = """
+[backends.gpu0]
+url = "http://127.0.0.1:11434"
+max_parallel = {p0}
+vram_gb = 24.0
+[backends.gpu1]
+url = "http://127.0.0.1:11435"
+max_parallel = {p1}
+vram_gb = 48.0
+"""
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_each_backends_pick_matches_brute_force_with_its_own_residency(seed):
+    """With several backends the picker keeps model parts per backend and adds the backend's
+    backend_load part to every total: each backend's pick is what scoring every waiting ticket
+    against that backend's state gives."""
+    rng = random.Random(seed)
+    one, rest = random_policy(rng).split("[policies.r]\n", 1)
+    backends = TWO_BACKENDS.format(p0=rng.randint(1, 3), p1=rng.randint(1, 3))
+    text = one.split("[backend]")[0] + backends + "[policies.r]\n" + rest
+    clock = ManualClock(1000.0)
+    s = Scheduler(load_policy_text(text.encode(), "two.toml"), clock=clock)
+    tags = {"models": [{"name": m, "size": int(gb * GIB / 1.2)} for m, gb in MODELS.items() if gb]}
+    s.learn_tags(tags)
+    flying: list[str] = []
+    checked = 0
+    for n in range(150):
+        roll = rng.random()
+        if roll < 0.5:
+            s.enqueue(request_id=f"r{n}", model=rng.choice(list(MODELS)), client=f"c{rng.randint(1, 8)}",
+                      cls=rng.choice(["interactive", "batch"]))
+        elif roll < 0.6 and s.depth:
+            s.cancel(rng.choice(list(s._waiting)))
+        elif roll < 0.8 and flying:
+            rid = flying.pop(rng.randrange(len(flying)))
+            s.first_byte(rid)
+            s.finish(rid)
+        elif roll < 0.9:
+            name = rng.choice(["gpu0", "gpu1"])
+            resident = [m for m in MODELS if MODELS[m] and rng.random() < 0.3]
+            s.reconcile({"models": [{"name": m, "size": int(MODELS[m] * GIB)} for m in resident]}, name)
+        clock.advance(rng.choice([0.0, 0.5, 2.5, 7.0]))
+        now = clock()
+        policy = s._policy_source()
+        s.picker.mark_dirty(s._ledger.expire(now))
+        s.picker.refresh(policy, s.state, now)
+        for node in s.backends.values():
+            best = None
+            for ticket in s._waiting.values():
+                if node.residency.eligible(ticket.model, ticket.variant):
+                    key = policy.order_key(ticket, policy.score(ticket, node.state, now))
+                    if best is None or key < best[0]:
+                        best = (key, ticket.id)
+            choice = s.picker.best(policy, node.state, now, node.residency.eligible, s.oldest,
+                                   node.residency.version, cache=node.name)
+            assert (None if choice is None else choice[0].id) == (None if best is None else best[1]), (seed, n)
+            checked += best is not None
+        if rng.random() < 0.5:
+            flying.extend(g.ticket.id for g in s.dispatch())
+    assert checked > 30

@@ -323,3 +323,17 @@ def test_two_requests_of_one_group_requeued_out_of_order_get_their_places_back()
     s.set_down("gpu0", False)
     s.resume()
     assert [g.ticket.id for g in s.dispatch()] == ["t0", "t1"]  # gpu0 has two slots
+
+
+def test_the_affinity_hold_lasts_three_load_times_at_most() -> None:
+    s, clock = _scheduler()
+    s.reconcile(_ps("a:8b"), "gpu1")
+    s.enqueue(request_id="a0", model="a:8b", client="x", cls="interactive")
+    s.enqueue(request_id="a1", model="a:8b", client="y", cls="interactive")
+    s.resume()
+    assert _where(s.dispatch()) == {"a0": "gpu1"}  # a1 waits for gpu1 rather than load on gpu0
+    load = s.backends["gpu0"].residency.load_seconds("a:8b")
+    clock.advance(3 * load - 0.5)
+    assert s.dispatch() == []
+    clock.advance(0.5)  # waiting longer would cost more than a second copy
+    assert _where(s.dispatch()) == {"a1": "gpu0"}

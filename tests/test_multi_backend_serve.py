@@ -252,3 +252,29 @@ def test_upstream_cannot_stand_for_several_backends(
     a, b = emulators.start(), emulators.start()
     with pytest.raises(PolicyError, match="--upstream"):
         sidecar_factory(upstream=a, policy=policy({"gpu0": a, "gpu1": b}))
+
+
+def test_a_cloud_model_goes_through_a_backend_that_lists_it() -> None:
+    """Cloud models run on Ollama's service through a server signed in to it: the backend whose
+    /api/tags list the model, of those that answer."""
+    from engine.cloud import CloudModels
+    from policy.load import NodeSettings
+    from server.runtime.backends import Backends
+
+    cloud = CloudModels()
+    cloud.learn({"models": [{"name": "llama3.2:1b"}]}, "gpu0")
+    cloud.learn({"models": [{"name": "gpt-oss:120b-cloud", "remote_host": "https://ollama.com"}]}, "gpu1")
+    specs = tuple(NodeSettings(n, f"http://127.0.0.1:{p}", 1, 1, 8.0, 1) for n, p in (("gpu0", 1), ("gpu1", 2)))
+    backends = Backends(
+        httpx.AsyncClient(), nodes=lambda: specs, url=lambda spec: spec.url, interval=lambda: 1.0,
+        on_state=lambda *a: None, on_change=lambda *a: None, on_mismatch=lambda *a: None,
+        listed_on=cloud.listed_on,
+    )
+    for b in backends:
+        b.poller.up = True
+    assert backends.pick_up("gpt-oss:120b-cloud").spec.name == "gpu1"
+    assert backends.pick_up(None).spec.name == "gpu0"
+    backends.get("gpu1").poller.up = False  # type: ignore[union-attr]
+    assert backends.pick_up("gpt-oss:120b-cloud").spec.name == "gpu0"  # the one that answers
+    cloud.keep({"gpu0"})
+    assert cloud.listed_on("gpt-oss:120b-cloud") == set()

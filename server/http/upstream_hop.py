@@ -176,7 +176,7 @@ class UpstreamHop:
                     if pace is not None:
                         pace.live = False  # the upload may go on in aiohttp's task; the deadline ends here
         except aiohttp.ConnectionTimeoutError as exc:  # no connection at all: unreachable, not slow
-            raise Unreachable(f"Ollama is unreachable at {where}: {describe(exc)}", describe(exc)) from None
+            raise Unreachable(f"Ollama is unreachable at {where}: {describe(exc)}", type(exc).__name__) from None
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             if upload:
                 raise UploadBroken(describe(upload[0])) from None
@@ -188,8 +188,9 @@ class UpstreamHop:
                 raise UploadBroken(describe(upload[0])) from None
             # Refused or not found before a connection existed: not one byte of it was sent.
             message = f"Ollama is unreachable at {where}: {describe(exc)}"
-            if isinstance(exc, aiohttp.ClientConnectorError):
-                raise Unreachable(message, describe(exc)) from None
+            if isinstance(exc, aiohttp.ClientConnectorError):  # its text names the host and port
+                reason = f"{type(exc).__name__}: {exc.os_error.strerror or type(exc.os_error).__name__}"
+                raise Unreachable(message, reason) from None
             raise ProxyError(502, message) from None
         return UpstreamAnswer(response)
 

@@ -154,7 +154,7 @@ class Exchange:
                     outcome.error = "client disconnected while queued"
                     return
                 extra += self._granted(grant)
-            name = self.backend_name or self.parts.backends.pick_up().spec.name
+            name = self.backend_name or self.parts.backends.pick_up(self.facts.model).spec.name
             self.facts.backend = name
             extra.append((b"x-backend", name.encode()))
             url = self.parts.backends.url(name) + self.target
@@ -342,7 +342,7 @@ class Exchange:
         self._regrant = self.parts.dispatcher.requeue(self.facts.request_id)
         if self._regrant is None:
             return False
-        self.facts.backend = self.facts.dispatched_at = self.facts.queue_wait_ms = None  # waits again
+        self.facts.ungranted()
         if self.parts.backends.get(backend) is not None:  # not removed meanwhile: no stale series
             self.parts.metrics.redispatches.labels(backend).inc()
         log.warning("backend %s refused the connection; request sent back to the queue", backend,

@@ -69,6 +69,13 @@ class RequestFacts:
             (b"x-dispatch-policy", f"{grant.policy_name}@{grant.policy_version}".encode()),
         ]
 
+    def ungranted(self) -> None:
+        """Its grant came to nothing (the backend refused the connection): it waits again, and a
+        timeout now is a wait in the queue, not a dispatch."""
+        self.backend = self.dispatched_at = self.queue_wait_ms = self.score = None
+        self.queue_depth = self.resident = self.num_ctx_forwarded = None
+        self.score_terms = {}
+
     def admission(self) -> JournalRecord:
         """The record a crash would leave: written as the request is accepted, at revision 0, so
         the request's real record (a wall-clock revision) always replaces it. No prompt: nothing

@@ -46,6 +46,7 @@ class Backends:
         on_state: Callable[[str, dict[str, Any], dict[str, Any] | None], None],
         on_change: Callable[[str, bool, str | None], None],
         on_mismatch: Callable[[Kind, bool], None],
+        listed_on: Callable[[str], set[str]] = lambda model: set(),
     ) -> None:
         """`on_state(name, ps, tags)`: a poll's answers. `on_change(name, up, error)`: a backend
         went down or came back. `on_mismatch(kind, on)`: whether any backend contradicts the policy
@@ -53,6 +54,7 @@ class Backends:
         self._client = client
         self._nodes, self._url, self._interval = nodes, url, interval
         self._on_state, self._on_change, self._on_mismatch = on_state, on_change, on_mismatch
+        self._listed_on = listed_on  # which backends' /api/tags list a model
         self._by_name: dict[str, Backend] = {}
         self._retired: dict[str, str] = {}  # removed backends' URLs, for requests they still run
         self._stopping: set[asyncio.Task[None]] = set()
@@ -73,7 +75,7 @@ class Backends:
             gone = self._by_name.pop(name)
             # Its requests in flight (it retires) keep their URL; a later backend of the same
             # name takes it over.
-            self._retired[name] = self.url_of(gone.spec)
+            self._retired[name] = gone.spec.url.rstrip("/")  # several backends: no --upstream
             if (task := gone.poller.detach()) is not None:
                 self._stopping.add(task)
                 task.add_done_callback(self._stopping.discard)
@@ -82,7 +84,7 @@ class Backends:
             self._retired.pop(name, None)
             if name in self._by_name:
                 backend = self._by_name[name]
-                moved = self.url_of(backend.spec) != self.url_of(spec)
+                moved = backend.spec.url.rstrip("/") != spec.url.rstrip("/")
                 backend.spec = spec
                 if moved:  # another server: what it holds now, rather than at the next tick
                     backend.poller.poll_soon()
@@ -145,10 +147,13 @@ class Backends:
     def any_up(self) -> bool:
         return any(b.poller.up for b in self._by_name.values())
 
-    def pick_up(self) -> Backend:
-        """Where a request that is not scheduled goes (a model list, a pull): the first backend
+    def pick_up(self, model: str | None = None) -> Backend:
+        """Where a request no grant sends goes (a model list, a pull; a cloud model's, through
+        some backend's Ollama): the first backend that answers and lists `model`, else the first
         that answers, else the first."""
-        return next((b for b in self._by_name.values() if b.poller.up), self.first)
+        up = [b for b in self._by_name.values() if b.poller.up]
+        listed = self._listed_on(model) if model else set()
+        return next((b for b in up if b.spec.name in listed), up[0] if up else self.first)
 
     def poll_soon(self, name: str | None = None) -> None:
         for backend in self._by_name.values():

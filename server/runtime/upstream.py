@@ -70,7 +70,9 @@ class UpstreamPoller:
 
     def down(self, reason: str) -> None:
         """A request could not connect: down until a poll succeeds (whose failure is logged)."""
-        self.up, self.last_error, self._warned = False, reason, False
+        if self.up:  # a new outage: its first failed poll is logged (not once per refused request)
+            self._warned = False
+        self.up, self.last_error = False, reason
         self._tags_at = -1e18
 
     async def _run(self) -> None:
