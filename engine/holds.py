@@ -99,7 +99,8 @@ def choose(s: Scheduler, policy: Policy, now: float) -> tuple[Ticket, Score] | N
             return True
         found = away.get((model, variant))
         if found is None:
-            found = away[(model, variant)] = loaded_elsewhere(s, policy, node, model, variant, now, others) is not None
+            found = loaded_elsewhere(s, policy, node, model, variant, now, others) is not None
+            away[(model, variant)] = found
         return found
 
     while True:
@@ -130,7 +131,7 @@ def choose(s: Scheduler, policy: Policy, now: float) -> tuple[Ticket, Score] | N
 AFFINITY_BACKLOG = 2  # slots' worth of waiting work a backend with the model loaded keeps to itself
 # For how many load times of the model a free backend leaves its work to the one that has it: a
 # second copy costs its load now and, later, a swap (evicting it, or bringing back what it
-# evicted). Measured on the simulator's traces against 1 and unbounded: 1 loads 2 to 3.3 times
+# evicted). Measured once on the simulator's traces against 1 and unbounded: 1 loads 2 to 3.3 times
 # as often (agents, and the long tail on four GPUs); unbounded holds work with no max_wait for good.
 AFFINITY_HOLD_LOADS = 3
 
@@ -148,8 +149,9 @@ def loaded_elsewhere(
     """The backend (up, not retiring, allowed the model) that has this runner loaded or loading
     while `node` has not, and can take the model's waiting work soon (at most AFFINITY_BACKLOG
     times the requests it runs of the model at once): `node` does not load a second copy
-    meanwhile — for no longer than AFFINITY_HOLD_LOADS times that load would take. Measured on the simulator's traces, a second copy is what a free card loads most, and
-    it costs a swap there now and another when the card is needed for something else (a plain
+    meanwhile, for no longer than AFFINITY_HOLD_LOADS times that load would take. Measured on
+    the simulator's traces, a second copy is what a free card loads most, and it costs a swap
+    there now and another when the card is needed for something else (a plain
     balancer loads every model everywhere). More work than that spills over; overdue work goes
     anywhere; a policy with a backend_load term decides itself. `others`: the candidates
     (`holding_backends`), when the caller asks for many runners."""
@@ -157,7 +159,8 @@ def loaded_elsewhere(
             or node.residency.residency(model, variant) in ("loaded", "loading")):
         return None
     oldest = s.picker.oldest_arrival((model, variant))
-    if oldest is not None and now - oldest >= AFFINITY_HOLD_LOADS * node.residency.load_seconds(model):
+    limit = AFFINITY_HOLD_LOADS * node.residency.load_seconds(model)
+    if oldest is not None and now - oldest >= limit:
         return None
     backlog = s.waiting_for(model)
     for other in holding_backends(s, node) if others is None else others:

@@ -5,8 +5,8 @@ non-increasing in time waited, so only the oldest ticket of each group can win. 
 sits in a sorted list per model under the key  P = client part + class part + slope × arrival.
 For a model whose terms sum to M at this moment, every head's exact score is at least the bound
 L = M + P − slope × now (wait terms are >= −slope × waited; clamping only raises scores). Heads are
-visited in increasing L across the eligible models and scored exactly, stopping once L passes the
-best exact score found: usually after a handful, whatever the queue's length.
+visited in increasing L across the eligible models and totalled (below), stopping once L passes the
+best total found: usually after a handful, whatever the queue's length.
 
 Client parts change when a client's counts change; the scheduler marks such clients dirty. A key
 only has to stay a LOWER bound, so a client whose part rose keeps its older, smaller keys (the
@@ -22,11 +22,14 @@ picker keeps exact anyway (its runner's model part, its client's part as of this
 class's part, the backend's) and its own wait terms. Only the winner gets a full `Score` with
 every term by name; two heads whose totals are within float slack of each other are told apart by
 their full scores, so the choice is the one a full rescoring makes (tests/test_engine_picker.py).
+Those parts are exact only as `refresh` left them: `best` must follow a `refresh` at the same
+`now`, with no event in between (the scheduler calls them in that order on every pick).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
@@ -298,8 +301,9 @@ class Picker:
         # whose totals are that close are told apart by their exact scores.
         clamp = policy.clamp_min
         best: tuple[OrderKey, Ticket, Score | None] | None = None
+        cut = math.inf  # the best's total, in points (an overdue best's order key is in seconds)
         for bound, key in heapq.merge(*streams, key=lambda item: item[0]):
-            if best is not None and bound > best[0][1] + _EPS:
+            if bound > cut + _EPS:
                 break
             if barred(key[3], key[0]):
                 continue
@@ -325,6 +329,7 @@ class Picker:
             elif best is not None and order >= best[0]:
                 continue
             best = (order, ticket, exact)
+            cut = order[1] if order[0] == 1 else exact.total if exact is not None else cut
             if clamp is not None and order[0] == 1 and order[1] <= clamp:
                 # Nothing scores below the clamp: only an older tie can still win, and in
                 # arrival order the first clamped ticket is that tie. (Long waiters all tie at

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from engine.classes import Barred
 from engine.grants import RankedTicket
-from engine.holds import loaded_elsewhere, overdue_ahead
+from engine.holds import AFFINITY_HOLD_LOADS, loaded_elsewhere, overdue_ahead
 from engine.ranking import Ranking
 from policy.compile import OrderKey, Policy
 from schemas.ticket import Ticket
@@ -108,7 +108,8 @@ def _held_reason(
     model, variant = runner
     if (other := loaded_elsewhere(s, policy, s.node, model, variant, now)) is not None:
         return (f"waits for backend {other.name}, which has {model} loaded: no other backend loads"
-                f" a second copy while {other.name} can take its waiting requests")
+                f" a second copy while {other.name} can take its waiting requests (for at most"
+                f" {AFFINITY_HOLD_LOADS} load times)")
     evicts = s.residency_model.plan(model, variant).evicts
     if evicts and s.swap_held(policy, model, variant, now):
         return (

@@ -278,3 +278,30 @@ def test_a_cloud_model_goes_through_a_backend_that_lists_it() -> None:
     assert backends.pick_up("gpt-oss:120b-cloud").spec.name == "gpu0"  # the one that answers
     cloud.keep({"gpu0"})
     assert cloud.listed_on("gpt-oss:120b-cloud") == set()
+
+
+def test_a_refused_connection_is_told_without_the_address() -> None:
+    """The reason goes to the public health page and the event stream: no host, no port."""
+    import asyncio
+    import socket
+
+    from server.http.upstream_hop import Unreachable, UpstreamHop
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens once it closes
+
+    async def attempt() -> Unreachable:
+        hop = UpstreamHop()
+        try:
+            await hop.open(method="GET", url=f"http://127.0.0.1:{port}/api/ps", headers=[], content=b"",
+                           upstream_timeout=5)
+        except Unreachable as exc:
+            return exc
+        finally:
+            await hop.aclose()
+        raise AssertionError("connected to a closed port")
+
+    refused = asyncio.run(attempt())
+    assert refused.reason == "ConnectionRefusedError: Connection refused"
+    assert str(port) in refused.message  # the client's own 502 may say where

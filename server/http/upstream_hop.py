@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -188,9 +189,8 @@ class UpstreamHop:
                 raise UploadBroken(describe(upload[0])) from None
             # Refused or not found before a connection existed: not one byte of it was sent.
             message = f"Ollama is unreachable at {where}: {describe(exc)}"
-            if isinstance(exc, aiohttp.ClientConnectorError):  # its text names the host and port
-                reason = f"{type(exc).__name__}: {exc.os_error.strerror or type(exc.os_error).__name__}"
-                raise Unreachable(message, reason) from None
+            if isinstance(exc, aiohttp.ClientConnectorError):  # its texts name the host and port
+                raise Unreachable(message, _no_address(exc.os_error)) from None
             raise ProxyError(502, message) from None
         return UpstreamAnswer(response)
 
@@ -252,6 +252,12 @@ def _as_str(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
             text = value.decode("latin-1")
         out.append((key.decode("latin-1"), text))
     return out
+
+
+def _no_address(error: OSError) -> str:
+    """Why a connection failed, without the address asyncio writes into the message."""
+    kind = type(error).__name__
+    return f"{kind}: {os.strerror(error.errno)}" if error.errno else kind
 
 
 def describe(exc: BaseException) -> str:
