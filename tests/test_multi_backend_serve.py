@@ -9,6 +9,7 @@ and each holding one model at a time (so every change of model on a backend is a
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
 from collections.abc import Iterator
@@ -265,8 +266,9 @@ def test_a_cloud_model_goes_through_a_backend_that_lists_it() -> None:
     cloud.learn({"models": [{"name": "llama3.2:1b"}]}, "gpu0")
     cloud.learn({"models": [{"name": "gpt-oss:120b-cloud", "remote_host": "https://ollama.com"}]}, "gpu1")
     specs = tuple(NodeSettings(n, f"http://127.0.0.1:{p}", 1, 1, 8.0, 1) for n, p in (("gpu0", 1), ("gpu1", 2)))
+    client = httpx.AsyncClient()
     backends = Backends(
-        httpx.AsyncClient(), nodes=lambda: specs, url=lambda spec: spec.url, interval=lambda: 1.0,
+        client, nodes=lambda: specs, url=lambda spec: spec.url, interval=lambda: 1.0,
         on_state=lambda *a: None, on_change=lambda *a: None, on_mismatch=lambda *a: None,
         listed_on=cloud.listed_on,
     )
@@ -278,11 +280,11 @@ def test_a_cloud_model_goes_through_a_backend_that_lists_it() -> None:
     assert backends.pick_up("gpt-oss:120b-cloud").spec.name == "gpu0"  # the one that answers
     cloud.keep({"gpu0"})
     assert cloud.listed_on("gpt-oss:120b-cloud") == set()
+    asyncio.run(client.aclose())  # never used: nothing was started
 
 
 def test_a_refused_connection_is_told_without_the_address() -> None:
     """The reason goes to the public health page and the event stream: no host, no port."""
-    import asyncio
     import socket
 
     from server.http.upstream_hop import Unreachable, UpstreamHop

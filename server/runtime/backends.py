@@ -105,7 +105,7 @@ class Backends:
 
     def _make(self, name: str, spec: NodeSettings) -> Backend:
         def health(up: bool) -> None:
-            self._health(name, up, backend.poller.last_error)
+            self._health(name, up, poller.last_error)
 
         poller = UpstreamPoller(
             self._client, base_url=lambda: self.url(name), interval=self._interval,
@@ -115,8 +115,7 @@ class Backends:
         # Checked only while listed (`_state`, `recheck`), so its spec is always there to read.
         consistency = PolicyConsistency(lambda: self._by_name[name].spec,
                                         on_change=lambda kind, on: self._mismatch_changed())
-        backend = Backend(spec, poller, consistency)
-        return backend
+        return Backend(spec, poller, consistency)
 
     # -- what the sidecar asks ----------------------------------------------------------------
 
