@@ -274,7 +274,15 @@ class Picker:
                     score = policy.score(ticket, state, now)
                     if score.total <= policy.clamp_min and not score.overdue:
                         return ticket, score
-        streams = []
+        return self._search(policy, state, now, ready, oldest, barred, version, cache)
+
+    def _streams(
+        self, policy: Policy, state: SchedulingState, now: float, ready: Callable[[str, str], bool],
+        version: int | None, cache: str,
+    ) -> list[list]:
+        """A heap of one stream per eligible runner, each at its next group head in key order:
+        [bound, the runner's place, its model part + the backend part, the base of its bounds,
+        the head's group, the head's arrival, the rest of its entries]."""
         shift = policy.wait_slope * now
         backend = 0.0
         if "backend" in policy.by_dependency and self._by_model:
@@ -287,6 +295,7 @@ class Picker:
         if cached is None or valid is None or cached[0] != valid:
             cached = self._model_parts[cache] = (valid, {})
         parts = cached[1]
+        heap: list[list] = []
         for runner, entries in self._by_model.items():
             if not ready(*runner):
                 continue
@@ -294,47 +303,85 @@ class Picker:
             if part is None:
                 head = self._groups[entries[0][3]][0]
                 part = parts[runner] = policy.partial("model", head, state, now)
-            streams.append(_bounds(part + backend - shift, entries))
-        # A head's total from the parts already at hand (its runner's, its client's and class's,
-        # the backend's) and its own wait terms: the exact score, all terms with their names, is
-        # made for the winner only. Sums in another order may differ in the last bits, so heads
-        # whose totals are that close are told apart by their exact scores.
+            rest = iter(entries)
+            first = next(rest)
+            base = part + backend - shift
+            heap.append([base + first[0], len(heap), part + backend, base, first[3], first[1], rest])
+        heapq.heapify(heap)
+        return heap
+
+    def _search(
+        self, policy: Policy, state: SchedulingState, now: float, ready: Callable[[str, str], bool],
+        oldest: Callable[..., Iterator[Ticket]], barred: Callable[[str, str], bool],
+        version: int | None, cache: str,
+    ) -> tuple[Ticket, Score] | None:
+        """The bounded search: heads in increasing bound across the eligible runners, until the
+        bound passes the best total. A head's total is summed from the parts at hand (its
+        runner's and the backend's, its client's and class's) and its wait part, which for a
+        policy whose wait terms are all linear (`Policy.linear_wait`) is -slope × waited with no
+        call; only the winner gets a full `Score`. Sums in another order may differ in the last
+        bits, so heads whose totals are that close are told apart by their exact scores. This
+        loop is what a pick costs (bench/engine_pick.py): keep it free of calls per head."""
+        heap = self._streams(policy, state, now, ready, version, cache)
         clamp = policy.clamp_min
+        young = math.inf if policy.first_overdue is None else policy.first_overdue
+        linear, slope = policy.linear_wait, policy.wait_slope
+        wait_fns = policy.by_dependency.get("wait", ())
+        groups, client_part, class_part = self._groups, self._client_part, self._class_part
+        check_barred = barred is not _never
         best: tuple[OrderKey, Ticket, Score | None] | None = None
         cut = math.inf  # the best's total, in points (an overdue best's order key is in seconds)
-        for bound, key in heapq.merge(*streams, key=lambda item: item[0]):
+        while heap:
+            top = heap[0]
+            bound, key, arrival = top[0], top[4], top[5]
             if bound > cut + _EPS:
                 break
-            if barred(key[3], key[0]):
+            following = next(top[6], None)
+            if following is None:
+                heapq.heappop(heap)
+            else:  # the stream moves on to its next head, in place
+                top[0], top[4], top[5] = top[3] + following[0], following[3], following[1]
+                heapq.heapreplace(heap, top)
+            if check_barred and barred(key[3], key[0]):
                 continue
-            ticket = self._groups[key][0]
-            exact: Score | None = None
-            if policy.overdue(ticket, now):  # rare here (overdue ones went first): exactly
+            waited = now - arrival
+            if waited >= young and policy.overdue(groups[key][0], now):
+                # Rare here (overdue ones went first): scored exactly, ordered by its key.
+                ticket = groups[key][0]
                 exact = policy.score(ticket, state, now)
                 order = policy.order_key(ticket, exact)
-            else:
-                total = (parts[key[:2]] + self._client_part[key[2]] + self._class_part_of(ticket, policy, state)
-                         + policy.partial("wait", ticket, state, now) + backend)
-                if clamp is not None and total < clamp:
-                    total = clamp
-                order = (1, total, ticket.arrival, ticket.seq)
-            if best is not None and best[0][0] == order[0] == 1 and abs(order[1] - best[0][1]) <= _EPS:
-                if exact is None:
-                    exact = policy.score(ticket, state, now)
-                if best[2] is None:
-                    best = (best[0], best[1], policy.score(best[1], state, now))
-                assert best[2] is not None
-                if policy.order_key(ticket, exact) >= policy.order_key(best[1], best[2]):
-                    continue
-            elif best is not None and order >= best[0]:
+                if best is None or order < best[0]:
+                    best, cut = (order, ticket, exact), exact.total
                 continue
-            best = (order, ticket, exact)
-            cut = order[1] if order[0] == 1 else exact.total if exact is not None else cut
-            if clamp is not None and order[0] == 1 and order[1] <= clamp:
+            cls_part = class_part.get(key[3])
+            if cls_part is None:
+                cls_part = self._class_part_of(groups[key][0], policy, state)
+            if linear:
+                wait = -(slope * waited) if waited > 0.0 else 0.0
+            else:
+                wait = sum(fn(groups[key][0], state, now) for fn in wait_fns)
+            total = top[2] + client_part[key[2]] + cls_part + wait
+            if clamp is not None and total < clamp:
+                total = clamp
+            if best is not None and (best[0][0] == 0 or total > cut + _EPS):
+                continue  # an overdue best, or a total clearly above the best's: the common case
+            ticket = groups[key][0]
+            if best is not None and total >= cut - _EPS:
+                # So close that the sums' rounding could decide: by their exact scores.
+                exact = policy.score(ticket, state, now)
+                held = best[2] or policy.score(best[1], state, now)
+                best = (best[0], best[1], held)
+                if policy.order_key(ticket, exact) >= policy.order_key(best[1], held):
+                    continue
+                best = ((1, total, ticket.arrival, ticket.seq), ticket, exact)
+            else:
+                best = ((1, total, ticket.arrival, ticket.seq), ticket, None)
+            cut = total
+            if clamp is not None and total <= clamp:
                 # Nothing scores below the clamp: only an older tie can still win, and in
                 # arrival order the first clamped ticket is that tie. (Long waiters all tie at
                 # the clamp, so this beats walking every one of their bounds.)
-                score = exact or policy.score(ticket, state, now)
+                score = best[2] or policy.score(ticket, state, now)
                 if score.total <= clamp:
                     return self._oldest_at_clamp(policy, state, now, ready, oldest, ticket, score, barred)
         if best is None:
@@ -361,12 +408,6 @@ class Picker:
                 if other.total <= policy.clamp_min and not other.overdue:
                     return ticket, other
         return found, score
-
-
-def _bounds(base: float, entries: SortedList) -> Iterator[tuple[float, GroupKey]]:
-    # A function, not an inline generator, so each model's stream keeps its own `base`.
-    for entry in entries:
-        yield base + entry[0], entry[3]
 
 
 def _never(cls: str, model: str) -> bool:

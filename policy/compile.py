@@ -51,6 +51,8 @@ class Policy:
     # [policies.NAME.num_ctx]: None = off; else how far below the asked num_ctx a loaded runner's
     # may be and still be reused (engine/residency.py, `runner_for`).
     num_ctx_tolerance: float | None = None
+    # Every wait term's points are exactly -wait_slope × seconds waited (the picker's shortcut).
+    linear_wait: bool = False
     # Seconds a request whose dispatch would evict a model waits at least (None: no hold).
     swap_hold: float | None = None
     # The shortest wait after which any ticket is overdue: where the picker's walk over the
@@ -112,6 +114,7 @@ def compile_policy(
         terms=compiled,
         clamp_min=clamp_min,
         wait_slope=slope,
+        linear_wait=all(t.type.linear_wait(t.params) for t in terms if t.type.depends_on == "wait"),
         max_wait=min(waits) if waits else None,
         windows=windows,
         class_max_wait=class_waits,

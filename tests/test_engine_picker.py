@@ -154,6 +154,33 @@ def test_matches_brute_force_across_reloads_and_head_cancels(seed):
     assert replay(settings, 200 + seed, events=300, reloads=True) > 30
 
 
+@pytest.mark.parametrize(
+    ("aging", "linear"),
+    [
+        ('[policies.r.terms.aging]\nper_second = 0.5\n[policies.r.terms.slow]\ntype = "aging"\nper_second = 0.25\n', True),
+        ('[policies.r.terms.aging]\nper_second = 1.0\nwhole_seconds = true\n', False),
+        ("", True),  # no wait term: the wait part is 0
+    ],
+)
+def test_the_linear_wait_shortcut_is_the_wait_terms_own_sum(aging, linear):
+    """The search totals a head with -slope × waited instead of calling the wait terms only when
+    every wait term is exactly that (`Policy.linear_wait`): two linear terms add up, whole
+    seconds do not qualify, no wait term is 0. Picks still match brute force."""
+    text, _ = random_policy(random.Random(7)).split("[policies.r.terms.aging]", 1)
+    settings = load_policy_text((text + aging).encode(), "linear.toml")
+    policy = settings.policies["r"]
+    assert policy.linear_wait is linear
+    if linear:
+        clock = ManualClock(1000.0)
+        s = Scheduler(settings, clock=clock)
+        s.enqueue(request_id="a", model="small:1b", client="c1", cls="interactive")
+        for waited in (0.0, 0.3, 7.0, 61.5):
+            clock.set(1000.0 + waited)
+            wait = policy.partial("wait", s._waiting["a"], s.state, clock())
+            assert wait == pytest.approx(-(policy.wait_slope * waited), abs=1e-9)
+    assert replay(settings, 300, events=120) > 10
+
+
 TWO_BACKENDS = """
 [backends.gpu0]
 url = "http://127.0.0.1:11434"

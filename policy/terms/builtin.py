@@ -120,6 +120,7 @@ REGISTRY.register(
         depends_on="wait",
         build=_build_aging,
         wait_slope=lambda p: p.per_second,
+        linear_wait=lambda p: not p.whole_seconds,
         max_wait=lambda p: None if p.max_wait is None else parse_duration(p.max_wait),
         class_max_wait=lambda p: {c: parse_duration(w) for c, w in p.max_wait_by_class.items()},
         classes=lambda p: tuple(p.max_wait_by_class),

@@ -44,6 +44,9 @@ class TermType:
     validate: Callable[[Any, str], list[Problem]] = field(default=_no_problems)
     # "wait" terms: points are never below -slope × seconds waited (the engine's lower bound).
     wait_slope: Callable[[Any], float] = field(default=lambda _p: 0.0)
+    # "wait" terms: points are exactly -slope × seconds waited (0 before any wait), so the
+    # picker may total a ticket without calling the term.
+    linear_wait: Callable[[Any], bool] = field(default=lambda _p: False)
     max_wait: Callable[[Any], float | None] = field(default=_none)
     # Per class, in place of max_wait (seconds).
     class_max_wait: Callable[[Any], dict[str, float]] = field(default=lambda _p: {})
