@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.classes import Barred
+from engine.nodes import has_pulled
 from policy.compile import OrderKey, Policy
 from schemas.ticket import Score, Ticket
 
@@ -72,7 +73,7 @@ def choose(s: Scheduler, policy: Policy, now: float) -> tuple[Ticket, Score] | N
         if s.is_cloud(model):
             return cloud_free
         return (local_free and (model, variant) not in held and node.serves(model)
-                and residency.eligible(model, variant))
+                and residency.eligible(model, variant) and has_pulled(s.backends, node, model, s.is_cloud))
 
     barred = s._barred(policy)
     # The policy's swap_hold: a runner whose swap must wait for company is passed over unless

@@ -136,6 +136,17 @@ def first(nodes: dict[str, Node]) -> Node:
                default=next(iter(nodes.values())))
 
 
+def has_pulled(nodes: dict[str, Node], node: Node, model: str, is_cloud: CloudModels) -> bool:
+    """Whether `node` may be sent a local model: its /api/tags list the model, or no backend
+    that may serve it (its allow-list) lists it, so none is known to have it and each answers
+    for itself, as one backend would. Otherwise Ollama there would answer 404 while another
+    backend has the model: the request waits for that one (down or busy)."""
+    listed = is_cloud.listed_on(model)
+    if not listed or node.name in listed or "" in listed:
+        return True
+    return not any(n.serves(model) for name in listed if (n := nodes.get(name)) is not None and not n.retiring)
+
+
 def reads_evictions(settings: CompiledFile) -> bool:
     """Whether the active policy has a term that reads which models a load would evict."""
     return any(t.type.name == "swap_cost" for t in settings.terms.get(settings.active.name, ()))

@@ -107,6 +107,38 @@ def test_the_allow_list_keeps_a_model_off_a_backend() -> None:
     assert _where(s.dispatch()) == {"a1": "gpu0"}
 
 
+def _tags(*models: str) -> dict[str, object]:
+    return {"models": [{"name": m, "model": m, "size": 5 * GB} for m in models]}
+
+
+def test_a_model_goes_only_to_backends_that_have_pulled_it_while_any_has() -> None:
+    s, clock = _scheduler()
+    s.learn_tags(_tags("a:8b", "b:8b"), "gpu0")
+    s.learn_tags(_tags("b:8b"), "gpu1")  # gpu1 has no a:8b: Ollama there would answer 404
+    for i in range(2):
+        s.enqueue(request_id=f"a{i}", model="a:8b", client=f"c{i}", cls="interactive")
+    s.enqueue(request_id="new", model="c:1b", client="z", cls="interactive")  # pulled nowhere
+    s.resume()
+    # a1 waits for gpu0 although gpu1 is free; a model no backend lists goes anywhere (each
+    # answers for itself, as one backend would).
+    assert _where(s.dispatch()) == {"a0": "gpu0", "new": "gpu1"}
+    s.finish("new")
+    clock.advance(301)  # overdue work still goes only where its model is
+    assert _where(s.dispatch()) == {}
+    s.learn_tags(_tags("a:8b", "b:8b"), "gpu1")  # pulled there since: the next poll says so
+    assert _where(s.dispatch()) == {"a1": "gpu1"}
+
+
+def test_a_backend_that_may_not_serve_a_model_does_not_keep_it_from_one_that_may() -> None:
+    s, _ = _scheduler(BACKENDS.replace("[backends.gpu0]\n", '[backends.gpu0]\nmodels = ["b:*"]\n'))
+    s.learn_tags(_tags("a:8b"), "gpu0")  # pulled on gpu0, whose allow-list leaves it out
+    s.learn_tags(_tags("b:8b"), "gpu1")
+    s.enqueue(request_id="a0", model="a:8b", client="x", cls="interactive")
+    s.resume()
+    # No backend that may serve a:8b has it: gpu1 gets it, as one backend would, and answers.
+    assert _where(s.dispatch()) == {"a0": "gpu1"}
+
+
 def test_between_equal_backends_the_less_loaded_and_heavier_one_goes_first() -> None:
     text = BACKENDS.replace("max_parallel = 1", "max_parallel = 4\nnum_parallel = 4").replace(
         "[backends.gpu1]\n", "[backends.gpu1]\nweight = 3.0\n")

@@ -153,6 +153,26 @@ def test_each_model_stays_on_the_backend_that_loaded_it(
     assert wrong.status_code == 400 and "gpu9" in wrong.json()["error"]
 
 
+def test_a_request_goes_to_a_backend_that_has_pulled_its_model(
+    sidecar_factory: SidecarFactory, emulators: Emulators
+) -> None:
+    a, b = emulators.start(), emulators.start()
+    gone = httpx.request("DELETE", a + "/api/delete", json={"model": LARGE}, timeout=10)
+    assert gone.status_code == 200, gone.text
+    # Its size given, so that both backends score it alike (gpu0 no longer knows it from its tags).
+    sized = policy({"gpu0": a, "gpu1": b}) + f'[models]\n"{LARGE}" = {{ vram_gb = 3.0 }}\n'
+    proxy = sidecar_factory(upstream=None, policy=sized)
+    proxy.wait_for(lambda h: all(x["up"] for x in h["backends"]))
+    scheduler = proxy.sidecar.scheduler
+    wait_until(lambda: proxy.call(lambda: scheduler.is_cloud.listed_on(LARGE)) == {"gpu1"},
+               within=10, what="both backends' /api/tags read")
+    # Both are idle and gpu0 comes first, but gpu0 would answer 404: the request goes to gpu1.
+    response = generate(proxy, LARGE)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-backend"] == "gpu1"
+    assert generate(proxy, SMALL).headers["x-backend"] == "gpu0"  # pulled on both
+
+
 def test_a_refused_connection_sends_the_request_to_another_backend_once(
     sidecar_factory: SidecarFactory, emulators: Emulators
 ) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +47,7 @@ class Backends:
         on_state: Callable[[str, dict[str, Any], dict[str, Any] | None], None],
         on_change: Callable[[str, bool, str | None], None],
         on_mismatch: Callable[[Kind, bool], None],
-        listed_on: Callable[[str], set[str]] = lambda model: set(),
+        listed_on: Callable[[str], AbstractSet[str]] = lambda model: frozenset(),
     ) -> None:
         """`on_state(name, ps, tags)`: a poll's answers. `on_change(name, up, error)`: a backend
         went down or came back. `on_mismatch(kind, on)`: whether any backend contradicts the policy
@@ -151,7 +152,7 @@ class Backends:
         some backend's Ollama): the first backend that answers and lists `model`, else the first
         that answers, else the first."""
         up = [b for b in self._by_name.values() if b.poller.up]
-        listed = self._listed_on(model) if model else set()
+        listed = self._listed_on(model) if model else frozenset()
         return next((b for b in up if b.spec.name in listed), up[0] if up else self.first)
 
     def poll_soon(self, name: str | None = None) -> None:
