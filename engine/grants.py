@@ -32,6 +32,7 @@ class Grant:
     # of the client's (engine/residency.py, `runner_for`).
     num_ctx: int | None = None
     backend: str = ""  # the backend it goes to (engine/nodes.py); "" for a cloud model
+    again: bool = False  # its second grant: the first backend refused the connection (`requeue`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ class Scheduler:
         self._seq = itertools.count(1)
         self._waiting: dict[str, Ticket] = {}  # insertion order = arrival order
         self._in_flight: dict[str, InFlight] = {}
+        self._again: set[str] = set()  # requeued after a refused connection, waiting again
         self.picker = Picker()
         self._ranking = Ranking()  # positions for the public queue route, rebuilt when stale
         self._ledger = ClientLedger(settings.windows)
@@ -173,6 +174,7 @@ class Scheduler:
         ticket = self._waiting.pop(request_id, None)
         if ticket is None:
             return False
+        self._again.discard(request_id)
         self._cloud_waiting -= self.is_cloud(ticket.model)
         self._classes.left(ticket)
         self.picker.remove(ticket)
@@ -274,6 +276,8 @@ class Scheduler:
             self._in_flight[ticket.id] = InFlight(ticket, now, plan, node=self.node)
             self.node.local += 1
             self._classes.started(ticket.cls)
+        again = ticket.id in self._again
+        self._again.discard(ticket.id)
         return Grant(
             ticket=ticket,
             score=score,
@@ -286,6 +290,7 @@ class Scheduler:
             granted_at=now,
             num_ctx=num_ctx,
             backend="" if self.is_cloud(ticket.model) else self.node.name,
+            again=again,
         )
 
     def first_byte(self, request_id: str) -> None:
@@ -337,6 +342,7 @@ class Scheduler:
         self.service.refund(request_id)
         self.finish(request_id)
         ticket = flight.ticket
+        self._again.add(request_id)
         insert_in_order(self._waiting, ticket)
         self._classes.waiting(ticket)
         self._cloud_waiting += self.is_cloud(ticket.model)  # as cancel() will take it off

@@ -302,6 +302,8 @@ def test_a_requeued_request_keeps_its_place_and_gives_back_its_slot_and_charge()
     grants = s.dispatch()
     assert grants[0].ticket.id == "first" and grants[0].backend == "gpu0"
     assert grants[0].ticket.arrival == 1000.0  # its whole wait counts
+    # Its second grant says so (its queue wait is not observed twice); the others' do not.
+    assert [g.again for g in grants] == [True] + [False] * (len(grants) - 1)
 
 
 def test_a_started_or_unknown_request_is_not_requeued() -> None:

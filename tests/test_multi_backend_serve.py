@@ -187,6 +187,9 @@ def test_a_refused_connection_sends_the_request_to_another_backend_once(
     assert response.status_code == 200, response.text
     assert response.headers["x-backend"] == "gpu0"
     assert metric(proxy, "smart_proxy_redispatches_total", backend="gpu1") == 1
+    # Two dispatches of one request, and one queue wait: each of the two LARGE requests waited once.
+    assert metric(proxy, "smart_proxy_backend_dispatches_total", backend="gpu1", action="attach") == 1
+    assert metric(proxy, "smart_proxy_queue_wait_seconds_count", model=LARGE, **{"class": "interactive"}) == 2
     down = backends_of(proxy)["gpu1"]
     assert not down["up"] and down["last_error"]
     health = proxy.health()

@@ -242,6 +242,8 @@ class Metrics:
             self.backend_dispatches.labels(grant.backend, grant.action).inc()
         if grant.evicts:
             self.evictions.inc(len(grant.evicts))
+        if grant.again:  # sent back after a refused connection: its wait was observed once
+            return
         self.queue_wait.labels(self.model_label(grant.ticket.model), grant.ticket.cls).observe(
             max(0.0, grant.granted_at - grant.ticket.arrival)
         )
