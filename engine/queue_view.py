@@ -5,12 +5,13 @@ for the reasons. The holds explained here mirror `engine.holds.choose` rule for 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from engine.classes import Barred
 from engine.grants import RankedTicket
 from engine.holds import AFFINITY_HOLD_LOADS, loaded_elsewhere, overdue_ahead
+from engine.nodes import Node, has_pulled
 from engine.ranking import Ranking
 from policy.compile import OrderKey, Policy
 from schemas.ticket import Ticket
@@ -32,14 +33,21 @@ def explain(
         score = policy.score(t, s.state, now)
         ranked.append((policy.order_key(t, score), t, score))
     ranked.sort(key=lambda kts: kts[0])
-    residency = s.residency_model
-    # Per model, the best key among its tickets that need no load: what `_ranks_ahead` asks.
-    resident_best: dict[str, OrderKey] = {}
-    for key, t, _ in ranked:
-        if barred is not None and barred(t.cls, t.model):
-            continue  # kept out of the free slot: it holds no swap back
-        if t.model not in resident_best and residency.residency(t.model, t.variant) != "absent":
-            resident_best[t.model] = key
+    resident: dict[str, dict[str, OrderKey]] = {}
+
+    def resident_best(node: Node) -> dict[str, OrderKey]:
+        """Per model, the best key among its tickets that need no load on `node`: what
+        `ranks_ahead` asks."""
+        found = resident.get(node.name)
+        if found is None:
+            found = resident[node.name] = {}
+            for key, t, _ in ranked:
+                if barred is not None and barred(t.cls, t.model):
+                    continue  # kept out of the free slot: it holds no swap back
+                if t.model not in found and node.residency.residency(t.model, t.variant) != "absent":
+                    found[t.model] = key
+        return found
+
     common = ["dispatching is paused"] if s.paused else []
     full = (
         f"max_parallel reached ({busy.local} of {s.max_parallel} slots busy)"
@@ -58,21 +66,61 @@ def explain(
             out.append(RankedTicket(i, t, score, True, "; ".join(reasons) or None))
             continue
         runner = (t.model, t.variant)
-        if runner not in blocked:
-            blocked[runner] = residency.blocked_reason(*runner)
-            if blocked[runner] is None and not score.overdue:
-                blocked[runner] = _held_reason(s, policy, runner, key, resident_best, now)
-            elif blocked[runner] is None and (evicts := residency.plan(*runner).evicts):
-                who = overdue_ahead(s, evicts, t, policy, now, barred)
-                if who is not None:
-                    blocked[runner] = (f"held back: loading {t.model} would evict {who}, whose own"
-                                       " overdue requests go first")
+        if runner not in blocked:  # decided at the runner's best ticket
+            blocked[runner] = _why(s, policy, t, key, score.overdue, now, barred, resident_best)
         why = blocked[runner]
         kept = barred is not None and barred(t.cls, t.model)
         reasons = [*common, *([why] if why else []), *([full] if full else []),
                    *([f"the free slot is kept for {kept_for} (reserve)"] if kept else [])]
         out.append(RankedTicket(i, t, score, why is None and not kept, "; ".join(reasons) or None))
     return out
+
+
+def _why(
+    s: Scheduler, policy: Policy, t: Ticket, key: OrderKey, overdue: bool, now: float,
+    barred: Barred | None, resident_best: Callable[[Node], dict[str, OrderKey]],
+) -> str | None:
+    """Why `choose` passes over this runner's best ticket; None if it may go. With several
+    backends, asked of each that may be sent its model (allow-list, pulled there): None if one
+    of them would take it, else each one's reason, named."""
+    if len(s.backends) == 1:
+        return _why_here(s, policy, t, key, overdue, now, barred, resident_best(s.node))
+    first, reasons = s.node, []
+    try:
+        for node in _candidates(s, t.model):
+            if node.down:
+                reasons.append(f"backend {node.name} is down")
+                continue
+            s._use(node)
+            why = _why_here(s, policy, t, key, overdue, now, barred, resident_best(node))
+            if why is None:
+                return None
+            reasons.append(f"on {node.name}: {why}")
+    finally:
+        s._use(first)
+    return "; ".join(reasons) or f"no backend may be sent {t.model} (their models allow-lists)"
+
+
+def _why_here(
+    s: Scheduler, policy: Policy, t: Ticket, key: OrderKey, overdue: bool, now: float,
+    barred: Barred | None, resident_best: dict[str, OrderKey],
+) -> str | None:
+    """`_why` for the backend the scheduler is looking at (`s.node`)."""
+    residency = s.residency_model
+    why = residency.blocked_reason(t.model, t.variant)
+    if why is None and not overdue:
+        why = _held_reason(s, policy, (t.model, t.variant), key, resident_best, now)
+    elif why is None and (evicts := residency.plan(t.model, t.variant).evicts):
+        who = overdue_ahead(s, evicts, t, policy, now, barred)
+        if who is not None:
+            why = f"held back: loading {t.model} would evict {who}, whose own overdue requests go first"
+    return why
+
+
+def _candidates(s: Scheduler, model: str) -> list[Node]:
+    """The backends a request for `model` may be sent to (`choose`'s `eligible`)."""
+    return [n for n in s.backends.values()
+            if not n.retiring and n.serves(model) and has_pulled(s.backends, n, model, s.is_cloud)]
 
 
 def position(
@@ -89,14 +137,31 @@ def position(
             yield policy.order_key(t, policy.score(t, s.state, now)), t.id
 
     place = ranking.position(ticket.id, mine, s.depth, now, rank_all)
-    residency = s.residency_model
-    evicts = () if s.is_cloud(ticket.model) else residency.plan(ticket.model, ticket.variant).evicts
-    held = bool(evicts) and (  # the holds of `choose`
-        overdue_ahead(s, evicts, ticket, policy, now, barred) is not None
-        if score.overdue else s.swap_held(policy, ticket.model, ticket.variant, now))
-    held = held or (not score.overdue and loaded_elsewhere(s, policy, s.node, ticket.model, ticket.variant, now) is not None)
-    eligible = s.is_cloud(ticket.model) or (residency.eligible(ticket.model, ticket.variant) and not held)
+    eligible = s.is_cloud(ticket.model) or any(
+        not node.down and _may_go(s, node, ticket, score.overdue, policy, now, barred)
+        for node in _candidates(s, ticket.model))
     return RankedTicket(place, ticket, score, eligible)
+
+
+def _may_go(
+    s: Scheduler, node: Node, ticket: Ticket, overdue: bool, policy: Policy, now: float,
+    barred: Barred | None,
+) -> bool:
+    """Whether `choose` on `node` could take the ticket, as far as one ticket can tell (its
+    runner not blocked there, none of the holds)."""
+    first = s.node
+    try:
+        s._use(node)
+        residency = s.residency_model
+        if not residency.eligible(ticket.model, ticket.variant):
+            return False
+        evicts = residency.plan(ticket.model, ticket.variant).evicts
+        if overdue:
+            return not evicts or overdue_ahead(s, evicts, ticket, policy, now, barred) is None
+        return not ((evicts and s.swap_held(policy, ticket.model, ticket.variant, now))
+                    or loaded_elsewhere(s, policy, node, ticket.model, ticket.variant, now) is not None)
+    finally:
+        s._use(first)
 
 
 def _held_reason(

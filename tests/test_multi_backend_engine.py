@@ -139,6 +139,35 @@ def test_a_backend_that_may_not_serve_a_model_does_not_keep_it_from_one_that_may
     assert _where(s.dispatch()) == {"a0": "gpu1"}
 
 
+def test_the_queue_view_asks_every_backend_that_may_take_a_request() -> None:
+    s, _ = _scheduler(BACKENDS.replace("[backends.gpu1]\n", '[backends.gpu1]\nmodels = ["a:*", "big:*"]\n'))
+    s.reconcile(_ps("a:8b"), "gpu0")
+    s.enqueue(request_id="a0", model="a:8b", client="c0", cls="interactive")
+    s.resume()
+    assert _where(s.dispatch()) == {"a0": "gpu0"}
+    s.pause()  # the view alone: nothing dispatches
+    s.enqueue(request_id="a1", model="a:8b", client="c1", cls="interactive")
+    view = {r.ticket.id: r for r in s.waiting()}
+    # Blocked on gpu0 (a0 runs there at the model's parallel limit) and held on gpu1 (gpu0 has
+    # it loaded and keeps up): both backends named, not only the first's view.
+    assert not view["a1"].eligible
+    assert "on gpu0: " in (view["a1"].reason or "") and "on gpu1: waits for backend gpu0" in (view["a1"].reason or "")
+    assert s.position("a1") is not None and not s.position("a1").eligible
+    for i in (2, 3):  # three waiting: more than gpu0 takes soon, so gpu1 may load it too
+        s.enqueue(request_id=f"a{i}", model="a:8b", client=f"c{i}", cls="interactive")
+    view = {r.ticket.id: r for r in s.waiting()}
+    assert view["a1"].eligible and view["a1"].reason == "dispatching is paused"
+    assert s.position("a1").eligible
+    # A model only a down backend may serve waits for it, and says so.
+    s.set_down("gpu1", True)
+    s.enqueue(request_id="big", model="big:70b", client="z", cls="interactive")
+    s.learn_tags(_tags("big:70b"), "gpu1")
+    view = {r.ticket.id: r for r in s.waiting()}
+    assert not view["a1"].eligible and "backend gpu1 is down" in (view["a1"].reason or "")
+    assert not view["big"].eligible and view["big"].reason == "dispatching is paused; backend gpu1 is down"
+    assert not s.position("big").eligible
+
+
 def test_between_equal_backends_the_less_loaded_and_heavier_one_goes_first() -> None:
     text = BACKENDS.replace("max_parallel = 1", "max_parallel = 4\nnum_parallel = 4").replace(
         "[backends.gpu1]\n", "[backends.gpu1]\nweight = 3.0\n")
