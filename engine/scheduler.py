@@ -335,9 +335,10 @@ class Scheduler:
     def requeue(self, request_id: str) -> Ticket | None:
         """A granted request whose backend refused the connection before any byte was sent:
         back in the queue where it was (its arrival, its place), its slot and charge returned,
-        for another backend. None if it is not in flight, has begun, or is a cloud request."""
+        for another backend (a cloud request: to go through another backend's Ollama). None if it
+        is not in flight or has begun."""
         flight = self._in_flight.get(request_id)
-        if flight is None or flight.started or flight.cloud:
+        if flight is None or flight.started:
             return None
         self.service.refund(request_id)
         self.finish(request_id)

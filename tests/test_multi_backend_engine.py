@@ -345,6 +345,19 @@ def test_a_started_or_unknown_request_is_not_requeued() -> None:
     assert s.in_flight_count == 1
 
 
+def test_a_cloud_request_is_requeued_with_its_cloud_slot_given_back() -> None:
+    s, _ = _scheduler()
+    s.enqueue(request_id="c", model="gpt-oss:120b-cloud", client="x", cls="interactive")
+    s.resume()
+    assert _where(s.dispatch()) == {"c": ""}  # through no backend of the engine's choosing
+    s.pause()
+    assert s.requeue("c") is not None  # its URL is chosen again, away from the refusing one
+    assert (s.in_flight_count, s.depth, s.cloud_waiting) == (0, 1, 1)
+    s.resume()
+    [grant] = s.dispatch()
+    assert grant.ticket.id == "c" and grant.again and s.cloud_waiting == 0
+
+
 def _busy_gpu0(points: int | None) -> Scheduler:
     """gpu0 (4 slots) holds a:8b with 3 of its slots busy; gpu1 (4 slots) is idle."""
     term = "" if points is None else f"\n[policies.main.terms.backend_load]\npoints = {points}\n"

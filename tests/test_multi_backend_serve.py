@@ -22,6 +22,7 @@ from emulator_fixtures import ONE_AT_A_TIME
 from sidecar_fixtures import RunningSidecar, SidecarFactory, wait_until
 
 SMALL, LARGE = "llama3.2:1b", "llama3.2:3b"
+CLOUD = "gpt-oss:120b-cloud"
 
 
 class Emulators:
@@ -33,12 +34,12 @@ class Emulators:
         self._running: dict[str, ExitStack] = {}
         self.handles: dict[str, Any] = {}
 
-    def start(self, port: int = 0) -> str:
+    def start(self, port: int = 0, config: str = ONE_AT_A_TIME) -> str:
         from sim.config import load_text
         from sim.testing import running_emulator
 
         own = ExitStack()
-        settings = load_text(ONE_AT_A_TIME, "one-at-a-time", time.time())
+        settings = load_text(config, "one-at-a-time", time.time())
         emulator = own.enter_context(running_emulator(settings, port=port))
         self._stack.callback(own.close)
         self._running[emulator.url] = own
@@ -276,6 +277,25 @@ def test_upstream_cannot_stand_for_several_backends(
     a, b = emulators.start(), emulators.start()
     with pytest.raises(PolicyError, match="--upstream"):
         sidecar_factory(upstream=a, policy=policy({"gpu0": a, "gpu1": b}))
+
+
+def test_a_cloud_request_refused_a_connection_goes_through_another_backend(
+    sidecar_factory: SidecarFactory, emulators: Emulators
+) -> None:
+    with_cloud = ONE_AT_A_TIME + f'[[models]]\nname = "{CLOUD}"\n'
+    a, b = emulators.start(config=with_cloud), emulators.start(config=with_cloud)
+    proxy = sidecar_factory(upstream=None, policy=policy({"gpu0": a, "gpu1": b}, poll="1h"))
+    proxy.wait_for(lambda h: all(x["up"] for x in h["backends"]))
+    scheduler = proxy.sidecar.scheduler
+    wait_until(lambda: proxy.call(lambda: scheduler.is_cloud.listed_on(CLOUD)) == {"gpu0", "gpu1"},
+               within=10, what="both backends' /api/tags read")
+    assert generate(proxy, CLOUD).headers["x-backend"] == "gpu0"  # the first that lists it
+    emulators.stop(a)
+    response = generate(proxy, CLOUD)  # gpu0 refuses: nothing was sent, so through gpu1
+    assert response.status_code == 200, response.text
+    assert response.headers["x-backend"] == "gpu1"
+    assert metric(proxy, "smart_proxy_redispatches_total", backend="gpu0") == 1
+    assert proxy.call(lambda: (scheduler.in_flight_count, scheduler.depth)) == (0, 0)
 
 
 def test_a_cloud_model_goes_through_a_backend_that_lists_it() -> None:
