@@ -68,12 +68,14 @@ def choose(s: Scheduler, policy: Policy, now: float) -> tuple[Ticket, Score] | N
     held: set[tuple[str, str]] = set()
     node, residency = s.node, s.residency_model
     local_free, cloud_free = node.free(), s._cloud_free()
+    several_backends = len(s.backends) > 1  # with one, what it has pulled is its own answer
 
     def eligible(model: str, variant: str) -> bool:
         if s.is_cloud(model):
             return cloud_free
         return (local_free and (model, variant) not in held and node.serves(model)
-                and residency.eligible(model, variant) and has_pulled(s.backends, node, model, s.is_cloud))
+                and residency.eligible(model, variant)
+                and (not several_backends or has_pulled(s.backends, node, model, s.is_cloud)))
 
     barred = s._barred(policy)
     # The policy's swap_hold: a runner whose swap must wait for company is passed over unless
@@ -93,15 +95,16 @@ def choose(s: Scheduler, policy: Policy, now: float) -> tuple[Ticket, Score] | N
     # one can take its backlog (`loaded_elsewhere`). Asked per runner once per choice.
     several = affinity_holds(s, policy)
     others = holding_backends(s, node) if several else []
+    spill = AFFINITY_BACKLOG * max((o.slots for o in others), default=0)
     away: dict[tuple[str, str], bool] = {}
 
     def kept_back(model: str, variant: str) -> bool:
         if policy.swap_hold is not None and swap_held(model, variant):
             return True
         found = away.get((model, variant))
-        if found is None:
-            found = loaded_elsewhere(s, policy, node, model, variant, now, others) is not None
-            away[(model, variant)] = found
+        if found is None:  # a backlog no other backend takes soon spills over: the cheap question first
+            found = away[(model, variant)] = s.waiting_for(model) <= spill and loaded_elsewhere(
+                s, policy, node, model, variant, now, others) is not None
         return found
 
     while True:
