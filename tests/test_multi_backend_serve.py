@@ -174,6 +174,31 @@ def test_a_request_goes_to_a_backend_that_has_pulled_its_model(
     assert generate(proxy, SMALL).headers["x-backend"] == "gpu0"  # pulled on both
 
 
+def test_a_delete_through_the_sidecar_or_a_moved_url_is_seen_at_once(
+    sidecar_factory: SidecarFactory, emulators: Emulators
+) -> None:
+    a, b = emulators.start(), emulators.start()
+    sized = policy({"gpu0": a, "gpu1": b}, poll="1h") + f'[models]\n"{LARGE}" = {{ vram_gb = 3.0 }}\n'
+    proxy = sidecar_factory(upstream=None, policy=sized)  # no poll will come: only the delete tells
+    proxy.wait_for(lambda h: all(x["up"] for x in h["backends"]))
+    scheduler = proxy.sidecar.scheduler
+    wait_until(lambda: proxy.call(lambda: scheduler.is_cloud.listed_on(LARGE)) == {"gpu0", "gpu1"},
+               within=10, what="both backends' /api/tags read")
+    gone = httpx.request("DELETE", proxy.url + "/api/delete", json={"model": LARGE},
+                         headers={"x-backend": "gpu0"}, timeout=10)
+    assert gone.status_code == 200 and gone.headers["x-backend"] == "gpu0", gone.text
+    wait_until(lambda: proxy.call(lambda: scheduler.is_cloud.listed_on(LARGE)) == {"gpu1"},
+               within=10, what="gpu0's /api/tags read again after the delete")
+    response = generate(proxy, LARGE)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-backend"] == "gpu1"
+    # gpu0 moved to another server, which has the model: its list is read at once, not in 4 h.
+    c = emulators.start()
+    proxy.policy_path.write_text(sized.replace(a, c), encoding="utf-8")
+    wait_until(lambda: proxy.call(lambda: scheduler.is_cloud.listed_on(LARGE)) == {"gpu0", "gpu1"},
+               within=10, what="the moved gpu0's /api/tags read")
+
+
 def test_a_refused_connection_sends_the_request_to_another_backend_once(
     sidecar_factory: SidecarFactory, emulators: Emulators
 ) -> None:
@@ -295,7 +320,8 @@ def test_a_cloud_request_refused_a_connection_goes_through_another_backend(
     assert response.status_code == 200, response.text
     assert response.headers["x-backend"] == "gpu1"
     assert metric(proxy, "smart_proxy_redispatches_total", backend="gpu0") == 1
-    assert proxy.call(lambda: (scheduler.in_flight_count, scheduler.depth)) == (0, 0)
+    wait_until(lambda: proxy.call(lambda: (scheduler.in_flight_count, scheduler.depth)) == (0, 0),
+               within=10, what="its cloud slot freed")
 
 
 def test_a_cloud_model_goes_through_a_backend_that_lists_it() -> None:

@@ -15,6 +15,9 @@ from server.sidecar import Parts
 from server.telemetry.tracing import RequestSpan
 
 log = logging.getLogger("smart_proxy.request")
+# Pass-through calls that change which models a server holds: its /api/tags are read again at
+# once, since with several backends they decide where a model's requests may go.
+CHANGES_MODELS = frozenset({"/api/pull", "/api/delete", "/api/create", "/api/copy"})
 
 
 @dataclass(slots=True)
@@ -47,6 +50,8 @@ def record_trip(
         span.end(http_status=outcome.http_status, error=outcome.error)
     if scheduled:  # pass-through calls (/api/tags polls) are not events
         parts.events.publish(ended(record))
+    elif facts.endpoint in CHANGES_MODELS and facts.backend:
+        parts.backends.models_changed(facts.backend)
     seconds = (record.duration_ms or 0.0) / 1000
     parts.metrics.finished(facts.endpoint, facts.model, outcome.status, seconds, facts.counters)
     log.info(

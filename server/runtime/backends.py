@@ -88,7 +88,7 @@ class Backends:
                 moved = backend.spec.url.rstrip("/") != spec.url.rstrip("/")
                 backend.spec = spec
                 if moved:  # another server: what it holds now, rather than at the next tick
-                    backend.poller.poll_soon()
+                    backend.poller.reread_tags()
                 continue
             self._by_name[name] = backend = self._make(name, spec)
             if self._running:
@@ -159,6 +159,12 @@ class Backends:
         for backend in self._by_name.values():
             if name is None or backend.spec.name == name:
                 backend.poller.poll_soon()
+
+    def models_changed(self, name: str) -> None:
+        """A pull, delete, create or copy went through to this backend: read its /api/tags now."""
+        backend = self._by_name.get(name)
+        if backend is not None:
+            backend.poller.reread_tags()
 
     def failed(self, name: str, reason: str) -> None:
         """A request could not connect to this backend: down now, and polled at once to see."""

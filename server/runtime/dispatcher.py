@@ -110,7 +110,7 @@ class Dispatcher:
     def requeue(self, request_id: str) -> asyncio.Future[Grant] | None:
         """A granted request whose backend refused the connection waits again, in its old place
         (engine: `Scheduler.requeue`): the future of its next grant. None: it cannot (it began,
-        is a cloud request, or the sidecar is stopping)."""
+        or the sidecar is stopping)."""
         if self.closed or (ticket := self.scheduler.requeue(request_id)) is None:
             return None
         fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()

@@ -58,6 +58,12 @@ class UpstreamPoller:
         """Poll now rather than at the next tick (after an upstream error on the request path)."""
         self._wake.set()
 
+    def reread_tags(self) -> None:
+        """Poll now, /api/tags too (read only every few polls otherwise): the server's models
+        changed (a pull through the sidecar), or it is another server (its URL changed)."""
+        self._tags_at = -1e18
+        self._wake.set()
+
     async def stop(self) -> None:
         if (task := self.detach()) is not None:
             task.cancel()
