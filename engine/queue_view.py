@@ -57,7 +57,9 @@ def explain(
         f"cloud max_parallel reached ({busy.cloud} of {s.cloud_max_parallel} busy)"
         if busy.cloud >= s.cloud_max_parallel else None
     )
-    blocked: dict[tuple[str, str], str | None] = {}  # per runner, decided at its best ticket
+    # Per runner, decided at its best ticket: why it is held, and (several backends) which busy
+    # backends it waits for a slot on.
+    blocked: dict[tuple[str, str], tuple[str | None, str | None]] = {}
     kept_for = ", ".join(sorted(policy.reserve))
     out = []
     for i, (key, t, score) in enumerate(ranked, start=1):
@@ -68,9 +70,9 @@ def explain(
         runner = (t.model, t.variant)
         if runner not in blocked:  # decided at the runner's best ticket
             blocked[runner] = _why(s, policy, t, key, score.overdue, now, barred, resident_best)
-        why = blocked[runner]
+        why, slot = blocked[runner]
         kept = barred is not None and barred(t.cls, t.model)
-        reasons = [*common, *([why] if why else []), *([full] if full else []),
+        reasons = [*common, *([why] if why else []), *([slot] if slot else []), *([full] if full else []),
                    *([f"the free slot is kept for {kept_for} (reserve)"] if kept else [])]
         out.append(RankedTicket(i, t, score, why is None and not kept, "; ".join(reasons) or None))
     return out
@@ -79,13 +81,14 @@ def explain(
 def _why(
     s: Scheduler, policy: Policy, t: Ticket, key: OrderKey, overdue: bool, now: float,
     barred: Barred | None, resident_best: Callable[[Node], dict[str, OrderKey]],
-) -> str | None:
-    """Why `choose` passes over this runner's best ticket; None if it may go. With several
-    backends, asked of each that may be sent its model (allow-list, pulled there): None if one
-    of them would take it, else each one's reason, named."""
+) -> tuple[str | None, str | None]:
+    """Why `choose` passes over this runner's best ticket (None: it may go), and with several
+    backends which busy ones it waits for a slot on. Asked of each backend that may be sent its
+    model (allow-list, pulled there): it may go if one of them would take it, and waits for a
+    slot if those are all busy; otherwise each one's reason, named."""
     if len(s.backends) == 1:
-        return _why_here(s, policy, t, key, overdue, now, barred, resident_best(s.node))
-    first, reasons = s.node, []
+        return _why_here(s, policy, t, key, overdue, now, barred, resident_best(s.node)), None
+    first, reasons, busy = s.node, [], []
     try:
         for node in _candidates(s, t.model):
             if node.down:
@@ -93,12 +96,17 @@ def _why(
                 continue
             s._use(node)
             why = _why_here(s, policy, t, key, overdue, now, barred, resident_best(node))
-            if why is None:
-                return None
-            reasons.append(f"on {node.name}: {why}")
+            if why is not None:
+                reasons.append(f"on {node.name}: {why}")
+            elif node.free():
+                return None, None
+            else:
+                busy.append(f"{node.name} ({node.local} of {node.slots} busy)")
     finally:
         s._use(first)
-    return "; ".join(reasons) or f"no backend may be sent {t.model} (their models allow-lists)"
+    if busy:
+        return None, f"waits for a slot on {', '.join(busy)}"
+    return "; ".join(reasons) or f"no backend may be sent {t.model} (their models allow-lists)", None
 
 
 def _why_here(

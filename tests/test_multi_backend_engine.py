@@ -168,6 +168,22 @@ def test_the_queue_view_asks_every_backend_that_may_take_a_request() -> None:
     assert not s.position("big").eligible
 
 
+def test_the_queue_view_says_which_busy_backend_a_request_waits_for() -> None:
+    s, _ = _scheduler()
+    s.learn_tags(_tags("a:8b", "b:8b"), "gpu0")
+    s.learn_tags(_tags("b:8b"), "gpu1")  # a:8b is on gpu0 only
+    s.enqueue(request_id="b0", model="b:8b", client="x", cls="interactive")
+    s.resume()
+    s.backends["gpu1"].down = True  # so that b0 takes gpu0's one slot
+    assert _where(s.dispatch()) == {"b0": "gpu0"}
+    s.first_byte("b0")  # loaded: nothing but the busy slot keeps a:8b off gpu0
+    s.backends["gpu1"].down = False
+    s.enqueue(request_id="a1", model="a:8b", client="y", cls="interactive")
+    assert _where(s.dispatch()) == {}  # gpu1 is free, but has no a:8b
+    [row] = s.waiting()
+    assert row.eligible and row.reason == "waits for a slot on gpu0 (1 of 1 busy)"
+
+
 def test_between_equal_backends_the_less_loaded_and_heavier_one_goes_first() -> None:
     text = BACKENDS.replace("max_parallel = 1", "max_parallel = 4\nnum_parallel = 4").replace(
         "[backends.gpu1]\n", "[backends.gpu1]\nweight = 3.0\n")
