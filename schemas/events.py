@@ -42,6 +42,8 @@ class Dispatched(Event, frozen=True, kw_only=True, tag="dispatch"):
     waited_s: float
     depth: int  # tickets waiting when it was chosen, itself included
     backend: str = ""  # the backend it was sent to ("": a cloud model's, through any)
+    # Its second dispatch: the first backend refused the connection, so it waited again.
+    again: bool = False
 
 
 class FirstByte(Event, frozen=True, kw_only=True, tag="first_byte"):

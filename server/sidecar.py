@@ -368,7 +368,7 @@ class Sidecar:
             score=grant.score.total, terms=grant.score.breakdown(), resident=grant.resident,
             action=grant.action, evicts=list(grant.evicts),
             waited_s=round(max(0.0, grant.granted_at - t.arrival), 3), depth=grant.queue_depth,
-            backend=grant.backend,
+            backend=grant.backend, again=grant.again,
         ))
 
     def _reloaded(self, result: ReloadResult) -> None:

@@ -329,3 +329,18 @@ def test_the_overview_is_shared_and_lists_the_head_of_a_long_queue() -> None:
     everything = views.queue_view(scheduler, QueueIds(), PolicyInfo(name="p", version="v"), clock())
     assert [w.request_id for w in everything.waiting[:live.OVERVIEW_ROWS]] == [
         w.request_id for w in view.waiting]
+
+
+def test_a_request_sent_again_counts_one_wait_and_both_dispatches() -> None:
+    """After a refused connection a request is dispatched twice (`again` on the second): the
+    heartbeat counts both dispatches, the wait figures its first wait only."""
+    from schemas.events import Dispatched
+    from server.runtime.live_stats import LiveStats
+
+    stats = LiveStats()
+    common = dict(at=1.0, request_id="r1", client="c", model=MODEL_A, request_class="interactive",
+                  score=0.0, terms={}, resident=True, action="attach", evicts=[], depth=1)
+    stats(Dispatched(**common, waited_s=2.0, backend="gpu0"))
+    stats(Dispatched(**common, waited_s=2.5, backend="gpu1", again=True))
+    beat = stats.heartbeat(at=2.0, depth=0, in_flight=1, max_parallel=2, paused=False)
+    assert (beat.dispatches, beat.wait_p50_s, beat.wait_max_s) == (2, 2.0, 2.0)

@@ -46,10 +46,11 @@ class LiveStats:
     def __call__(self, event: AnyEvent) -> None:
         interval = self._interval
         if isinstance(event, Dispatched):
-            self._waits.append(event.waited_s)
             interval.dispatches += 1
             interval.loads += event.action != "attach"
-            interval.waits.append(event.waited_s)
+            if not event.again:  # one request, one wait (as in smart_proxy_queue_wait_seconds)
+                self._waits.append(event.waited_s)
+                interval.waits.append(event.waited_s)
         elif isinstance(event, _Ended):
             self._ended.append(event)
             interval.ended += 1
