@@ -33,19 +33,23 @@ def explain(
         score = policy.score(t, s.state, now)
         ranked.append((policy.order_key(t, score), t, score))
     ranked.sort(key=lambda kts: kts[0])
+    viewer = s.node  # the backend whose view scored `ranked` (the first)
     resident: dict[str, dict[str, OrderKey]] = {}
 
     def resident_best(node: Node) -> dict[str, OrderKey]:
-        """Per model, the best key among its tickets that need no load on `node`: what
-        `ranks_ahead` asks."""
+        """Per model, the best key among its tickets that need no load on `node`, scored as
+        `node` sees them (its `vram` term): what `ranks_ahead` asks."""
         found = resident.get(node.name)
         if found is None:
             found = resident[node.name] = {}
             for key, t, _ in ranked:
                 if barred is not None and barred(t.cls, t.model):
                     continue  # kept out of the free slot: it holds no swap back
-                if t.model not in found and node.residency.residency(t.model, t.variant) != "absent":
-                    found[t.model] = key
+                if node.residency.residency(t.model, t.variant) != "absent":
+                    if node is not viewer:  # scored as that backend sees it
+                        key = policy.order_key(t, policy.score(t, node.state, now))
+                    if t.model not in found or key < found[t.model]:
+                        found[t.model] = key
         return found
 
     common = ["dispatching is paused"] if s.paused else []
@@ -94,8 +98,11 @@ def _why(
             if node.down:
                 reasons.append(f"backend {node.name} is down")
                 continue
+            mine = resident_best(node)
             s._use(node)
-            why = _why_here(s, policy, t, key, overdue, now, barred, resident_best(node))
+            # Its key as this backend scores it: `choose` compares keys of one backend's view.
+            here = key if node is first else policy.order_key(t, policy.score(t, node.state, now))
+            why = _why_here(s, policy, t, here, overdue, now, barred, mine)
             if why is not None:
                 reasons.append(f"on {node.name}: {why}")
             elif node.free():
@@ -145,9 +152,10 @@ def position(
             yield policy.order_key(t, policy.score(t, s.state, now)), t.id
 
     place = ranking.position(ticket.id, mine, s.depth, now, rank_all)
+    several = len(s.backends) > 1  # with one, as ever: its allow-list and state are not asked
     eligible = s.is_cloud(ticket.model) or any(
-        not node.down and _may_go(s, node, ticket, score.overdue, policy, now, barred)
-        for node in _candidates(s, ticket.model))
+        not (several and node.down) and _may_go(s, node, ticket, score.overdue, policy, now, barred)
+        for node in (_candidates(s, ticket.model) if several else [s.node]))
     return RankedTicket(place, ticket, score, eligible)
 
 

@@ -184,6 +184,40 @@ def test_the_queue_view_says_which_busy_backend_a_request_waits_for() -> None:
     assert row.eligible and row.reason == "waits for a slot on gpu0 (1 of 1 busy)"
 
 
+def test_the_queue_view_weighs_a_swap_hold_with_the_scores_of_the_backend_it_is_on() -> None:
+    """gpu1 has x:20b loaded and at its limit; y1 would evict it there, and x2 ranks ahead of y1
+    as gpu1 scores them (x2 needs no load there), though not as gpu0 does: `choose` holds y1
+    back, and so must the view, which ranks the queue as gpu0 sees it."""
+    two = """
+[backends.gpu0]
+url = "http://127.0.0.1:11434"
+max_parallel = 2
+vram_gb = 24.0
+models = ["x*"]
+[backends.gpu1]
+url = "http://127.0.0.1:11435"
+max_parallel = 2
+vram_gb = 24.0
+"""
+    text = REST.replace('"big:70b" = { vram_gb = 20.0 }', '"x:20b" = { vram_gb = 20.0 }\n"y:20b" = { vram_gb = 20.0 }')
+    clock = ManualClock(1000.0)
+    s = Scheduler(load_policy_text((text + two).encode(), "p.toml"), clock=clock)
+    s.reconcile({"models": [{"name": "x:20b", "model": "x:20b", "size": 20 * GB, "size_vram": 20 * GB}]}, "gpu1")
+    s.enqueue(request_id="x0", model="x:20b", client="a", cls="interactive")
+    assert _where(s.dispatch()) == {"x0": "gpu1"}
+    s.first_byte("x0")
+    clock.advance(1)
+    s.enqueue(request_id="y1", model="y:20b", client="b", cls="interactive")
+    clock.advance(0.5)
+    s.enqueue(request_id="x2", model="x:20b", client="c", cls="interactive")
+    assert _where(s.dispatch()) == {}  # y1 is held on gpu1: x2 goes before it there
+    view = {r.ticket.id: r for r in s.waiting()}
+    assert not view["y1"].eligible
+    assert view["y1"].reason == "on gpu1: held back: loading y:20b would evict x:20b, whose own waiting requests rank ahead"
+    s.cancel("x2")
+    assert _where(s.dispatch()) == {"y1": "gpu1"}
+
+
 def test_between_equal_backends_the_less_loaded_and_heavier_one_goes_first() -> None:
     text = BACKENDS.replace("max_parallel = 1", "max_parallel = 4\nnum_parallel = 4").replace(
         "[backends.gpu1]\n", "[backends.gpu1]\nweight = 3.0\n")
