@@ -43,6 +43,9 @@ GroupKey = tuple[str, str, str, str]  # (model, variant, client, class)
 Runner = tuple[str, str]  # (model, variant): what a "model" term sees
 Entry = tuple[float, float, int, GroupKey]  # (P, head arrival, head seq, group)
 _EPS = 1e-7  # float slack between the bound's arithmetic and the exact score's
+# ... plus this much per unit of slope × now: bounds and totals add and subtract values that large
+# (seconds since the clock's epoch), whose rounding steps outgrow _EPS on an epoch-like clock.
+_EPS_PER_UNIT = 1e-14
 SLACK_STEPS = 3  # a falling client part is keyed this many of its last drops lower
 CLAMP_PROBE = 16  # oldest tickets looked at for a clamped one before the bounded search
 # Overdue tickets looked at (per class) for an eligible one: under overload thousands may be
@@ -329,12 +332,13 @@ class Picker:
         wait_fns = policy.by_dependency.get("wait", ())
         groups, client_part, class_part = self._groups, self._client_part, self._class_part
         check_barred = barred is not _never
+        eps = _EPS + _EPS_PER_UNIT * abs(slope * now)
         best: tuple[OrderKey, Ticket, Score | None] | None = None
         cut = math.inf  # the best's total, in points (an overdue best's order key is in seconds)
         while heap:
             top = heap[0]
             bound, key, arrival = top[0], top[4], top[5]
-            if bound > cut + _EPS:
+            if bound > cut + eps:
                 break
             following = next(top[6], None)
             if following is None:
@@ -363,10 +367,10 @@ class Picker:
             total = top[2] + client_part[key[2]] + cls_part + wait
             if clamp is not None and total < clamp:
                 total = clamp
-            if best is not None and (best[0][0] == 0 or total > cut + _EPS):
+            if best is not None and (best[0][0] == 0 or total > cut + eps):
                 continue  # an overdue best, or a total clearly above the best's: the common case
             ticket = groups[key][0]
-            if best is not None and total >= cut - _EPS:
+            if best is not None and total >= cut - eps:
                 # So close that the sums' rounding could decide: by their exact scores.
                 exact = policy.score(ticket, state, now)
                 held = best[2] or policy.score(best[1], state, now)

@@ -181,6 +181,35 @@ def test_the_linear_wait_shortcut_is_the_wait_terms_own_sum(aging, linear):
     assert replay(settings, 300, events=120) > 10
 
 
+def test_equal_totals_go_to_the_older_ticket_on_an_epoch_like_clock():
+    """Found in review: at a clock near 1.7e9 s (seconds since 1970, as a replay may use) a bound
+    rounds by more than the fixed float slack, and the search stopped before an older ticket
+    with the same total. The slack grows with slope × now."""
+    text = """
+active = "r"
+[backend]
+max_parallel = 2
+[policies.r.terms.class_offset]
+offsets = { batch = 7 }
+[policies.r.terms.aging]
+per_second = 1.0
+[policies.r.terms.slow]
+type = "aging"
+per_second = 0.2
+"""
+    settings = load_policy_text(text.encode(), "t.toml")
+    for seed in range(400):
+        rng = random.Random(seed)
+        clock = ManualClock(1.7e9)
+        s = Scheduler(settings, clock=clock)
+        for n in range(rng.randint(2, 8)):  # many equal arrivals: equal totals across runners
+            s.enqueue(request_id=f"r{n}", model=rng.choice(["m1:1b", "m2:1b", "m3:1b"]),
+                      client=f"c{rng.randint(1, 4)}", cls=rng.choice(["interactive", "batch"]))
+            clock.advance(rng.choice([0.0, 0.0, 0.1, 1.0]))
+        clock.advance(rng.choice([0.0, 0.3, 5.0, 1234.5]))
+        assert picked(s, clock()) == brute_force(s, clock()), f"seed {seed}"
+
+
 TWO_BACKENDS = """
 [backends.gpu0]
 url = "http://127.0.0.1:11434"
