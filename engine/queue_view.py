@@ -6,6 +6,7 @@ for the reasons. The holds explained here mirror `engine.holds.choose` rule for 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
 from engine.classes import Barred
@@ -93,24 +94,21 @@ def _why(
     if len(s.backends) == 1:
         return _why_here(s, policy, t, key, overdue, now, barred, resident_best(s.node)), None
     first, reasons, busy = s.node, [], []
-    try:
-        for node in _candidates(s, t.model):
-            if node.down:
-                reasons.append(f"backend {node.name} is down")
-                continue
-            mine = resident_best(node)
-            s._use(node)
-            # Its key as this backend scores it: `choose` compares keys of one backend's view.
-            here = key if node is first else policy.order_key(t, policy.score(t, node.state, now))
+    for node in _candidates(s, t.model):
+        if node.down:
+            reasons.append(f"backend {node.name} is down")
+            continue
+        mine = resident_best(node)
+        # Its key as this backend scores it: `choose` compares keys of one backend's view.
+        here = key if node is first else policy.order_key(t, policy.score(t, node.state, now))
+        with _seen_from(s, node):
             why = _why_here(s, policy, t, here, overdue, now, barred, mine)
-            if why is not None:
-                reasons.append(f"on {node.name}: {why}")
-            elif node.free():
-                return None, None
-            else:
-                busy.append(f"{node.name} ({node.local} of {node.slots} busy)")
-    finally:
-        s._use(first)
+        if why is not None:
+            reasons.append(f"on {node.name}: {why}")
+        elif node.free():
+            return None, None
+        else:
+            busy.append(f"{node.name} ({node.local} of {node.slots} busy)")
     if busy:
         return None, f"waits for a slot on {', '.join(busy)}"
     return "; ".join(reasons) or f"no backend may be sent {t.model} (their models allow-lists)", None
@@ -165,9 +163,7 @@ def _may_go(
 ) -> bool:
     """Whether `choose` on `node` could take the ticket, as far as one ticket can tell (its
     runner not blocked there, none of the holds)."""
-    first = s.node
-    try:
-        s._use(node)
+    with _seen_from(s, node):
         residency = s.residency_model
         if not residency.eligible(ticket.model, ticket.variant):
             return False
@@ -176,8 +172,17 @@ def _may_go(
             return not evicts or overdue_ahead(s, evicts, ticket, policy, now, barred) is None
         return not ((evicts and s.swap_held(policy, ticket.model, ticket.variant, now))
                     or loaded_elsewhere(s, policy, node, ticket.model, ticket.variant, now) is not None)
+
+
+@contextmanager
+def _seen_from(s: Scheduler, node: Node) -> Iterator[None]:
+    """The scheduler looking at `node` (its residency and state, as `choose` does), then back."""
+    before = s.node
+    s._use(node)
+    try:
+        yield
     finally:
-        s._use(first)
+        s._use(before)
 
 
 def _held_reason(
